@@ -205,13 +205,13 @@ func initdb(ctx context.Context, bin string, opts Options, cred *syscall.Credent
 
 func (c *Cluster) start(ctx context.Context, cred *syscall.Credential) error {
 	settings := map[string]string{
-		"listen_addresses":         "127.0.0.1",
-		"unix_socket_directories":  "",
-		"wal_level":                "logical",
-		"max_wal_senders":          "64",
-		"max_replication_slots":    "64",
-		"max_connections":          "300",
-		"shared_buffers":           "128MB",
+		"listen_addresses":        "127.0.0.1",
+		"unix_socket_directories": "",
+		"wal_level":               "logical",
+		"max_wal_senders":         "64",
+		"max_replication_slots":   "64",
+		"max_connections":         "300",
+		"shared_buffers":          "128MB",
 		// A dead relay's slot is released within seconds, so a standby
 		// relay can take over quickly.
 		"wal_sender_timeout": "10s",

@@ -78,10 +78,19 @@ func (b *Broker) Stop() {
 	}
 }
 
+// clientConfig returns quiet client settings for this broker plus kv pairs.
+func (b *Broker) clientConfig(kv ...any) *kafka.ConfigMap {
+	m := kafka.ConfigMap{"bootstrap.servers": b.Addr(), "enable.metrics.push": false, "log_level": 3}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i].(string)] = kv[i+1]
+	}
+	return &m
+}
+
 // CreateTopic creates a topic through the admin API.
 func (b *Broker) CreateTopic(t testing.TB, topic string, partitions int) {
 	t.Helper()
-	admin, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": b.Addr()})
+	admin, err := kafka.NewAdminClient(b.clientConfig())
 	if err != nil {
 		t.Fatalf("testkit: admin client: %v", err)
 	}
@@ -97,4 +106,100 @@ func (b *Broker) CreateTopic(t testing.TB, topic string, partitions int) {
 			t.Fatalf("testkit: create topic %s: %v", topic, r.Error)
 		}
 	}
+}
+
+// Partitions returns the partition ids of topic.
+func (b *Broker) Partitions(t testing.TB, topic string) []int32 {
+	t.Helper()
+	admin, err := kafka.NewAdminClient(b.clientConfig())
+	if err != nil {
+		t.Fatalf("testkit: admin client: %v", err)
+	}
+	defer admin.Close()
+	md, err := admin.GetMetadata(&topic, false, 30000)
+	if err != nil {
+		t.Fatalf("testkit: metadata of %s: %v", topic, err)
+	}
+	tm, ok := md.Topics[topic]
+	if !ok || tm.Error.Code() != kafka.ErrNoError {
+		t.Fatalf("testkit: topic %s: not found (%v)", topic, tm.Error)
+	}
+	ids := make([]int32, 0, len(tm.Partitions))
+	for _, p := range tm.Partitions {
+		ids = append(ids, p.ID)
+	}
+	return ids
+}
+
+// HasTopic reports whether topic exists with at least one partition.
+func (b *Broker) HasTopic(topic string) bool {
+	admin, err := kafka.NewAdminClient(b.clientConfig())
+	if err != nil {
+		return false
+	}
+	defer admin.Close()
+	md, err := admin.GetMetadata(&topic, false, 5000)
+	if err != nil {
+		return false
+	}
+	tm, ok := md.Topics[topic]
+	return ok && tm.Error.Code() == kafka.ErrNoError && len(tm.Partitions) > 0
+}
+
+// EndOffsets returns the high watermark of each partition of topic.
+func (b *Broker) EndOffsets(t testing.TB, topic string) map[int32]int64 {
+	t.Helper()
+	c, err := kafka.NewConsumer(b.clientConfig("group.id", "testkit-offsets"))
+	if err != nil {
+		t.Fatalf("testkit: consumer: %v", err)
+	}
+	defer c.Close()
+	ends := map[int32]int64{}
+	for _, p := range b.Partitions(t, topic) {
+		_, high, err := c.QueryWatermarkOffsets(topic, p, 30000)
+		if err != nil {
+			t.Fatalf("testkit: watermarks of %s/%d: %v", topic, p, err)
+		}
+		ends[p] = high
+	}
+	return ends
+}
+
+// ReadTopic reads topic from the beginning of every partition with a plain
+// consumer (no group, nothing Switchyard-specific) until done reports true
+// for the messages read so far, then returns them. It fails the test after
+// timeout.
+func (b *Broker) ReadTopic(t testing.TB, topic string, timeout time.Duration, done func([]*kafka.Message) bool) []*kafka.Message {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	// The topic may not exist yet when the reader starts.
+	for !b.HasTopic(topic) {
+		if time.Now().After(deadline) {
+			t.Fatalf("testkit: topic %s did not appear within %s", topic, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c, err := kafka.NewConsumer(b.clientConfig("group.id", "testkit-reader", "enable.auto.commit", false))
+	if err != nil {
+		t.Fatalf("testkit: consumer: %v", err)
+	}
+	defer c.Close()
+	var tps []kafka.TopicPartition
+	for _, p := range b.Partitions(t, topic) {
+		tps = append(tps, kafka.TopicPartition{Topic: &topic, Partition: p, Offset: kafka.OffsetBeginning})
+	}
+	if err := c.Assign(tps); err != nil {
+		t.Fatalf("testkit: assign %s: %v", topic, err)
+	}
+	var msgs []*kafka.Message
+	for !done(msgs) {
+		if time.Now().After(deadline) {
+			t.Fatalf("testkit: read %d message(s) from %s in %s without reaching the expected state", len(msgs), topic, timeout)
+		}
+		ev := c.Poll(200)
+		if m, ok := ev.(*kafka.Message); ok && m.TopicPartition.Error == nil {
+			msgs = append(msgs, m)
+		}
+	}
+	return msgs
 }

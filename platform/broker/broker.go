@@ -1,0 +1,165 @@
+// Package broker holds the Kafka client settings Switchyard relies on, in one
+// place: the idempotent producer the relay and the dead-letter path use, the
+// consumer the inbox consumer uses, and topic creation through the admin API.
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+)
+
+// Config says how to reach the brokers and how to create topics.
+type Config struct {
+	// Brokers is the bootstrap list, "host:port[,host:port...]".
+	Brokers string
+	// Partitions for topics Switchyard creates (default 6).
+	Partitions int
+	// ReplicationFactor for topics Switchyard creates (default 1).
+	ReplicationFactor int
+	// Extra librdkafka properties, applied last (for example SASL settings).
+	Extra kafka.ConfigMap
+}
+
+func (c Config) withDefaults() Config {
+	if c.Partitions <= 0 {
+		c.Partitions = 6
+	}
+	if c.ReplicationFactor <= 0 {
+		c.ReplicationFactor = 1
+	}
+	return c
+}
+
+// ProducerConfig returns the settings of an idempotent, ordered producer:
+// acks=all, retries forever (message.timeout.ms=0: an outage delays events
+// but never drops or reorders them), and a fatal error instead of a gap.
+func (c Config) ProducerConfig(clientID string) *kafka.ConfigMap {
+	m := kafka.ConfigMap{
+		"bootstrap.servers":                     c.Brokers,
+		"client.id":                             clientID,
+		"enable.idempotence":                    true,
+		"acks":                                  "all",
+		"enable.gapless.guarantee":              true,
+		"message.timeout.ms":                    0,
+		"max.in.flight.requests.per.connection": 5,
+		"linger.ms":                             2,
+		"batch.num.messages":                    10000,
+		"queue.buffering.max.messages":          200000,
+		"compression.type":                      "lz4",
+		"go.logs.channel.enable":                true,
+		"go.delivery.report.fields":             "key,headers",
+		"enable.metrics.push":                   false,
+	}
+	for k, v := range c.Extra {
+		m[k] = v
+	}
+	return &m
+}
+
+// ConsumerConfig returns the settings of a group consumer whose offsets are
+// stored by the application only after it has processed a message
+// (enable.auto.offset.store=false) and committed in the background.
+func (c Config) ConsumerConfig(group, clientID string) *kafka.ConfigMap {
+	m := kafka.ConfigMap{
+		"bootstrap.servers":        c.Brokers,
+		"group.id":                 group,
+		"client.id":                clientID,
+		"enable.auto.commit":       true,
+		"auto.commit.interval.ms":  1000,
+		"enable.auto.offset.store": false,
+		"auto.offset.reset":        "earliest",
+		"session.timeout.ms":       10000,
+		"heartbeat.interval.ms":    1000,
+		"go.logs.channel.enable":   true,
+		"enable.metrics.push":      false,
+	}
+	for k, v := range c.Extra {
+		m[k] = v
+	}
+	return &m
+}
+
+// AdminConfig returns the settings of an admin client.
+func (c Config) AdminConfig() *kafka.ConfigMap {
+	m := kafka.ConfigMap{"bootstrap.servers": c.Brokers, "enable.metrics.push": false, "log_level": 4}
+	for k, v := range c.Extra {
+		m[k] = v
+	}
+	return &m
+}
+
+// NewProducer creates a producer with [Config.ProducerConfig] whose
+// librdkafka log lines go to logger.
+func NewProducer(c Config, clientID string, logger *slog.Logger) (*kafka.Producer, error) {
+	p, err := kafka.NewProducer(c.ProducerConfig(clientID))
+	if err != nil {
+		return nil, fmt.Errorf("create Kafka producer: %w", err)
+	}
+	go forwardLogs(p.Logs(), logger)
+	return p, nil
+}
+
+// NewConsumer creates a consumer with [Config.ConsumerConfig] whose
+// librdkafka log lines go to logger.
+func NewConsumer(c Config, group, clientID string, logger *slog.Logger) (*kafka.Consumer, error) {
+	cons, err := kafka.NewConsumer(c.ConsumerConfig(group, clientID))
+	if err != nil {
+		return nil, fmt.Errorf("create Kafka consumer: %w", err)
+	}
+	go forwardLogs(cons.Logs(), logger)
+	return cons, nil
+}
+
+func forwardLogs(logs chan kafka.LogEvent, logger *slog.Logger) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	for ev := range logs {
+		level := slog.LevelDebug
+		switch {
+		case ev.Level <= 3:
+			level = slog.LevelWarn // librdkafka reports transient connection trouble as errors
+		case ev.Level == 4:
+			level = slog.LevelWarn
+		case ev.Level <= 6:
+			level = slog.LevelInfo
+		}
+		logger.Log(context.Background(), level, ev.Message, "component", "librdkafka", "facility", ev.Tag, "client", ev.Name)
+	}
+}
+
+// EnsureTopics creates the topics that do not exist yet, with c's partition
+// count and replication factor. Topics that exist are left as they are.
+func EnsureTopics(ctx context.Context, c Config, topics ...string) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	c = c.withDefaults()
+	admin, err := kafka.NewAdminClient(c.AdminConfig())
+	if err != nil {
+		return fmt.Errorf("create Kafka admin client: %w", err)
+	}
+	defer admin.Close()
+	specs := make([]kafka.TopicSpecification, 0, len(topics))
+	for _, t := range topics {
+		specs = append(specs, kafka.TopicSpecification{Topic: t, NumPartitions: c.Partitions, ReplicationFactor: c.ReplicationFactor})
+	}
+	timeout := 30 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	res, err := admin.CreateTopics(ctx, specs, kafka.SetAdminOperationTimeout(timeout))
+	if err != nil {
+		return fmt.Errorf("create topics %v: %w", topics, err)
+	}
+	for _, r := range res {
+		if code := r.Error.Code(); code != kafka.ErrNoError && code != kafka.ErrTopicAlreadyExists {
+			return fmt.Errorf("create topic %s: %w", r.Topic, r.Error)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+// Package envelope maps outbox events to Kafka messages and back: the topic
+// comes from the aggregate type (Debezium's outbox routing), the key is the
+// aggregate id, the value is the protobuf payload, and CloudEvents Kafka
+// binary-mode headers plus W3C trace context describe it, so any Kafka client
+// can read an event without Switchyard.
+package envelope
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/switchyard/switchyard/platform/outbox"
+)
+
+// Header names (CloudEvents Kafka protocol binding, binary content mode).
+const (
+	HeaderSpecVersion = "ce_specversion"
+	HeaderID          = "ce_id"
+	HeaderSource      = "ce_source"
+	HeaderType        = "ce_type"
+	HeaderTime        = "ce_time"
+	HeaderSubject     = "ce_subject"
+	HeaderContentType = "content-type"
+	HeaderTraceparent = "traceparent"
+	HeaderTracestate  = "tracestate"
+
+	// SpecVersion is the CloudEvents version written in ce_specversion.
+	SpecVersion = "1.0"
+	// ContentType is the payload's media type.
+	ContentType = "application/protobuf"
+)
+
+// Topic returns the topic an aggregate type's events go to.
+func Topic(prefix, aggregateType string) string { return prefix + aggregateType }
+
+// DLQTopic returns the dead-letter topic of topic.
+func DLQTopic(topic string) string { return topic + ".dlq" }
+
+// Encode builds the Kafka message for an outbox record. source is the
+// CloudEvents source (for example "/switchyard/orders"); trace holds the
+// traceparent/tracestate to send (usually the relay's producer span).
+func Encode(prefix, source string, rec outbox.Record, trace propagation.MapCarrier) *kafka.Message {
+	topic := Topic(prefix, rec.AggregateType)
+	headers := []kafka.Header{
+		{Key: HeaderSpecVersion, Value: []byte(SpecVersion)},
+		{Key: HeaderID, Value: []byte(rec.ID.String())},
+		{Key: HeaderSource, Value: []byte(source)},
+		{Key: HeaderType, Value: []byte(rec.Type)},
+		{Key: HeaderTime, Value: []byte(rec.CreatedAt.UTC().Format(time.RFC3339Nano))},
+		{Key: HeaderSubject, Value: []byte(rec.AggregateID)},
+		{Key: HeaderContentType, Value: []byte(ContentType)},
+	}
+	for _, k := range []string{HeaderTraceparent, HeaderTracestate} {
+		if v := trace[k]; v != "" {
+			headers = append(headers, kafka.Header{Key: k, Value: []byte(v)})
+		}
+	}
+	return &kafka.Message{
+		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
+		Key:            []byte(rec.AggregateID),
+		Value:          rec.Payload,
+		Headers:        headers,
+	}
+}
+
+// Metadata is what the headers of a received event say.
+type Metadata struct {
+	ID      uuid.UUID
+	Source  string
+	Type    string
+	Subject string
+	Time    time.Time
+}
+
+// ErrMalformed is returned (wrapped) for a message that is not a valid
+// Switchyard event.
+var ErrMalformed = errors.New("malformed event")
+
+// Decode reads the CloudEvents headers of msg.
+func Decode(msg *kafka.Message) (Metadata, error) {
+	var md Metadata
+	h := Headers(msg)
+	if v := h[HeaderSpecVersion]; v != SpecVersion {
+		return md, fmt.Errorf("%w: %s = %q, want %q", ErrMalformed, HeaderSpecVersion, v, SpecVersion)
+	}
+	id, err := uuid.Parse(h[HeaderID])
+	if err != nil {
+		return md, fmt.Errorf("%w: %s = %q: %v", ErrMalformed, HeaderID, h[HeaderID], err)
+	}
+	if h[HeaderType] == "" {
+		return md, fmt.Errorf("%w: no %s header", ErrMalformed, HeaderType)
+	}
+	if ct := h[HeaderContentType]; ct != "" && ct != ContentType {
+		return md, fmt.Errorf("%w: content-type %q, want %q", ErrMalformed, ct, ContentType)
+	}
+	md = Metadata{ID: id, Source: h[HeaderSource], Type: h[HeaderType], Subject: h[HeaderSubject]}
+	if ts := h[HeaderTime]; ts != "" {
+		if md.Time, err = time.Parse(time.RFC3339Nano, ts); err != nil {
+			return md, fmt.Errorf("%w: %s = %q: %v", ErrMalformed, HeaderTime, ts, err)
+		}
+	}
+	return md, nil
+}
+
+// Headers returns msg's headers as a map (the last value wins).
+func Headers(msg *kafka.Message) map[string]string {
+	h := make(map[string]string, len(msg.Headers))
+	for _, kv := range msg.Headers {
+		h[kv.Key] = string(kv.Value)
+	}
+	return h
+}
+
+// TraceCarrier returns the trace context headers of msg for a propagator.
+func TraceCarrier(msg *kafka.Message) propagation.MapCarrier {
+	c := propagation.MapCarrier{}
+	for _, kv := range msg.Headers {
+		if kv.Key == HeaderTraceparent || kv.Key == HeaderTracestate {
+			c[kv.Key] = string(kv.Value)
+		}
+	}
+	return c
+}

@@ -1,0 +1,220 @@
+// Package outbox writes events into a Debezium-compatible transactional
+// outbox table inside the caller's transaction, so an event is published if
+// and only if the business change that caused it commits.
+//
+//	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+//		if _, err := tx.Exec(ctx, "UPDATE orders SET ..."); err != nil {
+//			return err
+//		}
+//		return w.Write(ctx, tx, outbox.Event{AggregateType: "order", AggregateID: id, Message: ev})
+//	})
+//
+// In [ModeCDC] the writer deletes each row in the same transaction: the table
+// stays empty and only the write-ahead log carries the event to the relay.
+// In [ModePoll] rows stay until the relay has published them.
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/protobuf/proto"
+)
+
+// Mode is how events leave the outbox table.
+type Mode string
+
+const (
+	// ModeCDC reads events from the write-ahead log (logical replication).
+	// It is the default.
+	ModeCDC Mode = "cdc"
+	// ModePoll reads and deletes rows with SELECT ... FOR UPDATE SKIP LOCKED,
+	// for databases without logical replication.
+	ModePoll Mode = "poll"
+)
+
+// ParseMode parses "cdc" or "poll"; the empty string means [ModeCDC].
+func ParseMode(s string) (Mode, error) {
+	switch Mode(strings.ToLower(strings.TrimSpace(s))) {
+	case "", ModeCDC:
+		return ModeCDC, nil
+	case ModePoll:
+		return ModePoll, nil
+	}
+	return "", fmt.Errorf("unknown outbox mode %q (want %q or %q)", s, ModeCDC, ModePoll)
+}
+
+// Table is the outbox table's name.
+const Table = "outbox"
+
+// Schema creates the outbox table. The columns are Debezium's outbox event
+// router columns; seq (an identity column Debezium ignores) gives the poll
+// relay its commit-consistent order.
+const Schema = `
+CREATE TABLE IF NOT EXISTS outbox (
+	id                 uuid PRIMARY KEY,
+	aggregatetype      text NOT NULL,
+	aggregateid        text NOT NULL,
+	type               text NOT NULL,
+	payload            bytea NOT NULL,
+	tracingspancontext text,
+	created_at         timestamptz NOT NULL DEFAULT now(),
+	seq                bigint GENERATED ALWAYS AS IDENTITY
+);
+CREATE INDEX IF NOT EXISTS outbox_seq_idx ON outbox (seq);
+`
+
+// Execer is what [Migrate] needs: a *pgx.Conn, pgx.Tx or *pgxpool.Pool.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Migrate creates the outbox table if it does not exist.
+func Migrate(ctx context.Context, db Execer) error {
+	if _, err := db.Exec(ctx, Schema); err != nil {
+		return fmt.Errorf("create outbox table: %w", err)
+	}
+	return nil
+}
+
+// Event is one event to write.
+type Event struct {
+	// AggregateType names the kind of entity ("order"); the relay routes
+	// the event to the topic <prefix><AggregateType>. Letters, digits,
+	// '.', '_' and '-' only.
+	AggregateType string
+	// AggregateID identifies the entity; it becomes the Kafka key, so all
+	// events of one aggregate keep their order.
+	AggregateID string
+	// Message is the event; its full protobuf name becomes the event type.
+	Message proto.Message
+	// ID is the event id (CloudEvents ce_id, the consumers' dedup key);
+	// a random UUID when zero.
+	ID uuid.UUID
+}
+
+// Record is one outbox row as the relay reads it.
+type Record struct {
+	ID                 uuid.UUID
+	AggregateType      string
+	AggregateID        string
+	Type               string
+	Payload            []byte
+	TracingSpanContext string
+	CreatedAt          time.Time
+}
+
+var aggregateTypeRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`)
+
+// ErrInvalidEvent is returned (wrapped) for an event that cannot be written.
+var ErrInvalidEvent = errors.New("invalid outbox event")
+
+// Writer writes events into the outbox table.
+type Writer struct {
+	mode Mode
+}
+
+// NewWriter returns a writer for the relay mode in use: in [ModeCDC] rows are
+// deleted in the same transaction.
+func NewWriter(mode Mode) *Writer {
+	if mode == "" {
+		mode = ModeCDC
+	}
+	return &Writer{mode: mode}
+}
+
+// Mode returns the writer's mode.
+func (w *Writer) Mode() Mode { return w.mode }
+
+// Write adds events to the outbox inside tx, stamping each with the span
+// context found in ctx. Nothing is published unless tx commits.
+func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	spanContext := EncodeTraceContext(ctx)
+	batch := &pgx.Batch{}
+	for _, ev := range events {
+		if err := validate(ev); err != nil {
+			return err
+		}
+		payload, err := proto.Marshal(ev.Message)
+		if err != nil {
+			return fmt.Errorf("outbox: marshal %s: %w", proto.MessageName(ev.Message), err)
+		}
+		id := ev.ID
+		if id == uuid.Nil {
+			id = uuid.New()
+		}
+		var tsc *string
+		if spanContext != "" {
+			tsc = &spanContext
+		}
+		batch.Queue(`INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, tracingspancontext)
+			VALUES ($1, $2, $3, $4, $5, $6)`,
+			id, ev.AggregateType, ev.AggregateID, string(proto.MessageName(ev.Message)), payload, tsc)
+		if w.mode == ModeCDC {
+			batch.Queue(`DELETE FROM outbox WHERE id = $1`, id)
+		}
+	}
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("outbox: write %d event(s): %w", len(events), err)
+	}
+	return nil
+}
+
+func validate(ev Event) error {
+	switch {
+	case ev.Message == nil:
+		return fmt.Errorf("%w: nil message", ErrInvalidEvent)
+	case !aggregateTypeRE.MatchString(ev.AggregateType):
+		return fmt.Errorf("%w: aggregate type %q must be 1-200 of [a-zA-Z0-9._-]", ErrInvalidEvent, ev.AggregateType)
+	case ev.AggregateID == "":
+		return fmt.Errorf("%w: empty aggregate id", ErrInvalidEvent)
+	}
+	return nil
+}
+
+var traceContext = propagation.TraceContext{}
+
+// EncodeTraceContext serialises the W3C trace context of ctx the way the
+// tracingspancontext column holds it ("traceparent=...\ntracestate=...",
+// the properties format Debezium uses). It is empty when ctx has no span.
+func EncodeTraceContext(ctx context.Context) string {
+	carrier := propagation.MapCarrier{}
+	traceContext.Inject(ctx, carrier)
+	if carrier["traceparent"] == "" {
+		return ""
+	}
+	var b strings.Builder
+	for _, k := range []string{"traceparent", "tracestate"} {
+		if v := carrier[k]; v != "" {
+			fmt.Fprintf(&b, "%s=%s\n", k, v)
+		}
+	}
+	return b.String()
+}
+
+// TraceCarrier parses a tracingspancontext value into its header values
+// (traceparent, tracestate), ready for a propagator.
+func TraceCarrier(s string) propagation.MapCarrier {
+	carrier := propagation.MapCarrier{}
+	for _, line := range strings.Split(s, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if k, v, ok := strings.Cut(line, "="); ok {
+			carrier[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return carrier
+}

@@ -1,0 +1,138 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/switchyard/switchyard/platform/outbox"
+)
+
+// pollSource reads outbox rows in seq order and deletes them once Kafka has
+// acknowledged them. A session advisory lock held on the relay's connection
+// admits one active relay per database.
+type pollSource struct{}
+
+// lockKey is the advisory lock that elects the active poll relay.
+func lockKey(slot string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("switchyard.relay." + slot))
+	return int64(h.Sum64())
+}
+
+func (s *pollSource) prepare(ctx context.Context, cfg *Config) error {
+	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	return outbox.Migrate(ctx, conn)
+}
+
+func (s *pollSource) run(ctx context.Context, r *Relay) error {
+	cfg := &r.cfg
+	if err := s.prepare(ctx, cfg); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var locked bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", lockKey(cfg.Slot)).Scan(&locked); err != nil {
+		return fmt.Errorf("take relay lock: %w", err)
+	}
+	if !locked {
+		return errStandby
+	}
+	pub, err := newPublisher(r)
+	if err != nil {
+		return err
+	}
+	defer pub.close()
+	r.active.Store(true)
+	cfg.Logger.Info("active: polling the outbox table")
+	for {
+		n, err := s.batch(ctx, r, conn, pub)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if n > 0 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-pub.failed():
+			return err
+		case <-time.After(cfg.PollInterval):
+		}
+	}
+}
+
+// batch publishes up to BatchSize rows and deletes them after Kafka has
+// acknowledged all of them, in one transaction: if anything fails, the rows
+// stay and are sent again.
+func (s *pollSource) batch(ctx context.Context, r *Relay, conn *pgx.Conn, pub *publisher) (int, error) {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	rows, err := tx.Query(ctx, `SELECT id, aggregatetype, aggregateid, type, payload, coalesce(tracingspancontext, ''), created_at
+		FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED`, r.cfg.BatchSize)
+	if err != nil {
+		return 0, fmt.Errorf("read outbox: %w", err)
+	}
+	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (outbox.Record, error) {
+		var rec outbox.Record
+		err := row.Scan(&rec.ID, &rec.AggregateType, &rec.AggregateID, &rec.Type, &rec.Payload, &rec.TracingSpanContext, &rec.CreatedAt)
+		return rec, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read outbox: %w", err)
+	}
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	var wg sync.WaitGroup
+	wg.Add(len(recs))
+	ids := make([]uuid.UUID, len(recs))
+	for i, rec := range recs {
+		ids[i] = rec.ID
+		if err := pub.publish(ctx, rec, wg.Done); err != nil {
+			return 0, err
+		}
+	}
+	acked := make(chan struct{})
+	go func() { wg.Wait(); close(acked) }()
+	select {
+	case <-acked:
+	case err := <-pub.failed():
+		pub.fail(err)
+		return 0, err
+	case <-ctx.Done():
+		// Stopping: give Kafka a bounded time to acknowledge this batch.
+		select {
+		case <-acked:
+		case <-time.After(r.cfg.ShutdownTimeout):
+			return 0, ctx.Err()
+		}
+	}
+	if _, err := tx.Exec(context.Background(), "DELETE FROM outbox WHERE id = ANY($1)", ids); err != nil {
+		return 0, fmt.Errorf("delete published rows: %w", err)
+	}
+	if err := tx.Commit(context.Background()); err != nil {
+		return 0, fmt.Errorf("commit published rows: %w", err)
+	}
+	return len(recs), nil
+}
