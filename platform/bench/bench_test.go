@@ -1,0 +1,305 @@
+// Package bench measures the platform against real PostgreSQL and kfake:
+// how fast PostgreSQL commits outbox writes, how fast each relay mode drains
+// a backlog, the latency from commit to a consumer seeing the event, and the
+// inbox consumer's apply rate. Run with `make bench`; figures go into
+// docs/benchmarks.md.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/switchyard/switchyard/platform/broker"
+	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/envelope"
+	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/relay"
+	"github.com/switchyard/switchyard/platform/testkit"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+const aggregates = 100
+
+// timedBase marks the payloads of events whose latency is measured.
+const timedBase = 1 << 40
+
+type env struct {
+	b      *testing.B
+	url    string
+	pool   *pgxpool.Pool
+	kafka  *testkit.Broker
+	writer *outbox.Writer
+	mode   outbox.Mode
+}
+
+func newEnv(b *testing.B, mode outbox.Mode) *env {
+	url := testkit.Database(b)
+	e := &env{b: b, url: url, pool: testkit.Pool(b, url), kafka: testkit.Kafka(b), writer: outbox.NewWriter(mode), mode: mode}
+	if err := e.relay().Prepare(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) relay() *relay.Relay {
+	r, err := relay.New(relay.Config{
+		Mode: e.mode, DatabaseURL: e.url, TopicPrefix: "bench.",
+		Kafka:  broker.Config{Brokers: e.kafka.Addr(), Partitions: 12},
+		Logger: quiet,
+	})
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	return r
+}
+
+// writeEvents commits n events, perTx per transaction, from workers
+// goroutines, and returns the commit time of each event id.
+func (e *env) writeEvents(n, perTx, workers int) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			for {
+				start := next.Add(int64(perTx)) - int64(perTx)
+				if start >= int64(n) {
+					return
+				}
+				err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+					evs := make([]outbox.Event, 0, perTx)
+					for i := start; i < start+int64(perTx) && i < int64(n); i++ {
+						evs = append(evs, outbox.Event{AggregateType: "item", AggregateID: fmt.Sprintf("agg-%d", i%aggregates), Message: wrapperspb.Int64(i)})
+					}
+					return e.writer.Write(ctx, tx, evs...)
+				})
+				if err != nil {
+					e.b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// BenchmarkOutboxCommit is the ceiling the relay must beat: single-event
+// transactions committed by 8 concurrent writers.
+func BenchmarkOutboxCommit(b *testing.B) {
+	for _, mode := range []outbox.Mode{outbox.ModeCDC, outbox.ModePoll} {
+		b.Run(string(mode), func(b *testing.B) {
+			e := newEnv(b, mode)
+			const n = 20000
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				e.writeEvents(n, 1, 8)
+			}
+			b.ReportMetric(float64(n*b.N)/time.Since(start).Seconds(), "commits/s")
+		})
+	}
+}
+
+// BenchmarkRelayDrain drains a backlog of 100,000 committed events.
+func BenchmarkRelayDrain(b *testing.B) {
+	for _, mode := range []outbox.Mode{outbox.ModeCDC, outbox.ModePoll} {
+		b.Run(string(mode), func(b *testing.B) {
+			const n = 100000
+			var total time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				e := newEnv(b, mode)
+				e.writeEvents(n, 100, 4)
+				r := e.relay()
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				b.StartTimer()
+				start := time.Now()
+				go func() { defer close(done); _ = r.Run(ctx) }()
+				for r.Stats().Published < n {
+					time.Sleep(5 * time.Millisecond)
+				}
+				total += time.Since(start)
+				b.StopTimer()
+				cancel()
+				<-done
+			}
+			b.ReportMetric(float64(n*b.N)/total.Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkCommitToConsumer writes single-event transactions at a steady
+// rate with the relay running and measures, per event, the time from commit
+// to a plain Kafka consumer receiving it (which includes the relay's publish
+// and Kafka's acknowledgement).
+func BenchmarkCommitToConsumer(b *testing.B) {
+	for _, mode := range []outbox.Mode{outbox.ModeCDC, outbox.ModePoll} {
+		b.Run(string(mode), func(b *testing.B) {
+			const rate, seconds = 500, 10
+			e := newEnv(b, mode)
+			r := e.relay()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { _ = r.Run(ctx) }()
+			e.writeEvents(aggregates, 1, 1) // create the topic, warm up
+			for r.Stats().Published < aggregates {
+				time.Sleep(5 * time.Millisecond)
+			}
+
+			c, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": e.kafka.Addr(), "group.id": "bench", "auto.offset.reset": "earliest", "enable.metrics.push": false, "fetch.wait.max.ms": 5})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.Subscribe("bench.item", nil); err != nil {
+				b.Fatal(err)
+			}
+			for {
+				if a, _ := c.Assignment(); len(a) > 0 {
+					break
+				}
+				c.Poll(50)
+			}
+			committed := sync.Map{}
+			var latencies []time.Duration
+			recvDone := make(chan struct{})
+			want := rate * seconds
+			go func() {
+				defer close(recvDone)
+				deadline := time.Now().Add(time.Duration(seconds+60) * time.Second)
+				for len(latencies) < want && time.Now().Before(deadline) {
+					m, err := c.ReadMessage(100 * time.Millisecond)
+					if err != nil {
+						continue
+					}
+					at := time.Now()
+					var v wrapperspb.Int64Value
+					if proto.Unmarshal(m.Value, &v) != nil || v.Value < timedBase {
+						continue // a warm-up event
+					}
+					id := envelope.Headers(m)[envelope.HeaderID]
+					for i := 0; i < 100; i++ {
+						if t, ok := committed.Load(id); ok {
+							latencies = append(latencies, at.Sub(t.(time.Time)))
+							break
+						}
+						time.Sleep(time.Millisecond) // the writer records after commit returns
+					}
+				}
+			}()
+			b.ResetTimer()
+			tick := time.NewTicker(time.Second / rate)
+			for i := 0; i < want; i++ {
+				<-tick.C
+				id := uuid.New()
+				err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+					return e.writer.Write(ctx, tx, outbox.Event{ID: id, AggregateType: "item", AggregateID: fmt.Sprintf("agg-%d", i%aggregates), Message: wrapperspb.Int64(timedBase + int64(i))})
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				committed.Store(id.String(), time.Now())
+			}
+			tick.Stop()
+			<-recvDone
+			b.StopTimer()
+			if len(latencies) < want {
+				b.Fatalf("received %d of %d events", len(latencies), want)
+			}
+			sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+			pct := func(p float64) float64 { return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000 }
+			b.ReportMetric(pct(0.50), "p50-ms")
+			b.ReportMetric(pct(0.99), "p99-ms")
+			b.ReportMetric(pct(1), "max-ms")
+		})
+	}
+}
+
+// BenchmarkConsumerApply measures events applied per second through the
+// inbox (one transaction per event: inbox insert plus a balance update).
+func BenchmarkConsumerApply(b *testing.B) {
+	const n = 20000
+	e := newEnv(b, outbox.ModeCDC)
+	if _, err := e.pool.Exec(context.Background(), `CREATE TABLE balances (account text PRIMARY KEY, total bigint NOT NULL)`); err != nil {
+		b.Fatal(err)
+	}
+	e.kafka.CreateTopic(b, "bench.deposit", 12)
+	p, err := broker.NewProducer(broker.Config{Brokers: e.kafka.Addr()}, "bench", quiet)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	delivered := make(chan error, 1)
+	go func() {
+		var failed error
+		count := 0
+		for ev := range p.Events() {
+			if m, ok := ev.(*kafka.Message); ok {
+				if m.TopicPartition.Error != nil && failed == nil {
+					failed = m.TopicPartition.Error
+				}
+				if count++; count == n {
+					delivered <- failed
+				}
+			}
+		}
+	}()
+	for i := 0; i < n; i++ {
+		payload, _ := proto.Marshal(wrapperspb.Int64(1))
+		msg := envelope.Encode("bench.", "/bench", outbox.Record{ID: uuid.New(), AggregateType: "deposit",
+			AggregateID: fmt.Sprintf("acct-%d", i%aggregates), Type: "google.protobuf.Int64Value", Payload: payload, CreatedAt: time.Now()}, nil)
+		for p.Produce(msg, nil) != nil {
+			p.Flush(100)
+		}
+	}
+	select {
+	case err := <-delivered:
+		if err != nil {
+			b.Fatal(err)
+		}
+	case <-time.After(2 * time.Minute):
+		b.Fatal("events not delivered")
+	}
+	for i := 0; i < b.N; i++ {
+		c, err := consumer.New(consumer.Config{Kafka: broker.Config{Brokers: e.kafka.Addr()}, Group: fmt.Sprintf("bench-%d", i),
+			Topics: []string{"bench.deposit"}, Pool: e.pool, Logger: quiet})
+		if err != nil {
+			b.Fatal(err)
+		}
+		consumer.Handle(c, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			_, err := tx.Exec(ctx, `INSERT INTO balances VALUES ($1, $2) ON CONFLICT (account) DO UPDATE SET total = balances.total + $2`, md.Key, v.Value)
+			return err
+		})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		start := time.Now()
+		go func() { defer close(done); _ = c.Run(ctx) }()
+		for c.Stats().Processed < n {
+			time.Sleep(5 * time.Millisecond)
+		}
+		elapsed := time.Since(start)
+		cancel()
+		<-done
+		b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
+	}
+}
