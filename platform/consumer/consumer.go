@@ -93,7 +93,7 @@ type Config struct {
 	// Backoff is the pause after the first failure, doubled after each
 	// further one up to MaxBackoff (defaults 100ms and 5s).
 	Backoff    time.Duration
-	MaxBackoff time.Duration
+	MaxBackoff time.Duration // upper bound of the doubling Backoff
 	// InboxRetention is how long inbox rows are kept (default 7 days). A
 	// redelivery older than this is no longer recognised as a duplicate.
 	InboxRetention time.Duration
@@ -139,9 +139,9 @@ func (c *Config) setDefaults() error {
 // Metadata describes the event being handled.
 type Metadata struct {
 	envelope.Metadata
-	Topic     string
-	Partition int32
-	Offset    int64
+	Topic     string // where the message was read
+	Partition int32  // its partition
+	Offset    int64  // its offset
 	// Key is the Kafka key (the aggregate id).
 	Key string
 	// Attempt is 1 on the first try.

@@ -70,11 +70,11 @@ func Encode(prefix, source string, rec outbox.Record, trace propagation.MapCarri
 
 // Metadata is what the headers of a received event say.
 type Metadata struct {
-	ID      uuid.UUID
-	Source  string
-	Type    string
-	Subject string
-	Time    time.Time
+	ID      uuid.UUID // ce_id: the outbox id, unique per event
+	Source  string    // ce_source: the producing service
+	Type    string    // ce_type: the full protobuf message name
+	Subject string    // ce_subject: the aggregate id
+	Time    time.Time // ce_time: when the event was written
 }
 
 // ErrMalformed is returned (wrapped) for a message that is not a valid

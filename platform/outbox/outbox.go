@@ -103,13 +103,13 @@ type Event struct {
 
 // Record is one outbox row as the relay reads it.
 type Record struct {
-	ID                 uuid.UUID
-	AggregateType      string
-	AggregateID        string
-	Type               string
-	Payload            []byte
-	TracingSpanContext string
-	CreatedAt          time.Time
+	ID                 uuid.UUID // id: the event id
+	AggregateType      string    // aggregatetype: routes to the topic
+	AggregateID        string    // aggregateid: the Kafka key
+	Type               string    // type: the full protobuf message name
+	Payload            []byte    // payload: the protobuf bytes
+	TracingSpanContext string    // tracingspancontext: the writer's W3C trace context
+	CreatedAt          time.Time // created_at: the writing transaction's start
 }
 
 var aggregateTypeRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`)
