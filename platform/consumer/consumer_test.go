@@ -165,16 +165,6 @@ func (h *harness) depositCount() int64 {
 	return n
 }
 
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func expected(ds []deposit) map[string][2]int64 {
 	want := map[string][2]int64{}
@@ -209,7 +199,7 @@ func TestDuplicatesAppliedOnce(t *testing.T) {
 	h.send(ds...)
 	h.send(ds[7], ds[7], ds[30]) // redeliveries of the same events
 	c, stop := h.run(h.config("dedup"), nil)
-	waitFor(t, time.Minute, "all deposits and duplicates", func() bool {
+	testkit.WaitFor(t, time.Minute, "all deposits and duplicates", func() bool {
 		s := c.Stats()
 		return s.Processed+s.Duplicates == 53
 	})
@@ -236,7 +226,7 @@ func TestDuplicatesAppliedOnce(t *testing.T) {
 		t.Fatalf("rewind offsets: %v", err)
 	}
 	c2, _ := h.run(h.config("dedup"), nil)
-	waitFor(t, time.Minute, "the rewound topic to be consumed again", func() bool { return c2.Stats().Duplicates == 53 })
+	testkit.WaitFor(t, time.Minute, "the rewound topic to be consumed again", func() bool { return c2.Stats().Duplicates == 53 })
 	checkBalances(t, h.balances(), expected(ds))
 	if s := c2.Stats(); s.Processed != 0 {
 		t.Fatalf("after rewind: %+v, want nothing processed again", s)
@@ -264,7 +254,7 @@ func TestTransientFailureRetried(t *testing.T) {
 		return nil
 	})
 	h.send(flaky, newDeposit("acct-other", 1))
-	waitFor(t, time.Minute, "both deposits", func() bool { return c.Stats().Processed == 2 })
+	testkit.WaitFor(t, time.Minute, "both deposits", func() bool { return c.Stats().Processed == 2 })
 	checkBalances(t, h.balances(), map[string][2]int64{"acct-flaky": {100, 1}, "acct-other": {1, 1}})
 	if s := c.Stats(); s.Retries != 2 || s.DeadLettered != 0 {
 		t.Fatalf("stats %+v, want 2 retries and nothing dead-lettered", s)
@@ -300,7 +290,7 @@ func TestPoisonMessageDeadLettered(t *testing.T) {
 	h.sendRaw(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &tp, Partition: kafka.PartitionAny}, Key: []byte("acct-1"), Value: []byte("hi")})
 	h.send(after...)
 
-	waitFor(t, time.Minute, "good deposits around the poison", func() bool { return c.Stats().Processed == 3 })
+	testkit.WaitFor(t, time.Minute, "good deposits around the poison", func() bool { return c.Stats().Processed == 3 })
 	checkBalances(t, h.balances(), map[string][2]int64{"acct-1": {60, 3}})
 	if s := c.Stats(); s.DeadLettered != 3 || s.Retries != 2 {
 		t.Fatalf("stats %+v, want 3 dead-lettered (poison after 3 attempts, garbage, headerless) and 2 retries", s)
@@ -346,13 +336,13 @@ func TestGroupRebalanceAppliesOnce(t *testing.T) {
 	}
 	a, stopA := h.run(h.config("group"), slow)
 	h.send(ds[:700]...)
-	waitFor(t, time.Minute, "instance A to start", func() bool { return a.Stats().Processed > 100 })
+	testkit.WaitFor(t, time.Minute, "instance A to start", func() bool { return a.Stats().Processed > 100 })
 	b, _ := h.run(h.config("group"), slow)
 	h.send(ds[700:1400]...)
-	waitFor(t, time.Minute, "instance B to get partitions", func() bool { return b.Stats().Processed > 100 })
+	testkit.WaitFor(t, time.Minute, "instance B to get partitions", func() bool { return b.Stats().Processed > 100 })
 	stopA()
 	h.send(ds[1400:]...)
-	waitFor(t, 2*time.Minute, "every deposit", func() bool { return h.depositCount() >= int64(len(ds)) })
+	testkit.WaitFor(t, 2*time.Minute, "every deposit", func() bool { return h.depositCount() >= int64(len(ds)) })
 	time.Sleep(500 * time.Millisecond) // let any stray redelivery land
 	checkBalances(t, h.balances(), expected(ds))
 	sa, sb := a.Stats(), b.Stats()
@@ -381,7 +371,7 @@ func TestInboxPruned(t *testing.T) {
 	cfg.PruneInterval = 20 * time.Millisecond
 	c, _ := h.run(cfg, nil)
 	h.send(newDeposit("acct-1", 1))
-	waitFor(t, time.Minute, "the deposit", func() bool { return c.Stats().Processed == 1 })
+	testkit.WaitFor(t, time.Minute, "the deposit", func() bool { return c.Stats().Processed == 1 })
 	count := func(group string) int {
 		var n int
 		if err := h.pool.QueryRow(ctx, "SELECT count(*) FROM inbox WHERE consumer_group = $1", group).Scan(&n); err != nil {
@@ -389,7 +379,7 @@ func TestInboxPruned(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, 30*time.Second, "the old row to be pruned", func() bool { return count("prune") == 1 })
+	testkit.WaitFor(t, 30*time.Second, "the old row to be pruned", func() bool { return count("prune") == 1 })
 	if n := count("other-group"); n != 1 {
 		t.Fatalf("another group's inbox rows were pruned (%d left)", n)
 	}

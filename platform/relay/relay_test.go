@@ -25,6 +25,7 @@ import (
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/platform/relay"
+	"github.com/switchyard/switchyard/platform/testkit"
 )
 
 var modes = []outbox.Mode{outbox.ModeCDC, outbox.ModePoll}
@@ -50,7 +51,7 @@ func TestRelayDeliversEverythingInOrder(t *testing.T) {
 					t.Fatalf("cdc: outbox holds %d rows, want 0 (rows are deleted in the writing transaction)", n)
 				}
 			} else {
-				waitFor(t, 30*time.Second, "poll relay to delete published rows", func() bool { return h.outboxRows() == 0 })
+				testkit.WaitFor(t, 30*time.Second, "poll relay to delete published rows", func() bool { return h.outboxRows() == 0 })
 			}
 			if s := r.Stats(); !s.Active || s.Published < aggs*perAgg {
 				t.Fatalf("stats = %+v, want active with >= %d published", s, aggs*perAgg)
@@ -119,7 +120,7 @@ func TestOneActiveRelayAndTakeover(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t, mode)
 			r1, cancel1, wait1 := h.start(h.config())
-			waitFor(t, 30*time.Second, "first relay to become active", func() bool { return r1.Stats().Active })
+			testkit.WaitFor(t, 30*time.Second, "first relay to become active", func() bool { return r1.Stats().Active })
 			r2, _, _ := h.start(h.config())
 			h.writeMany(10, 20, 4)
 			h.readAll(200, time.Minute)
@@ -132,7 +133,7 @@ func TestOneActiveRelayAndTakeover(t *testing.T) {
 
 			cancel1()
 			wait1()
-			waitFor(t, 30*time.Second, "standby to take over", func() bool { return r2.Stats().Active })
+			testkit.WaitFor(t, 30*time.Second, "standby to take over", func() bool { return r2.Stats().Active })
 			h.writeMany(10, 20, 4)
 			got := h.readAll(400, time.Minute)
 			checkOrder(t, got, 10, 40)
@@ -232,7 +233,7 @@ func TestRelayCrashLosesNothing(t *testing.T) {
 						}
 					}
 				}
-				waitFor(t, time.Minute, "the first relay to publish", func() bool {
+				testkit.WaitFor(t, time.Minute, "the first relay to publish", func() bool {
 					return h.kafka.HasTopic(topic) && sum(h.kafka.EndOffsets(t, topic)) >= 300
 				})
 				killed()

@@ -97,3 +97,16 @@ func randomHex(n int) string {
 	}
 	return hex.EncodeToString(b)
 }
+
+// WaitFor polls cond every 20ms and fails the test if it is still false
+// after timeout; what names the awaited state in the failure.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

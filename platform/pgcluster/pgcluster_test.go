@@ -1,0 +1,48 @@
+package pgcluster_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/switchyard/switchyard/platform/pgcluster"
+)
+
+// Missing server binaries give an error that says what to install.
+func TestMissingBinariesExplained(t *testing.T) {
+	t.Setenv("SWITCHYARD_PG_BIN", t.TempDir())
+	_, err := pgcluster.Start(context.Background(), pgcluster.Options{DataDir: t.TempDir()})
+	if !errors.Is(err, pgcluster.ErrBinariesNotFound) || !strings.Contains(err.Error(), "apt-get install postgresql") {
+		t.Fatalf("Start = %v, want ErrBinariesNotFound naming the package to install", err)
+	}
+}
+
+// A cluster keeps its data across a stop and a start, and a busy port is
+// reported in one line.
+func TestRestartKeepsDataAndBusyPort(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir() + "/pg"
+	c, err := pgcluster.Start(ctx, pgcluster.Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateDatabase(ctx, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgcluster.Start(ctx, pgcluster.Options{DataDir: t.TempDir() + "/other", Port: c.Port()}); err == nil || !strings.Contains(err.Error(), "busy") {
+		t.Fatalf("second cluster on port %d: %v, want a busy-port error", c.Port(), err)
+	}
+	port := c.Port()
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	c, err = pgcluster.Start(ctx, pgcluster.Options{DataDir: dir, Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if err := c.CreateDatabase(ctx, "kept"); err != nil { // exists: no error, no duplicate
+		t.Fatal(err)
+	}
+}
