@@ -165,7 +165,6 @@ func (h *harness) depositCount() int64 {
 	return n
 }
 
-
 func expected(ds []deposit) map[string][2]int64 {
 	want := map[string][2]int64{}
 	for _, d := range ds {

@@ -252,4 +252,3 @@ func (h *harness) outboxRows() int {
 	}
 	return n
 }
-
