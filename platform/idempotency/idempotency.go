@@ -1,0 +1,90 @@
+// Package idempotency makes a mutating RPC safe to retry: the first call
+// with an idempotency key stores its response in the same transaction as its
+// changes; a later call with the same key gets that response back and
+// changes nothing.
+package idempotency
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/platform/outbox"
+)
+
+// Schema creates the idempotency_keys table.
+const Schema = `
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+	scope        text NOT NULL,
+	key          text NOT NULL,
+	request_hash bytea NOT NULL,
+	response     bytea,
+	created_at   timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (scope, key)
+);
+`
+
+// Migrate creates the idempotency_keys table if it does not exist.
+func Migrate(ctx context.Context, db outbox.Execer) error {
+	if _, err := db.Exec(ctx, Schema); err != nil {
+		return fmt.Errorf("create idempotency_keys table: %w", err)
+	}
+	return nil
+}
+
+// ErrKeyReused is returned when a key comes back with a different request.
+var ErrKeyReused = errors.New("idempotency key already used with a different request")
+
+// Do runs fn once per (scope, key) inside tx and returns its response; with
+// a key seen before it returns the stored response instead. A concurrent
+// call with the same key waits for the first to commit. An empty key runs fn
+// without any bookkeeping. The request is hashed so that reusing a key for a
+// different request fails with ErrKeyReused rather than returning a stale
+// answer.
+func Do[T proto.Message](ctx context.Context, tx pgx.Tx, scope, key string, req proto.Message, fn func() (T, error)) (resp T, replayed bool, err error) {
+	if key == "" {
+		resp, err = fn()
+		return resp, false, err
+	}
+	reqBytes, err := proto.MarshalOptions{Deterministic: true}.Marshal(req)
+	if err != nil {
+		return resp, false, fmt.Errorf("idempotency: hash request: %w", err)
+	}
+	sum := sha256.Sum256(reqBytes)
+	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
+		ON CONFLICT DO NOTHING`, scope, key, sum[:])
+	if err != nil {
+		return resp, false, fmt.Errorf("idempotency: claim key: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		var hash, stored []byte
+		if err := tx.QueryRow(ctx, `SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2`,
+			scope, key).Scan(&hash, &stored); err != nil {
+			return resp, false, fmt.Errorf("idempotency: read key: %w", err)
+		}
+		if string(hash) != string(sum[:]) {
+			return resp, false, ErrKeyReused
+		}
+		resp = resp.ProtoReflect().Type().New().Interface().(T)
+		if err := proto.Unmarshal(stored, resp); err != nil {
+			return resp, false, fmt.Errorf("idempotency: decode stored response: %w", err)
+		}
+		return resp, true, nil
+	}
+	resp, err = fn()
+	if err != nil {
+		return resp, false, err
+	}
+	out, err := proto.Marshal(resp)
+	if err != nil {
+		return resp, false, fmt.Errorf("idempotency: encode response: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2`, scope, key, out); err != nil {
+		return resp, false, fmt.Errorf("idempotency: store response: %w", err)
+	}
+	return resp, false, nil
+}

@@ -1,0 +1,465 @@
+// Package service is the process skeleton every Switchyard service shares:
+// configuration from the environment, structured logs, the database pool and
+// migrations, the gRPC server (health, reflection, panic recovery, error
+// mapping), the outbox relay and the inbox consumer, readiness, and graceful
+// shutdown. A service supplies only its domain through [Spec]:
+//
+//	func main() {
+//		service.Main(service.Spec{
+//			Name: "payments", Port: 50054, Migrations: payments.Migrations,
+//			Subscribe: []string{"customer", "order"},
+//			Setup: payments.Setup,
+//		})
+//	}
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard/switchyard/platform/broker"
+	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/idempotency"
+	"github.com/switchyard/switchyard/platform/migrate"
+	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/relay"
+)
+
+// Spec is what a service contributes.
+type Spec struct {
+	// Name is the service's name ("orders"): the consumer group, the log
+	// attribute and the default CloudEvents source.
+	Name string
+	// Port is the default gRPC port.
+	Port int
+	// Migrations holds the service's *.sql migrations (see package migrate).
+	Migrations fs.FS
+	// Subscribe lists the aggregate types whose topics the service consumes.
+	Subscribe []string
+	// Setup registers the gRPC services and event handlers and may start
+	// background loops with [Env.Go]. It runs before the server listens.
+	Setup func(env *Env) error
+}
+
+// Config is the environment-driven configuration common to all services.
+type Config struct {
+	GRPCAddr        string        // SWITCHYARD_GRPC_ADDR, default ":<port>"
+	DatabaseURL     string        // SWITCHYARD_DATABASE_URL, required
+	Brokers         string        // SWITCHYARD_KAFKA_BROKERS, default 127.0.0.1:19092
+	TopicPrefix     string        // SWITCHYARD_TOPIC_PREFIX, default "switchyard."
+	OutboxMode      outbox.Mode   // SWITCHYARD_OUTBOX_MODE, cdc (default) or poll
+	Partitions      int           // SWITCHYARD_TOPIC_PARTITIONS, default 6
+	ShutdownTimeout time.Duration // SWITCHYARD_SHUTDOWN_TIMEOUT, default 20s
+	LogLevel        slog.Level    // SWITCHYARD_LOG_LEVEL, default info
+	LogFormat       string        // SWITCHYARD_LOG_FORMAT: json (default) or text
+}
+
+// LoadConfig reads the configuration of a service whose default port is
+// port through getenv (os.Getenv in production).
+func LoadConfig(port int, getenv func(string) string) (Config, error) {
+	get := func(k, def string) string {
+		if v := strings.TrimSpace(getenv(k)); v != "" {
+			return v
+		}
+		return def
+	}
+	cfg := Config{
+		GRPCAddr:    get("SWITCHYARD_GRPC_ADDR", ":"+strconv.Itoa(port)),
+		DatabaseURL: get("SWITCHYARD_DATABASE_URL", ""),
+		Brokers:     get("SWITCHYARD_KAFKA_BROKERS", "127.0.0.1:19092"),
+		TopicPrefix: get("SWITCHYARD_TOPIC_PREFIX", "switchyard."),
+		LogFormat:   get("SWITCHYARD_LOG_FORMAT", "json"),
+	}
+	var errs []error
+	if cfg.DatabaseURL == "" {
+		errs = append(errs, errors.New("SWITCHYARD_DATABASE_URL is required"))
+	}
+	var err error
+	if cfg.OutboxMode, err = outbox.ParseMode(get("SWITCHYARD_OUTBOX_MODE", "cdc")); err != nil {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_OUTBOX_MODE: %w", err))
+	}
+	if cfg.Partitions, err = strconv.Atoi(get("SWITCHYARD_TOPIC_PARTITIONS", "6")); err != nil || cfg.Partitions < 1 {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_TOPIC_PARTITIONS: want a positive integer"))
+	}
+	if cfg.ShutdownTimeout, err = time.ParseDuration(get("SWITCHYARD_SHUTDOWN_TIMEOUT", "20s")); err != nil {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_SHUTDOWN_TIMEOUT: %w", err))
+	}
+	if err := cfg.LogLevel.UnmarshalText([]byte(get("SWITCHYARD_LOG_LEVEL", "info"))); err != nil {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_LOG_LEVEL: %w", err))
+	}
+	if cfg.LogFormat != "json" && cfg.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_LOG_FORMAT: want json or text"))
+	}
+	return cfg, errors.Join(errs...)
+}
+
+// Env is what Setup gets: the service's shared resources.
+type Env struct {
+	Name     string
+	Config   Config
+	Pool     *pgxpool.Pool
+	Outbox   *outbox.Writer
+	Server   *grpc.Server
+	Consumer *consumer.Consumer // nil when Spec.Subscribe is empty
+	Logger   *slog.Logger
+
+	stopping   chan struct{}
+	background []func(context.Context) error
+}
+
+// Topic returns the topic of an aggregate type.
+func (e *Env) Topic(aggregateType string) string { return e.Config.TopicPrefix + aggregateType }
+
+// Go runs fn once the service is ready, until shutdown cancels its context.
+// An error it returns stops the service.
+func (e *Env) Go(fn func(ctx context.Context) error) { e.background = append(e.background, fn) }
+
+// Stopping is closed when shutdown begins; long-lived streams return then so
+// that graceful shutdown does not wait for them.
+func (e *Env) Stopping() <-chan struct{} { return e.stopping }
+
+// Main runs the service until SIGINT or SIGTERM and exits non-zero if it
+// fails.
+func Main(spec Spec) {
+	cfg, err := LoadConfig(spec.Port, os.Getenv)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: configuration: %v\n", spec.Name, err)
+		os.Exit(2)
+	}
+	logger := NewLogger(os.Stderr, cfg, spec.Name)
+	slog.SetDefault(logger)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := Run(ctx, spec, cfg, logger, nil); err != nil {
+		logger.Error("service failed", "error", err)
+		os.Exit(1)
+	}
+}
+
+// NewLogger returns the service's structured logger.
+func NewLogger(w *os.File, cfg Config, name string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
+	if cfg.LogFormat == "text" {
+		h = slog.NewTextHandler(w, opts)
+	}
+	return slog.New(h).With("service", name)
+}
+
+// Run serves until ctx is cancelled, then shuts down gracefully: health
+// turns NOT_SERVING, in-flight RPCs finish (up to ShutdownTimeout), the
+// relay and consumer stop cleanly. listening, if set, is called with the
+// bound address once the server accepts connections.
+func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listening func(net.Addr)) error {
+	pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer pool.Close()
+	kcfg := broker.Config{Brokers: cfg.Brokers, Partitions: cfg.Partitions}
+
+	var ready atomic.Bool
+	healthSrv := health.NewServer()
+	server := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(unaryGuard(&ready, logger)),
+		grpc.ChainStreamInterceptor(streamGuard(&ready, logger)),
+	)
+	healthpb.RegisterHealthServer(server, healthSrv)
+	reflection.Register(server)
+
+	env := &Env{
+		Name: spec.Name, Config: cfg, Pool: pool, Outbox: outbox.NewWriter(cfg.OutboxMode),
+		Server: server, Logger: logger, stopping: make(chan struct{}),
+	}
+	if len(spec.Subscribe) > 0 {
+		topics := make([]string, len(spec.Subscribe))
+		for i, a := range spec.Subscribe {
+			topics[i] = env.Topic(a)
+		}
+		env.Consumer, err = consumer.New(consumer.Config{Kafka: kcfg, Group: spec.Name, Topics: topics, Pool: pool, Logger: logger})
+		if err != nil {
+			return err
+		}
+	}
+	rl, err := relay.New(relay.Config{
+		Mode: cfg.OutboxMode, DatabaseURL: cfg.DatabaseURL, Kafka: kcfg,
+		TopicPrefix: cfg.TopicPrefix, Source: "/switchyard/" + spec.Name, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	if err := spec.Setup(env); err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	// Health is NOT_SERVING for the server and for each of its services
+	// until the database and the broker are reachable.
+	serviceNames := []string{""}
+	for name := range server.GetServiceInfo() {
+		serviceNames = append(serviceNames, name)
+	}
+	setHealth := func(s healthpb.HealthCheckResponse_ServingStatus) {
+		for _, n := range serviceNames {
+			healthSrv.SetServingStatus(n, s)
+		}
+	}
+	setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+
+	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.GRPCAddr, err)
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- server.Serve(lis) }()
+	logger.Info("listening", "addr", lis.Addr().String())
+	if listening != nil {
+		listening(lis.Addr())
+	}
+
+	bgCtx, cancelBG := context.WithCancel(context.Background())
+	defer cancelBG()
+	var wg sync.WaitGroup
+	failed := make(chan error, 1)
+	fail := func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+	}
+	start := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(bgCtx); err != nil && bgCtx.Err() == nil {
+				fail(fmt.Errorf("%s: %w", name, err))
+			}
+		}()
+	}
+
+	// Bootstrap in the background so that health can answer meanwhile.
+	start("bootstrap", func(ctx context.Context) error {
+		if err := bootstrap(ctx, spec, env, rl, kcfg); err != nil {
+			return err
+		}
+		ready.Store(true)
+		start("relay", rl.Run)
+		if env.Consumer != nil {
+			start("consumer", env.Consumer.Run)
+		}
+		for _, fn := range env.background {
+			start("background", fn)
+		}
+		start("health", func(ctx context.Context) error { return healthLoop(ctx, pool, kcfg, setHealth, logger) })
+		logger.Info("ready")
+		return nil
+	})
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down")
+	case runErr = <-failed:
+		logger.Error("stopping after failure", "error", runErr)
+	case runErr = <-serveErr:
+		runErr = fmt.Errorf("grpc server: %w", runErr)
+	}
+
+	setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+	close(env.stopping)
+	stopped := make(chan struct{})
+	go func() { server.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(cfg.ShutdownTimeout):
+		logger.Warn("in-flight RPCs did not finish in time; closing them", "timeout", cfg.ShutdownTimeout)
+		server.Stop()
+	}
+	cancelBG()
+	wg.Wait()
+	logger.Info("stopped")
+	return runErr
+}
+
+// bootstrap waits for the database and the broker, then applies the
+// migrations, prepares the relay and creates the consumed topics.
+func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, kcfg broker.Config) error {
+	backoff := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := func() error {
+			if err := env.Pool.Ping(ctx); err != nil {
+				return fmt.Errorf("database unreachable: %w", err)
+			}
+			for _, m := range []func(context.Context) error{
+				func(ctx context.Context) error { return outbox.Migrate(ctx, env.Pool) },
+				func(ctx context.Context) error { return consumer.Migrate(ctx, env.Pool) },
+				func(ctx context.Context) error { return idempotency.Migrate(ctx, env.Pool) },
+			} {
+				if err := m(ctx); err != nil {
+					return err
+				}
+			}
+			if spec.Migrations != nil {
+				applied, err := migrate.Apply(ctx, env.Pool, spec.Migrations)
+				if err != nil {
+					return err
+				}
+				if len(applied) > 0 {
+					env.Logger.Info("applied migrations", "migrations", applied)
+				}
+			}
+			if err := rl.Prepare(ctx); err != nil {
+				if errors.Is(err, relay.ErrLogicalReplicationOff) {
+					return permanentErr{err}
+				}
+				return err
+			}
+			var topics []string
+			for _, a := range spec.Subscribe {
+				topics = append(topics, env.Topic(a))
+			}
+			tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := broker.EnsureTopics(tctx, kcfg, topics...); err != nil {
+				return fmt.Errorf("broker unreachable: %w", err)
+			}
+			return nil
+		}()
+		if err == nil {
+			return nil
+		}
+		var perm permanentErr
+		if errors.As(err, &perm) {
+			return perm.error
+		}
+		env.Logger.Warn("not ready yet; retrying", "attempt", attempt, "error", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+type permanentErr struct{ error }
+
+// healthLoop keeps the health status in line with the reachability of the
+// database and the broker.
+func healthLoop(ctx context.Context, pool *pgxpool.Pool, kcfg broker.Config, set func(healthpb.HealthCheckResponse_ServingStatus), logger *slog.Logger) error {
+	admin, err := kafka.NewAdminClient(kcfg.AdminConfig())
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	serving := false
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		dbErr := pool.Ping(cctx)
+		cancel()
+		_, kErr := admin.GetMetadata(nil, false, 2000)
+		ok := dbErr == nil && kErr == nil
+		if ok != serving {
+			serving = ok
+			if ok {
+				set(healthpb.HealthCheckResponse_SERVING)
+				logger.Info("health: SERVING")
+			} else {
+				set(healthpb.HealthCheckResponse_NOT_SERVING)
+				logger.Warn("health: NOT_SERVING", "database_error", errString(dbErr), "broker_error", errString(kErr))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// exempt lists the methods that answer before the service is ready.
+func exempt(method string) bool {
+	return strings.HasPrefix(method, "/grpc.health.v1.Health/") || strings.HasPrefix(method, "/grpc.reflection.")
+}
+
+var errNotReady = status.Error(codes.Unavailable, "service is starting: database or broker not reachable yet")
+
+func unaryGuard(ready *atomic.Bool, logger *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		if !ready.Load() && !exempt(info.FullMethod) {
+			return nil, errNotReady
+		}
+		defer func() {
+			if r := recover(); r != nil {
+				logger.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				resp, err = nil, status.Error(codes.Internal, "internal error")
+			}
+		}()
+		resp, err = handler(ctx, req)
+		return resp, toStatus(ctx, err, info.FullMethod, logger)
+	}
+}
+
+func streamGuard(ready *atomic.Bool, logger *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		if !ready.Load() && !exempt(info.FullMethod) {
+			return errNotReady
+		}
+		defer func() {
+			if r := recover(); r != nil {
+				logger.ErrorContext(ss.Context(), "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return toStatus(ss.Context(), handler(srv, ss), info.FullMethod, logger)
+	}
+}
+
+// toStatus maps errors to gRPC statuses at the edge: statuses pass through,
+// known platform errors get their code, anything else is INTERNAL (logged,
+// not leaked).
+func toStatus(ctx context.Context, err error, method string, logger *slog.Logger) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, idempotency.ErrKeyReused):
+		return status.Error(codes.InvalidArgument, "idempotency_key: "+err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "request cancelled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	}
+	logger.ErrorContext(ctx, "request failed", "method", method, "error", err)
+	return status.Error(codes.Internal, "internal error")
+}

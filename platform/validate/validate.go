@@ -1,0 +1,130 @@
+// Package validate collects field-level violations of a request and turns
+// them into one INVALID_ARGUMENT status carrying google.rpc.BadRequest
+// details, so a client learns every bad field at once.
+//
+//	var v validate.Violations
+//	v.Email("email", req.GetEmail())
+//	v.Length("name", req.GetName(), 1, 200)
+//	if err := v.Err(); err != nil {
+//		return nil, err
+//	}
+package validate
+
+import (
+	"fmt"
+	"net/mail"
+	"regexp"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Currency is the one currency the shop accepts.
+const Currency = "USD"
+
+// Violations accumulates field violations; the zero value is ready to use.
+type Violations struct {
+	list []*errdetails.BadRequest_FieldViolation
+}
+
+// Add records that field is invalid for reason.
+func (v *Violations) Add(field, reason string) {
+	v.list = append(v.list, &errdetails.BadRequest_FieldViolation{Field: field, Description: reason})
+}
+
+// Addf records a formatted reason.
+func (v *Violations) Addf(field, format string, args ...any) { v.Add(field, fmt.Sprintf(format, args...)) }
+
+// Empty reports whether no violation was recorded.
+func (v *Violations) Empty() bool { return len(v.list) == 0 }
+
+// Length checks that s has min..max characters and is valid UTF-8.
+func (v *Violations) Length(field, s string, min, max int) {
+	n := utf8.RuneCountInString(s)
+	switch {
+	case !utf8.ValidString(s):
+		v.Add(field, "must be valid UTF-8")
+	case n < min && min == 1:
+		v.Add(field, "must not be empty")
+	case n < min:
+		v.Addf(field, "must be at least %d characters", min)
+	case n > max:
+		v.Addf(field, "must be at most %d characters", max)
+	}
+}
+
+// UUID checks that s is a UUID in canonical text form.
+func (v *Violations) UUID(field, s string) {
+	if s == "" {
+		v.Add(field, "must not be empty")
+		return
+	}
+	if u, err := uuid.Parse(s); err != nil || u.String() != strings.ToLower(s) || len(s) != 36 {
+		v.Add(field, "must be a UUID in canonical form (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+	}
+}
+
+// Email checks that s is a plain address (local@domain) of at most 254
+// characters.
+func (v *Violations) Email(field, s string) {
+	if s == "" {
+		v.Add(field, "must not be empty")
+		return
+	}
+	addr, err := mail.ParseAddress(s)
+	if len(s) > 254 || err != nil || addr.Address != s || addr.Name != "" || !strings.Contains(s[strings.LastIndex(s, "@")+1:], ".") {
+		v.Add(field, "must be an email address like name@example.com")
+	}
+}
+
+var skuRE = regexp.MustCompile(`^[A-Z0-9_-]{1,64}$`)
+
+// SKU checks that s is 1-64 characters of A-Z 0-9 - _.
+func (v *Violations) SKU(field, s string) {
+	if !skuRE.MatchString(s) {
+		v.Add(field, "must be 1-64 characters of A-Z 0-9 - _")
+	}
+}
+
+// Money checks a present amount in USD that is not negative (and positive
+// unless allowZero).
+func (v *Violations) Money(field string, present bool, currency string, amountMinor int64, allowZero bool) {
+	switch {
+	case !present:
+		v.Add(field, "is required")
+	case currency != Currency:
+		v.Addf(field+".currency", "must be %q", Currency)
+	case amountMinor < 0:
+		v.Add(field+".amount_minor", "must not be negative")
+	case amountMinor == 0 && !allowZero:
+		v.Add(field+".amount_minor", "must be positive")
+	}
+}
+
+// Range checks min <= n <= max.
+func (v *Violations) Range(field string, n, min, max int64) {
+	if n < min || n > max {
+		v.Addf(field, "must be between %d and %d", min, max)
+	}
+}
+
+// Err returns nil, or an INVALID_ARGUMENT status naming every violation
+// with google.rpc.BadRequest details.
+func (v *Violations) Err() error {
+	if len(v.list) == 0 {
+		return nil
+	}
+	parts := make([]string, len(v.list))
+	for i, f := range v.list {
+		parts[i] = f.Field + ": " + f.Description
+	}
+	st := status.New(codes.InvalidArgument, "invalid request: "+strings.Join(parts, "; "))
+	if withDetails, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: v.list}); err == nil {
+		st = withDetails
+	}
+	return st.Err()
+}

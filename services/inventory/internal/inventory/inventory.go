@@ -1,0 +1,184 @@
+// Package inventory keeps products and their stock, and takes part in the
+// order saga: it reserves every line of an order or none, commits a
+// reservation when the order is confirmed, and releases it (or restocks sold
+// units) when the order is cancelled.
+package inventory
+
+import (
+	"context"
+	"embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
+	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
+	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/idempotency"
+	"github.com/switchyard/switchyard/platform/service"
+	"github.com/switchyard/switchyard/platform/validate"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// AggregateType is the aggregate type of inventory's saga replies (keyed by
+// order id).
+const AggregateType = "inventory"
+
+// Failure reasons in StockRejected.
+const (
+	ReasonOutOfStock = "OUT_OF_STOCK"
+	ReasonUnknownSKU = "UNKNOWN_SKU"
+)
+
+// maxStock bounds stock and adjustments so that counters never overflow.
+const maxStock = 1_000_000_000
+
+// Spec describes the inventory service: it consumes the order saga's
+// commands.
+func Spec() service.Spec {
+	return service.Spec{Name: "inventory", Port: 50053, Migrations: migrations, Subscribe: []string{"order"}, Setup: Setup}
+}
+
+// Setup registers the InventoryService and the saga command handlers.
+func Setup(env *service.Env) error {
+	s := &server{env: env}
+	inventoryv1.RegisterInventoryServiceServer(env.Server, s)
+	consumer.Handle(env.Consumer, s.reserve)
+	consumer.Handle(env.Consumer, s.commit)
+	consumer.Handle(env.Consumer, s.release)
+	return nil
+}
+
+type server struct {
+	inventoryv1.UnimplementedInventoryServiceServer
+	env *service.Env
+}
+
+const productColumns = `sku, name, price_minor, currency, available, reserved`
+
+func scanProduct(row pgx.Row) (*inventoryv1.Product, error) {
+	p := &inventoryv1.Product{Price: &moneyv1.Money{}}
+	err := row.Scan(&p.Sku, &p.Name, &p.Price.AmountMinor, &p.Price.Currency, &p.Available, &p.Reserved)
+	return p, err
+}
+
+func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProductRequest) (*inventoryv1.CreateProductResponse, error) {
+	var v validate.Violations
+	v.SKU("sku", req.GetSku())
+	v.Length("name", req.GetName(), 1, 200)
+	v.Money("price", req.GetPrice() != nil, req.GetPrice().GetCurrency(), req.GetPrice().GetAmountMinor(), true)
+	v.Range("stock", req.GetStock(), 0, maxStock)
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	p, err := scanProduct(s.env.Pool.QueryRow(ctx, `INSERT INTO products (sku, name, price_minor, currency, initial, available)
+		VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT DO NOTHING RETURNING `+productColumns,
+		req.GetSku(), req.GetName(), req.GetPrice().GetAmountMinor(), req.GetPrice().GetCurrency(), req.GetStock()))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, status.Errorf(codes.AlreadyExists, "product %s already exists", req.GetSku())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create product %s: %w", req.GetSku(), err)
+	}
+	return &inventoryv1.CreateProductResponse{Product: p}, nil
+}
+
+func (s *server) GetProduct(ctx context.Context, req *inventoryv1.GetProductRequest) (*inventoryv1.GetProductResponse, error) {
+	var v validate.Violations
+	v.SKU("sku", req.GetSku())
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	p, err := scanProduct(s.env.Pool.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1`, req.GetSku()))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, status.Errorf(codes.NotFound, "product %s not found", req.GetSku())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get product %s: %w", req.GetSku(), err)
+	}
+	return &inventoryv1.GetProductResponse{Product: p}, nil
+}
+
+func (s *server) ListProducts(ctx context.Context, req *inventoryv1.ListProductsRequest) (*inventoryv1.ListProductsResponse, error) {
+	var v validate.Violations
+	v.Range("page_size", int64(req.GetPageSize()), 0, 1000)
+	after := ""
+	if t := req.GetPageToken(); t != "" {
+		b, err := base64.RawURLEncoding.DecodeString(t)
+		if err != nil || len(b) == 0 {
+			v.Add("page_token", "is not a token returned by ListProducts")
+		}
+		after = string(b)
+	}
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = 50
+	}
+	rows, err := s.env.Pool.Query(ctx, `SELECT `+productColumns+` FROM products WHERE sku > $1 ORDER BY sku LIMIT $2`, after, size+1)
+	if err != nil {
+		return nil, fmt.Errorf("list products: %w", err)
+	}
+	products, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*inventoryv1.Product, error) { return scanProduct(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list products: %w", err)
+	}
+	resp := &inventoryv1.ListProductsResponse{Products: products}
+	if len(products) > size {
+		resp.Products = products[:size]
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(products[size-1].Sku))
+	}
+	return resp, nil
+}
+
+func (s *server) AdjustStock(ctx context.Context, req *inventoryv1.AdjustStockRequest) (*inventoryv1.AdjustStockResponse, error) {
+	var v validate.Violations
+	v.SKU("sku", req.GetSku())
+	v.Range("delta", req.GetDelta(), -maxStock, maxStock)
+	if req.GetDelta() == 0 {
+		v.Add("delta", "must not be zero")
+	}
+	v.Length("idempotency_key", req.GetIdempotencyKey(), 0, 200)
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	var resp *inventoryv1.AdjustStockResponse
+	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
+		var err error
+		resp, _, err = idempotency.Do(ctx, tx, "AdjustStock", req.GetIdempotencyKey(), req, func() (*inventoryv1.AdjustStockResponse, error) {
+			p, err := scanProduct(tx.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1 FOR UPDATE`, req.GetSku()))
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil, status.Errorf(codes.NotFound, "product %s not found", req.GetSku())
+			}
+			if err != nil {
+				return nil, err
+			}
+			if p.Available+req.GetDelta() < 0 {
+				return nil, status.Errorf(codes.FailedPrecondition, "adjusting %s by %d would make available stock negative (available %d)",
+					req.GetSku(), req.GetDelta(), p.Available)
+			}
+			if p.Available+req.GetDelta() > maxStock {
+				return nil, status.Errorf(codes.FailedPrecondition, "adjusting %s by %d exceeds the maximum stock %d", req.GetSku(), req.GetDelta(), maxStock)
+			}
+			p, err = scanProduct(tx.QueryRow(ctx, `UPDATE products SET available = available + $2, adjustments = adjustments + $2
+				WHERE sku = $1 RETURNING `+productColumns, req.GetSku(), req.GetDelta()))
+			if err != nil {
+				return nil, err
+			}
+			return &inventoryv1.AdjustStockResponse{Product: p}, nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}

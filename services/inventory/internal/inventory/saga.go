@@ -1,0 +1,121 @@
+package inventory
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
+	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
+	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/validate"
+)
+
+// emit writes a saga reply keyed by the order id.
+func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msg proto.Message) error {
+	return s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateType: AggregateType, AggregateID: orderID, Message: msg})
+}
+
+// reserve reserves every line of an order or none. Rows are locked in SKU
+// order so that concurrent reservations cannot deadlock, and the CHECK
+// constraints make overselling impossible even if this logic were wrong.
+func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReserveStock, _ consumer.Metadata) error {
+	var done bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)`, cmd.GetOrderId()).Scan(&done); err != nil {
+		return err
+	}
+	if done {
+		return nil // a repeated command: the first reply stands
+	}
+	want := map[string]int64{}
+	for _, l := range cmd.GetLines() {
+		if l.GetQuantity() <= 0 {
+			return consumer.Permanent(fmt.Errorf("order %s: line %s has quantity %d", cmd.GetOrderId(), l.GetSku(), l.GetQuantity()))
+		}
+		want[l.GetSku()] += l.GetQuantity()
+	}
+	skus := make([]string, 0, len(want))
+	for sku := range want {
+		skus = append(skus, sku)
+	}
+	sort.Strings(skus)
+	type product struct {
+		available, price int64
+		currency         string
+	}
+	found := map[string]product{}
+	rows, err := tx.Query(ctx, `SELECT sku, available, price_minor, currency FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var sku string
+		var p product
+		if err := rows.Scan(&sku, &p.available, &p.price, &p.currency); err != nil {
+			return err
+		}
+		found[sku] = p
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, sku := range skus {
+		if _, ok := found[sku]; !ok {
+			return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockRejected{OrderId: cmd.GetOrderId(), Reason: ReasonUnknownSKU, Sku: sku})
+		}
+	}
+	for _, sku := range skus {
+		if found[sku].available < want[sku] {
+			return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockRejected{OrderId: cmd.GetOrderId(), Reason: ReasonOutOfStock, Sku: sku})
+		}
+	}
+	reply := &inventoryv1.StockReserved{OrderId: cmd.GetOrderId(), Total: &moneyv1.Money{Currency: validate.Currency}}
+	for _, sku := range skus {
+		p, q := found[sku], want[sku]
+		if _, err := tx.Exec(ctx, `UPDATE products SET available = available - $2, reserved = reserved + $2 WHERE sku = $1`, sku, q); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO reservations (order_id, sku, quantity, unit_price_minor, state) VALUES ($1, $2, $3, $4, 'RESERVED')`,
+			cmd.GetOrderId(), sku, q, p.price); err != nil {
+			return err
+		}
+		reply.Lines = append(reply.Lines, &inventoryv1.StockLine{Sku: sku, Quantity: q, UnitPrice: &moneyv1.Money{Currency: p.currency, AmountMinor: p.price}})
+		reply.Total.AmountMinor += p.price * q
+	}
+	return s.emit(ctx, tx, cmd.GetOrderId(), reply)
+}
+
+// commit turns an order's reservation into sold units.
+func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitStock, _ consumer.Metadata) error {
+	if _, err := tx.Exec(ctx, `WITH c AS (
+			UPDATE reservations SET state = 'COMMITTED', update_time = now()
+			WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku, quantity)
+		UPDATE products p SET reserved = p.reserved - c.quantity, sold = p.sold + c.quantity FROM c WHERE p.sku = c.sku`,
+		cmd.GetOrderId()); err != nil {
+		return err
+	}
+	return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockCommitted{OrderId: cmd.GetOrderId()})
+}
+
+// release returns a reservation to available stock, or restocks the units
+// of a committed one. Releasing twice, or an order never reserved, changes
+// nothing.
+func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReleaseStock, _ consumer.Metadata) error {
+	if _, err := tx.Exec(ctx, `WITH r AS (
+			UPDATE reservations n SET state = 'RELEASED', update_time = now()
+			FROM reservations o
+			WHERE n.order_id = $1 AND o.order_id = n.order_id AND o.sku = n.sku AND o.state IN ('RESERVED', 'COMMITTED')
+			RETURNING n.sku, n.quantity, o.state AS was)
+		UPDATE products p SET
+			available = p.available + r.quantity,
+			reserved  = p.reserved - CASE WHEN r.was = 'RESERVED' THEN r.quantity ELSE 0 END,
+			sold      = p.sold - CASE WHEN r.was = 'COMMITTED' THEN r.quantity ELSE 0 END
+		FROM r WHERE p.sku = r.sku`, cmd.GetOrderId()); err != nil {
+		return err
+	}
+	return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockReleased{OrderId: cmd.GetOrderId()})
+}

@@ -1,0 +1,144 @@
+// Package notifications tells customers what happened: a welcome on
+// registration, and a message when an order is confirmed or cancelled.
+package notifications
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
+	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
+	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
+	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/service"
+	"github.com/switchyard/switchyard/platform/validate"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Notification kinds.
+const (
+	KindWelcome        = "WELCOME"
+	KindOrderConfirmed = "ORDER_CONFIRMED"
+	KindOrderCancelled = "ORDER_CANCELLED"
+)
+
+// watchInterval is how often WatchNotifications looks for new rows.
+const watchInterval = 100 * time.Millisecond
+
+// Spec describes the notifications service.
+func Spec() service.Spec {
+	return service.Spec{Name: "notifications", Port: 50055, Migrations: migrations, Subscribe: []string{"customer", "order"}, Setup: Setup}
+}
+
+// Setup registers the NotificationService and the event handlers.
+func Setup(env *service.Env) error {
+	s := &server{env: env}
+	notificationsv1.RegisterNotificationServiceServer(env.Server, s)
+	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
+		c := ev.GetCustomer()
+		return notify(ctx, tx, md, c.GetCustomerId(), KindWelcome, "Welcome to Switchyard, "+c.GetName(),
+			fmt.Sprintf("Hello %s, your account is ready. Top it up and place your first order.", c.GetName()))
+	})
+	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderConfirmed, md consumer.Metadata) error {
+		o := ev.GetOrder()
+		return notify(ctx, tx, md, o.GetCustomerId(), KindOrderConfirmed, "Order "+o.GetOrderId()+" confirmed",
+			fmt.Sprintf("Your order of %d item(s) for %s is confirmed.", len(o.GetItems()), money(o.GetTotal())))
+	})
+	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderCancelled, md consumer.Metadata) error {
+		o := ev.GetOrder()
+		return notify(ctx, tx, md, o.GetCustomerId(), KindOrderCancelled, "Order "+o.GetOrderId()+" cancelled",
+			fmt.Sprintf("Your order was cancelled (%s). You have not been charged for it.", o.GetFailureReason()))
+	})
+	return nil
+}
+
+func money(m *moneyv1.Money) string {
+	return fmt.Sprintf("%d.%02d %s", m.GetAmountMinor()/100, m.GetAmountMinor()%100, m.GetCurrency())
+}
+
+// notify records one notification per event: the inbox already rejects a
+// redelivery, and the unique event_id makes that doubly sure.
+func notify(ctx context.Context, tx pgx.Tx, md consumer.Metadata, customerID, kind, subject, body string) error {
+	_, err := tx.Exec(ctx, `INSERT INTO notifications (notification_id, customer_id, kind, subject, body, event_id)
+		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING`, uuid.New(), customerID, kind, subject, body, md.ID)
+	return err
+}
+
+type server struct {
+	notificationsv1.UnimplementedNotificationServiceServer
+	env *service.Env
+}
+
+func (s *server) list(ctx context.Context, customerID string, afterSeq int64) ([]*notificationsv1.Notification, int64, error) {
+	rows, err := s.env.Pool.Query(ctx, `SELECT seq, notification_id::text, kind, subject, body, event_id::text, create_time
+		FROM notifications WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000`, customerID, afterSeq)
+	if err != nil {
+		return nil, afterSeq, err
+	}
+	last := afterSeq
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*notificationsv1.Notification, error) {
+		n := &notificationsv1.Notification{CustomerId: customerID}
+		var at time.Time
+		if err := r.Scan(&last, &n.NotificationId, &n.Kind, &n.Subject, &n.Body, &n.EventId, &at); err != nil {
+			return nil, err
+		}
+		n.CreateTime = timestamppb.New(at)
+		return n, nil
+	})
+	return list, last, err
+}
+
+func (s *server) ListNotifications(ctx context.Context, req *notificationsv1.ListNotificationsRequest) (*notificationsv1.ListNotificationsResponse, error) {
+	var v validate.Violations
+	v.UUID("customer_id", req.GetCustomerId())
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	list, _, err := s.list(ctx, req.GetCustomerId(), 0)
+	if err != nil {
+		return nil, err
+	}
+	return &notificationsv1.ListNotificationsResponse{Notifications: list}, nil
+}
+
+func (s *server) WatchNotifications(req *notificationsv1.WatchNotificationsRequest, stream notificationsv1.NotificationService_WatchNotificationsServer) error {
+	var v validate.Violations
+	v.UUID("customer_id", req.GetCustomerId())
+	if err := v.Err(); err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	var after int64
+	tick := time.NewTicker(watchInterval)
+	defer tick.Stop()
+	for {
+		list, last, err := s.list(ctx, req.GetCustomerId(), after)
+		if err != nil {
+			return err
+		}
+		for _, n := range list {
+			if err := stream.Send(&notificationsv1.WatchNotificationsResponse{Notification: n}); err != nil {
+				return err
+			}
+		}
+		after = last
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.env.Stopping():
+			return status.Error(codes.Unavailable, "server shutting down; watch again")
+		case <-tick.C:
+		}
+	}
+}

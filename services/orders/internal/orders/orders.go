@@ -1,0 +1,354 @@
+// Package orders takes orders and orchestrates the order saga: reserve
+// stock, charge payment, confirm — or compensate and cancel, on a rejection,
+// a decline, a step deadline or the customer's request.
+package orders
+
+import (
+	"context"
+	"embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
+	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
+	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/idempotency"
+	"github.com/switchyard/switchyard/platform/service"
+	"github.com/switchyard/switchyard/platform/validate"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// AggregateType is the aggregate type of everything orders emits: saga
+// commands and order events, keyed by order id so that each order's messages
+// keep their order.
+const AggregateType = "order"
+
+// Failure reasons of a cancelled order that orders itself decides.
+const (
+	ReasonCancelledByCustomer = "CANCELLED_BY_CUSTOMER"
+	ReasonTimeout             = "TIMEOUT"
+)
+
+// Options are the saga's settings.
+type Options struct {
+	// StepTimeout is how long a saga step waits for its reply before the
+	// order is compensated and cancelled with TIMEOUT (default 30s).
+	StepTimeout time.Duration
+	// SweepInterval is how often expired steps are looked for (default 250ms).
+	SweepInterval time.Duration
+	// WatchInterval is how often WatchOrder looks for changes (default 100ms).
+	WatchInterval time.Duration
+}
+
+// OptionsFromEnv reads SWITCHYARD_SAGA_STEP_TIMEOUT.
+func OptionsFromEnv(getenv func(string) string) (Options, error) {
+	var o Options
+	if v := getenv("SWITCHYARD_SAGA_STEP_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return o, fmt.Errorf("SWITCHYARD_SAGA_STEP_TIMEOUT=%q: want a positive duration like 30s", v)
+		}
+		o.StepTimeout = d
+	}
+	return o, nil
+}
+
+// Spec describes the orders service: it consumes the participants' replies.
+func Spec(o Options) service.Spec {
+	if o.StepTimeout <= 0 {
+		o.StepTimeout = 30 * time.Second
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = 250 * time.Millisecond
+	}
+	if o.WatchInterval <= 0 {
+		o.WatchInterval = 100 * time.Millisecond
+	}
+	return service.Spec{
+		Name: "orders", Port: 50052, Migrations: migrations, Subscribe: []string{"inventory", "payment"},
+		Setup: func(env *service.Env) error {
+			s := &server{env: env, opts: o}
+			ordersv1.RegisterOrderServiceServer(env.Server, s)
+			consumer.Handle(env.Consumer, s.onStockReserved)
+			consumer.Handle(env.Consumer, s.onStockRejected)
+			consumer.Handle(env.Consumer, s.onPaymentCaptured)
+			consumer.Handle(env.Consumer, s.onPaymentDeclined)
+			env.Go(s.sweepDeadlines)
+			return nil
+		},
+	}
+}
+
+type server struct {
+	ordersv1.UnimplementedOrderServiceServer
+	env  *service.Env
+	opts Options
+}
+
+func usd(minor int64) *moneyv1.Money { return &moneyv1.Money{Currency: validate.Currency, AmountMinor: minor} }
+
+func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderRequest) (*ordersv1.CreateOrderResponse, error) {
+	var v validate.Violations
+	v.UUID("customer_id", req.GetCustomerId())
+	v.Length("idempotency_key", req.GetIdempotencyKey(), 0, 200)
+	switch n := len(req.GetItems()); {
+	case n == 0:
+		v.Add("items", "must hold at least one item")
+	case n > 100:
+		v.Add("items", "must hold at most 100 items")
+	default:
+		seen := map[string]bool{}
+		for i, it := range req.GetItems() {
+			field := "items[" + strconv.Itoa(i) + "]"
+			v.SKU(field+".sku", it.GetSku())
+			v.Range(field+".quantity", it.GetQuantity(), 1, 1000)
+			if seen[it.GetSku()] {
+				v.Add(field+".sku", "appears twice; combine the quantities")
+			}
+			seen[it.GetSku()] = true
+		}
+	}
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	var resp *ordersv1.CreateOrderResponse
+	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
+		var err error
+		resp, _, err = idempotency.Do(ctx, tx, "CreateOrder", req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
+			id := uuid.NewString()
+			if _, err := tx.Exec(ctx, `INSERT INTO orders (order_id, customer_id, status, saga_step, saga_deadline)
+				VALUES ($1, $2, 'PENDING', 'RESERVING', now() + make_interval(secs => $3))`,
+				id, req.GetCustomerId(), s.opts.StepTimeout.Seconds()); err != nil {
+				return nil, err
+			}
+			cmd := &inventoryv1.ReserveStock{OrderId: id}
+			for i, it := range req.GetItems() {
+				if _, err := tx.Exec(ctx, `INSERT INTO order_items (order_id, line, sku, quantity) VALUES ($1, $2, $3, $4)`,
+					id, i, it.GetSku(), it.GetQuantity()); err != nil {
+					return nil, err
+				}
+				cmd.Lines = append(cmd.Lines, &inventoryv1.StockLine{Sku: it.GetSku(), Quantity: it.GetQuantity()})
+			}
+			if err := s.emit(ctx, tx, id, cmd); err != nil {
+				return nil, err
+			}
+			o, err := loadOrder(ctx, tx, id)
+			if err != nil {
+				return nil, err
+			}
+			return &ordersv1.CreateOrderResponse{Order: o}, nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (s *server) GetOrder(ctx context.Context, req *ordersv1.GetOrderRequest) (*ordersv1.GetOrderResponse, error) {
+	var v validate.Violations
+	v.UUID("order_id", req.GetOrderId())
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	o, err := loadOrder(ctx, s.env.Pool, req.GetOrderId())
+	if err != nil {
+		return nil, err
+	}
+	return &ordersv1.GetOrderResponse{Order: o}, nil
+}
+
+func (s *server) ListOrders(ctx context.Context, req *ordersv1.ListOrdersRequest) (*ordersv1.ListOrdersResponse, error) {
+	var v validate.Violations
+	v.UUID("customer_id", req.GetCustomerId())
+	v.Range("page_size", int64(req.GetPageSize()), 0, 100)
+	afterTime, afterID := time.Now().Add(24*time.Hour), "ffffffff-ffff-ffff-ffff-ffffffffffff"
+	if t := req.GetPageToken(); t != "" {
+		ts, id, ok := decodeToken(t)
+		if !ok {
+			v.Add("page_token", "is not a token returned by ListOrders")
+		}
+		afterTime, afterID = ts, id
+	}
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = 20
+	}
+	rows, err := s.env.Pool.Query(ctx, `SELECT order_id FROM orders WHERE customer_id = $1 AND (create_time, order_id) < ($2, $3)
+		ORDER BY create_time DESC, order_id DESC LIMIT $4`, req.GetCustomerId(), afterTime, afterID, size+1)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, err
+	}
+	resp := &ordersv1.ListOrdersResponse{}
+	for i, id := range ids {
+		if i == size {
+			last := resp.Orders[size-1]
+			resp.NextPageToken = encodeToken(last.GetCreateTime().AsTime(), last.GetOrderId())
+			break
+		}
+		o, err := loadOrder(ctx, s.env.Pool, id.String())
+		if err != nil {
+			return nil, err
+		}
+		resp.Orders = append(resp.Orders, o)
+	}
+	return resp, nil
+}
+
+func encodeToken(t time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "/" + id))
+}
+
+func decodeToken(tok string) (time.Time, string, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return time.Time{}, "", false
+	}
+	ts, id, ok := strings.Cut(string(b), "/")
+	micros, err := strconv.ParseInt(ts, 10, 64)
+	if !ok || err != nil || uuid.Validate(id) != nil {
+		return time.Time{}, "", false
+	}
+	return time.UnixMicro(micros), id, true
+}
+
+func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderRequest) (*ordersv1.CancelOrderResponse, error) {
+	var v validate.Violations
+	v.UUID("order_id", req.GetOrderId())
+	v.Length("reason", req.GetReason(), 0, 500)
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	var o *ordersv1.Order
+	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
+		st, err := lockSaga(ctx, tx, req.GetOrderId())
+		if err != nil {
+			return err
+		}
+		if st.status != "CANCELLED" { // cancelling twice returns the cancelled order
+			reason := req.GetReason()
+			if reason == "" {
+				reason = "cancelled by customer"
+			}
+			if err := s.cancel(ctx, tx, st, ReasonCancelledByCustomer, reason); err != nil {
+				return err
+			}
+		}
+		o, err = loadOrder(ctx, tx, req.GetOrderId())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &ordersv1.CancelOrderResponse{Order: o}, nil
+}
+
+func (s *server) WatchOrder(req *ordersv1.WatchOrderRequest, stream ordersv1.OrderService_WatchOrderServer) error {
+	var v validate.Violations
+	v.UUID("order_id", req.GetOrderId())
+	if err := v.Err(); err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	var version int64 = -1
+	tick := time.NewTicker(s.opts.WatchInterval)
+	defer tick.Stop()
+	for {
+		var current int64
+		err := s.env.Pool.QueryRow(ctx, `SELECT version FROM orders WHERE order_id = $1`, req.GetOrderId()).Scan(&current)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return status.Errorf(codes.NotFound, "order %s not found", req.GetOrderId())
+		}
+		if err != nil {
+			return err
+		}
+		if current != version {
+			o, err := loadOrder(ctx, s.env.Pool, req.GetOrderId())
+			if err != nil {
+				return err
+			}
+			if err := stream.Send(&ordersv1.WatchOrderResponse{Order: o}); err != nil {
+				return err
+			}
+			if o.GetStatus() != ordersv1.OrderStatus_ORDER_STATUS_PENDING {
+				return nil
+			}
+			version = current
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.env.Stopping():
+			return status.Error(codes.Unavailable, "server shutting down; watch again")
+		case <-tick.C:
+		}
+	}
+}
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+var statuses = map[string]ordersv1.OrderStatus{
+	"PENDING":   ordersv1.OrderStatus_ORDER_STATUS_PENDING,
+	"CONFIRMED": ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED,
+	"CANCELLED": ordersv1.OrderStatus_ORDER_STATUS_CANCELLED,
+}
+
+// loadOrder reads an order and its items.
+func loadOrder(ctx context.Context, q querier, id string) (*ordersv1.Order, error) {
+	o := &ordersv1.Order{OrderId: id}
+	var st string
+	var total int64
+	var created, updated time.Time
+	err := q.QueryRow(ctx, `SELECT customer_id::text, status, failure_reason, total_minor, create_time, update_time FROM orders WHERE order_id = $1`, id).
+		Scan(&o.CustomerId, &st, &o.FailureReason, &total, &created, &updated)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, status.Errorf(codes.NotFound, "order %s not found", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load order %s: %w", id, err)
+	}
+	o.Status, o.Total, o.CreateTime, o.UpdateTime = statuses[st], usd(total), timestamppb.New(created), timestamppb.New(updated)
+	rows, err := q.Query(ctx, `SELECT sku, quantity, unit_price_minor FROM order_items WHERE order_id = $1 ORDER BY line`, id)
+	if err != nil {
+		return nil, fmt.Errorf("load order %s items: %w", id, err)
+	}
+	o.Items, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (*ordersv1.OrderItem, error) {
+		it := &ordersv1.OrderItem{}
+		var price *int64
+		if err := r.Scan(&it.Sku, &it.Quantity, &price); err != nil {
+			return nil, err
+		}
+		if price != nil {
+			it.UnitPrice = usd(*price)
+		}
+		return it, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load order %s items: %w", id, err)
+	}
+	return o, nil
+}

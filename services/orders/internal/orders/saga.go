@@ -1,0 +1,215 @@
+package orders
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
+	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
+	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/outbox"
+)
+
+// saga is an order's saga state, read under a row lock.
+type saga struct {
+	orderID, customerID string
+	status, step        string
+	total               int64
+}
+
+func lockSaga(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) {
+	s := saga{orderID: orderID}
+	err := tx.QueryRow(ctx, `SELECT customer_id::text, status, saga_step, total_minor FROM orders WHERE order_id = $1 FOR UPDATE`, orderID).
+		Scan(&s.customerID, &s.status, &s.step, &s.total)
+	if err == pgx.ErrNoRows {
+		return s, status.Errorf(codes.NotFound, "order %s not found", orderID)
+	}
+	return s, err
+}
+
+func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msgs ...proto.Message) error {
+	events := make([]outbox.Event, len(msgs))
+	for i, m := range msgs {
+		events[i] = outbox.Event{AggregateType: AggregateType, AggregateID: orderID, Message: m}
+	}
+	return s.env.Outbox.Write(ctx, tx, events...)
+}
+
+// lockForEvent locks the order an event is about. An event for an order
+// that does not exist cannot be applied: it goes to the dead-letter topic.
+func lockForEvent(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) {
+	st, err := lockSaga(ctx, tx, orderID)
+	if status.Code(err) == codes.NotFound {
+		return st, consumer.Permanent(err)
+	}
+	return st, err
+}
+
+func (st saga) awaiting(step string) bool { return st.status == "PENDING" && st.step == step }
+
+// setStep moves a pending order to its next step with a fresh deadline.
+func (s *server) setStep(ctx context.Context, tx pgx.Tx, orderID, step string) error {
+	_, err := tx.Exec(ctx, `UPDATE orders SET saga_step = $2, saga_deadline = now() + make_interval(secs => $3),
+		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, step, s.opts.StepTimeout.Seconds())
+	return err
+}
+
+// finish makes an order terminal and emits OrderConfirmed or OrderCancelled
+// after the given commands.
+func (s *server) finish(ctx context.Context, tx pgx.Tx, orderID, status, reason string, commands ...proto.Message) error {
+	if _, err := tx.Exec(ctx, `UPDATE orders SET status = $2, failure_reason = $3, saga_step = 'DONE', saga_deadline = NULL,
+		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, status, reason); err != nil {
+		return err
+	}
+	o, err := loadOrder(ctx, tx, orderID)
+	if err != nil {
+		return err
+	}
+	var event proto.Message = &ordersv1.OrderCancelled{Order: o}
+	if status == "CONFIRMED" {
+		event = &ordersv1.OrderConfirmed{Order: o}
+	}
+	return s.emit(ctx, tx, orderID, append(commands, event)...)
+}
+
+// cancel compensates whatever the saga may have done so far and cancels the
+// order. Compensations are safe to send even if the step never happened:
+// each is ordered after its step's command on the order's partition, and
+// participants treat them as no-ops when there is nothing to undo.
+func (s *server) cancel(ctx context.Context, tx pgx.Tx, st saga, reason, note string) error {
+	release := &inventoryv1.ReleaseStock{OrderId: st.orderID, Reason: note}
+	refund := &paymentsv1.RefundPayment{OrderId: st.orderID, Reason: note}
+	var compensations []proto.Message
+	switch {
+	case st.awaiting("RESERVING"):
+		compensations = []proto.Message{release}
+	case st.awaiting("CHARGING"), st.status == "CONFIRMED":
+		compensations = []proto.Message{refund, release}
+	default:
+		return nil // already cancelled
+	}
+	return s.finish(ctx, tx, st.orderID, "CANCELLED", reason, compensations...)
+}
+
+func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockReserved, _ consumer.Metadata) error {
+	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
+	if err != nil {
+		return err
+	}
+	if !st.awaiting("RESERVING") {
+		// A late reservation for an order already cancelled: give it back.
+		if st.status == "CANCELLED" {
+			return s.emit(ctx, tx, st.orderID, &inventoryv1.ReleaseStock{OrderId: st.orderID, Reason: "late reservation"})
+		}
+		return nil
+	}
+	for _, l := range ev.GetLines() {
+		if _, err := tx.Exec(ctx, `UPDATE order_items SET unit_price_minor = $3 WHERE order_id = $1 AND sku = $2`,
+			st.orderID, l.GetSku(), l.GetUnitPrice().GetAmountMinor()); err != nil {
+			return err
+		}
+	}
+	total := ev.GetTotal().GetAmountMinor()
+	if _, err := tx.Exec(ctx, `UPDATE orders SET total_minor = $2 WHERE order_id = $1`, st.orderID, total); err != nil {
+		return err
+	}
+	if total == 0 { // nothing to charge
+		return s.finish(ctx, tx, st.orderID, "CONFIRMED", "", &inventoryv1.CommitStock{OrderId: st.orderID})
+	}
+	if err := s.setStep(ctx, tx, st.orderID, "CHARGING"); err != nil {
+		return err
+	}
+	return s.emit(ctx, tx, st.orderID, &paymentsv1.ChargePayment{OrderId: st.orderID, CustomerId: st.customerID, Amount: usd(total)})
+}
+
+func (s *server) onStockRejected(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockRejected, _ consumer.Metadata) error {
+	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
+	if err != nil || !st.awaiting("RESERVING") {
+		return err // a late rejection changes nothing: nothing was reserved
+	}
+	return s.finish(ctx, tx, st.orderID, "CANCELLED", ev.GetReason())
+}
+
+func (s *server) onPaymentCaptured(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentCaptured, _ consumer.Metadata) error {
+	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
+	if err != nil {
+		return err
+	}
+	switch {
+	case st.awaiting("CHARGING"):
+		return s.finish(ctx, tx, st.orderID, "CONFIRMED", "", &inventoryv1.CommitStock{OrderId: st.orderID})
+	case st.status == "CANCELLED":
+		// A late capture for an order already cancelled: refund it.
+		return s.emit(ctx, tx, st.orderID, &paymentsv1.RefundPayment{OrderId: st.orderID, Reason: "late capture"})
+	}
+	return nil
+}
+
+func (s *server) onPaymentDeclined(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentDeclined, _ consumer.Metadata) error {
+	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
+	if err != nil || !st.awaiting("CHARGING") {
+		return err // a late decline changes nothing: nothing was charged
+	}
+	return s.finish(ctx, tx, st.orderID, "CANCELLED", ev.GetReason(), &inventoryv1.ReleaseStock{OrderId: st.orderID, Reason: ev.GetReason()})
+}
+
+// sweepDeadlines cancels, with TIMEOUT, orders whose current step has had
+// no reply before its deadline. SKIP LOCKED lets several replicas sweep.
+func (s *server) sweepDeadlines(ctx context.Context) error {
+	tick := time.NewTicker(s.opts.SweepInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		for {
+			n, err := s.sweepOnce(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.env.Logger.Warn("sweep saga deadlines", "error", err)
+				}
+				break
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+}
+
+func (s *server) sweepOnce(ctx context.Context) (int, error) {
+	n := 0
+	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT order_id::text FROM orders WHERE status = 'PENDING' AND saga_deadline < now()
+			ORDER BY saga_deadline LIMIT 50 FOR UPDATE SKIP LOCKED`)
+		if err != nil {
+			return err
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			st, err := lockSaga(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			s.env.Logger.Info("saga step timed out; compensating", "order_id", id, "step", st.step)
+			if err := s.cancel(ctx, tx, st, ReasonTimeout, fmt.Sprintf("no reply while %s", st.step)); err != nil {
+				return err
+			}
+		}
+		n = len(ids)
+		return nil
+	})
+	return n, err
+}
