@@ -128,6 +128,11 @@ func forwardLogs(logs chan kafka.LogEvent, logger *slog.Logger) {
 		case ev.Level <= 6:
 			level = slog.LevelInfo
 		}
+		if ev.Tag == "CONFWARN" {
+			// Warnings about settings chosen on purpose (e.g. the
+			// "experimental" gapless guarantee).
+			level = slog.LevelDebug
+		}
 		logger.Log(context.Background(), level, ev.Message, "component", "librdkafka", "facility", ev.Tag, "client", ev.Name)
 	}
 }

@@ -47,17 +47,17 @@ func Setup(env *service.Env) error {
 	notificationsv1.RegisterNotificationServiceServer(env.Server, s)
 	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
 		c := ev.GetCustomer()
-		return notify(ctx, tx, md, c.GetCustomerId(), KindWelcome, "Welcome to Switchyard, "+c.GetName(),
+		return notify(ctx, tx, md, c.GetCustomerId(), c.GetCustomerId(), KindWelcome, "Welcome to Switchyard, "+c.GetName(),
 			fmt.Sprintf("Hello %s, your account is ready. Top it up and place your first order.", c.GetName()))
 	})
 	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderConfirmed, md consumer.Metadata) error {
 		o := ev.GetOrder()
-		return notify(ctx, tx, md, o.GetCustomerId(), KindOrderConfirmed, "Order "+o.GetOrderId()+" confirmed",
+		return notify(ctx, tx, md, o.GetCustomerId(), o.GetOrderId(), KindOrderConfirmed, "Order "+o.GetOrderId()+" confirmed",
 			fmt.Sprintf("Your order of %d item(s) for %s is confirmed.", len(o.GetItems()), money(o.GetTotal())))
 	})
 	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderCancelled, md consumer.Metadata) error {
 		o := ev.GetOrder()
-		return notify(ctx, tx, md, o.GetCustomerId(), KindOrderCancelled, "Order "+o.GetOrderId()+" cancelled",
+		return notify(ctx, tx, md, o.GetCustomerId(), o.GetOrderId(), KindOrderCancelled, "Order "+o.GetOrderId()+" cancelled",
 			fmt.Sprintf("Your order was cancelled (%s). You have not been charged for it.", o.GetFailureReason()))
 	})
 	return nil
@@ -69,9 +69,9 @@ func money(m *moneyv1.Money) string {
 
 // notify records one notification per event: the inbox already rejects a
 // redelivery, and the unique event_id makes that doubly sure.
-func notify(ctx context.Context, tx pgx.Tx, md consumer.Metadata, customerID, kind, subject, body string) error {
-	_, err := tx.Exec(ctx, `INSERT INTO notifications (notification_id, customer_id, kind, subject, body, event_id)
-		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING`, uuid.New(), customerID, kind, subject, body, md.ID)
+func notify(ctx context.Context, tx pgx.Tx, md consumer.Metadata, customerID, about, kind, subject, body string) error {
+	_, err := tx.Exec(ctx, `INSERT INTO notifications (notification_id, customer_id, about, kind, subject, body, event_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING`, uuid.New(), customerID, about, kind, subject, body, md.ID)
 	return err
 }
 

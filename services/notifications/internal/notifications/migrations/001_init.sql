@@ -3,6 +3,8 @@ CREATE TABLE notifications (
 	seq             bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
 	notification_id uuid PRIMARY KEY,
 	customer_id     uuid NOT NULL,
+	-- What it is about: the customer (WELCOME) or the order.
+	about           uuid NOT NULL,
 	kind            text NOT NULL CHECK (kind IN ('WELCOME', 'ORDER_CONFIRMED', 'ORDER_CANCELLED')),
 	subject         text NOT NULL,
 	body            text NOT NULL,

@@ -1,0 +1,214 @@
+package e2e
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+
+	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
+)
+
+const (
+	pending   = ordersv1.OrderStatus_ORDER_STATUS_PENDING
+	confirmed = ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED
+	cancelled = ordersv1.OrderStatus_ORDER_STATUS_CANCELLED
+)
+
+func wantFinal(t *testing.T, o *ordersv1.Order, st ordersv1.OrderStatus, reason string) {
+	t.Helper()
+	if o.GetStatus() != st || o.GetFailureReason() != reason {
+		t.Fatalf("order %s ended %s %q, want %s %q", o.GetOrderId(), o.GetStatus(), o.GetFailureReason(), st, reason)
+	}
+}
+
+// The saga's outcomes, each on its own customer and products, on one shop;
+// then every invariant across all five databases.
+func TestSaga(t *testing.T) {
+	s := startShop(t)
+
+	t.Run("group", func(t *testing.T) {
+		t.Run("happy path", func(t *testing.T) {
+			t.Parallel()
+			cust, sku := s.customer(10_000), s.product(1_250, 10)
+			o := s.order(cust, "", item(sku, 2))
+			if o.GetStatus() != pending {
+				t.Fatalf("CreateOrder returned %s, want PENDING", o.GetStatus())
+			}
+			states := s.watch(o.GetOrderId())
+			if states[0].GetStatus() != pending {
+				t.Fatalf("WatchOrder's first state is %s, want the current PENDING state", states[0].GetStatus())
+			}
+			final := states[len(states)-1]
+			wantFinal(t, final, confirmed, "")
+			if final.GetTotal().GetAmountMinor() != 2_500 || final.GetItems()[0].GetUnitPrice().GetAmountMinor() != 1_250 {
+				t.Fatalf("confirmed order total %v, items %v; want 2500 at 1250 each", final.GetTotal(), final.GetItems())
+			}
+			if b := s.balance(cust); b != 7_500 {
+				t.Fatalf("balance %d after a 2500 order on 10000, want 7500", b)
+			}
+			if kinds := s.waitNotifications(cust, 2); !slices.Equal(kinds, []string{"WELCOME", "ORDER_CONFIRMED"}) {
+				t.Fatalf("notifications %v, want WELCOME then ORDER_CONFIRMED", kinds)
+			}
+		})
+
+		t.Run("out of stock", func(t *testing.T) {
+			t.Parallel()
+			cust, sku := s.customer(100_000), s.product(100, 3)
+			wantFinal(t, s.final(s.order(cust, "", item(sku, 4)).GetOrderId()), cancelled, "OUT_OF_STOCK")
+			if a, r := s.stock(sku); a != 3 || r != 0 {
+				t.Fatalf("stock available %d reserved %d after rejection, want 3 and 0", a, r)
+			}
+		})
+
+		t.Run("unknown sku", func(t *testing.T) {
+			t.Parallel()
+			cust, sku := s.customer(100_000), s.product(100, 3)
+			wantFinal(t, s.final(s.order(cust, "", item(sku, 1), item("NO-SUCH-SKU", 1)).GetOrderId()), cancelled, "UNKNOWN_SKU")
+			if a, r := s.stock(sku); a != 3 || r != 0 {
+				t.Fatalf("stock available %d reserved %d: the known line was reserved anyway", a, r)
+			}
+		})
+
+		t.Run("insufficient funds releases stock", func(t *testing.T) {
+			t.Parallel()
+			cust, sku := s.customer(999), s.product(500, 5)
+			wantFinal(t, s.final(s.order(cust, "", item(sku, 2)).GetOrderId()), cancelled, "INSUFFICIENT_FUNDS")
+			if a, r := s.stock(sku); a != 5 || r != 0 {
+				t.Fatalf("stock available %d reserved %d after the decline, want 5 and 0 (released)", a, r)
+			}
+			if b := s.balance(cust); b != 999 {
+				t.Fatalf("balance %d after a declined order, want 999", b)
+			}
+			if kinds := s.waitNotifications(cust, 2); !slices.Equal(kinds, []string{"WELCOME", "ORDER_CANCELLED"}) {
+				t.Fatalf("notifications %v, want WELCOME then ORDER_CANCELLED", kinds)
+			}
+		})
+
+		t.Run("account not found", func(t *testing.T) {
+			t.Parallel()
+			sku := s.product(100, 5)
+			stranger := "00000000-0000-4000-8000-000000000001"
+			wantFinal(t, s.final(s.order(stranger, "", item(sku, 1)).GetOrderId()), cancelled, "ACCOUNT_NOT_FOUND")
+			if a, r := s.stock(sku); a != 5 || r != 0 {
+				t.Fatalf("stock available %d reserved %d, want 5 and 0", a, r)
+			}
+		})
+
+		t.Run("cancel after confirmation refunds and restocks", func(t *testing.T) {
+			t.Parallel()
+			cust, sku := s.customer(5_000), s.product(1_000, 4)
+			o := s.final(s.order(cust, "", item(sku, 3)).GetOrderId())
+			wantFinal(t, o, confirmed, "")
+			resp := retry(t, func() (*ordersv1.CancelOrderResponse, error) {
+				return s.orders.CancelOrder(ctx, &ordersv1.CancelOrderRequest{OrderId: o.GetOrderId(), Reason: "changed my mind"})
+			})
+			wantFinal(t, resp.GetOrder(), cancelled, "CANCELLED_BY_CUSTOMER")
+			if err := s.check.WaitQuiet(ctx, 60e9); err != nil {
+				t.Fatal(err)
+			}
+			if b := s.balance(cust); b != 5_000 {
+				t.Fatalf("balance %d after cancelling a confirmed order, want the 5000 back", b)
+			}
+			if a, r := s.stock(sku); a != 4 || r != 0 {
+				t.Fatalf("stock available %d reserved %d after cancelling, want 4 and 0 (restocked)", a, r)
+			}
+		})
+
+		t.Run("same idempotency key: one order, one charge", func(t *testing.T) {
+			t.Parallel()
+			cust, sku := s.customer(10_000), s.product(700, 10)
+			a := s.order(cust, "key-"+cust, item(sku, 1))
+			b := s.order(cust, "key-"+cust, item(sku, 1))
+			if a.GetOrderId() != b.GetOrderId() {
+				t.Fatalf("two orders %s and %s for one idempotency key", a.GetOrderId(), b.GetOrderId())
+			}
+			wantFinal(t, s.final(a.GetOrderId()), confirmed, "")
+			if _, err := s.orders.CreateOrder(ctx, &ordersv1.CreateOrderRequest{CustomerId: cust, Items: []*ordersv1.CreateOrderItem{item(sku, 2)}, IdempotencyKey: "key-" + cust}); err == nil {
+				t.Fatal("the key was accepted again for a different request")
+			}
+			list := retry(t, func() (*paymentsv1.ListPaymentsResponse, error) {
+				return s.payments.ListPayments(ctx, &paymentsv1.ListPaymentsRequest{CustomerId: cust})
+			})
+			captures := 0
+			for _, p := range list.GetPayments() {
+				if p.GetKind() == paymentsv1.PaymentKind_PAYMENT_KIND_CAPTURE {
+					captures++
+				}
+			}
+			if captures != 1 || s.balance(cust) != 9_300 {
+				t.Fatalf("%d captures, balance %d; want one capture and 9300", captures, s.balance(cust))
+			}
+		})
+
+		t.Run("200 orders race for 50 units", func(t *testing.T) {
+			t.Parallel()
+			sku := s.product(100, 50)
+			custs := make([]string, 8)
+			for i := range custs {
+				custs[i] = s.customer(1_000_000)
+			}
+			results := race(t, s, 200, func(i int) (string, []*ordersv1.CreateOrderItem) { return custs[i%len(custs)], []*ordersv1.CreateOrderItem{item(sku, 1)} })
+			if results[confirmed.String()] != 50 || results["OUT_OF_STOCK"] != 150 {
+				t.Fatalf("outcomes %v, want exactly 50 confirmed and 150 OUT_OF_STOCK", results)
+			}
+			if a, r := s.stock(sku); a != 0 || r != 0 {
+				t.Fatalf("stock available %d reserved %d, want 0 and 0", a, r)
+			}
+		})
+
+		t.Run("100 orders race for 30 orders' worth of funds", func(t *testing.T) {
+			t.Parallel()
+			sku := s.product(1_000, 1_000)
+			custs := []string{s.customer(10_000), s.customer(10_000), s.customer(10_000)} // 10 orders each
+			results := race(t, s, 100, func(i int) (string, []*ordersv1.CreateOrderItem) { return custs[i%3], []*ordersv1.CreateOrderItem{item(sku, 1)} })
+			if results[confirmed.String()] != 30 || results["INSUFFICIENT_FUNDS"] != 70 {
+				t.Fatalf("outcomes %v, want exactly 30 confirmed and 70 INSUFFICIENT_FUNDS", results)
+			}
+			for _, c := range custs {
+				if b := s.balance(c); b != 0 {
+					t.Fatalf("balance %d, want 0", b)
+				}
+			}
+			if a, r := s.stock(sku); a != 970 || r != 0 {
+				t.Fatalf("stock available %d reserved %d, want 970 and 0", a, r)
+			}
+		})
+	})
+
+	s.quietAndValid()
+}
+
+// race places n orders from 20 goroutines and counts the final outcomes
+// (status, or failure reason for cancellations).
+func race(t *testing.T, s *shop, n int, spec func(i int) (string, []*ordersv1.CreateOrderItem)) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	results := map[string]int{}
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < 20; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				cust, items := spec(i)
+				o := s.final(s.order(cust, fmt.Sprintf("race-%s-%d", cust, i), items...).GetOrderId())
+				key := o.GetStatus().String()
+				if o.GetStatus() == cancelled {
+					key = o.GetFailureReason()
+				}
+				mu.Lock()
+				results[key]++
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	return results
+}

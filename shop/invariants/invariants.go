@@ -1,0 +1,393 @@
+// Package invariants checks the shop's DESIGN.md invariants across all five
+// databases at a quiet point:
+//
+//   - stock: per SKU, initial + adjustments = available + reserved + sold,
+//     no counter negative, and reserved/sold match the reservations;
+//   - money: per customer, top-ups - captures + refunds = balance >= 0;
+//   - every order is CONFIRMED or CANCELLED; CONFIRMED has exactly one net
+//     capture of its total and committed stock for every line; CANCELLED has
+//     no net charge and no held stock;
+//   - exactly one notification per registration and per terminal order.
+//
+// Use [Checker.WaitQuiet] first: it waits until no order is pending and
+// every consumer group has consumed every published event.
+package invariants
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Checker reads the five databases and the broker.
+type Checker struct {
+	pools   map[string]*pgxpool.Pool
+	brokers string
+}
+
+// Open connects to each service's database; url maps a service name to its
+// database URL.
+func Open(ctx context.Context, url func(service string) string, brokers string) (*Checker, error) {
+	c := &Checker{pools: map[string]*pgxpool.Pool{}, brokers: brokers}
+	for _, s := range []string{"customers", "orders", "inventory", "payments", "notifications"} {
+		p, err := pgxpool.New(ctx, url(s))
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("open %s database: %w", s, err)
+		}
+		c.pools[s] = p
+	}
+	return c, nil
+}
+
+// Close closes the connections.
+func (c *Checker) Close() {
+	for _, p := range c.pools {
+		p.Close()
+	}
+}
+
+// Pool returns a service's database pool.
+func (c *Checker) Pool(service string) *pgxpool.Pool { return c.pools[service] }
+
+// WaitQuiet waits until no order is pending and, twice in a row two seconds
+// apart, every consumer group has committed offsets at the end of every
+// partition of the shop's topics with no new events published in between.
+func (c *Checker) WaitQuiet(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		state, quiet, err := c.snapshot(ctx)
+		if err == nil && quiet && state == last {
+			return nil
+		}
+		if err == nil && quiet {
+			last = state
+		} else {
+			last = ""
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not quiet after %s (last error: %v; state: %s)", timeout, err, state)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// snapshot describes pending orders and consumer lag; quiet means none.
+func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
+	var pending int
+	if err := c.pools["orders"].QueryRow(ctx, `SELECT count(*) FROM orders WHERE status = 'PENDING'`).Scan(&pending); err != nil {
+		return "", false, err
+	}
+	admin, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": c.brokers, "enable.metrics.push": false, "log_level": 3})
+	if err != nil {
+		return "", false, err
+	}
+	defer admin.Close()
+	md, err := admin.GetMetadata(nil, true, 5000)
+	if err != nil {
+		return "", false, err
+	}
+	cons, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": c.brokers, "group.id": "invariants", "enable.metrics.push": false, "log_level": 3})
+	if err != nil {
+		return "", false, err
+	}
+	defer cons.Close()
+	subscribers := map[string][]string{ // topic suffix -> groups that consume it
+		"customer":  {"payments", "notifications"},
+		"order":     {"inventory", "payments", "notifications"},
+		"inventory": {"orders"},
+		"payment":   {"orders"},
+	}
+	var parts []string
+	lag := int64(0)
+	for topic, tm := range md.Topics {
+		suffix := strings.TrimPrefix(topic, "switchyard.")
+		groups, ok := subscribers[suffix]
+		if !ok || strings.HasSuffix(topic, ".dlq") {
+			continue
+		}
+		for _, p := range tm.Partitions {
+			_, high, err := cons.QueryWatermarkOffsets(topic, p.ID, 5000)
+			if err != nil {
+				return "", false, err
+			}
+			parts = append(parts, fmt.Sprintf("%s/%d=%d", topic, p.ID, high))
+			for _, g := range groups {
+				t := topic
+				res, err := admin.ListConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: g,
+					Partitions: []kafka.TopicPartition{{Topic: &t, Partition: p.ID}}}})
+				if err != nil {
+					return "", false, err
+				}
+				committed := int64(0)
+				if len(res.ConsumerGroupsTopicPartitions) > 0 && len(res.ConsumerGroupsTopicPartitions[0].Partitions) > 0 {
+					if o := res.ConsumerGroupsTopicPartitions[0].Partitions[0].Offset; o >= 0 {
+						committed = int64(o)
+					}
+				}
+				lag += high - committed
+			}
+		}
+	}
+	sort.Strings(parts)
+	state := fmt.Sprintf("pending=%d lag=%d %s", pending, lag, strings.Join(parts, " "))
+	return state, pending == 0 && lag == 0, nil
+}
+
+// Check verifies every invariant and returns all violations found.
+func (c *Checker) Check(ctx context.Context) error {
+	var v []string
+	add := func(format string, args ...any) { v = append(v, fmt.Sprintf(format, args...)) }
+	if err := c.checkStock(ctx, add); err != nil {
+		return err
+	}
+	if err := c.checkMoney(ctx, add); err != nil {
+		return err
+	}
+	if err := c.checkOrders(ctx, add); err != nil {
+		return err
+	}
+	if err := c.checkNotifications(ctx, add); err != nil {
+		return err
+	}
+	if len(v) > 0 {
+		if len(v) > 30 {
+			v = append(v[:30], fmt.Sprintf("... and %d more", len(v)-30))
+		}
+		return errors.New("invariants violated:\n  " + strings.Join(v, "\n  "))
+	}
+	return nil
+}
+
+func (c *Checker) checkStock(ctx context.Context, add func(string, ...any)) error {
+	rows, err := c.pools["inventory"].Query(ctx, `SELECT p.sku, p.initial, p.adjustments, p.available, p.reserved, p.sold,
+		coalesce(sum(r.quantity) FILTER (WHERE r.state = 'RESERVED'), 0),
+		coalesce(sum(r.quantity) FILTER (WHERE r.state = 'COMMITTED'), 0)
+		FROM products p LEFT JOIN reservations r ON r.sku = p.sku GROUP BY p.sku`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var sku string
+		var initial, adj, avail, reserved, sold, held, committed int64
+		if err := rows.Scan(&sku, &initial, &adj, &avail, &reserved, &sold, &held, &committed); err != nil {
+			return err
+		}
+		if initial+adj != avail+reserved+sold {
+			add("stock %s: initial %d + adjustments %d != available %d + reserved %d + sold %d", sku, initial, adj, avail, reserved, sold)
+		}
+		if avail < 0 || reserved < 0 || sold < 0 {
+			add("stock %s: negative counter (available %d, reserved %d, sold %d)", sku, avail, reserved, sold)
+		}
+		if reserved != held || sold != committed {
+			add("stock %s: reserved %d/sold %d but reservations hold %d/%d", sku, reserved, sold, held, committed)
+		}
+	}
+	return rows.Err()
+}
+
+func (c *Checker) checkMoney(ctx context.Context, add func(string, ...any)) error {
+	rows, err := c.pools["payments"].Query(ctx, `SELECT a.customer_id::text, a.balance_minor,
+		coalesce(sum(p.amount_minor) FILTER (WHERE p.kind = 'TOP_UP'), 0),
+		coalesce(sum(p.amount_minor) FILTER (WHERE p.kind = 'CAPTURE'), 0),
+		coalesce(sum(p.amount_minor) FILTER (WHERE p.kind = 'REFUND'), 0)
+		FROM accounts a LEFT JOIN payments p ON p.customer_id = a.customer_id GROUP BY a.customer_id`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var balance, topups, captures, refunds int64
+		if err := rows.Scan(&id, &balance, &topups, &captures, &refunds); err != nil {
+			return err
+		}
+		if topups-captures+refunds != balance || balance < 0 {
+			add("money %s: top-ups %d - captures %d + refunds %d != balance %d (or negative)", id, topups, captures, refunds, balance)
+		}
+	}
+	return rows.Err()
+}
+
+type orderRow struct {
+	status string
+	total  int64
+	items  map[string]int64
+}
+
+func (c *Checker) checkOrders(ctx context.Context, add func(string, ...any)) error {
+	orders := map[string]*orderRow{}
+	rows, err := c.pools["orders"].Query(ctx, `SELECT o.order_id::text, o.status, o.total_minor, i.sku, i.quantity
+		FROM orders o JOIN order_items i ON i.order_id = o.order_id`)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id, st, sku string
+		var total, q int64
+		if err := rows.Scan(&id, &st, &total, &sku, &q); err != nil {
+			rows.Close()
+			return err
+		}
+		o := orders[id]
+		if o == nil {
+			o = &orderRow{status: st, total: total, items: map[string]int64{}}
+			orders[id] = o
+		}
+		o.items[sku] += q
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	type charge struct{ captures, net int64 }
+	charges := map[string]charge{}
+	if err := each(ctx, c.pools["payments"], `SELECT order_id::text, count(*) FILTER (WHERE kind = 'CAPTURE'),
+		sum(CASE kind WHEN 'CAPTURE' THEN amount_minor ELSE -amount_minor END)
+		FROM payments WHERE order_id IS NOT NULL GROUP BY order_id`, func(r pgx.Rows) error {
+		var id string
+		var ch charge
+		err := r.Scan(&id, &ch.captures, &ch.net)
+		charges[id] = ch
+		return err
+	}); err != nil {
+		return err
+	}
+	type hold struct{ reserved, committed map[string]int64 }
+	holds := map[string]*hold{}
+	if err := each(ctx, c.pools["inventory"], `SELECT order_id::text, sku, quantity, state FROM reservations WHERE state <> 'RELEASED'`, func(r pgx.Rows) error {
+		var id, sku, st string
+		var q int64
+		if err := r.Scan(&id, &sku, &q, &st); err != nil {
+			return err
+		}
+		h := holds[id]
+		if h == nil {
+			h = &hold{reserved: map[string]int64{}, committed: map[string]int64{}}
+			holds[id] = h
+		}
+		if st == "RESERVED" {
+			h.reserved[sku] += q
+		} else {
+			h.committed[sku] += q
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for id, o := range orders {
+		ch, h := charges[id], holds[id]
+		switch o.status {
+		case "PENDING":
+			add("order %s: still PENDING", id)
+		case "CONFIRMED":
+			if ch.captures != 1 || ch.net != o.total {
+				add("order %s: CONFIRMED with %d capture(s), net charge %d, total %d", id, ch.captures, ch.net, o.total)
+			}
+			if h == nil || len(h.reserved) > 0 || !equal(h.committed, o.items) {
+				add("order %s: CONFIRMED but stock held is %+v, items %v", id, h, o.items)
+			}
+		case "CANCELLED":
+			if ch.net != 0 {
+				add("order %s: CANCELLED with net charge %d", id, ch.net)
+			}
+			if h != nil {
+				add("order %s: CANCELLED but stock still held %+v", id, h)
+			}
+		}
+	}
+	for id, ch := range charges {
+		if orders[id] == nil && ch.net != 0 {
+			add("payments: net charge %d for unknown order %s", ch.net, id)
+		}
+	}
+	for id := range holds {
+		if orders[id] == nil {
+			add("inventory: stock held for unknown order %s", id)
+		}
+	}
+	return nil
+}
+
+func (c *Checker) checkNotifications(ctx context.Context, add func(string, ...any)) error {
+	counts := map[string]map[string]int{} // about -> kind -> n
+	if err := each(ctx, c.pools["notifications"], `SELECT about::text, kind, count(*) FROM notifications GROUP BY about, kind`, func(r pgx.Rows) error {
+		var about, kind string
+		var n int
+		if err := r.Scan(&about, &kind, &n); err != nil {
+			return err
+		}
+		if counts[about] == nil {
+			counts[about] = map[string]int{}
+		}
+		counts[about][kind] = n
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := each(ctx, c.pools["customers"], `SELECT customer_id::text FROM customers`, func(r pgx.Rows) error {
+		var id string
+		if err := r.Scan(&id); err != nil {
+			return err
+		}
+		if n := counts[id]["WELCOME"]; n != 1 {
+			add("customer %s: %d WELCOME notifications, want 1", id, n)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	return each(ctx, c.pools["orders"], `SELECT order_id::text, status FROM orders`, func(r pgx.Rows) error {
+		var id, st string
+		if err := r.Scan(&id, &st); err != nil {
+			return err
+		}
+		confirmed, cancelled := counts[id]["ORDER_CONFIRMED"], counts[id]["ORDER_CANCELLED"]
+		switch {
+		case st == "CONFIRMED" && (confirmed != 1 || cancelled != 0):
+			add("order %s: CONFIRMED with %d confirmed and %d cancelled notifications", id, confirmed, cancelled)
+		case st == "CANCELLED" && (cancelled != 1 || confirmed > 1):
+			add("order %s: CANCELLED with %d cancelled and %d confirmed notifications", id, cancelled, confirmed)
+		}
+		return nil
+	})
+}
+
+func each(ctx context.Context, pool *pgxpool.Pool, sql string, fn func(pgx.Rows) error) error {
+	rows, err := pool.Query(ctx, sql)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+func equal(a, b map[string]int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}

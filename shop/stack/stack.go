@@ -1,0 +1,327 @@
+// Package stack runs the whole shop on one machine: a PostgreSQL cluster
+// with one database per service, a Kafka-protocol broker (kfake) with its
+// log on disk, and the five services as separate processes. `make run` uses
+// it with the DESIGN.md ports and data in .switchyard/; the end-to-end tests
+// use it with random ports and temporary data.
+package stack
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/switchyard/switchyard/platform/pgcluster"
+)
+
+// Services lists the shop's services with their DESIGN.md ports, in start
+// order.
+var Services = []struct {
+	Name string
+	Port int
+}{
+	{"customers", 50051},
+	{"orders", 50052},
+	{"inventory", 50053},
+	{"payments", 50054},
+	{"notifications", 50055},
+}
+
+// Options configure a stack.
+type Options struct {
+	// Dir holds the PostgreSQL cluster (Dir/postgres) and the broker's log
+	// (Dir/kafka); both are kept across runs.
+	Dir string
+	// BinDir holds the five service binaries (see Build).
+	BinDir string
+	// PostgresPort and KafkaPort: 0 picks free ports.
+	PostgresPort int
+	KafkaPort    int
+	// RandomPorts gives the services free ports instead of DESIGN.md's.
+	RandomPorts bool
+	// Env is extra environment for every service (e.g. SWITCHYARD_SAGA_STEP_TIMEOUT).
+	Env []string
+	// Log receives every process's output, each line prefixed with its name.
+	Log io.Writer
+	// Durable keeps fsync on (make run); tests turn it off.
+	Durable bool
+}
+
+// Stack is a running shop.
+type Stack struct {
+	opts     Options
+	Postgres *pgcluster.Cluster
+	broker   *kfake.Cluster
+	kafkaAdr string
+
+	mu    sync.Mutex
+	procs map[string]*process
+	ports map[string]int
+}
+
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Build compiles the five services into binDir with the flags CI uses.
+func Build(ctx context.Context, repoRoot, binDir string) error {
+	for _, s := range Services {
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(binDir, s.Name), "./cmd/"+s.Name)
+		cmd.Dir = filepath.Join(repoRoot, "services", s.Name)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %w\n%s", s.Name, err, out)
+		}
+	}
+	return nil
+}
+
+// Start brings the stack up and returns once every service reports SERVING.
+func Start(ctx context.Context, opts Options) (*Stack, error) {
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	s := &Stack{opts: opts, procs: map[string]*process{}, ports: map[string]int{}}
+	for _, svc := range Services {
+		port := svc.Port
+		if opts.RandomPorts {
+			p, err := pgcluster.FreePort()
+			if err != nil {
+				return nil, err
+			}
+			port = p
+		} else if err := portFree(port); err != nil {
+			return nil, fmt.Errorf("%s: %w", svc.Name, err)
+		}
+		s.ports[svc.Name] = port
+	}
+	var err error
+	s.Postgres, err = pgcluster.Start(ctx, pgcluster.Options{
+		DataDir: filepath.Join(opts.Dir, "postgres"), Port: opts.PostgresPort, Durable: opts.Durable,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("PostgreSQL: %w", err)
+	}
+	for _, svc := range Services {
+		if err := s.Postgres.CreateDatabase(ctx, svc.Name); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	kport := opts.KafkaPort
+	if kport == 0 {
+		if kport, err = pgcluster.FreePort(); err != nil {
+			s.Close()
+			return nil, err
+		}
+	} else if err := portFree(kport); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("Kafka broker: %w", err)
+	}
+	s.broker, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(kport), kfake.DataDir(filepath.Join(opts.Dir, "kafka")),
+		kfake.ClusterID("switchyard-local"))
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("Kafka broker on port %d: %w", kport, err)
+	}
+	s.kafkaAdr = fmt.Sprintf("127.0.0.1:%d", kport)
+	for _, svc := range Services {
+		if err := s.StartService(svc.Name); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	for _, svc := range Services {
+		if err := s.WaitServing(ctx, svc.Name); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func portFree(port int) error {
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return fmt.Errorf("port %d is busy (is another `make run` still running?)", port)
+	}
+	return l.Close()
+}
+
+// KafkaAddr is the broker's bootstrap address.
+func (s *Stack) KafkaAddr() string { return s.kafkaAdr }
+
+// Addr is a service's gRPC address.
+func (s *Stack) Addr(service string) string { return fmt.Sprintf("127.0.0.1:%d", s.ports[service]) }
+
+// DatabaseURL is a service's database.
+func (s *Stack) DatabaseURL(service string) string { return s.Postgres.URL(service) }
+
+// StartService starts (or restarts) one service process.
+func (s *Stack) StartService(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.procs[name]; p != nil {
+		select {
+		case <-p.done:
+		default:
+			return fmt.Errorf("%s is already running", name)
+		}
+	}
+	cmd := exec.Command(filepath.Join(s.opts.BinDir, name))
+	cmd.Env = append(os.Environ(),
+		"SWITCHYARD_GRPC_ADDR="+s.Addr(name),
+		"SWITCHYARD_DATABASE_URL="+s.DatabaseURL(name),
+		"SWITCHYARD_KAFKA_BROKERS="+s.kafkaAdr,
+		"SWITCHYARD_LOG_FORMAT=text",
+	)
+	cmd.Env = append(cmd.Env, s.opts.Env...)
+	// Own process group: Ctrl-C in a terminal reaches only the runner, which
+	// then stops the services in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w (did `make run` build it into %s?)", name, err, s.opts.BinDir)
+	}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	s.procs[name] = p
+	go func() {
+		prefix(s.opts.Log, name, out)
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	return nil
+}
+
+var logMu sync.Mutex
+
+func prefix(w io.Writer, name string, r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	tag := fmt.Sprintf("%-13s| ", name)
+	for sc.Scan() {
+		logMu.Lock()
+		fmt.Fprintln(w, tag+sc.Text())
+		logMu.Unlock()
+	}
+}
+
+// Kill sends SIGKILL to a service and waits for it to die.
+func (s *Stack) Kill(name string) { s.signal(name, syscall.SIGKILL) }
+
+// Stop sends SIGTERM to a service and waits for its graceful exit.
+func (s *Stack) Stop(name string) { s.signal(name, syscall.SIGTERM) }
+
+func (s *Stack) signal(name string, sig syscall.Signal) {
+	s.mu.Lock()
+	p := s.procs[name]
+	s.mu.Unlock()
+	if p == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// ExitCode returns a stopped service's exit code (-1 if still running or
+// killed by a signal).
+func (s *Stack) ExitCode(name string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.procs[name]
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	default:
+		return -1
+	}
+}
+
+// WaitServing waits until a service's health check reports SERVING.
+func (s *Stack) WaitServing(ctx context.Context, name string) error {
+	conn, err := grpc.NewClient(s.Addr(name), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := healthpb.NewHealthClient(conn)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		resp, err := client.Check(cctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return nil
+		}
+		s.mu.Lock()
+		p := s.procs[name]
+		s.mu.Unlock()
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited with code %d before it was ready; see its log lines above", name, p.cmd.ProcessState.ExitCode())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not report SERVING within 2 minutes (last: %v %v)", name, resp.GetStatus(), err)
+		}
+	}
+}
+
+// Close stops the services (SIGTERM, in reverse order), the broker and
+// PostgreSQL.
+func (s *Stack) Close() error {
+	var errs []error
+	names := make([]string, 0, len(s.procs))
+	for n := range s.procs {
+		names = append(names, n)
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	var wg sync.WaitGroup
+	for _, n := range names {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Stop(n) }()
+	}
+	wg.Wait()
+	if s.broker != nil {
+		s.broker.Close()
+	}
+	if s.Postgres != nil {
+		errs = append(errs, s.Postgres.Stop())
+	}
+	return errors.Join(errs...)
+}
+
+// GrpcurlLines returns ready-to-paste grpcurl commands for this stack.
+func (s *Stack) GrpcurlLines() string {
+	var b strings.Builder
+	for _, svc := range Services {
+		fmt.Fprintf(&b, "  grpcurl -plaintext %s describe   # %s\n", s.Addr(svc.Name), svc.Name)
+	}
+	return b.String()
+}
