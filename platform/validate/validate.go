@@ -37,7 +37,9 @@ func (v *Violations) Add(field, reason string) {
 }
 
 // Addf records a formatted reason.
-func (v *Violations) Addf(field, format string, args ...any) { v.Add(field, fmt.Sprintf(format, args...)) }
+func (v *Violations) Addf(field, format string, args ...any) {
+	v.Add(field, fmt.Sprintf(format, args...))
+}
 
 // Empty reports whether no violation was recorded.
 func (v *Violations) Empty() bool { return len(v.list) == 0 }

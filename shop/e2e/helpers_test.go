@@ -287,3 +287,20 @@ func (s *shop) waitNotifications(customer string, want int) []string {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// waitStock waits until a product's counters settle at the wanted values:
+// commits and releases reach inventory after the order turns terminal.
+func (s *shop) waitStock(sku string, available, reserved int64) {
+	s.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		a, r := s.stock(sku)
+		if a == available && r == reserved {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("stock of %s: available %d reserved %d, want %d and %d", sku, a, r, available, reserved)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

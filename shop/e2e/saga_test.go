@@ -57,27 +57,21 @@ func TestSaga(t *testing.T) {
 			t.Parallel()
 			cust, sku := s.customer(100_000), s.product(100, 3)
 			wantFinal(t, s.final(s.order(cust, "", item(sku, 4)).GetOrderId()), cancelled, "OUT_OF_STOCK")
-			if a, r := s.stock(sku); a != 3 || r != 0 {
-				t.Fatalf("stock available %d reserved %d after rejection, want 3 and 0", a, r)
-			}
+			s.waitStock(sku, 3, 0)
 		})
 
 		t.Run("unknown sku", func(t *testing.T) {
 			t.Parallel()
 			cust, sku := s.customer(100_000), s.product(100, 3)
 			wantFinal(t, s.final(s.order(cust, "", item(sku, 1), item("NO-SUCH-SKU", 1)).GetOrderId()), cancelled, "UNKNOWN_SKU")
-			if a, r := s.stock(sku); a != 3 || r != 0 {
-				t.Fatalf("stock available %d reserved %d: the known line was reserved anyway", a, r)
-			}
+			s.waitStock(sku, 3, 0)
 		})
 
 		t.Run("insufficient funds releases stock", func(t *testing.T) {
 			t.Parallel()
 			cust, sku := s.customer(999), s.product(500, 5)
 			wantFinal(t, s.final(s.order(cust, "", item(sku, 2)).GetOrderId()), cancelled, "INSUFFICIENT_FUNDS")
-			if a, r := s.stock(sku); a != 5 || r != 0 {
-				t.Fatalf("stock available %d reserved %d after the decline, want 5 and 0 (released)", a, r)
-			}
+			s.waitStock(sku, 5, 0)
 			if b := s.balance(cust); b != 999 {
 				t.Fatalf("balance %d after a declined order, want 999", b)
 			}
@@ -91,9 +85,7 @@ func TestSaga(t *testing.T) {
 			sku := s.product(100, 5)
 			stranger := "00000000-0000-4000-8000-000000000001"
 			wantFinal(t, s.final(s.order(stranger, "", item(sku, 1)).GetOrderId()), cancelled, "ACCOUNT_NOT_FOUND")
-			if a, r := s.stock(sku); a != 5 || r != 0 {
-				t.Fatalf("stock available %d reserved %d, want 5 and 0", a, r)
-			}
+			s.waitStock(sku, 5, 0)
 		})
 
 		t.Run("cancel after confirmation refunds and restocks", func(t *testing.T) {
@@ -111,9 +103,7 @@ func TestSaga(t *testing.T) {
 			if b := s.balance(cust); b != 5_000 {
 				t.Fatalf("balance %d after cancelling a confirmed order, want the 5000 back", b)
 			}
-			if a, r := s.stock(sku); a != 4 || r != 0 {
-				t.Fatalf("stock available %d reserved %d after cancelling, want 4 and 0 (restocked)", a, r)
-			}
+			s.waitStock(sku, 4, 0)
 		})
 
 		t.Run("same idempotency key: one order, one charge", func(t *testing.T) {
@@ -149,20 +139,22 @@ func TestSaga(t *testing.T) {
 			for i := range custs {
 				custs[i] = s.customer(1_000_000)
 			}
-			results := race(t, s, 200, func(i int) (string, []*ordersv1.CreateOrderItem) { return custs[i%len(custs)], []*ordersv1.CreateOrderItem{item(sku, 1)} })
+			results := race(t, s, 200, func(i int) (string, []*ordersv1.CreateOrderItem) {
+				return custs[i%len(custs)], []*ordersv1.CreateOrderItem{item(sku, 1)}
+			})
 			if results[confirmed.String()] != 50 || results["OUT_OF_STOCK"] != 150 {
 				t.Fatalf("outcomes %v, want exactly 50 confirmed and 150 OUT_OF_STOCK", results)
 			}
-			if a, r := s.stock(sku); a != 0 || r != 0 {
-				t.Fatalf("stock available %d reserved %d, want 0 and 0", a, r)
-			}
+			s.waitStock(sku, 0, 0)
 		})
 
 		t.Run("100 orders race for 30 orders' worth of funds", func(t *testing.T) {
 			t.Parallel()
 			sku := s.product(1_000, 1_000)
 			custs := []string{s.customer(10_000), s.customer(10_000), s.customer(10_000)} // 10 orders each
-			results := race(t, s, 100, func(i int) (string, []*ordersv1.CreateOrderItem) { return custs[i%3], []*ordersv1.CreateOrderItem{item(sku, 1)} })
+			results := race(t, s, 100, func(i int) (string, []*ordersv1.CreateOrderItem) {
+				return custs[i%3], []*ordersv1.CreateOrderItem{item(sku, 1)}
+			})
 			if results[confirmed.String()] != 30 || results["INSUFFICIENT_FUNDS"] != 70 {
 				t.Fatalf("outcomes %v, want exactly 30 confirmed and 70 INSUFFICIENT_FUNDS", results)
 			}
@@ -171,9 +163,7 @@ func TestSaga(t *testing.T) {
 					t.Fatalf("balance %d, want 0", b)
 				}
 			}
-			if a, r := s.stock(sku); a != 970 || r != 0 {
-				t.Fatalf("stock available %d reserved %d, want 970 and 0", a, r)
-			}
+			s.waitStock(sku, 970, 0)
 		})
 	})
 

@@ -98,7 +98,9 @@ type server struct {
 	opts Options
 }
 
-func usd(minor int64) *moneyv1.Money { return &moneyv1.Money{Currency: validate.Currency, AmountMinor: minor} }
+func usd(minor int64) *moneyv1.Money {
+	return &moneyv1.Money{Currency: validate.Currency, AmountMinor: minor}
+}
 
 func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderRequest) (*ordersv1.CreateOrderResponse, error) {
 	var v validate.Violations

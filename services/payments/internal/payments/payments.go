@@ -64,7 +64,9 @@ type server struct {
 	env *service.Env
 }
 
-func usd(minor int64) *moneyv1.Money { return &moneyv1.Money{Currency: validate.Currency, AmountMinor: minor} }
+func usd(minor int64) *moneyv1.Money {
+	return &moneyv1.Money{Currency: validate.Currency, AmountMinor: minor}
+}
 
 func (s *server) account(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
