@@ -117,13 +117,13 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 
 // Env is what Setup gets: the service's shared resources.
 type Env struct {
-	Name     string
-	Config   Config
-	Pool     *pgxpool.Pool
-	Outbox   *outbox.Writer
-	Server   *grpc.Server
-	Consumer *consumer.Consumer // nil when Spec.Subscribe is empty
-	Logger   *slog.Logger
+	Name     string             // the service's name
+	Config   Config             // its configuration
+	Pool     *pgxpool.Pool      // its database
+	Outbox   *outbox.Writer     // writes events in the caller's transaction
+	Server   *grpc.Server       // register gRPC services here
+	Consumer *consumer.Consumer // register event handlers here; nil when Spec.Subscribe is empty
+	Logger   *slog.Logger       // structured logs carrying the service name
 
 	stopping   chan struct{}
 	background []func(context.Context) error

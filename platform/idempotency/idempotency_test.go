@@ -1,0 +1,78 @@
+package idempotency_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/switchyard/switchyard/platform/idempotency"
+	"github.com/switchyard/switchyard/platform/testkit"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+// Ten concurrent calls with one key run the operation once and all get its
+// response; the same key with another request is refused; a failed first
+// attempt leaves the key free.
+func TestConcurrentSameKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testkit.Pool(t, testkit.Database(t))
+	if err := idempotency.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int32
+	do := func(key string, req int64, fail bool) (string, bool, error) {
+		var out *wrapperspb.StringValue
+		var replayed bool
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			var err error
+			out, replayed, err = idempotency.Do(ctx, tx, "Test", key, wrapperspb.Int64(req), func() (*wrapperspb.StringValue, error) {
+				if fail {
+					return nil, errors.New("first attempt fails")
+				}
+				n := runs.Add(1)
+				return wrapperspb.String("run " + string(rune('0'+n))), nil
+			})
+			return err
+		})
+		return out.GetValue(), replayed, err
+	}
+	if _, _, err := do("k", 1, true); err == nil {
+		t.Fatal("failing operation reported success")
+	}
+	var wg sync.WaitGroup
+	results := make([]string, 10)
+	replays := atomic.Int32{}
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, replayed, err := do("k", 1, false)
+			if err != nil {
+				t.Error(err)
+			}
+			if replayed {
+				replays.Add(1)
+			}
+			results[i] = v
+		}()
+	}
+	wg.Wait()
+	if runs.Load() != 1 || replays.Load() != 9 {
+		t.Fatalf("operation ran %d times with %d replays, want 1 and 9", runs.Load(), replays.Load())
+	}
+	for _, r := range results {
+		if r != "run 1" {
+			t.Fatalf("responses %v, want all the first run's", results)
+		}
+	}
+	if _, _, err := do("k", 2, false); !errors.Is(err, idempotency.ErrKeyReused) {
+		t.Fatalf("same key, other request: %v, want ErrKeyReused", err)
+	}
+}
