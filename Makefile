@@ -7,6 +7,7 @@ SHELL := /bin/bash
 
 BIN     := $(CURDIR)/.bin
 BUF     := $(BIN)/buf
+GRPCURL := $(BIN)/grpcurl
 SERVICES := customers orders inventory payments notifications
 MODULES  := ./gen/go/... ./platform/... ./shop/... $(foreach s,$(SERVICES),./services/$(s)/...)
 # The flags the Dockerfile uses too: one way to build a service.
@@ -23,8 +24,12 @@ $(BUF): tools/go.mod tools/go.sum
 	@mkdir -p $(BIN)
 	GOWORK=off go -C tools build -o $(BUF) github.com/bufbuild/buf/cmd/buf
 
+$(GRPCURL): tools/go.mod tools/go.sum
+	@mkdir -p $(BIN)
+	GOWORK=off go -C tools build -o $(GRPCURL) github.com/fullstorydev/grpcurl/cmd/grpcurl
+
 .PHONY: tools
-tools: $(BUF) ## Build the pinned tools into .bin/
+tools: $(BUF) $(GRPCURL) ## Build the pinned tools (buf, grpcurl) into .bin/
 
 .PHONY: generate
 generate: $(BUF) ## Regenerate gen/go from proto/
