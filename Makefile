@@ -71,6 +71,10 @@ build: ## Build the five services and the local runner into .bin/
 	@for s in $(SERVICES); do (cd services/$$s && $(GOBUILD) -o $(BIN)/$$s ./cmd/$$s) || exit 1; done
 	cd shop && $(GOBUILD) -o $(BIN)/shop ./cmd/shop
 
+.PHONY: loadgen
+loadgen: ## Drive CreateOrder against a running `make run` (RATE=50 DURATION=20s)
+	cd shop && go run ./cmd/loadgen -rate $(or $(RATE),50) -duration $(or $(DURATION),20s)
+
 .PHONY: run
 run: build ## Start the whole shop locally (data in .switchyard/; Ctrl-C stops it)
 	@$(BIN)/shop -dir .switchyard -bin $(BIN)

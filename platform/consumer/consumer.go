@@ -1,7 +1,8 @@
 // Package consumer applies Kafka events to a PostgreSQL database exactly once
 // in effect.
 //
-// Each event is handled in one database transaction that also records
+// Each assigned partition is applied in order by its own goroutine. Each
+// event is handled in one database transaction that also records
 // (consumer group, event id) in the inbox table; a redelivered event finds its
 // inbox row and is skipped. The handler may change the service's tables and
 // write outbox events in the same transaction. Offsets are stored only after
@@ -24,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -160,6 +162,7 @@ type handler struct {
 type Consumer struct {
 	cfg       Config
 	handlers  map[protoreflect.FullName]handler
+	dlqMu     sync.Mutex // guards dlqTopics: partition workers share it
 	dlqTopics map[string]bool
 
 	processed  atomic.Uint64
@@ -243,13 +246,23 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return err
 	}
 	defer dlq.Close()
-	if err := kc.SubscribeTopics(cfg.Topics, nil); err != nil {
+	ws := &workers{c: c, kc: kc, dlq: dlq, ctx: ctx, byPartition: map[string]*worker{}}
+	// On a rebalance, workers of revoked partitions finish their current
+	// message before the partitions go (and their offsets are committed).
+	rebalance := func(_ *kafka.Consumer, ev kafka.Event) error {
+		if r, ok := ev.(kafka.RevokedPartitions); ok {
+			ws.stop(r.Partitions)
+		}
+		return nil
+	}
+	if err := kc.SubscribeTopics(cfg.Topics, rebalance); err != nil {
 		return fmt.Errorf("subscribe to %v: %w", cfg.Topics, err)
 	}
 	pruneDone := make(chan struct{})
 	pctx, stopPrune := context.WithCancel(ctx)
 	go func() { defer close(pruneDone); c.pruneLoop(pctx) }()
 	defer func() { stopPrune(); <-pruneDone }()
+	defer ws.stop(nil)
 
 	for ctx.Err() == nil {
 		ev := kc.Poll(100)
@@ -259,16 +272,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				cfg.Logger.Warn("consume", "error", e.TopicPartition.Error)
 				continue
 			}
-			if !c.process(ctx, e, dlq) {
-				// Stopping mid-message: its offset is not stored, so the
-				// group's next owner of the partition handles it again.
-				return nil
-			}
-			if _, err := kc.StoreMessage(e); err != nil {
-				// The partition was revoked meanwhile; its new owner
-				// redelivers the message and the inbox absorbs it.
-				cfg.Logger.Debug("store offset", "error", err)
-			}
+			ws.dispatch(e)
 		case kafka.Error:
 			if e.IsFatal() {
 				return fmt.Errorf("kafka consumer: %w", e)
@@ -277,6 +281,86 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// workers applies each assigned partition's messages in order, on its own
+// goroutine, so that partitions do not wait for each other's commits.
+type workers struct {
+	c           *Consumer
+	kc          *kafka.Consumer
+	dlq         *kafka.Producer
+	ctx         context.Context
+	byPartition map[string]*worker // only touched by the polling goroutine
+}
+
+type worker struct {
+	queue chan *kafka.Message
+	quit  chan struct{}
+	done  chan struct{}
+}
+
+func partitionKey(tp kafka.TopicPartition) string {
+	return *tp.Topic + "/" + strconv.Itoa(int(tp.Partition))
+}
+
+func (ws *workers) dispatch(msg *kafka.Message) {
+	key := partitionKey(msg.TopicPartition)
+	w := ws.byPartition[key]
+	if w == nil {
+		w = &worker{queue: make(chan *kafka.Message, 500), quit: make(chan struct{}), done: make(chan struct{})}
+		ws.byPartition[key] = w
+		go ws.run(w)
+	}
+	select {
+	case w.queue <- msg:
+	case <-ws.ctx.Done():
+	}
+}
+
+func (ws *workers) run(w *worker) {
+	defer close(w.done)
+	for {
+		select {
+		case <-w.quit:
+			return
+		case <-ws.ctx.Done():
+			return
+		case msg := <-w.queue:
+			if !ws.c.process(ws.ctx, msg, ws.dlq) {
+				// Stopping mid-message: its offset is not stored, so the
+				// group's next owner of the partition handles it again.
+				return
+			}
+			if _, err := ws.kc.StoreMessage(msg); err != nil {
+				// The partition was revoked meanwhile; its new owner
+				// redelivers the message and the inbox absorbs it.
+				ws.c.cfg.Logger.Debug("store offset", "error", err)
+			}
+		}
+	}
+}
+
+// stop ends the workers of the given partitions (all when nil) after their
+// current message; queued messages are dropped, since their offsets were
+// not stored they are delivered again.
+func (ws *workers) stop(parts []kafka.TopicPartition) {
+	keys := make([]string, 0, len(ws.byPartition))
+	if parts == nil {
+		for k := range ws.byPartition {
+			keys = append(keys, k)
+		}
+	} else {
+		for _, tp := range parts {
+			keys = append(keys, partitionKey(tp))
+		}
+	}
+	for _, k := range keys {
+		if w := ws.byPartition[k]; w != nil {
+			close(w.quit)
+			<-w.done
+			delete(ws.byPartition, k)
+		}
+	}
 }
 
 // process handles one message until it is applied, recognised as a
@@ -433,11 +517,16 @@ func (c *Consumer) deadLetter(ctx context.Context, msg *kafka.Message, dlq *kafk
 }
 
 func (c *Consumer) sendDLQ(ctx context.Context, dlq *kafka.Producer, topic string, msg *kafka.Message) error {
-	if !c.dlqTopics[topic] {
+	c.dlqMu.Lock()
+	known := c.dlqTopics[topic]
+	c.dlqMu.Unlock()
+	if !known {
 		if err := broker.EnsureTopics(ctx, c.cfg.Kafka, topic); err != nil {
 			return err
 		}
+		c.dlqMu.Lock()
 		c.dlqTopics[topic] = true
+		c.dlqMu.Unlock()
 	}
 	report := make(chan kafka.Event, 1)
 	if err := dlq.Produce(msg, report); err != nil {

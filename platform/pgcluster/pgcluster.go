@@ -67,8 +67,15 @@ func FindBinaries() (string, error) {
 		}
 		return "", fmt.Errorf("SWITCHYARD_PG_BIN=%s: %w", dir, ErrBinariesNotFound)
 	}
-	if p, err := exec.LookPath("initdb"); err == nil && has(filepath.Dir(p)) {
-		return filepath.Dir(p), nil
+	if p, err := exec.LookPath("initdb"); err == nil {
+		// Distributions often link initdb into /usr/bin or /usr/local/bin;
+		// the real directory also holds postgres, pgbench and friends.
+		if real, err := filepath.EvalSymlinks(p); err == nil && has(filepath.Dir(real)) {
+			return filepath.Dir(real), nil
+		}
+		if has(filepath.Dir(p)) {
+			return filepath.Dir(p), nil
+		}
 	}
 	var candidates []string
 	for _, pattern := range []string{

@@ -173,7 +173,16 @@ func NewLogger(w *os.File, cfg Config, name string) *slog.Logger {
 // relay and consumer stop cleanly. listening, if set, is called with the
 // bound address once the server accepts connections.
 func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listening func(net.Addr)) error {
-	pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("SWITCHYARD_DATABASE_URL: %w", err)
+	}
+	if !strings.Contains(cfg.DatabaseURL, "pool_max_conns") {
+		// pgxpool's default (max(4, CPUs)) starves a service whose consumer
+		// applies several partitions at once while serving RPCs.
+		pcfg.MaxConns = 16
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}

@@ -1,0 +1,263 @@
+// Command loadgen drives CreateOrder at a fixed rate against a running local
+// stack (`make run`), follows every order to its terminal status with
+// WatchOrder, and reports the achieved orders/s and the latency from
+// CreateOrder to the terminal status (p50/p95/p99). It then runs pgbench on
+// the same PostgreSQL cluster with one transaction shaped like CreateOrder's
+// (order + item + outbox insert/delete), so the ratio to what PostgreSQL
+// itself can commit is visible.
+//
+//	go run ./shop/cmd/loadgen -rate 100 -duration 30s
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
+	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
+	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
+	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/pgcluster"
+)
+
+func main() {
+	rate := flag.Int("rate", 50, "CreateOrder calls per second")
+	duration := flag.Duration("duration", 20*time.Second, "how long to send orders")
+	customers := flag.Int("customers", 20, "customers placing orders")
+	host := flag.String("host", "127.0.0.1", "host of the services (ports 50051-50055)")
+	pgURL := flag.String("postgres", "postgres://postgres@127.0.0.1:55432/postgres?sslmode=disable", "the stack's PostgreSQL, for pgbench ('' skips it)")
+	pgbenchClients := flag.Int("pgbench-clients", 8, "pgbench client connections")
+	flag.Parse()
+	if err := run(*rate, *duration, *customers, *host, *pgURL, *pgbenchClients); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+func dial(host string, port int) (*grpc.ClientConn, error) {
+	return grpc.NewClient(fmt.Sprintf("%s:%d", host, port), grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+func usd(minor int64) *moneyv1.Money { return &moneyv1.Money{Currency: "USD", AmountMinor: minor} }
+
+func run(rate int, duration time.Duration, nCustomers int, host, pgURL string, pgbenchClients int) error {
+	ctx := context.Background()
+	conns := map[int]*grpc.ClientConn{}
+	for _, p := range []int{50051, 50052, 50053, 50054} {
+		c, err := dial(host, p)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		conns[p] = c
+	}
+	cust := customersv1.NewCustomerServiceClient(conns[50051])
+	orders := ordersv1.NewOrderServiceClient(conns[50052])
+	inv := inventoryv1.NewInventoryServiceClient(conns[50053])
+	pay := paymentsv1.NewPaymentServiceClient(conns[50054])
+
+	runID := strings.ToUpper(uuid.NewString()[:8])
+	total := rate * int(duration.Seconds())
+	sku := "LOAD-" + runID
+	if _, err := inv.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: sku, Name: "load " + runID, Price: usd(100), Stock: int64(total * 2)}); err != nil {
+		return fmt.Errorf("create product (is `make run` running?): %w", err)
+	}
+	ids := make([]string, nCustomers)
+	for i := range ids {
+		r, err := cust.RegisterCustomer(ctx, &customersv1.RegisterCustomerRequest{Email: fmt.Sprintf("load-%s-%d@example.com", strings.ToLower(runID), i), Name: "Load"})
+		if err != nil {
+			return err
+		}
+		ids[i] = r.GetCustomer().GetCustomerId()
+	}
+	for _, id := range ids {
+		for {
+			_, err := pay.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: id, Amount: usd(1_000_000_00), IdempotencyKey: "load-" + id})
+			if err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond) // the account opens asynchronously
+		}
+	}
+
+	fmt.Printf("loadgen: %d orders at %d/s for %s from %d customers\n", total, rate, duration, nCustomers)
+	var mu sync.Mutex
+	var createLat, terminalLat []time.Duration
+	outcomes := map[string]int{}
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	start := time.Now()
+	var lastDone time.Time
+	for i := 0; i < total; i++ {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			o, err := orders.CreateOrder(ctx, &ordersv1.CreateOrderRequest{CustomerId: ids[i%nCustomers],
+				Items: []*ordersv1.CreateOrderItem{{Sku: sku, Quantity: 1}}, IdempotencyKey: fmt.Sprintf("load-%s-%d", runID, i)})
+			if err != nil {
+				mu.Lock()
+				outcomes["CreateOrder error: "+err.Error()]++
+				mu.Unlock()
+				return
+			}
+			t1 := time.Now()
+			final, err := watch(ctx, orders, o.GetOrder().GetOrderId())
+			t2 := time.Now()
+			mu.Lock()
+			defer mu.Unlock()
+			createLat = append(createLat, t1.Sub(t0))
+			if err != nil {
+				outcomes["watch error: "+err.Error()]++
+				return
+			}
+			terminalLat = append(terminalLat, t2.Sub(t0))
+			outcomes[final.GetStatus().String()+" "+final.GetFailureReason()]++
+			if t2.After(lastDone) {
+				lastDone = t2
+			}
+		}()
+	}
+	tick.Stop()
+	wg.Wait()
+	elapsed := lastDone.Sub(start)
+	fmt.Printf("\norders:     %d sent, outcomes %v\n", total, outcomes)
+	fmt.Printf("throughput: %.1f orders/s reached a terminal status (%d in %s)\n", float64(len(terminalLat))/elapsed.Seconds(), len(terminalLat), elapsed.Round(time.Millisecond))
+	fmt.Printf("CreateOrder RPC latency:          %s\n", percentiles(createLat))
+	fmt.Printf("CreateOrder -> terminal latency:  %s\n", percentiles(terminalLat))
+
+	if pgURL == "" {
+		return nil
+	}
+	tps, err := pgbench(ctx, pgURL, pgbenchClients)
+	if err != nil {
+		return fmt.Errorf("pgbench: %w", err)
+	}
+	fmt.Printf("pgbench:    %.0f tps for one insert-order-plus-outbox transaction (%d clients, same cluster)\n", tps, pgbenchClients)
+	return nil
+}
+
+func watch(ctx context.Context, orders ordersv1.OrderServiceClient, id string) (*ordersv1.Order, error) {
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	stream, err := orders.WatchOrder(wctx, &ordersv1.WatchOrderRequest{OrderId: id})
+	if err != nil {
+		return nil, err
+	}
+	var last *ordersv1.Order
+	for {
+		r, err := stream.Recv()
+		if err != nil {
+			if last != nil && last.GetStatus() != ordersv1.OrderStatus_ORDER_STATUS_PENDING {
+				return last, nil
+			}
+			return nil, err
+		}
+		last = r.GetOrder()
+	}
+}
+
+func percentiles(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "n/a"
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	p := func(q float64) time.Duration { return ds[int(q*float64(len(ds)-1))].Round(100 * time.Microsecond) }
+	return fmt.Sprintf("p50 %s  p95 %s  p99 %s  max %s", p(0.50), p(0.95), p(0.99), p(1))
+}
+
+// pgbenchScript is one transaction shaped like CreateOrder's: the order, one
+// item, and the ReserveStock event inserted into and deleted from the outbox
+// (cdc mode), in a scratch database so that nothing is relayed.
+const pgbenchScript = `\set n random(1, 9000000000000000000)
+\set m random(1, 9000000000000000000)
+BEGIN;
+INSERT INTO orders (order_id, customer_id, status, saga_step, saga_deadline) VALUES (lpad(to_hex(:n), 32, '0')::uuid, gen_random_uuid(), 'PENDING', 'RESERVING', now() + interval '30 seconds');
+INSERT INTO order_items (order_id, line, sku, quantity) VALUES (lpad(to_hex(:n), 32, '0')::uuid, 0, 'BENCH-1', 1);
+INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES (lpad(to_hex(:m), 32, '0')::uuid, 'order', lpad(to_hex(:n), 32, '0'), 'switchyard.inventory.v1.ReserveStock', '\x0a2430303030');
+DELETE FROM outbox WHERE id = lpad(to_hex(:m), 32, '0')::uuid;
+COMMIT;
+`
+
+func pgbench(ctx context.Context, pgURL string, clients int) (float64, error) {
+	conn, err := pgx.Connect(ctx, pgURL)
+	if err != nil {
+		return 0, err
+	}
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'loadgen_pgbench')`).Scan(&exists); err != nil {
+		return 0, err
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, `CREATE DATABASE loadgen_pgbench`); err != nil {
+			return 0, err
+		}
+	}
+	conn.Close(ctx)
+	cfg, err := pgx.ParseConfig(pgURL)
+	if err != nil {
+		return 0, err
+	}
+	cfg.Database = "loadgen_pgbench"
+	bconn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer bconn.Close(ctx)
+	if err := outbox.Migrate(ctx, bconn); err != nil {
+		return 0, err
+	}
+	if _, err := bconn.Exec(ctx, `
+		CREATE TABLE IF NOT EXISTS orders (order_id uuid PRIMARY KEY, customer_id uuid NOT NULL, status text NOT NULL,
+			failure_reason text NOT NULL DEFAULT '', total_minor bigint NOT NULL DEFAULT 0, currency text NOT NULL DEFAULT 'USD',
+			saga_step text NOT NULL, saga_deadline timestamptz, version bigint NOT NULL DEFAULT 1,
+			create_time timestamptz NOT NULL DEFAULT now(), update_time timestamptz NOT NULL DEFAULT now());
+		CREATE INDEX IF NOT EXISTS orders_customer_idx ON orders (customer_id, create_time DESC, order_id DESC);
+		CREATE INDEX IF NOT EXISTS orders_deadline_idx ON orders (saga_deadline) WHERE saga_deadline IS NOT NULL;
+		CREATE TABLE IF NOT EXISTS order_items (order_id uuid NOT NULL REFERENCES orders, line int NOT NULL, sku text NOT NULL,
+			quantity bigint NOT NULL, unit_price_minor bigint, PRIMARY KEY (order_id, line));`); err != nil {
+		return 0, err
+	}
+	bin, err := pgcluster.FindBinaries()
+	if err != nil {
+		return 0, err
+	}
+	script := filepath.Join(os.TempDir(), "switchyard-pgbench.sql")
+	if err := os.WriteFile(script, []byte(pgbenchScript), 0o644); err != nil {
+		return 0, err
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pgbench"), "-n", "-c", fmt.Sprint(clients), "-j", "2", "-T", "10",
+		"-f", script, "-h", cfg.Host, "-p", fmt.Sprint(cfg.Port), "-U", cfg.User, "loadgen_pgbench")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("%w\n%s", err, out)
+	}
+	re := regexp.MustCompile(`tps = ([0-9.]+)`)
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			var tps float64
+			fmt.Sscan(m[1], &tps)
+			return tps, nil
+		}
+	}
+	return 0, fmt.Errorf("no tps in pgbench output:\n%s", out)
+}
