@@ -21,6 +21,7 @@ import (
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/validate"
+	"github.com/switchyard/switchyard/platform/watch"
 )
 
 //go:embed migrations/*.sql
@@ -33,8 +34,12 @@ const (
 	KindOrderCancelled = "ORDER_CANCELLED"
 )
 
-// watchInterval is how often WatchNotifications looks for new rows.
-const watchInterval = 100 * time.Millisecond
+// watchRecheck is how often WatchNotifications looks for new rows even
+// without a change notification (a safety net).
+const watchRecheck = 5 * time.Second
+
+// changeChannel carries the customer id of every new notification.
+const changeChannel = "switchyard_notification_created"
 
 // Spec describes the notifications service.
 func Spec() service.Spec {
@@ -43,8 +48,9 @@ func Spec() service.Spec {
 
 // Setup registers the NotificationService and the event handlers.
 func Setup(env *service.Env) error {
-	s := &server{env: env}
+	s := &server{env: env, changes: watch.NewHub(env.Pool, changeChannel, env.Logger)}
 	notificationsv1.RegisterNotificationServiceServer(env.Server, s)
+	env.Go(s.changes.Run)
 	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
 		c := ev.GetCustomer()
 		return notify(ctx, tx, md, c.GetCustomerId(), c.GetCustomerId(), KindWelcome, "Welcome to Switchyard, "+c.GetName(),
@@ -70,14 +76,17 @@ func money(m *moneyv1.Money) string {
 // notify records one notification per event: the inbox already rejects a
 // redelivery, and the unique event_id makes that doubly sure.
 func notify(ctx context.Context, tx pgx.Tx, md consumer.Metadata, customerID, about, kind, subject, body string) error {
-	_, err := tx.Exec(ctx, `INSERT INTO notifications (notification_id, customer_id, about, kind, subject, body, event_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING`, uuid.New(), customerID, about, kind, subject, body, md.ID)
-	return err
+	if _, err := tx.Exec(ctx, `INSERT INTO notifications (notification_id, customer_id, about, kind, subject, body, event_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING`, uuid.New(), customerID, about, kind, subject, body, md.ID); err != nil {
+		return err
+	}
+	return watch.Notify(ctx, tx, changeChannel, customerID)
 }
 
 type server struct {
 	notificationsv1.UnimplementedNotificationServiceServer
-	env *service.Env
+	env     *service.Env
+	changes *watch.Hub
 }
 
 func (s *server) list(ctx context.Context, customerID string, afterSeq int64) ([]*notificationsv1.Notification, int64, error) {
@@ -119,8 +128,10 @@ func (s *server) WatchNotifications(req *notificationsv1.WatchNotificationsReque
 		return err
 	}
 	ctx := stream.Context()
+	changed, unsubscribe := s.changes.Subscribe(req.GetCustomerId())
+	defer unsubscribe()
 	var after int64
-	tick := time.NewTicker(watchInterval)
+	tick := time.NewTicker(watchRecheck)
 	defer tick.Stop()
 	for {
 		list, last, err := s.list(ctx, req.GetCustomerId(), after)
@@ -138,6 +149,7 @@ func (s *server) WatchNotifications(req *notificationsv1.WatchNotificationsReque
 			return ctx.Err()
 		case <-s.env.Stopping():
 			return status.Error(codes.Unavailable, "server shutting down; watch again")
+		case <-changed:
 		case <-tick.C:
 		}
 	}

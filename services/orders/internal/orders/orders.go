@@ -26,6 +26,7 @@ import (
 	"github.com/switchyard/switchyard/platform/idempotency"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/validate"
+	"github.com/switchyard/switchyard/platform/watch"
 )
 
 //go:embed migrations/*.sql
@@ -49,8 +50,9 @@ type Options struct {
 	StepTimeout time.Duration
 	// SweepInterval is how often expired steps are looked for (default 250ms).
 	SweepInterval time.Duration
-	// WatchInterval is how often WatchOrder looks for changes (default 100ms).
-	WatchInterval time.Duration
+	// WatchRecheck is how often WatchOrder re-reads an order even without a
+	// change notification (default 5s), as a safety net.
+	WatchRecheck time.Duration
 }
 
 // OptionsFromEnv reads SWITCHYARD_SAGA_STEP_TIMEOUT.
@@ -74,14 +76,15 @@ func Spec(o Options) service.Spec {
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = 250 * time.Millisecond
 	}
-	if o.WatchInterval <= 0 {
-		o.WatchInterval = 100 * time.Millisecond
+	if o.WatchRecheck <= 0 {
+		o.WatchRecheck = 5 * time.Second
 	}
 	return service.Spec{
 		Name: "orders", Port: 50052, Migrations: migrations, Subscribe: []string{"inventory", "payment"},
 		Setup: func(env *service.Env) error {
-			s := &server{env: env, opts: o}
+			s := &server{env: env, opts: o, changes: watch.NewHub(env.Pool, changeChannel, env.Logger)}
 			ordersv1.RegisterOrderServiceServer(env.Server, s)
+			env.Go(s.changes.Run)
 			consumer.Handle(env.Consumer, s.onStockReserved)
 			consumer.Handle(env.Consumer, s.onStockRejected)
 			consumer.Handle(env.Consumer, s.onPaymentCaptured)
@@ -92,10 +95,14 @@ func Spec(o Options) service.Spec {
 	}
 }
 
+// changeChannel carries the id of every order that changed.
+const changeChannel = "switchyard_order_changed"
+
 type server struct {
 	ordersv1.UnimplementedOrderServiceServer
-	env  *service.Env
-	opts Options
+	env     *service.Env
+	opts    Options
+	changes *watch.Hub
 }
 
 func usd(minor int64) *moneyv1.Money {
@@ -273,8 +280,10 @@ func (s *server) WatchOrder(req *ordersv1.WatchOrderRequest, stream ordersv1.Ord
 		return err
 	}
 	ctx := stream.Context()
+	changed, unsubscribe := s.changes.Subscribe(req.GetOrderId())
+	defer unsubscribe()
 	var version int64 = -1
-	tick := time.NewTicker(s.opts.WatchInterval)
+	tick := time.NewTicker(s.opts.WatchRecheck)
 	defer tick.Stop()
 	for {
 		var current int64
@@ -303,6 +312,7 @@ func (s *server) WatchOrder(req *ordersv1.WatchOrderRequest, stream ordersv1.Ord
 			return ctx.Err()
 		case <-s.env.Stopping():
 			return status.Error(codes.Unavailable, "server shutting down; watch again")
+		case <-changed:
 		case <-tick.C:
 		}
 	}

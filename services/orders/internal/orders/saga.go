@@ -15,6 +15,7 @@ import (
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/watch"
 )
 
 // saga is an order's saga state, read under a row lock.
@@ -56,9 +57,11 @@ func (st saga) awaiting(step string) bool { return st.status == "PENDING" && st.
 
 // setStep moves a pending order to its next step with a fresh deadline.
 func (s *server) setStep(ctx context.Context, tx pgx.Tx, orderID, step string) error {
-	_, err := tx.Exec(ctx, `UPDATE orders SET saga_step = $2, saga_deadline = now() + make_interval(secs => $3),
-		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, step, s.opts.StepTimeout.Seconds())
-	return err
+	if _, err := tx.Exec(ctx, `UPDATE orders SET saga_step = $2, saga_deadline = now() + make_interval(secs => $3),
+		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, step, s.opts.StepTimeout.Seconds()); err != nil {
+		return err
+	}
+	return watch.Notify(ctx, tx, changeChannel, orderID)
 }
 
 // finish makes an order terminal and emits OrderConfirmed or OrderCancelled
@@ -66,6 +69,9 @@ func (s *server) setStep(ctx context.Context, tx pgx.Tx, orderID, step string) e
 func (s *server) finish(ctx context.Context, tx pgx.Tx, orderID, status, reason string, commands ...proto.Message) error {
 	if _, err := tx.Exec(ctx, `UPDATE orders SET status = $2, failure_reason = $3, saga_step = 'DONE', saga_deadline = NULL,
 		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, status, reason); err != nil {
+		return err
+	}
+	if err := watch.Notify(ctx, tx, changeChannel, orderID); err != nil {
 		return err
 	}
 	o, err := loadOrder(ctx, tx, orderID)
