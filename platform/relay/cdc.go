@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -146,7 +147,7 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 	}
 	r.active.Store(true)
 	cfg.Logger.Info("active: streaming outbox from the write-ahead log", "slot", cfg.Slot)
-	st := &cdcStream{r: r, conn: conn, pub: pub, tracker: &lsnTracker{}, relations: map[uint32]*pglogrepl.RelationMessage{}}
+	st := &cdcStream{r: r, conn: conn, pub: pub, tracker: &lsnTracker{pendingSince: &r.pendingSince}, relations: map[uint32]*pglogrepl.RelationMessage{}}
 	err = st.loop(ctx)
 	if ctx.Err() != nil {
 		// Clean stop: wait for the acknowledgements, confirm, then leave.
@@ -275,7 +276,7 @@ func (st *cdcStream) handleLogical(ctx context.Context, data []byte) error {
 		if t == nil {
 			return errors.New("insert outside a transaction")
 		}
-		st.tracker.add(t)
+		st.tracker.add(t, rec.CreatedAt)
 		if err := st.pub.publish(ctx, rec, func() { st.tracker.ack(t) }); err != nil {
 			return err
 		}
@@ -352,15 +353,17 @@ type txn struct {
 	end       pglogrepl.LSN
 	pending   int
 	committed bool
+	created   time.Time // of its first event
 }
 
 // lsnTracker computes the LSN that is safe to confirm: the end of the newest
 // transaction such that it and every transaction before it are committed and
 // fully acknowledged by Kafka.
 type lsnTracker struct {
-	mu    sync.Mutex
-	queue []*txn
-	safe  pglogrepl.LSN
+	mu           sync.Mutex
+	queue        []*txn
+	safe         pglogrepl.LSN
+	pendingSince *atomic.Int64 // the relay's oldest-unacknowledged timestamp
 }
 
 func (t *lsnTracker) begin() *txn {
@@ -371,10 +374,26 @@ func (t *lsnTracker) begin() *txn {
 	return x
 }
 
-func (t *lsnTracker) add(x *txn) {
+func (t *lsnTracker) add(x *txn, created time.Time) {
 	t.mu.Lock()
+	if x.created.IsZero() {
+		x.created = created
+	}
 	x.pending++
+	t.updatePending()
 	t.mu.Unlock()
+}
+
+// updatePending publishes the creation time of the oldest transaction whose
+// events are not all acknowledged.
+func (t *lsnTracker) updatePending() {
+	for _, x := range t.queue {
+		if x.pending > 0 && !x.created.IsZero() {
+			t.pendingSince.Store(x.created.UnixNano())
+			return
+		}
+	}
+	t.pendingSince.Store(0)
 }
 
 func (t *lsnTracker) ack(x *txn) {
@@ -409,6 +428,7 @@ func (t *lsnTracker) advance() {
 		t.queue[0] = nil
 		t.queue = t.queue[1:]
 	}
+	t.updatePending()
 }
 
 func (t *lsnTracker) confirmed() pglogrepl.LSN {

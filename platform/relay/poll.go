@@ -104,6 +104,8 @@ func (s *pollSource) batch(ctx context.Context, r *Relay, conn *pgx.Conn, pub *p
 	if len(recs) == 0 {
 		return 0, nil
 	}
+	r.pendingSince.Store(recs[0].CreatedAt.UnixNano())
+	defer r.pendingSince.Store(0)
 	var wg sync.WaitGroup
 	wg.Add(len(recs))
 	ids := make([]uuid.UUID, len(recs))

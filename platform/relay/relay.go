@@ -127,9 +127,10 @@ type Relay struct {
 	cfg Config
 	src source
 
-	active    atomic.Bool
-	published atomic.Uint64
-	failures  atomic.Uint64
+	active       atomic.Bool
+	published    atomic.Uint64
+	failures     atomic.Uint64
+	pendingSince atomic.Int64 // unix nanos of the oldest unacknowledged event; 0 when none
 }
 
 // Stats is a snapshot of a relay's counters.
@@ -140,6 +141,9 @@ type Stats struct {
 	Published uint64
 	// Failures counts terms that ended in an error (then retried).
 	Failures uint64
+	// OldestPendingAge is the age of the oldest event read from the outbox
+	// and not yet acknowledged by Kafka; 0 when none.
+	OldestPendingAge time.Duration
 }
 
 // source is one way of reading the outbox: it runs one term as the active
@@ -209,9 +213,21 @@ func (r *Relay) Prepare(ctx context.Context) error {
 	return nil
 }
 
+// Slot returns the replication slot the relay reads (cdc), or "" (poll).
+func (r *Relay) Slot() string {
+	if r.cfg.Mode == outbox.ModeCDC {
+		return r.cfg.Slot
+	}
+	return ""
+}
+
 // Stats returns the relay's counters.
 func (r *Relay) Stats() Stats {
-	return Stats{Active: r.active.Load(), Published: r.published.Load(), Failures: r.failures.Load()}
+	s := Stats{Active: r.active.Load(), Published: r.published.Load(), Failures: r.failures.Load()}
+	if since := r.pendingSince.Load(); since != 0 {
+		s.OldestPendingAge = time.Since(time.Unix(0, since))
+	}
+	return s
 }
 
 // Run relays events until ctx is cancelled, as the active relay or as a
@@ -224,6 +240,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	for {
 		err := r.src.run(ctx, r)
 		r.active.Store(false)
+		r.pendingSince.Store(0)
 		switch {
 		case ctx.Err() != nil:
 			return nil

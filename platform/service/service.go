@@ -31,7 +31,9 @@ import (
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -45,6 +47,7 @@ import (
 	"github.com/switchyard/switchyard/platform/migrate"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/relay"
+	"github.com/switchyard/switchyard/platform/telemetry"
 )
 
 // Spec is what a service contributes.
@@ -66,6 +69,7 @@ type Spec struct {
 // Config is the environment-driven configuration common to all services.
 type Config struct {
 	GRPCAddr        string        // SWITCHYARD_GRPC_ADDR, default ":<port>"
+	MetricsAddr     string        // SWITCHYARD_METRICS_ADDR, default ":<port+1000>" (Prometheus /metrics)
 	DatabaseURL     string        // SWITCHYARD_DATABASE_URL, required
 	Brokers         string        // SWITCHYARD_KAFKA_BROKERS, default 127.0.0.1:19092
 	TopicPrefix     string        // SWITCHYARD_TOPIC_PREFIX, default "switchyard."
@@ -87,6 +91,7 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 	}
 	cfg := Config{
 		GRPCAddr:    get("SWITCHYARD_GRPC_ADDR", ":"+strconv.Itoa(port)),
+		MetricsAddr: get("SWITCHYARD_METRICS_ADDR", ":"+strconv.Itoa(port+1000)),
 		DatabaseURL: get("SWITCHYARD_DATABASE_URL", ""),
 		Brokers:     get("SWITCHYARD_KAFKA_BROKERS", "127.0.0.1:19092"),
 		TopicPrefix: get("SWITCHYARD_TOPIC_PREFIX", "switchyard."),
@@ -123,7 +128,8 @@ type Env struct {
 	Outbox   *outbox.Writer     // writes events in the caller's transaction
 	Server   *grpc.Server       // register gRPC services here
 	Consumer *consumer.Consumer // register event handlers here; nil when Spec.Subscribe is empty
-	Logger   *slog.Logger       // structured logs carrying the service name
+	Logger   *slog.Logger       // structured logs carrying the service name (and trace ids, given a context)
+	Metrics  *telemetry.Metrics // register the service's own Prometheus series on Metrics.Registry
 
 	stopping   chan struct{}
 	background []func(context.Context) error
@@ -152,20 +158,32 @@ func Main(spec Spec) {
 	slog.SetDefault(logger)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := Run(ctx, spec, cfg, logger, nil); err != nil {
+	shutdownTracing, err := telemetry.SetupTracing(ctx, spec.Name, os.Getenv)
+	if err != nil {
+		logger.Error("tracing", "error", err)
+		os.Exit(2)
+	}
+	err = Run(ctx, spec, cfg, logger, nil)
+	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if terr := shutdownTracing(fctx); terr != nil {
+		logger.Warn("flush traces", "error", terr)
+	}
+	if err != nil {
 		logger.Error("service failed", "error", err)
 		os.Exit(1)
 	}
 }
 
-// NewLogger returns the service's structured logger.
+// NewLogger returns the service's structured logger; records logged with a
+// traced context carry trace_id and span_id.
 func NewLogger(w *os.File, cfg Config, name string) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if cfg.LogFormat == "text" {
 		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(h).With("service", name)
+	return slog.New(telemetry.LogHandler(h)).With("service", name)
 }
 
 // Run serves until ctx is cancelled, then shuts down gracefully: health
@@ -182,6 +200,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		// applies several partitions at once while serving RPCs.
 		pcfg.MaxConns = 16
 	}
+	pcfg.ConnConfig.Tracer = otelpgx.NewTracer() // a span per query, in the caller's trace
 	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
@@ -190,17 +209,19 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	kcfg := broker.Config{Brokers: cfg.Brokers, Partitions: cfg.Partitions}
 
 	var ready atomic.Bool
+	metrics := telemetry.NewMetrics()
 	healthSrv := health.NewServer()
 	server := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(unaryGuard(&ready, logger)),
-		grpc.ChainStreamInterceptor(streamGuard(&ready, logger)),
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.ChainUnaryInterceptor(unaryGuard(&ready, logger, metrics)),
+		grpc.ChainStreamInterceptor(streamGuard(&ready, logger, metrics)),
 	)
 	healthpb.RegisterHealthServer(server, healthSrv)
 	reflection.Register(server)
 
 	env := &Env{
 		Name: spec.Name, Config: cfg, Pool: pool, Outbox: outbox.NewWriter(cfg.OutboxMode),
-		Server: server, Logger: logger, stopping: make(chan struct{}),
+		Server: server, Logger: logger, Metrics: metrics, stopping: make(chan struct{}),
 	}
 	if len(spec.Subscribe) > 0 {
 		topics := make([]string, len(spec.Subscribe))
@@ -221,6 +242,14 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	}
 	if err := spec.Setup(env); err != nil {
 		return fmt.Errorf("setup: %w", err)
+	}
+	metrics.RegisterRelay(rl, pool, rl.Slot())
+	if env.Consumer != nil {
+		metrics.RegisterConsumer(env.Consumer)
+	}
+	metricsLis, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics: listen on %s: %w", cfg.MetricsAddr, err)
 	}
 	// Health is NOT_SERVING for the server and for each of its services
 	// until the database and the broker are reachable.
@@ -265,6 +294,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 			}
 		}()
 	}
+
+	start("metrics", func(ctx context.Context) error { return metrics.Serve(ctx, metricsLis) })
+	logger.Info("serving metrics", "addr", metricsLis.Addr().String(), "path", "/metrics")
 
 	// Bootstrap in the background so that health can answer meanwhile.
 	start("bootstrap", func(ctx context.Context) error {
@@ -420,8 +452,26 @@ func exempt(method string) bool {
 
 var errNotReady = status.Error(codes.Unavailable, "service is starting: database or broker not reachable yet")
 
-func unaryGuard(ready *atomic.Bool, logger *slog.Logger) grpc.UnaryServerInterceptor {
+// observe logs a finished RPC (with its trace id, through ctx) and records
+// its metrics.
+func observe(ctx context.Context, logger *slog.Logger, metrics *telemetry.Metrics, method string, start time.Time, err error) {
+	if exempt(method) {
+		return
+	}
+	code := status.Code(err)
+	d := time.Since(start)
+	metrics.ObserveRPC(method, code, d)
+	level := slog.LevelInfo
+	if code == codes.Internal || code == codes.Unknown {
+		level = slog.LevelError
+	}
+	logger.Log(ctx, level, "rpc", "method", telemetry.ShortMethod(method), "code", code.String(), "duration_ms", float64(d.Microseconds())/1000)
+}
+
+func unaryGuard(ready *atomic.Bool, logger *slog.Logger, metrics *telemetry.Metrics) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		start := time.Now()
+		defer func() { observe(ctx, logger, metrics, info.FullMethod, start, err) }()
 		if !ready.Load() && !exempt(info.FullMethod) {
 			return nil, errNotReady
 		}
@@ -436,8 +486,10 @@ func unaryGuard(ready *atomic.Bool, logger *slog.Logger) grpc.UnaryServerInterce
 	}
 }
 
-func streamGuard(ready *atomic.Bool, logger *slog.Logger) grpc.StreamServerInterceptor {
+func streamGuard(ready *atomic.Bool, logger *slog.Logger, metrics *telemetry.Metrics) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		start := time.Now()
+		defer func() { observe(ss.Context(), logger, metrics, info.FullMethod, start, err) }()
 		if !ready.Load() && !exempt(info.FullMethod) {
 			return errNotReady
 		}

@@ -75,6 +75,7 @@ func start(t *testing.T, dbURL, brokers string) *running {
 			"SWITCHYARD_DATABASE_URL":     dbURL,
 			"SWITCHYARD_KAFKA_BROKERS":    brokers,
 			"SWITCHYARD_GRPC_ADDR":        "127.0.0.1:0",
+			"SWITCHYARD_METRICS_ADDR":     "127.0.0.1:0",
 			"SWITCHYARD_SHUTDOWN_TIMEOUT": "5s",
 		}[k]
 	})

@@ -58,8 +58,8 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("walkthrough failed: %v\n%s\nservice logs:\n%s", err, out, logs.tail(60))
 	}
+	// (PENDING is not required: a fast saga can finish before the watch starts.)
 	for _, want := range []string{
-		`"status": "ORDER_STATUS_PENDING"`,
 		`"status": "ORDER_STATUS_CONFIRMED"`,
 		`"kind": "WELCOME"`,
 		`"kind": "ORDER_CONFIRMED"`,

@@ -69,9 +69,10 @@ type Stack struct {
 	broker   *kfake.Cluster
 	kafkaAdr string
 
-	mu    sync.Mutex
-	procs map[string]*process
-	ports map[string]int
+	mu          sync.Mutex
+	procs       map[string]*process
+	ports       map[string]int
+	metricPorts map[string]int
 }
 
 type process struct {
@@ -96,19 +97,26 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
-	s := &Stack{opts: opts, procs: map[string]*process{}, ports: map[string]int{}}
+	s := &Stack{opts: opts, procs: map[string]*process{}, ports: map[string]int{}, metricPorts: map[string]int{}}
 	for _, svc := range Services {
-		port := svc.Port
+		// gRPC on the DESIGN.md port, Prometheus /metrics 1000 above it.
+		port, metrics := svc.Port, svc.Port+1000
 		if opts.RandomPorts {
-			p, err := pgcluster.FreePort()
-			if err != nil {
+			var err error
+			if port, err = pgcluster.FreePort(); err != nil {
 				return nil, err
 			}
-			port = p
-		} else if err := portFree(port); err != nil {
-			return nil, fmt.Errorf("%s: %w", svc.Name, err)
+			if metrics, err = pgcluster.FreePort(); err != nil {
+				return nil, err
+			}
+		} else {
+			for _, p := range []int{port, metrics} {
+				if err := portFree(p); err != nil {
+					return nil, fmt.Errorf("%s: %w", svc.Name, err)
+				}
+			}
 		}
-		s.ports[svc.Name] = port
+		s.ports[svc.Name], s.metricPorts[svc.Name] = port, metrics
 	}
 	var err error
 	s.Postgres, err = pgcluster.Start(ctx, pgcluster.Options{
@@ -169,6 +177,11 @@ func (s *Stack) KafkaAddr() string { return s.kafkaAdr }
 // Addr is a service's gRPC address.
 func (s *Stack) Addr(service string) string { return fmt.Sprintf("127.0.0.1:%d", s.ports[service]) }
 
+// MetricsURL is a service's Prometheus endpoint.
+func (s *Stack) MetricsURL(service string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d/metrics", s.metricPorts[service])
+}
+
 // DatabaseURL is a service's database.
 func (s *Stack) DatabaseURL(service string) string { return s.Postgres.URL(service) }
 
@@ -186,6 +199,7 @@ func (s *Stack) StartService(name string) error {
 	cmd := exec.Command(filepath.Join(s.opts.BinDir, name))
 	cmd.Env = append(os.Environ(),
 		"SWITCHYARD_GRPC_ADDR="+s.Addr(name),
+		fmt.Sprintf("SWITCHYARD_METRICS_ADDR=127.0.0.1:%d", s.metricPorts[name]),
 		"SWITCHYARD_DATABASE_URL="+s.DatabaseURL(name),
 		"SWITCHYARD_KAFKA_BROKERS="+s.kafkaAdr,
 		"SWITCHYARD_LOG_FORMAT=text",

@@ -1,0 +1,118 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc/codes"
+
+	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/relay"
+)
+
+// Metrics is a process's Prometheus registry with the platform's series.
+// Services register their own collectors on Registry.
+type Metrics struct {
+	// Registry holds every series the process serves on /metrics.
+	Registry *prometheus.Registry
+
+	rpcs        *prometheus.CounterVec
+	rpcDuration *prometheus.HistogramVec
+}
+
+// NewMetrics returns a registry with Go runtime, process and gRPC series.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		rpcs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_grpc_requests_total", Help: "gRPC requests handled, by method and status code.",
+		}, []string{"method", "code"}),
+		rpcDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "switchyard_grpc_request_duration_seconds", Help: "gRPC request latency (streams: their whole life), by method.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}, []string{"method"}),
+	}
+	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.rpcs, m.rpcDuration)
+	return m
+}
+
+// ObserveRPC records one finished RPC.
+func (m *Metrics) ObserveRPC(fullMethod string, code codes.Code, d time.Duration) {
+	method := ShortMethod(fullMethod)
+	m.rpcs.WithLabelValues(method, code.String()).Inc()
+	m.rpcDuration.WithLabelValues(method).Observe(d.Seconds())
+}
+
+// RegisterRelay exposes a relay's counters and lag. slot is its replication
+// slot (cdc) whose retained WAL is reported in bytes; empty in poll mode.
+func (m *Metrics) RegisterRelay(r *relay.Relay, pool *pgxpool.Pool, slot string) {
+	m.Registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "switchyard_relay_events_published_total",
+			Help: "Outbox events Kafka acknowledged."}, func() float64 { return float64(r.Stats().Published) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "switchyard_relay_failures_total",
+			Help: "Relay terms that ended in an error (publishing failed, database or broker lost) and were retried."},
+			func() float64 { return float64(r.Stats().Failures) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_relay_active",
+			Help: "1 while this process is the database's active relay, 0 while it stands by."}, func() float64 {
+			if r.Stats().Active {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_relay_oldest_unpublished_age_seconds",
+			Help: "Age of the oldest event read from the outbox but not yet acknowledged by Kafka (0 when none)."},
+			func() float64 { return r.Stats().OldestPendingAge.Seconds() }),
+	)
+	if slot != "" {
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_relay_slot_lag_bytes",
+			Help: "WAL the replication slot retains beyond what the relay confirmed (-1 if unknown)."}, func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			var lag *float64
+			err := pool.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8
+				FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lag)
+			if err != nil || lag == nil {
+				return -1
+			}
+			return *lag
+		}))
+	}
+}
+
+// RegisterConsumer exposes a consumer's counters.
+func (m *Metrics) RegisterConsumer(c *consumer.Consumer) {
+	counter := func(name, help string, v func(consumer.Stats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v(c.Stats())) })
+	}
+	m.Registry.MustRegister(
+		counter("switchyard_consumer_events_processed_total", "Events whose handler committed.", func(s consumer.Stats) uint64 { return s.Processed }),
+		counter("switchyard_consumer_duplicates_skipped_total", "Redelivered events skipped thanks to the inbox.", func(s consumer.Stats) uint64 { return s.Duplicates }),
+		counter("switchyard_consumer_retries_total", "Handler attempts after a failure.", func(s consumer.Stats) uint64 { return s.Retries }),
+		counter("switchyard_consumer_dead_lettered_total", "Messages sent to a dead-letter topic.", func(s consumer.Stats) uint64 { return s.DeadLettered }),
+		counter("switchyard_consumer_events_skipped_total", "Events of a type no handler is registered for.", func(s consumer.Stats) uint64 { return s.Skipped }),
+	)
+}
+
+// Serve serves /metrics on addr until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, lis net.Listener) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
