@@ -58,6 +58,7 @@ type shop struct {
 	inventory     inventoryv1.InventoryServiceClient
 	payments      paymentsv1.PaymentServiceClient
 	notifications notificationsv1.NotificationServiceClient
+	logs          *syncBuffer
 }
 
 // syncBuffer collects the services' logs; they are shown if the test fails.
@@ -70,6 +71,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func (s *syncBuffer) tail(n int) string {
@@ -99,7 +106,7 @@ func startShop(t *testing.T, env ...string) *shop {
 		}
 		st.Close()
 	})
-	s := &shop{t: t, stack: st}
+	s := &shop{t: t, stack: st, logs: logs}
 	conn := func(name string) *grpc.ClientConn {
 		c, err := grpc.NewClient(st.Addr(name), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {

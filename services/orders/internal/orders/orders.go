@@ -82,7 +82,8 @@ func Spec(o Options) service.Spec {
 	return service.Spec{
 		Name: "orders", Port: 50052, Migrations: migrations, Subscribe: []string{"inventory", "payment"},
 		Setup: func(env *service.Env) error {
-			s := &server{env: env, opts: o, changes: watch.NewHub(env.Pool, changeChannel, env.Logger)}
+			s := &server{env: env, opts: o, changes: watch.NewHub(env.Pool, changeChannel, env.Logger), metrics: newSagaMetrics()}
+			env.Metrics.Registry.MustRegister(s.metrics.outcomes, s.metrics.duration)
 			ordersv1.RegisterOrderServiceServer(env.Server, s)
 			env.Go(s.changes.Run)
 			consumer.Handle(env.Consumer, s.onStockReserved)
@@ -103,6 +104,7 @@ type server struct {
 	env     *service.Env
 	opts    Options
 	changes *watch.Hub
+	metrics sagaMetrics
 }
 
 func usd(minor int64) *moneyv1.Money {

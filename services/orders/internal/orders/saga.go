@@ -78,6 +78,7 @@ func (s *server) finish(ctx context.Context, tx pgx.Tx, orderID, status, reason 
 	if err != nil {
 		return err
 	}
+	s.metrics.observe(status, reason, o.GetUpdateTime().AsTime().Sub(o.GetCreateTime().AsTime()))
 	var event proto.Message = &ordersv1.OrderCancelled{Order: o}
 	if status == "CONFIRMED" {
 		event = &ordersv1.OrderConfirmed{Order: o}

@@ -1,0 +1,350 @@
+package e2e
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonv1 "go.opentelemetry.io/proto/otlp/common/v1"
+	"google.golang.org/grpc"
+)
+
+// span is what the test's OTLP receiver keeps of an exported span.
+type span struct {
+	service, name, kind string
+	trace, id, parent   string
+	attrs               map[string]string
+}
+
+// collector is an OTLP/gRPC trace receiver.
+type collector struct {
+	collectortrace.UnimplementedTraceServiceServer
+	mu    sync.Mutex
+	spans []span
+}
+
+func attrString(v *commonv1.AnyValue) string {
+	switch x := v.GetValue().(type) {
+	case *commonv1.AnyValue_StringValue:
+		return x.StringValue
+	case *commonv1.AnyValue_IntValue:
+		return strconv.FormatInt(x.IntValue, 10)
+	case *commonv1.AnyValue_BoolValue:
+		return strconv.FormatBool(x.BoolValue)
+	}
+	return fmt.Sprint(v)
+}
+
+func (c *collector) Export(_ context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rs := range req.GetResourceSpans() {
+		service := ""
+		for _, a := range rs.GetResource().GetAttributes() {
+			if a.GetKey() == "service.name" {
+				service = attrString(a.GetValue())
+			}
+		}
+		for _, ss := range rs.GetScopeSpans() {
+			for _, sp := range ss.GetSpans() {
+				attrs := map[string]string{}
+				for _, a := range sp.GetAttributes() {
+					attrs[a.GetKey()] = attrString(a.GetValue())
+				}
+				c.spans = append(c.spans, span{
+					service: service, name: sp.GetName(), kind: sp.GetKind().String(),
+					trace: hex.EncodeToString(sp.GetTraceId()), id: hex.EncodeToString(sp.GetSpanId()),
+					parent: hex.EncodeToString(sp.GetParentSpanId()), attrs: attrs,
+				})
+			}
+		}
+	}
+	return &collectortrace.ExportTraceServiceResponse{}, nil
+}
+
+func (c *collector) inTrace(traceID string) []span {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []span
+	for _, s := range c.spans {
+		if s.trace == traceID {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (c *collector) find(match func(span) bool) (span, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.spans {
+		if match(s) {
+			return s, true
+		}
+	}
+	return span{}, false
+}
+
+func startCollector(t *testing.T) (*collector, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &collector{}
+	srv := grpc.NewServer()
+	collectortrace.RegisterTraceServiceServer(srv, c)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return c, lis.Addr().String()
+}
+
+func (c *collector) wait(t *testing.T, what string, match func(span) bool) span {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if s, ok := c.find(match); ok {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no exported span for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// One CreateOrder that ends CONFIRMED is one trace through orders,
+// inventory, payments and notifications (customers takes no part in an
+// order), with an unbroken parent chain from the gRPC server span to the
+// notification handler's span; relay and consumer spans carry the
+// messaging attributes; a log line of the traced RPC carries its trace id;
+// and a cancelled order's trace holds its compensation.
+func TestOneTracePerOrder(t *testing.T) {
+	t.Parallel()
+	col, addr := startCollector(t)
+	s := startShop(t,
+		"OTEL_EXPORTER_OTLP_ENDPOINT=http://"+addr,
+		"OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+		"OTEL_BSP_SCHEDULE_DELAY=100",
+	)
+	cust, sku := s.customer(10_000), s.product(1_000, 10)
+	o := s.order(cust, "", item(sku, 2))
+	wantFinal(t, s.final(o.GetOrderId()), confirmed, "")
+
+	root := col.wait(t, "the CreateOrder server span", func(sp span) bool {
+		return sp.service == "orders" && sp.kind == "SPAN_KIND_SERVER" && strings.HasSuffix(sp.name, "OrderService/CreateOrder")
+	})
+	leaf := col.wait(t, "notifications handling OrderConfirmed", func(sp span) bool {
+		return sp.trace == root.trace && sp.service == "notifications" && sp.attrs["cloudevents.event_type"] == "switchyard.orders.v1.OrderConfirmed"
+	})
+	spans := col.inTrace(root.trace)
+	byID := map[string]span{}
+	services := map[string]bool{}
+	for _, sp := range spans {
+		byID[sp.id] = sp
+		services[sp.service] = true
+	}
+	for _, svc := range []string{"orders", "inventory", "payments", "notifications"} {
+		if !services[svc] {
+			t.Errorf("trace %s has no span from %s (services: %v)", root.trace, svc, services)
+		}
+	}
+	var chain []string
+	for cur := leaf; ; {
+		chain = append(chain, cur.service+":"+cur.name)
+		if cur.parent == "" {
+			if cur.id != root.id {
+				t.Fatalf("the chain from the notification handler ends at %s, not at CreateOrder: %v", cur.name, chain)
+			}
+			break
+		}
+		parent, ok := byID[cur.parent]
+		if !ok {
+			t.Fatalf("span %s's parent %s was not exported: the chain is broken: %v", cur.name, cur.parent, chain)
+		}
+		cur = parent
+	}
+	t.Logf("parent chain (%d hops): %s", len(chain), strings.Join(chain, " <- "))
+	kinds := map[string]int{}
+	for _, sp := range spans {
+		if sp.attrs["messaging.system"] == "" {
+			continue
+		}
+		kinds[sp.kind]++
+		for _, k := range []string{"messaging.system", "messaging.destination.name", "messaging.operation.type", "messaging.message.id", "messaging.destination.partition.id", "messaging.kafka.offset"} {
+			if sp.attrs[k] == "" {
+				t.Errorf("%s span %q lacks %s", sp.service, sp.name, k)
+			}
+		}
+	}
+	if kinds["SPAN_KIND_PRODUCER"] < 5 || kinds["SPAN_KIND_CONSUMER"] < 5 {
+		t.Errorf("messaging spans by kind %v, want the relays' producer and the consumers' spans", kinds)
+	}
+
+	// The access log line of the traced CreateOrder carries its trace id.
+	if !strings.Contains(s.logs.String(), "trace_id="+root.trace) {
+		t.Errorf("no log line carries trace_id=%s", root.trace)
+	}
+	found := false
+	for _, line := range strings.Split(s.logs.String(), "\n") {
+		if strings.Contains(line, "method=OrderService/CreateOrder") && strings.Contains(line, "trace_id="+root.trace) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("the CreateOrder log line does not carry trace_id=%s", root.trace)
+	}
+
+	// A cancelled order's trace shows its compensation.
+	poor := s.customer(100)
+	c := s.order(poor, "", item(sku, 1))
+	wantFinal(t, s.final(c.GetOrderId()), cancelled, "INSUFFICIENT_FUNDS")
+	croot := col.wait(t, "the second CreateOrder", func(sp span) bool {
+		return sp.kind == "SPAN_KIND_SERVER" && strings.HasSuffix(sp.name, "OrderService/CreateOrder") && sp.trace != root.trace
+	})
+	for _, ev := range []string{"switchyard.payments.v1.PaymentDeclined", "switchyard.inventory.v1.ReleaseStock", "switchyard.orders.v1.OrderCancelled"} {
+		col.wait(t, ev+" in the cancelled order's trace", func(sp span) bool {
+			return sp.trace == croot.trace && sp.attrs["cloudevents.event_type"] == ev && sp.kind == "SPAN_KIND_CONSUMER"
+		})
+	}
+}
+
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndex(line, " ")
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+// sum adds every series of a metric name (all label sets).
+func sum(m map[string]float64, name string) (float64, bool) {
+	total, found := 0.0, false
+	for k, v := range m {
+		if k == name || strings.HasPrefix(k, name+"{") {
+			total += v
+			found = true
+		}
+	}
+	return total, found
+}
+
+// Every service serves the named series, and they move: published and
+// processed counters rise after an order, the DLQ counter after a poison
+// message, and relay lag returns to zero once the backlog drains.
+func TestMetricsMove(t *testing.T) {
+	t.Parallel()
+	s := startShop(t)
+	cust, sku := s.customer(100_000), s.product(100, 1_000)
+	s.quietAndValid()
+	before := map[string]map[string]float64{}
+	for _, svc := range []string{"customers", "orders", "inventory", "payments", "notifications"} {
+		m := scrape(t, s.stack.MetricsURL(svc))
+		before[svc] = m
+		want := []string{"switchyard_relay_events_published_total", "switchyard_relay_failures_total", "switchyard_relay_slot_lag_bytes",
+			"switchyard_relay_oldest_unpublished_age_seconds", "switchyard_relay_active"}
+		if svc != "customers" {
+			want = append(want, "switchyard_consumer_events_processed_total", "switchyard_consumer_duplicates_skipped_total",
+				"switchyard_consumer_retries_total", "switchyard_consumer_dead_lettered_total")
+		}
+		for _, name := range want {
+			if _, ok := sum(m, name); !ok {
+				t.Errorf("%s does not serve %s", svc, name)
+			}
+		}
+	}
+	if _, ok := sum(before["customers"], "switchyard_grpc_requests_total"); !ok {
+		t.Error("customers does not serve switchyard_grpc_requests_total after RegisterCustomer")
+	}
+
+	for i := 0; i < 30; i++ {
+		s.order(cust, fmt.Sprintf("m-%d", i), item(sku, 1))
+	}
+	s.quietAndValid()
+	after := map[string]map[string]float64{}
+	for svc := range before {
+		after[svc] = scrape(t, s.stack.MetricsURL(svc))
+	}
+	rose := func(svc, name string, by float64) {
+		t.Helper()
+		b, _ := sum(before[svc], name)
+		a, _ := sum(after[svc], name)
+		if a-b < by {
+			t.Errorf("%s %s went from %v to %v, want a rise of at least %v", svc, name, b, a, by)
+		}
+	}
+	rose("orders", "switchyard_relay_events_published_total", 30*3) // ReserveStock, ChargePayment, CommitStock+OrderConfirmed
+	rose("inventory", "switchyard_consumer_events_processed_total", 30*2)
+	rose("notifications", "switchyard_consumer_events_processed_total", 30)
+	rose("orders", "switchyard_grpc_requests_total", 30)
+	rose("orders", "switchyard_saga_outcomes_total", 30)
+	if v, _ := sum(after["orders"], `switchyard_saga_outcomes_total{reason="",status="CONFIRMED"}`); v < 30 {
+		t.Errorf("saga outcomes CONFIRMED = %v, want >= 30", v)
+	}
+
+	// A poison message on the order topic is dead-lettered by inventory.
+	p, err := kafka.NewProducer(&kafka.ConfigMap{"bootstrap.servers": s.stack.KafkaAddr(), "enable.metrics.push": false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	topic := "switchyard.order"
+	report := make(chan kafka.Event, 1)
+	if err := p.Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny}, Value: []byte("not an event")}, report); err != nil {
+		t.Fatal(err)
+	}
+	<-report
+	deadline := time.Now().Add(time.Minute)
+	for {
+		v, _ := sum(scrape(t, s.stack.MetricsURL("inventory")), "switchyard_consumer_dead_lettered_total")
+		b, _ := sum(before["inventory"], "switchyard_consumer_dead_lettered_total")
+		if v > b {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("inventory's dead-letter counter did not rise after a poison message")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// Once quiet, every relay's lag returns to zero.
+	for _, svc := range []string{"customers", "orders", "inventory", "payments", "notifications"} {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			m := scrape(t, s.stack.MetricsURL(svc))
+			lag, _ := sum(m, "switchyard_relay_slot_lag_bytes")
+			age, _ := sum(m, "switchyard_relay_oldest_unpublished_age_seconds")
+			if lag == 0 && age == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: relay lag %v bytes, oldest unpublished %vs; want 0 once quiet", svc, lag, age)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+}
