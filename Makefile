@@ -10,8 +10,9 @@ BUF     := $(BIN)/buf
 GRPCURL := $(BIN)/grpcurl
 SERVICES := customers orders inventory payments notifications
 MODULES  := ./gen/go/... ./platform/... ./shop/... $(foreach s,$(SERVICES),./services/$(s)/...)
-# The flags the Dockerfile uses too: one way to build a service.
-GOBUILD  := go build -trimpath
+# The one way to build a service, here and in the Dockerfile (each service
+# module builds on its own, as in the image; deploy/ tests that they match).
+GOBUILD := GOWORK=off go build -trimpath
 # -p 1 per package list keeps the 2-core CI machine from thrashing between
 # packages that each start PostgreSQL clusters and brokers.
 GOTEST_FLAGS ?= -count=1 -timeout 20m
@@ -47,9 +48,10 @@ check-generated: $(BUF) ## Fail if gen/go is stale
 .PHONY: lint
 lint: $(BUF) ## buf lint, gofmt and go vet
 	$(BUF) lint
-	@unformatted=$$(gofmt -l gen platform services shop); \
+	@unformatted=$$(gofmt -l gen platform services shop deploy); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:" $$unformatted >&2; exit 1; fi
 	go vet $(MODULES)
+	cd deploy && GOWORK=off go vet ./...
 
 .PHONY: breaking
 breaking: $(BUF) ## buf breaking against the newest v* tag, if any
@@ -60,6 +62,7 @@ breaking: $(BUF) ## buf breaking against the newest v* tag, if any
 .PHONY: test
 test: check-generated lint breaking ## Everything CI checks
 	go test $(GOTEST_FLAGS) $(MODULES)
+	cd deploy && GOWORK=off go test $(GOTEST_FLAGS) ./...
 
 .PHONY: bench
 bench: ## Relay and consumer benchmarks (see docs/benchmarks.md)
@@ -70,6 +73,27 @@ build: ## Build the five services and the local runner into .bin/
 	@mkdir -p $(BIN)
 	@for s in $(SERVICES); do (cd services/$$s && $(GOBUILD) -o $(BIN)/$$s ./cmd/$$s) || exit 1; done
 	cd shop && $(GOBUILD) -o $(BIN)/shop ./cmd/shop
+
+KUBE_CONTEXT ?= kind-switchyard
+HELM_FLAGS   ?=
+
+.PHONY: kind-up
+kind-up: ## Create the local kind cluster (deploy/kind/cluster.yaml)
+	kind create cluster --config deploy/kind/cluster.yaml
+
+.PHONY: images
+images: ## Build the five images with docker and load them into kind
+	@for s in $(SERVICES); do docker build --build-arg SERVICE=$$s -t switchyard-$$s:0.1.0 . || exit 1; done
+	@for s in $(SERVICES); do kind load docker-image --name switchyard switchyard-$$s:0.1.0 || exit 1; done
+
+.PHONY: deploy
+deploy: images ## Install or upgrade the chart into $(KUBE_CONTEXT)
+	helm upgrade --install switchyard charts/switchyard --kube-context $(KUBE_CONTEXT) \
+	  --namespace switchyard --create-namespace --wait --timeout 5m $(HELM_FLAGS)
+
+.PHONY: undeploy
+undeploy: ## Uninstall the chart (the PersistentVolumeClaims stay; delete the namespace to drop data)
+	helm uninstall switchyard --kube-context $(KUBE_CONTEXT) --namespace switchyard
 
 .PHONY: loadgen
 loadgen: ## Drive CreateOrder against a running `make run` (RATE=50 DURATION=20s)

@@ -50,6 +50,11 @@ import (
 	"github.com/switchyard/switchyard/platform/telemetry"
 )
 
+// LivenessService is the health service name that reports SERVING for as
+// long as the process runs (for liveness probes); the empty name and each
+// gRPC service's name report readiness.
+const LivenessService = "liveness"
+
 // Spec is what a service contributes.
 type Spec struct {
 	// Name is the service's name ("orders"): the consumer group, the log
@@ -263,6 +268,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		}
 	}
 	setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+	// "liveness" is SERVING while the process runs: a liveness probe must
+	// not restart a service just because its database is down.
+	healthSrv.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
 
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {

@@ -80,11 +80,13 @@ type process struct {
 	done chan struct{}
 }
 
-// Build compiles the five services into binDir with the flags CI uses.
+// Build compiles the five services into binDir the way `make build` and
+// the Dockerfile do: each module on its own (GOWORK=off), -trimpath.
 func Build(ctx context.Context, repoRoot, binDir string) error {
 	for _, s := range Services {
 		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(binDir, s.Name), "./cmd/"+s.Name)
 		cmd.Dir = filepath.Join(repoRoot, "services", s.Name)
+		cmd.Env = append(os.Environ(), "GOWORK=off")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("build %s: %w\n%s", s.Name, err, out)
 		}

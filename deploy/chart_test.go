@@ -1,0 +1,448 @@
+// Package deploy checks, without a cluster, what can be checked of the
+// Kubernetes deployment: the Helm chart renders in every configuration and
+// every object strict-decodes into its k8s.io/api type, cross-references
+// hold, Helm's strict lint passes, the values schema rejects bad values, the
+// kind and skaffold configs parse under their own types, and the Dockerfile
+// builds the services exactly like CI.
+package deploy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	latest "github.com/GoogleContainerTools/skaffold/v2/pkg/skaffold/schema/latest"
+	skaffoldyaml "github.com/GoogleContainerTools/skaffold/v2/pkg/skaffold/yaml"
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/lint/support"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	k8sjson "sigs.k8s.io/json"
+	kindv1alpha4 "sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
+	"sigs.k8s.io/yaml"
+)
+
+const chartPath = "../charts/switchyard"
+
+var serviceNames = []string{"customers", "orders", "inventory", "payments", "notifications"}
+
+// render installs the chart client-side (no cluster) with values.
+func render(t *testing.T, values map[string]any) (string, error) {
+	t.Helper()
+	ch, err := loader.Load(chartPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	install := action.NewInstall(&action.Configuration{})
+	install.DryRun, install.ClientOnly, install.Replace = true, true, true
+	install.ReleaseName, install.Namespace = "switchyard", "shop"
+	kv, err := chartutil.ParseKubeVersion("v1.31.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	install.KubeVersion = kv
+	rel, err := install.Run(ch, values)
+	if err != nil {
+		return "", err
+	}
+	return rel.Manifest, nil
+}
+
+// objects is a rendering decoded into typed objects.
+type objects struct {
+	deployments  []appsv1.Deployment
+	statefulSets []appsv1.StatefulSet
+	services     []corev1.Service
+	secrets      map[string]corev1.Secret
+	configMaps   map[string]bool
+	accounts     map[string]bool
+	pdbs         []policyv1.PodDisruptionBudget
+}
+
+// strict decodes YAML into v the way the API server does, case-sensitively,
+// failing on any unknown, misspelled (even only in case) or duplicate field.
+func strict(doc []byte, v any) error {
+	j, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return err
+	}
+	strictErrs, err := k8sjson.UnmarshalStrict(j, v, k8sjson.DisallowUnknownFields, k8sjson.DisallowDuplicateFields)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strictErrs...)
+}
+
+func decode(t *testing.T, manifest string) objects {
+	t.Helper()
+	o := objects{secrets: map[string]corev1.Secret{}, configMaps: map[string]bool{}, accounts: map[string]bool{}}
+	for _, doc := range strings.Split(manifest, "\n---") {
+		doc = strings.TrimSpace(doc)
+		if doc == "" || strings.Trim(doc, "-\n ") == "" {
+			continue
+		}
+		var meta struct {
+			Kind string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("not YAML: %v\n%s", err, doc)
+		}
+		var err error
+		switch meta.Kind {
+		case "Deployment":
+			var d appsv1.Deployment
+			err = strict([]byte(doc), &d)
+			o.deployments = append(o.deployments, d)
+		case "StatefulSet":
+			var s appsv1.StatefulSet
+			err = strict([]byte(doc), &s)
+			o.statefulSets = append(o.statefulSets, s)
+		case "Service":
+			var s corev1.Service
+			err = strict([]byte(doc), &s)
+			o.services = append(o.services, s)
+		case "Secret":
+			var s corev1.Secret
+			err = strict([]byte(doc), &s)
+			o.secrets[s.Name] = s
+		case "ConfigMap":
+			var c corev1.ConfigMap
+			err = strict([]byte(doc), &c)
+			o.configMaps[c.Name] = true
+		case "ServiceAccount":
+			var a corev1.ServiceAccount
+			err = strict([]byte(doc), &a)
+			o.accounts[a.Name] = true
+		case "PodDisruptionBudget":
+			var p policyv1.PodDisruptionBudget
+			err = strict([]byte(doc), &p)
+			o.pdbs = append(o.pdbs, p)
+		default:
+			t.Fatalf("unexpected kind %q: add it to the test's decoder", meta.Kind)
+		}
+		if err != nil {
+			t.Fatalf("%s does not strict-decode: %v\n%s", meta.Kind, err, doc)
+		}
+	}
+	return o
+}
+
+type podOwner struct {
+	kind, name string
+	labels     map[string]string
+	spec       corev1.PodSpec
+}
+
+func (o objects) pods() []podOwner {
+	var out []podOwner
+	for _, d := range o.deployments {
+		out = append(out, podOwner{"Deployment", d.Name, d.Spec.Template.Labels, d.Spec.Template.Spec})
+	}
+	for _, s := range o.statefulSets {
+		out = append(out, podOwner{"StatefulSet", s.Name, s.Spec.Template.Labels, s.Spec.Template.Spec})
+	}
+	return out
+}
+
+var renderings = map[string]map[string]any{
+	"defaults":          nil,
+	"external kafka":    {"kafka": map[string]any{"enabled": false, "external": map[string]any{"brokers": "kafka-0.kafka.infra:9092,kafka-1.kafka.infra:9092"}}},
+	"external postgres": {"postgresql": map[string]any{"enabled": false, "external": externalDBs()}},
+	"replicas 3":        {"services": replicas(3)},
+	"tracing off":       {"tracing": map[string]any{"enabled": false}},
+	"external otlp":     {"jaeger": map[string]any{"enabled": false}, "tracing": map[string]any{"enabled": true, "endpoint": "http://otel-collector.observability:4317"}},
+}
+
+func externalDBs() map[string]any {
+	m := map[string]any{}
+	for _, n := range serviceNames {
+		m[n] = map[string]any{"secretName": "db-" + n, "secretKey": "url"}
+	}
+	return m
+}
+
+func replicas(n int) map[string]any {
+	m := map[string]any{}
+	for _, name := range serviceNames {
+		m[name] = map[string]any{"replicas": n, "env": map[string]any{}}
+	}
+	return m
+}
+
+// externalHosts are the hosts a rendering may name without creating them.
+var externalHosts = map[string]bool{"kafka-0.kafka.infra": true, "kafka-1.kafka.infra": true, "otel-collector.observability": true}
+
+var hostRE = regexp.MustCompile(`^(?:[a-z+]+://)?(?:[^@/]*@)?([a-z0-9.-]+):[0-9]+`)
+
+func TestChartRenderings(t *testing.T) {
+	for name, values := range renderings {
+		t.Run(name, func(t *testing.T) {
+			manifest, err := render(t, values)
+			if err != nil {
+				t.Fatalf("render: %v", err)
+			}
+			o := decode(t, manifest)
+			pods := o.pods()
+			services := map[string]bool{}
+			for _, s := range o.services {
+				services[s.Name] = true
+				// Each Service selects pods that exist.
+				matched := false
+				for _, p := range pods {
+					if subset(s.Spec.Selector, p.labels) {
+						matched = true
+						// Each Service's target ports are container ports.
+						for _, sp := range s.Spec.Ports {
+							if !hasPort(p.spec, sp.TargetPort.String()) {
+								t.Errorf("Service %s targets port %s that %s %s does not expose", s.Name, sp.TargetPort.String(), p.kind, p.name)
+							}
+						}
+					}
+				}
+				if !matched || len(s.Spec.Selector) == 0 {
+					t.Errorf("Service %s selects no pod", s.Name)
+				}
+			}
+			for _, p := range pods {
+				if p.spec.ServiceAccountName != "" && !o.accounts[p.spec.ServiceAccountName] {
+					t.Errorf("%s %s uses missing ServiceAccount %s", p.kind, p.name, p.spec.ServiceAccountName)
+				}
+				for _, v := range p.spec.Volumes {
+					if v.ConfigMap != nil && !o.configMaps[v.ConfigMap.Name] {
+						t.Errorf("%s %s mounts missing ConfigMap %s", p.kind, p.name, v.ConfigMap.Name)
+					}
+				}
+				for _, c := range p.spec.Containers {
+					// Every image has an explicit tag.
+					if i := strings.LastIndex(c.Image, ":"); i < 0 || strings.Contains(c.Image[i:], "/") || strings.HasSuffix(c.Image, ":latest") {
+						t.Errorf("%s %s: image %q has no explicit tag", p.kind, p.name, c.Image)
+					}
+					for _, probe := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe, c.StartupProbe} {
+						if probe == nil {
+							continue
+						}
+						switch {
+						case probe.GRPC != nil && !hasPort(p.spec, fmt.Sprint(probe.GRPC.Port)):
+							t.Errorf("%s %s: gRPC probe port %d is not a container port", p.kind, p.name, probe.GRPC.Port)
+						case probe.TCPSocket != nil && !hasPort(p.spec, probe.TCPSocket.Port.String()):
+							t.Errorf("%s %s: TCP probe port %s is not a container port", p.kind, p.name, probe.TCPSocket.Port.String())
+						case probe.HTTPGet != nil && !hasPort(p.spec, probe.HTTPGet.Port.String()):
+							t.Errorf("%s %s: HTTP probe port %s is not a container port", p.kind, p.name, probe.HTTPGet.Port.String())
+						}
+					}
+					for _, e := range c.Env {
+						if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+							ref := e.ValueFrom.SecretKeyRef
+							if _, ok := o.secrets[ref.Name]; !ok && !strings.HasPrefix(ref.Name, "db-") {
+								t.Errorf("%s %s: env %s refers to missing Secret %s", p.kind, p.name, e.Name, ref.Name)
+							}
+						}
+						// Each env var naming a host names a chart Service or
+						// the configured external one.
+						if e.Value != "" && (strings.HasSuffix(e.Name, "_BROKERS") || strings.HasSuffix(e.Name, "_URL") || strings.HasSuffix(e.Name, "_ENDPOINT")) {
+							for _, part := range strings.Split(e.Value, ",") {
+								m := hostRE.FindStringSubmatch(part)
+								if m == nil {
+									t.Errorf("%s %s: env %s=%q names no host:port", p.kind, p.name, e.Name, e.Value)
+									continue
+								}
+								if !services[m[1]] && !externalHosts[m[1]] {
+									t.Errorf("%s %s: env %s names host %s, which is neither a chart Service nor configured", p.kind, p.name, e.Name, m[1])
+								}
+							}
+						}
+					}
+				}
+			}
+			checkServices(t, name, o)
+		})
+	}
+}
+
+// checkServices asserts what every rendering promises for the five services.
+func checkServices(t *testing.T, rendering string, o objects) {
+	t.Helper()
+	byName := map[string]appsv1.Deployment{}
+	for _, d := range o.deployments {
+		byName[d.Name] = d
+	}
+	for _, n := range serviceNames {
+		d, ok := byName["switchyard-"+n]
+		if !ok {
+			t.Fatalf("no Deployment for %s", n)
+		}
+		spec := d.Spec.Template.Spec
+		c := spec.Containers[0]
+		if spec.SecurityContext == nil || spec.SecurityContext.RunAsNonRoot == nil || !*spec.SecurityContext.RunAsNonRoot {
+			t.Errorf("%s: not runAsNonRoot", n)
+		}
+		sc := c.SecurityContext
+		if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.Capabilities == nil || len(sc.Capabilities.Drop) == 0 || sc.Capabilities.Drop[0] != "ALL" {
+			t.Errorf("%s: root filesystem not read-only or capabilities not dropped", n)
+		}
+		if c.ReadinessProbe == nil || c.ReadinessProbe.GRPC == nil || c.LivenessProbe == nil || c.LivenessProbe.GRPC == nil {
+			t.Errorf("%s: readiness and liveness must be native gRPC probes", n)
+		}
+		env := map[string]corev1.EnvVar{}
+		for _, e := range c.Env {
+			env[e.Name] = e
+		}
+		if _, ok := env["SWITCHYARD_DATABASE_URL"]; !ok {
+			t.Errorf("%s: no SWITCHYARD_DATABASE_URL", n)
+		}
+		_, traced := env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+		if traced == (rendering == "tracing off") {
+			t.Errorf("%s: tracing env present=%v in rendering %q", n, traced, rendering)
+		}
+	}
+	wantPDBs := 0
+	if rendering == "replicas 3" {
+		wantPDBs = 5
+	}
+	if len(o.pdbs) != wantPDBs {
+		t.Errorf("%d PodDisruptionBudgets, want %d", len(o.pdbs), wantPDBs)
+	}
+}
+
+func subset(sel, labels map[string]string) bool {
+	for k, v := range sel {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func hasPort(spec corev1.PodSpec, port string) bool {
+	for _, c := range spec.Containers {
+		for _, p := range c.Ports {
+			if p.Name == port || fmt.Sprint(p.ContainerPort) == port {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Helm's own linter, strict, over default values and each switch.
+func TestChartLintStrict(t *testing.T) {
+	for name, values := range renderings {
+		lint := action.NewLint()
+		lint.Strict = true
+		kv, _ := chartutil.ParseKubeVersion("v1.31.0")
+		lint.KubeVersion = kv
+		res := lint.Run([]string{chartPath}, values)
+		for _, msg := range res.Messages {
+			// As `helm lint --strict`: warnings and errors fail, INFO does not.
+			if msg.Severity > support.InfoSev {
+				t.Errorf("%s: helm lint: %s", name, msg)
+			}
+		}
+		for _, err := range res.Errors {
+			t.Errorf("%s: helm lint: %v", name, err)
+		}
+	}
+}
+
+// values.schema.json rejects wrong types, unknown keys and untagged images.
+func TestValuesSchemaRejectsBadValues(t *testing.T) {
+	for name, values := range map[string]map[string]any{
+		"replicas as text":   {"services": map[string]any{"orders": map[string]any{"replicas": "three"}}},
+		"misspelled key":     {"kafka": map[string]any{"enabeld": false}},
+		"unknown outbox":     {"service": map[string]any{"outboxMode": "debezium"}},
+		"latest image":       {"jaeger": map[string]any{"image": map[string]any{"repository": "jaegertracing/jaeger", "tag": "latest"}}},
+		"missing brokers":    {"kafka": map[string]any{"enabled": false}},
+		"missing db secrets": {"postgresql": map[string]any{"enabled": false}},
+	} {
+		if _, err := render(t, values); err == nil {
+			t.Errorf("%s: the chart rendered", name)
+		}
+	}
+}
+
+// The kind cluster config parses strictly under kind's own types.
+func TestKindConfig(t *testing.T) {
+	b, err := os.ReadFile("kind/cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c kindv1alpha4.Cluster
+	if err := strict(b, &c); err != nil {
+		t.Fatalf("deploy/kind/cluster.yaml: %v", err)
+	}
+	if c.Kind != "Cluster" || c.APIVersion != "kind.x-k8s.io/v1alpha4" || len(c.Nodes) == 0 {
+		t.Fatalf("kind config %+v", c)
+	}
+}
+
+// skaffold.yaml parses strictly under skaffold's own (latest) schema types,
+// builds the five images and deploys the chart.
+func TestSkaffoldConfig(t *testing.T) {
+	b, err := os.ReadFile("../skaffold.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c latest.SkaffoldConfig
+	if err := skaffoldyaml.UnmarshalStrict(b, &c); err != nil {
+		t.Fatalf("skaffold.yaml: %v", err)
+	}
+	if c.APIVersion != latest.Version {
+		t.Fatalf("skaffold.yaml apiVersion %s, want %s", c.APIVersion, latest.Version)
+	}
+	images := map[string]bool{}
+	for _, a := range c.Build.Artifacts {
+		images[a.ImageName] = true
+	}
+	for _, n := range serviceNames {
+		if !images["switchyard-"+n] {
+			t.Errorf("skaffold does not build switchyard-%s", n)
+		}
+	}
+	if c.Render.Helm == nil || len(c.Render.Helm.Releases) != 1 || c.Render.Helm.Releases[0].ChartPath != "charts/switchyard" {
+		t.Errorf("skaffold does not deploy charts/switchyard")
+	}
+	profiles := map[string]bool{}
+	for _, p := range c.Profiles {
+		profiles[p.Name] = true
+	}
+	if !profiles["kind"] || !profiles["minikube"] {
+		t.Errorf("profiles %v, want kind and minikube", profiles)
+	}
+}
+
+// The Dockerfile's build command is `make build`'s, and it builds every
+// service.
+func TestDockerfileBuildsLikeCI(t *testing.T) {
+	dockerfile, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	makefile, err := os.ReadFile("../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docker := regexp.MustCompile(`(GOWORK=off go build [^\n]*?) -o /out/service \./cmd/\$\{SERVICE\}`).FindSubmatch(dockerfile)
+	mk := regexp.MustCompile(`(?m)^GOBUILD\s*:=\s*(.+)$`).FindSubmatch(makefile)
+	if docker == nil || mk == nil {
+		t.Fatalf("could not find the build command (Dockerfile %q, Makefile %q)", docker, mk)
+	}
+	if string(docker[1]) != strings.TrimSpace(string(mk[1])) {
+		t.Fatalf("Dockerfile builds with %q, make build with %q", docker[1], mk[1])
+	}
+	args := strings.Fields(string(docker[1]))[1:] // drop GOWORK=off
+	for _, n := range serviceNames {
+		cmd := exec.Command(args[0], append(args[1:], "-o", t.TempDir()+"/"+n, "./cmd/"+n)...)
+		cmd.Dir = "../services/" + n
+		cmd.Env = append(os.Environ(), "GOWORK=off", "CGO_ENABLED=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %s: %v\n%s", n, strings.Join(cmd.Args, " "), err, out)
+		}
+	}
+}
