@@ -65,7 +65,7 @@ func TestTimeoutAndLateReply(t *testing.T) {
 // invariant holds.
 func TestKillDuringBurst(t *testing.T) {
 	t.Parallel()
-	s := startShop(t)
+	s := startShop(t, "SWITCHYARD_SAGA_STEP_TIMEOUT=5m")
 	skus := []string{s.product(100, 40), s.product(250, 1_000)}
 	custs := []string{s.customer(3_000), s.customer(1_000_000), s.customer(50_000)}
 	var all []string
