@@ -82,9 +82,9 @@ kind-up: ## Create the local kind cluster (deploy/kind/cluster.yaml)
 	kind create cluster --config deploy/kind/cluster.yaml
 
 .PHONY: images
-images: ## Build the five images with docker and load them into kind
+images: ## Build the five images with docker (and load them into kind)
 	@for s in $(SERVICES); do docker build --build-arg SERVICE=$$s -t switchyard-$$s:0.1.0 . || exit 1; done
-	@for s in $(SERVICES); do kind load docker-image --name switchyard switchyard-$$s:0.1.0 || exit 1; done
+	@case "$(KUBE_CONTEXT)" in kind-*) for s in $(SERVICES); do kind load docker-image --name switchyard switchyard-$$s:0.1.0 || exit 1; done;; esac
 
 .PHONY: deploy
 deploy: images ## Install or upgrade the chart into $(KUBE_CONTEXT)
