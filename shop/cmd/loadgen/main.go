@@ -25,6 +25,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -35,6 +36,7 @@ import (
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/pgcluster"
+	"github.com/switchyard/switchyard/platform/telemetry"
 )
 
 func main() {
@@ -51,14 +53,26 @@ func main() {
 	}
 }
 
+// dial connects with otelgrpc client spans: with OTEL_EXPORTER_OTLP_ENDPOINT
+// set, each order's trace starts at the load generator's CreateOrder call.
 func dial(host string, port int) (*grpc.ClientConn, error) {
-	return grpc.NewClient(fmt.Sprintf("%s:%d", host, port), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return grpc.NewClient(fmt.Sprintf("%s:%d", host, port), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
 }
 
 func usd(minor int64) *moneyv1.Money { return &moneyv1.Money{Currency: "USD", AmountMinor: minor} }
 
 func run(rate int, duration time.Duration, nCustomers int, host, pgURL string, pgbenchClients int) error {
 	ctx := context.Background()
+	shutdown, err := telemetry.SetupTracing(ctx, "loadgen", os.Getenv)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdown(fctx)
+	}()
 	conns := map[int]*grpc.ClientConn{}
 	for _, p := range []int{50051, 50052, 50053, 50054} {
 		c, err := dial(host, p)
