@@ -48,6 +48,7 @@ import (
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/telemetry"
+	"github.com/switchyard/switchyard/platform/watch"
 )
 
 // LivenessService is the health service name that reports SERVING for as
@@ -524,6 +525,8 @@ func toStatus(ctx context.Context, err error, method string, logger *slog.Logger
 	switch {
 	case errors.Is(err, idempotency.ErrKeyReused):
 		return status.Error(codes.InvalidArgument, "idempotency_key: "+err.Error())
+	case errors.Is(err, watch.ErrStopping):
+		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "request cancelled")
 	case errors.Is(err, context.DeadlineExceeded):

@@ -12,6 +12,7 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -79,6 +80,35 @@ func (h *Hub) wake(key string, all bool) {
 			case ch <- struct{}{}:
 			default:
 			}
+		}
+	}
+}
+
+// ErrStopping is returned by Follow when the server begins to shut down;
+// the service maps it to UNAVAILABLE so that clients watch again elsewhere.
+var ErrStopping = errors.New("server shutting down; watch again")
+
+// Follow calls step now and again whenever key may have changed (a
+// notification, or every recheck as a safety net) until step reports done
+// or fails, ctx ends, or stopping is closed (ErrStopping). It subscribes
+// before the first step, so no change between the two is missed.
+func (h *Hub) Follow(ctx context.Context, key string, recheck time.Duration, stopping <-chan struct{}, step func() (done bool, err error)) error {
+	changed, unsubscribe := h.Subscribe(key)
+	defer unsubscribe()
+	tick := time.NewTicker(recheck)
+	defer tick.Stop()
+	for {
+		done, err := step()
+		if err != nil || done {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stopping:
+			return ErrStopping
+		case <-changed:
+		case <-tick.C:
 		}
 	}
 }

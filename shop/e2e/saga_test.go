@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 )
@@ -34,6 +38,16 @@ func TestSaga(t *testing.T) {
 		t.Run("happy path", func(t *testing.T) {
 			t.Parallel()
 			cust, sku := s.customer(10_000), s.product(1_250, 10)
+			// WatchNotifications: the existing WELCOME first, then live ones.
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer cancel()
+			watch, err := s.notifications.WatchNotifications(wctx, &notificationsv1.WatchNotificationsRequest{CustomerId: cust})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, err := watch.Recv(); err != nil || n.GetNotification().GetKind() != "WELCOME" {
+				t.Fatalf("WatchNotifications first sent %v (%v), want the WELCOME", n, err)
+			}
 			o := s.order(cust, "", item(sku, 2))
 			if o.GetStatus() != pending {
 				t.Fatalf("CreateOrder returned %s, want PENDING", o.GetStatus())
@@ -56,6 +70,9 @@ func TestSaga(t *testing.T) {
 			}
 			if kinds := s.waitNotifications(cust, 2); !slices.Equal(kinds, []string{"WELCOME", "ORDER_CONFIRMED"}) {
 				t.Fatalf("notifications %v, want WELCOME then ORDER_CONFIRMED", kinds)
+			}
+			if n, err := watch.Recv(); err != nil || n.GetNotification().GetKind() != "ORDER_CONFIRMED" || !strings.Contains(n.GetNotification().GetSubject(), o.GetOrderId()) {
+				t.Fatalf("WatchNotifications then sent %v (%v), want this order's ORDER_CONFIRMED", n, err)
 			}
 		})
 

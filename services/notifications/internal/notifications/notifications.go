@@ -10,8 +10,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
@@ -128,29 +126,18 @@ func (s *server) WatchNotifications(req *notificationsv1.WatchNotificationsReque
 		return err
 	}
 	ctx := stream.Context()
-	changed, unsubscribe := s.changes.Subscribe(req.GetCustomerId())
-	defer unsubscribe()
 	var after int64
-	tick := time.NewTicker(watchRecheck)
-	defer tick.Stop()
-	for {
+	return s.changes.Follow(ctx, req.GetCustomerId(), watchRecheck, s.env.Stopping(), func() (bool, error) {
 		list, last, err := s.list(ctx, req.GetCustomerId(), after)
 		if err != nil {
-			return err
+			return false, err
 		}
 		for _, n := range list {
 			if err := stream.Send(&notificationsv1.WatchNotificationsResponse{Notification: n}); err != nil {
-				return err
+				return false, err
 			}
 		}
 		after = last
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.env.Stopping():
-			return status.Error(codes.Unavailable, "server shutting down; watch again")
-		case <-changed:
-		case <-tick.C:
-		}
-	}
+		return false, nil
+	})
 }

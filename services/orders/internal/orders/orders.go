@@ -282,42 +282,26 @@ func (s *server) WatchOrder(req *ordersv1.WatchOrderRequest, stream ordersv1.Ord
 		return err
 	}
 	ctx := stream.Context()
-	changed, unsubscribe := s.changes.Subscribe(req.GetOrderId())
-	defer unsubscribe()
 	var version int64 = -1
-	tick := time.NewTicker(s.opts.WatchRecheck)
-	defer tick.Stop()
-	for {
+	return s.changes.Follow(ctx, req.GetOrderId(), s.opts.WatchRecheck, s.env.Stopping(), func() (bool, error) {
 		var current int64
 		err := s.env.Pool.QueryRow(ctx, `SELECT version FROM orders WHERE order_id = $1`, req.GetOrderId()).Scan(&current)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return status.Errorf(codes.NotFound, "order %s not found", req.GetOrderId())
+			return false, status.Errorf(codes.NotFound, "order %s not found", req.GetOrderId())
 		}
+		if err != nil || current == version {
+			return false, err
+		}
+		version = current
+		o, err := loadOrder(ctx, s.env.Pool, req.GetOrderId())
 		if err != nil {
-			return err
+			return false, err
 		}
-		if current != version {
-			o, err := loadOrder(ctx, s.env.Pool, req.GetOrderId())
-			if err != nil {
-				return err
-			}
-			if err := stream.Send(&ordersv1.WatchOrderResponse{Order: o}); err != nil {
-				return err
-			}
-			if o.GetStatus() != ordersv1.OrderStatus_ORDER_STATUS_PENDING {
-				return nil
-			}
-			version = current
+		if err := stream.Send(&ordersv1.WatchOrderResponse{Order: o}); err != nil {
+			return false, err
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.env.Stopping():
-			return status.Error(codes.Unavailable, "server shutting down; watch again")
-		case <-changed:
-		case <-tick.C:
-		}
-	}
+		return o.GetStatus() != ordersv1.OrderStatus_ORDER_STATUS_PENDING, nil
+	})
 }
 
 type querier interface {
