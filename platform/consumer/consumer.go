@@ -61,11 +61,8 @@ CREATE INDEX IF NOT EXISTS inbox_processed_at_idx ON inbox (processed_at);
 `
 
 // Migrate creates the inbox table if it does not exist.
-func Migrate(ctx context.Context, db outbox.Execer) error {
-	if _, err := db.Exec(ctx, InboxSchema); err != nil {
-		return fmt.Errorf("create inbox table: %w", err)
-	}
-	return nil
+func Migrate(ctx context.Context, db outbox.Querier) error {
+	return outbox.EnsureTable(ctx, db, "inbox", InboxSchema)
 }
 
 // DLQ header names, added to the original headers of a dead-lettered message.
@@ -101,6 +98,11 @@ type Config struct {
 	InboxRetention time.Duration
 	// PruneInterval is how often old inbox rows are deleted (default 1h).
 	PruneInterval time.Duration
+	// RevokeTimeout is how long, on a rebalance, a revoked partition's
+	// current message may take to finish before it is cancelled and left to
+	// the partition's next owner (default 10s): a handler stuck retrying
+	// through a database outage must not stall the whole group.
+	RevokeTimeout time.Duration
 	// Logger receives the consumer's logs (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -130,6 +132,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.PruneInterval <= 0 {
 		c.PruneInterval = time.Hour
+	}
+	if c.RevokeTimeout <= 0 {
+		c.RevokeTimeout = 10 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -294,9 +299,11 @@ type workers struct {
 }
 
 type worker struct {
-	queue chan *kafka.Message
-	quit  chan struct{}
-	done  chan struct{}
+	queue  chan *kafka.Message
+	quit   chan struct{}
+	done   chan struct{}
+	ctx    context.Context // cancelled if the current message outlives the revocation grace period
+	cancel context.CancelFunc
 }
 
 func partitionKey(tp kafka.TopicPartition) string {
@@ -308,6 +315,7 @@ func (ws *workers) dispatch(msg *kafka.Message) {
 	w := ws.byPartition[key]
 	if w == nil {
 		w = &worker{queue: make(chan *kafka.Message, 500), quit: make(chan struct{}), done: make(chan struct{})}
+		w.ctx, w.cancel = context.WithCancel(ws.ctx)
 		ws.byPartition[key] = w
 		go ws.run(w)
 	}
@@ -323,10 +331,10 @@ func (ws *workers) run(w *worker) {
 		select {
 		case <-w.quit:
 			return
-		case <-ws.ctx.Done():
+		case <-w.ctx.Done():
 			return
 		case msg := <-w.queue:
-			if !ws.c.process(ws.ctx, msg, ws.dlq) {
+			if !ws.c.process(w.ctx, msg, ws.dlq) {
 				// Stopping mid-message: its offset is not stored, so the
 				// group's next owner of the partition handles it again.
 				return
@@ -357,7 +365,13 @@ func (ws *workers) stop(parts []kafka.TopicPartition) {
 	for _, k := range keys {
 		if w := ws.byPartition[k]; w != nil {
 			close(w.quit)
-			<-w.done
+			select {
+			case <-w.done:
+			case <-time.After(ws.c.cfg.RevokeTimeout):
+				w.cancel()
+				<-w.done
+			}
+			w.cancel()
 			delete(ws.byPartition, k)
 		}
 	}

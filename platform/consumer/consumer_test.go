@@ -351,6 +351,41 @@ func TestGroupRebalanceAppliesOnce(t *testing.T) {
 	t.Logf("A processed %d, B %d, duplicates skipped %d", sa.Processed, sb.Processed, sa.Duplicates+sb.Duplicates)
 }
 
+// A handler stuck on one event (as if its database hung) does not stall the
+// group: when a second instance joins, the stuck partition is cancelled after
+// RevokeTimeout and its next owner applies the event, once.
+func TestStuckHandlerDoesNotStallRebalance(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	stuck := newDeposit("acct-stuck", 7)
+	cfg := h.config("stuck")
+	cfg.RevokeTimeout = 500 * time.Millisecond
+	entered := make(chan struct{})
+	var once sync.Once
+	a, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+		hang := false
+		once.Do(func() { hang = true; close(entered) })
+		if hang {
+			<-ctx.Done() // the first attempt hangs until cancelled
+			return ctx.Err()
+		}
+		return applyDeposit(ctx, tx, v, md)
+	})
+	h.send(stuck)
+	select {
+	case <-entered:
+	case <-time.After(time.Minute):
+		t.Fatal("instance A never received the event")
+	}
+	// B joining forces a rebalance, which must not wait for the hung
+	// handler; whichever instance then owns the partition applies the event.
+	b, _ := h.run(cfg, nil)
+	testkit.WaitFor(t, time.Minute, "the stuck event to be applied after the rebalance", func() bool {
+		return a.Stats().Processed+b.Stats().Processed == 1
+	})
+	checkBalances(t, h.balances(), map[string][2]int64{"acct-stuck": {7, 1}})
+}
+
 // Inbox rows older than the retention are pruned; recent ones stay.
 func TestInboxPruned(t *testing.T) {
 	t.Parallel()

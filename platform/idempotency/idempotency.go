@@ -29,11 +29,8 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 `
 
 // Migrate creates the idempotency_keys table if it does not exist.
-func Migrate(ctx context.Context, db outbox.Execer) error {
-	if _, err := db.Exec(ctx, Schema); err != nil {
-		return fmt.Errorf("create idempotency_keys table: %w", err)
-	}
-	return nil
+func Migrate(ctx context.Context, db outbox.Querier) error {
+	return outbox.EnsureTable(ctx, db, "idempotency_keys", Schema)
 }
 
 // ErrKeyReused is returned when a key comes back with a different request.

@@ -72,15 +72,36 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_seq_idx ON outbox (seq);
 `
 
-// Execer is what [Migrate] needs: a *pgx.Conn, pgx.Tx or *pgxpool.Pool.
+// Execer executes SQL: a *pgx.Conn, pgx.Tx or *pgxpool.Pool.
 type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
+// Querier is what [EnsureTable] needs: a *pgx.Conn, pgx.Tx or *pgxpool.Pool.
+type Querier interface {
+	Execer
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
 // Migrate creates the outbox table if it does not exist.
-func Migrate(ctx context.Context, db Execer) error {
-	if _, err := db.Exec(ctx, Schema); err != nil {
-		return fmt.Errorf("create outbox table: %w", err)
+func Migrate(ctx context.Context, db Querier) error {
+	return EnsureTable(ctx, db, Table, Schema)
+}
+
+// EnsureTable runs ddl unless table already exists. Checking first matters:
+// even CREATE INDEX IF NOT EXISTS locks the table, and would wait behind any
+// long transaction writing to it (a replica starting while another handles
+// an event, say).
+func EnsureTable(ctx context.Context, db Querier, table, ddl string) error {
+	var exists bool
+	if err := db.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", table).Scan(&exists); err != nil {
+		return fmt.Errorf("look up table %s: %w", table, err)
+	}
+	if exists {
+		return nil
+	}
+	if _, err := db.Exec(ctx, ddl); err != nil {
+		return fmt.Errorf("create table %s: %w", table, err)
 	}
 	return nil
 }
