@@ -121,9 +121,9 @@ func forwardLogs(logs chan kafka.LogEvent, logger *slog.Logger) {
 	for ev := range logs {
 		level := slog.LevelDebug
 		switch {
-		case ev.Level <= 3:
-			level = slog.LevelWarn // librdkafka reports transient connection trouble as errors
-		case ev.Level == 4:
+		case ev.Level <= 4:
+			// Warnings, and errors too: librdkafka reports transient
+			// connection trouble (which it retries) as errors.
 			level = slog.LevelWarn
 		case ev.Level <= 6:
 			level = slog.LevelInfo

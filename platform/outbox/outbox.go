@@ -152,9 +152,6 @@ func NewWriter(mode Mode) *Writer {
 	return &Writer{mode: mode}
 }
 
-// Mode returns the writer's mode.
-func (w *Writer) Mode() Mode { return w.mode }
-
 // Write adds events to the outbox inside tx, stamping each with the span
 // context found in ctx. Nothing is published unless tx commits.
 func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {

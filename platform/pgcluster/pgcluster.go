@@ -133,8 +133,8 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		if opts.Port, err = FreePort(); err != nil {
 			return nil, err
 		}
-	} else if err := portFree(opts.Port); err != nil {
-		return nil, err
+	} else if err := CheckPortFree(opts.Port); err != nil {
+		return nil, fmt.Errorf("PostgreSQL: %w (another PostgreSQL or a previous run?)", err)
 	}
 	c := &Cluster{opts: opts, bin: bin, done: make(chan struct{})}
 	if err := c.start(ctx, cred); err != nil {
@@ -286,9 +286,6 @@ func (c *Cluster) start(ctx context.Context, cred *syscall.Credential) error {
 // Port returns the server's TCP port on 127.0.0.1.
 func (c *Cluster) Port() int { return c.opts.Port }
 
-// DataDir returns the cluster's data directory.
-func (c *Cluster) DataDir() string { return c.opts.DataDir }
-
 // URL returns a connection URL for database db as the superuser.
 func (c *Cluster) URL(db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.opts.Port, db)
@@ -313,9 +310,6 @@ func (c *Cluster) CreateDatabase(ctx context.Context, name string) error {
 	}
 	return nil
 }
-
-// Done is closed when the server process has exited.
-func (c *Cluster) Done() <-chan struct{} { return c.done }
 
 // Stop shuts the server down (fast shutdown: clients disconnected, data
 // flushed) and waits for it to exit.
@@ -348,10 +342,11 @@ func FreePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func portFree(port int) error {
+// CheckPortFree reports an error if port on 127.0.0.1 cannot be bound.
+func CheckPortFree(port int) error {
 	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
-		return fmt.Errorf("port %d is busy (another PostgreSQL or a previous run?): %w", port, err)
+		return fmt.Errorf("port %d is busy", port)
 	}
 	return l.Close()
 }

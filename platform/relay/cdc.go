@@ -118,9 +118,6 @@ func replicationConfig(databaseURL string) (*pgconn.Config, error) {
 
 func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 	cfg := &r.cfg
-	if err := s.prepare(ctx, cfg); err != nil {
-		return err
-	}
 	pcfg, err := replicationConfig(cfg.DatabaseURL)
 	if err != nil {
 		return err

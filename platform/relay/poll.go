@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,9 +36,6 @@ func (s *pollSource) prepare(ctx context.Context, cfg *Config) error {
 
 func (s *pollSource) run(ctx context.Context, r *Relay) error {
 	cfg := &r.cfg
-	if err := s.prepare(ctx, cfg); err != nil {
-		return err
-	}
 	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
@@ -106,17 +103,22 @@ func (s *pollSource) batch(ctx context.Context, r *Relay, conn *pgx.Conn, pub *p
 	}
 	r.pendingSince.Store(recs[0].CreatedAt.UnixNano())
 	defer r.pendingSince.Store(0)
-	var wg sync.WaitGroup
-	wg.Add(len(recs))
+	// acked closes when Kafka has acknowledged the last record of the batch.
+	acked := make(chan struct{})
+	var remaining atomic.Int64
+	remaining.Store(int64(len(recs)))
+	ack := func() {
+		if remaining.Add(-1) == 0 {
+			close(acked)
+		}
+	}
 	ids := make([]uuid.UUID, len(recs))
 	for i, rec := range recs {
 		ids[i] = rec.ID
-		if err := pub.publish(ctx, rec, wg.Done); err != nil {
+		if err := pub.publish(ctx, rec, ack); err != nil {
 			return 0, err
 		}
 	}
-	acked := make(chan struct{})
-	go func() { wg.Wait(); close(acked) }()
 	select {
 	case <-acked:
 	case err := <-pub.failed():

@@ -127,6 +127,7 @@ type Relay struct {
 	cfg Config
 	src source
 
+	prepared     atomic.Bool // slot, publication and table exist; standbys need not look again
 	active       atomic.Bool
 	published    atomic.Uint64
 	failures     atomic.Uint64
@@ -146,9 +147,9 @@ type Stats struct {
 	OldestPendingAge time.Duration
 }
 
-// source is one way of reading the outbox: it runs one term as the active
-// relay, publishing through pub, until ctx ends or something fails.
-// It returns errStandby when another relay is active.
+// source is one way of reading the outbox: prepare creates what it reads
+// from; run runs one term as the active relay until ctx ends or something
+// fails, and returns errStandby when another relay is active.
 type source interface {
 	prepare(ctx context.Context, cfg *Config) error
 	run(ctx context.Context, r *Relay) error
@@ -210,7 +211,25 @@ func (r *Relay) Prepare(ctx context.Context) error {
 	if err := r.src.prepare(ctx, &r.cfg); err != nil {
 		return fmt.Errorf("relay: prepare: %w", err)
 	}
+	r.prepared.Store(true)
 	return nil
+}
+
+// term runs one term as the active relay (or finds it must stand by),
+// preparing first unless that was already done. A standby retries every
+// RetryInterval; it re-checks the plumbing only after a real failure.
+func (r *Relay) term(ctx context.Context) error {
+	if !r.prepared.Load() {
+		if err := r.src.prepare(ctx, &r.cfg); err != nil {
+			return err
+		}
+		r.prepared.Store(true)
+	}
+	err := r.src.run(ctx, r)
+	if err != nil && !errors.Is(err, errStandby) {
+		r.prepared.Store(false)
+	}
+	return err
 }
 
 // Slot returns the replication slot the relay reads (cdc), or "" (poll).
@@ -238,7 +257,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	log := r.cfg.Logger
 	standbyLogged := false
 	for {
-		err := r.src.run(ctx, r)
+		err := r.term(ctx)
 		r.active.Store(false)
 		r.pendingSince.Store(0)
 		switch {

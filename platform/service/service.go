@@ -360,14 +360,10 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, kcfg b
 			if err := env.Pool.Ping(ctx); err != nil {
 				return fmt.Errorf("database unreachable: %w", err)
 			}
-			for _, m := range []func(context.Context) error{
-				func(ctx context.Context) error { return outbox.Migrate(ctx, env.Pool) },
-				func(ctx context.Context) error { return consumer.Migrate(ctx, env.Pool) },
-				func(ctx context.Context) error { return idempotency.Migrate(ctx, env.Pool) },
-			} {
-				if err := m(ctx); err != nil {
-					return err
-				}
+			// The outbox table comes with rl.Prepare below, the inbox with
+			// the consumer's Run; idempotency keys are the service's own.
+			if err := idempotency.Migrate(ctx, env.Pool); err != nil {
+				return err
 			}
 			if spec.Migrations != nil {
 				applied, err := migrate.Apply(ctx, env.Pool, spec.Migrations)

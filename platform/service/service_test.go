@@ -116,6 +116,21 @@ func (r *running) call(method string) (*wrapperspb.StringValue, error) {
 	return out, err
 }
 
+// With the broker unreachable, health stays NOT_SERVING even once the
+// database is ready and RPCs are served (writes only need the database: the
+// outbox holds their events until the broker is back).
+func TestNotServingWithoutBroker(t *testing.T) {
+	t.Parallel()
+	r := start(t, testkit.Database(t), "127.0.0.1:1")
+	testkit.WaitFor(t, time.Minute, "RPCs to be served once the database is ready", func() bool {
+		_, err := r.call("Slow")
+		return err == nil
+	})
+	if s := r.status(t); s != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health %s with no broker, want NOT_SERVING", s)
+	}
+}
+
 // With the database unreachable, health answers NOT_SERVING and RPCs get
 // UNAVAILABLE; nothing crashes.
 func TestNotServingUntilReachable(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/pgcluster"
 )
 
@@ -80,11 +81,11 @@ func (b *Broker) Stop() {
 
 // clientConfig returns quiet client settings for this broker plus kv pairs.
 func (b *Broker) clientConfig(kv ...any) *kafka.ConfigMap {
-	m := kafka.ConfigMap{"bootstrap.servers": b.Addr(), "enable.metrics.push": false, "log_level": 3}
+	m := broker.Config{Brokers: b.Addr()}.AdminConfig()
 	for i := 0; i+1 < len(kv); i += 2 {
-		m[kv[i].(string)] = kv[i+1]
+		(*m)[kv[i].(string)] = kv[i+1]
 	}
-	return &m
+	return m
 }
 
 // CreateTopic creates a topic through the admin API.

@@ -25,6 +25,7 @@ import (
 	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
+	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/shop/invariants"
 	"github.com/switchyard/switchyard/shop/stack"
 )
@@ -167,17 +168,13 @@ func (s *shop) customer(funds int64) string {
 
 func (s *shop) waitAccount(id string) {
 	s.t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
+	testkit.WaitFor(s.t, time.Minute, "the account of "+id, func() bool {
 		_, err := s.payments.GetAccount(ctx, &paymentsv1.GetAccountRequest{CustomerId: id})
-		if err == nil {
-			return
-		}
-		if c := status.Code(err); c != codes.NotFound && c != codes.Unavailable || time.Now().After(deadline) {
+		if c := status.Code(err); err != nil && c != codes.NotFound && c != codes.Unavailable {
 			s.t.Fatalf("account of %s: %v", id, err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	})
 }
 
 func (s *shop) balance(id string) int64 {
@@ -285,29 +282,20 @@ func (s *shop) notificationKinds(customer string) []string {
 
 func (s *shop) waitNotifications(customer string, want int) []string {
 	s.t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		kinds := s.notificationKinds(customer)
-		if len(kinds) >= want || time.Now().After(deadline) {
-			return kinds
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var kinds []string
+	testkit.WaitFor(s.t, time.Minute, fmt.Sprintf("%d notifications for %s", want, customer), func() bool {
+		kinds = s.notificationKinds(customer)
+		return len(kinds) >= want
+	})
+	return kinds
 }
 
 // waitStock waits until a product's counters settle at the wanted values:
 // commits and releases reach inventory after the order turns terminal.
 func (s *shop) waitStock(sku string, available, reserved int64) {
 	s.t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
+	testkit.WaitFor(s.t, time.Minute, fmt.Sprintf("stock of %s to settle at available %d, reserved %d", sku, available, reserved), func() bool {
 		a, r := s.stock(sku)
-		if a == available && r == reserved {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("stock of %s: available %d reserved %d, want %d and %d", sku, a, r, available, reserved)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return a == available && r == reserved
+	})
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
@@ -153,6 +154,72 @@ func TestSaga(t *testing.T) {
 			if captures != 1 || s.balance(cust) != 9_300 {
 				t.Fatalf("%d captures, balance %d; want one capture and 9300", captures, s.balance(cust))
 			}
+		})
+
+		t.Run("pagination", func(t *testing.T) {
+			t.Parallel()
+			cust, sku := s.customer(100_000), s.product(100, 100)
+			var placed []string
+			for i := 0; i < 5; i++ {
+				placed = append(placed, s.order(cust, fmt.Sprintf("page-%s-%d", cust, i), item(sku, 1)).GetOrderId())
+			}
+			var got []string
+			pages, token := 0, ""
+			for {
+				resp := retry(t, func() (*ordersv1.ListOrdersResponse, error) {
+					return s.orders.ListOrders(ctx, &ordersv1.ListOrdersRequest{CustomerId: cust, PageSize: 2, PageToken: token})
+				})
+				pages++
+				for _, o := range resp.GetOrders() {
+					if o.GetCustomerId() != cust || len(o.GetItems()) != 1 || o.GetItems()[0].GetSku() != sku {
+						t.Fatalf("listed order %v is not this customer's one-line order", o)
+					}
+					got = append(got, o.GetOrderId())
+				}
+				if token = resp.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			slices.Reverse(placed) // newest first
+			if !slices.Equal(got, placed) || pages != 3 {
+				t.Fatalf("ListOrders in pages of 2 gave %v in %d pages, want %v in 3", got, pages, placed)
+			}
+			var skus []string
+			token = ""
+			for {
+				resp := retry(t, func() (*inventoryv1.ListProductsResponse, error) {
+					return s.inventory.ListProducts(ctx, &inventoryv1.ListProductsRequest{PageSize: 3, PageToken: token})
+				})
+				for _, p := range resp.GetProducts() {
+					skus = append(skus, p.GetSku())
+				}
+				if token = resp.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			if !slices.IsSorted(skus) || !slices.Contains(skus, sku) || len(slices.Compact(slices.Clone(skus))) != len(skus) {
+				t.Fatalf("ListProducts in pages of 3 gave %v: want every SKU once, sorted, including %s", skus, sku)
+			}
+		})
+
+		t.Run("same key on TopUp and AdjustStock changes once", func(t *testing.T) {
+			t.Parallel()
+			cust, sku := s.customer(0), s.product(100, 10)
+			for i := 0; i < 2; i++ {
+				a := retry(t, func() (*paymentsv1.TopUpResponse, error) {
+					return s.payments.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: cust, Amount: usd(700), IdempotencyKey: "top-up-" + cust})
+				})
+				p := retry(t, func() (*inventoryv1.AdjustStockResponse, error) {
+					return s.inventory.AdjustStock(ctx, &inventoryv1.AdjustStockRequest{Sku: sku, Delta: 5, IdempotencyKey: "restock-" + sku})
+				})
+				if a.GetAccount().GetBalance().GetAmountMinor() != 700 || p.GetProduct().GetAvailable() != 15 {
+					t.Fatalf("call %d: balance %v, available %d; want 700 and 15 every time", i+1, a.GetAccount().GetBalance(), p.GetProduct().GetAvailable())
+				}
+			}
+			if b := s.balance(cust); b != 700 {
+				t.Fatalf("balance %d after the same top-up twice, want 700", b)
+			}
+			s.waitStock(sku, 15, 0)
 		})
 
 		t.Run("200 orders race for 50 units", func(t *testing.T) {

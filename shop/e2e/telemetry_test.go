@@ -17,6 +17,8 @@ import (
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonv1 "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/grpc"
+
+	"github.com/switchyard/switchyard/platform/testkit"
 )
 
 // span is what the test's OTLP receiver keeps of an exported span.
@@ -111,16 +113,13 @@ func startCollector(t *testing.T) (*collector, string) {
 
 func (c *collector) wait(t *testing.T, what string, match func(span) bool) span {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if s, ok := c.find(match); ok {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no exported span for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	var found span
+	testkit.WaitFor(t, time.Minute, "an exported span for "+what, func() bool {
+		var ok bool
+		found, ok = c.find(match)
+		return ok
+	})
+	return found
 }
 
 // One CreateOrder that ends CONFIRMED is one trace through orders,
@@ -318,33 +317,19 @@ func TestMetricsMove(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-report
-	deadline := time.Now().Add(time.Minute)
-	for {
+	testkit.WaitFor(t, time.Minute, "inventory's dead-letter counter to rise after a poison message", func() bool {
 		v, _ := sum(scrape(t, s.stack.MetricsURL("inventory")), "switchyard_consumer_dead_lettered_total")
 		b, _ := sum(before["inventory"], "switchyard_consumer_dead_lettered_total")
-		if v > b {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("inventory's dead-letter counter did not rise after a poison message")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return v > b
+	})
 
 	// Once quiet, every relay's lag returns to zero.
 	for _, svc := range []string{"customers", "orders", "inventory", "payments", "notifications"} {
-		deadline := time.Now().Add(time.Minute)
-		for {
+		testkit.WaitFor(t, time.Minute, svc+"'s relay lag (bytes and oldest unpublished age) to return to 0", func() bool {
 			m := scrape(t, s.stack.MetricsURL(svc))
 			lag, _ := sum(m, "switchyard_relay_slot_lag_bytes")
 			age, _ := sum(m, "switchyard_relay_oldest_unpublished_age_seconds")
-			if lag == 0 && age == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: relay lag %v bytes, oldest unpublished %vs; want 0 once quiet", svc, lag, age)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
+			return lag == 0 && age == 0
+		})
 	}
 }

@@ -24,6 +24,8 @@ import (
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/switchyard/switchyard/platform/broker"
 )
 
 // Checker reads the five databases and the broker.
@@ -90,7 +92,8 @@ func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 	if err := c.pools["orders"].QueryRow(ctx, `SELECT count(*) FROM orders WHERE status = 'PENDING'`).Scan(&pending); err != nil {
 		return "", false, err
 	}
-	admin, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": c.brokers, "enable.metrics.push": false, "log_level": 3})
+	kcfg := broker.Config{Brokers: c.brokers}
+	admin, err := kafka.NewAdminClient(kcfg.AdminConfig())
 	if err != nil {
 		return "", false, err
 	}
@@ -99,7 +102,9 @@ func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 	if err != nil {
 		return "", false, err
 	}
-	cons, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": c.brokers, "group.id": "invariants", "enable.metrics.push": false, "log_level": 3})
+	ccfg := kcfg.AdminConfig() // a plain client: it only reads watermarks
+	(*ccfg)["group.id"] = "invariants"
+	cons, err := kafka.NewConsumer(ccfg)
 	if err != nil {
 		return "", false, err
 	}
@@ -111,11 +116,11 @@ func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 		"payment":   {"orders"},
 	}
 	var parts []string
-	lag := int64(0)
+	ends := map[string]int64{}                     // "topic/partition" -> high watermark
+	byGroup := map[string][]kafka.TopicPartition{} // group -> the partitions it consumes
 	for topic, tm := range md.Topics {
-		suffix := strings.TrimPrefix(topic, "switchyard.")
-		groups, ok := subscribers[suffix]
-		if !ok || strings.HasSuffix(topic, ".dlq") {
+		groups, ok := subscribers[strings.TrimPrefix(topic, "switchyard.")]
+		if !ok {
 			continue
 		}
 		for _, p := range tm.Partitions {
@@ -124,20 +129,25 @@ func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 				return "", false, err
 			}
 			parts = append(parts, fmt.Sprintf("%s/%d=%d", topic, p.ID, high))
+			ends[fmt.Sprintf("%s/%d", topic, p.ID)] = high
 			for _, g := range groups {
-				t := topic
-				res, err := admin.ListConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: g,
-					Partitions: []kafka.TopicPartition{{Topic: &t, Partition: p.ID}}}})
-				if err != nil {
-					return "", false, err
-				}
+				byGroup[g] = append(byGroup[g], kafka.TopicPartition{Topic: &tm.Topic, Partition: p.ID})
+			}
+		}
+	}
+	lag := int64(0)
+	for g, tps := range byGroup {
+		res, err := admin.ListConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: g, Partitions: tps}})
+		if err != nil {
+			return "", false, err
+		}
+		for _, r := range res.ConsumerGroupsTopicPartitions {
+			for _, tp := range r.Partitions {
 				committed := int64(0)
-				if len(res.ConsumerGroupsTopicPartitions) > 0 && len(res.ConsumerGroupsTopicPartitions[0].Partitions) > 0 {
-					if o := res.ConsumerGroupsTopicPartitions[0].Partitions[0].Offset; o >= 0 {
-						committed = int64(o)
-					}
+				if tp.Offset >= 0 {
+					committed = int64(tp.Offset)
 				}
-				lag += high - committed
+				lag += ends[fmt.Sprintf("%s/%d", *tp.Topic, tp.Partition)] - committed
 			}
 		}
 	}

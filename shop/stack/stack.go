@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,8 +112,8 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			}
 		} else {
 			for _, p := range []int{port, metrics} {
-				if err := portFree(p); err != nil {
-					return nil, fmt.Errorf("%s: %w", svc.Name, err)
+				if err := pgcluster.CheckPortFree(p); err != nil {
+					return nil, fmt.Errorf("%s: %w (is another `make run` still running?)", svc.Name, err)
 				}
 			}
 		}
@@ -139,9 +138,9 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			s.Close()
 			return nil, err
 		}
-	} else if err := portFree(kport); err != nil {
+	} else if err := pgcluster.CheckPortFree(kport); err != nil {
 		s.Close()
-		return nil, fmt.Errorf("Kafka broker: %w", err)
+		return nil, fmt.Errorf("Kafka broker: %w (is another `make run` still running?)", err)
 	}
 	s.broker, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(kport), kfake.DataDir(filepath.Join(opts.Dir, "kafka")),
 		kfake.ClusterID("switchyard-local"))
@@ -163,14 +162,6 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		}
 	}
 	return s, nil
-}
-
-func portFree(port int) error {
-	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		return fmt.Errorf("port %d is busy (is another `make run` still running?)", port)
-	}
-	return l.Close()
 }
 
 // KafkaAddr is the broker's bootstrap address.

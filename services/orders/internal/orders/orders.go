@@ -202,27 +202,27 @@ func (s *server) ListOrders(ctx context.Context, req *ordersv1.ListOrdersRequest
 	if size == 0 {
 		size = 20
 	}
-	rows, err := s.env.Pool.Query(ctx, `SELECT order_id FROM orders WHERE customer_id = $1 AND (create_time, order_id) < ($2, $3)
+	rows, err := s.env.Pool.Query(ctx, `SELECT order_id::text FROM orders WHERE customer_id = $1 AND (create_time, order_id) < ($2, $3)
 		ORDER BY create_time DESC, order_id DESC LIMIT $4`, req.GetCustomerId(), afterTime, afterID, size+1)
 	if err != nil {
 		return nil, err
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return nil, err
 	}
-	resp := &ordersv1.ListOrdersResponse{}
-	for i, id := range ids {
-		if i == size {
-			last := resp.Orders[size-1]
-			resp.NextPageToken = encodeToken(last.GetCreateTime().AsTime(), last.GetOrderId())
-			break
-		}
-		o, err := loadOrder(ctx, s.env.Pool, id.String())
-		if err != nil {
-			return nil, err
-		}
-		resp.Orders = append(resp.Orders, o)
+	more := len(ids) > size
+	if more {
+		ids = ids[:size]
+	}
+	orders, err := loadOrders(ctx, s.env.Pool, ids)
+	if err != nil {
+		return nil, err
+	}
+	resp := &ordersv1.ListOrdersResponse{Orders: orders}
+	if more {
+		last := orders[size-1]
+		resp.NextPageToken = encodeToken(last.GetCreateTime().AsTime(), last.GetOrderId())
 	}
 	return resp, nil
 }
@@ -317,36 +317,70 @@ var statuses = map[string]ordersv1.OrderStatus{
 
 // loadOrder reads an order and its items.
 func loadOrder(ctx context.Context, q querier, id string) (*ordersv1.Order, error) {
-	o := &ordersv1.Order{OrderId: id}
-	var st string
-	var total int64
-	var created, updated time.Time
-	err := q.QueryRow(ctx, `SELECT customer_id::text, status, failure_reason, total_minor, create_time, update_time FROM orders WHERE order_id = $1`, id).
-		Scan(&o.CustomerId, &st, &o.FailureReason, &total, &created, &updated)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, status.Errorf(codes.NotFound, "order %s not found", id)
-	}
+	orders, err := loadOrders(ctx, q, []string{id})
 	if err != nil {
-		return nil, fmt.Errorf("load order %s: %w", id, err)
+		return nil, err
 	}
-	o.Status, o.Total, o.CreateTime, o.UpdateTime = statuses[st], usd(total), timestamppb.New(created), timestamppb.New(updated)
-	rows, err := q.Query(ctx, `SELECT sku, quantity, unit_price_minor FROM order_items WHERE order_id = $1 ORDER BY line`, id)
+	return orders[0], nil
+}
+
+// loadOrders reads orders and their items in two queries, in the order of
+// ids; a missing id is NOT_FOUND.
+func loadOrders(ctx context.Context, q querier, ids []string) ([]*ordersv1.Order, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	byID := make(map[string]*ordersv1.Order, len(ids))
+	rows, err := q.Query(ctx, `SELECT order_id::text, customer_id::text, status, failure_reason, total_minor, create_time, update_time
+		FROM orders WHERE order_id = ANY($1::uuid[])`, ids)
 	if err != nil {
-		return nil, fmt.Errorf("load order %s items: %w", id, err)
+		return nil, fmt.Errorf("load orders: %w", err)
 	}
-	o.Items, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (*ordersv1.OrderItem, error) {
-		it := &ordersv1.OrderItem{}
+	for rows.Next() {
+		o := &ordersv1.Order{}
+		var st string
+		var total int64
+		var created, updated time.Time
+		if err := rows.Scan(&o.OrderId, &o.CustomerId, &st, &o.FailureReason, &total, &created, &updated); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("load orders: %w", err)
+		}
+		o.Status, o.Total, o.CreateTime, o.UpdateTime = statuses[st], usd(total), timestamppb.New(created), timestamppb.New(updated)
+		byID[o.OrderId] = o
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load orders: %w", err)
+	}
+	rows, err = q.Query(ctx, `SELECT order_id::text, sku, quantity, unit_price_minor FROM order_items
+		WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, line`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("load order items: %w", err)
+	}
+	for rows.Next() {
+		var id string
 		var price *int64
-		if err := r.Scan(&it.Sku, &it.Quantity, &price); err != nil {
-			return nil, err
+		it := &ordersv1.OrderItem{}
+		if err := rows.Scan(&id, &it.Sku, &it.Quantity, &price); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("load order items: %w", err)
 		}
 		if price != nil {
 			it.UnitPrice = usd(*price)
 		}
-		return it, nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load order %s items: %w", id, err)
+		if o := byID[id]; o != nil {
+			o.Items = append(o.Items, it)
+		}
 	}
-	return o, nil
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load order items: %w", err)
+	}
+	out := make([]*ordersv1.Order, len(ids))
+	for i, id := range ids {
+		if out[i] = byID[id]; out[i] == nil {
+			return nil, status.Errorf(codes.NotFound, "order %s not found", id)
+		}
+	}
+	return out, nil
 }
