@@ -41,10 +41,8 @@ func (v *Violations) Addf(field, format string, args ...any) {
 	v.Add(field, fmt.Sprintf(format, args...))
 }
 
-// Empty reports whether no violation was recorded.
-func (v *Violations) Empty() bool { return len(v.list) == 0 }
-
-// Length checks that s has min..max characters and is valid UTF-8.
+// Length checks that s has min..max characters and is valid UTF-8; a
+// required string (min >= 1) must also not be only white space.
 func (v *Violations) Length(field, s string, min, max int) {
 	n := utf8.RuneCountInString(s)
 	switch {
@@ -52,6 +50,8 @@ func (v *Violations) Length(field, s string, min, max int) {
 		v.Add(field, "must be valid UTF-8")
 	case n < min && min == 1:
 		v.Add(field, "must not be empty")
+	case min >= 1 && strings.TrimSpace(s) == "":
+		v.Add(field, "must not be blank")
 	case n < min:
 		v.Addf(field, "must be at least %d characters", min)
 	case n > max:

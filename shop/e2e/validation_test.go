@@ -61,6 +61,10 @@ func TestBadInput(t *testing.T) {
 			_, err := s.customers.RegisterCustomer(ctx, &customersv1.RegisterCustomerRequest{Email: "b@example.com"})
 			return err
 		}},
+		{"blank name", "name", func() error {
+			_, err := s.customers.RegisterCustomer(ctx, &customersv1.RegisterCustomerRequest{Email: "b@example.com", Name: "   "})
+			return err
+		}},
 		{"oversized name", "name", func() error {
 			_, err := s.customers.RegisterCustomer(ctx, &customersv1.RegisterCustomerRequest{Email: "b@example.com", Name: long})
 			return err

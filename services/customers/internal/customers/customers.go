@@ -6,7 +6,6 @@ import (
 	"context"
 	"embed"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -47,9 +46,6 @@ func (s *server) RegisterCustomer(ctx context.Context, req *customersv1.Register
 	var v validate.Violations
 	v.Email("email", req.GetEmail())
 	v.Length("name", req.GetName(), 1, 200)
-	if strings.TrimSpace(req.GetName()) == "" && v.Empty() {
-		v.Add("name", "must not be blank")
-	}
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
