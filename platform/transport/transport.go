@@ -102,6 +102,9 @@ type SubscriberConfig struct {
 	// to finish its current work, in total for all partitions taken away
 	// at once; after it, each such claim's context is cancelled.
 	RevokeTimeout time.Duration
+	// MaxBatch bounds the messages of one batch on a claim's Messages
+	// channel (default 500).
+	MaxBatch int
 	// Logger receives the subscriber's logs.
 	Logger *slog.Logger
 }
@@ -126,9 +129,12 @@ type Claim interface {
 	// transport cannot tell (then it does not fence).
 	Epoch() int64
 	// Messages delivers the partition's messages in order, starting with
-	// those a former owner did not commit. It is closed when the partition
-	// is taken away or the subscriber stops.
-	Messages() <-chan *Message
+	// those a former owner did not commit, in batches of what has arrived
+	// (at least one message, at most SubscriberConfig.MaxBatch). It is
+	// closed when the partition is taken away or the subscriber stops; a
+	// batch not yet received then is dropped (it was not committed, so the
+	// next owner gets it again).
+	Messages() <-chan []*Message
 	// Context ends when the claim is over for good: the revoke timeout has
 	// passed, the subscriber stopped, or (Redis) the ownership was lost.
 	Context() context.Context
