@@ -29,6 +29,7 @@ import (
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -61,8 +62,8 @@ func newEnv(b *testing.B, mode outbox.Mode) *env {
 func (e *env) relay() *relay.Relay {
 	r, err := relay.New(relay.Config{
 		Mode: e.mode, DatabaseURL: e.url, TopicPrefix: "bench.",
-		Kafka:  broker.Config{Brokers: e.kafka.Addr(), Partitions: 12},
-		Logger: quiet,
+		Transport: e.kafka.Transport(12),
+		Logger:    quiet,
 	})
 	if err != nil {
 		e.b.Fatal(err)
@@ -197,7 +198,7 @@ func BenchmarkCommitToConsumer(b *testing.B) {
 					if proto.Unmarshal(m.Value, &v) != nil || v.Value < timedBase {
 						continue // a warm-up event
 					}
-					id := envelope.Headers(m)[envelope.HeaderID]
+					id := broker.FromKafka(m).Header(envelope.HeaderID)
 					for i := 0; i < 100; i++ {
 						if t, ok := committed.Load(id); ok {
 							latencies = append(latencies, at.Sub(t.(time.Time)))
@@ -246,44 +247,26 @@ func BenchmarkConsumerApply(b *testing.B) {
 		b.Fatal(err)
 	}
 	e.kafka.CreateTopic(b, "bench.deposit", 12)
-	p, err := broker.NewProducer(broker.Config{Brokers: e.kafka.Addr()}, "bench", quiet)
+	tr := e.kafka.Transport(12)
+	p, err := tr.NewPublisher("bench", quiet)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer p.Close()
-	delivered := make(chan error, 1)
-	go func() {
-		var failed error
-		count := 0
-		for ev := range p.Events() {
-			if m, ok := ev.(*kafka.Message); ok {
-				if m.TopicPartition.Error != nil && failed == nil {
-					failed = m.TopicPartition.Error
-				}
-				if count++; count == n {
-					delivered <- failed
-				}
-			}
-		}
-	}()
+	var acked atomic.Int64
 	for i := 0; i < n; i++ {
 		payload, _ := proto.Marshal(wrapperspb.Int64(1))
 		msg := envelope.Encode("bench.", "/bench", outbox.Record{ID: uuid.New(), AggregateType: "deposit",
 			AggregateID: fmt.Sprintf("acct-%d", i%aggregates), Type: "google.protobuf.Int64Value", Payload: payload, CreatedAt: time.Now()}, nil)
-		for p.Produce(msg, nil) != nil {
-			p.Flush(100)
-		}
-	}
-	select {
-	case err := <-delivered:
-		if err != nil {
+		if err := p.Publish(context.Background(), msg, func(transport.Delivery) { acked.Add(1) }); err != nil {
 			b.Fatal(err)
 		}
-	case <-time.After(2 * time.Minute):
-		b.Fatal("events not delivered")
+	}
+	if !p.Flush(2*time.Minute) || acked.Load() != n {
+		b.Fatalf("%d of %d events acknowledged", acked.Load(), n)
 	}
 	for i := 0; i < b.N; i++ {
-		c, err := consumer.New(consumer.Config{Kafka: broker.Config{Brokers: e.kafka.Addr()}, Group: fmt.Sprintf("bench-%d", i),
+		c, err := consumer.New(consumer.Config{Transport: tr, Group: fmt.Sprintf("bench-%d", i),
 			Topics: []string{"bench.deposit"}, Pool: e.pool, Logger: quiet})
 		if err != nil {
 			b.Fatal(err)

@@ -50,9 +50,12 @@ func (c Config) ProducerConfig(clientID string) *kafka.ConfigMap {
 		"batch.num.messages":                    10000,
 		"queue.buffering.max.messages":          200000,
 		"compression.type":                      "lz4",
-		"go.logs.channel.enable":                true,
-		"go.delivery.report.fields":             "key,headers",
-		"enable.metrics.push":                   false,
+		// Kafka's Java default for keyed messages, which the Redis
+		// transport computes too (transport.Partition).
+		"partitioner":               "murmur2_random",
+		"go.logs.channel.enable":    true,
+		"go.delivery.report.fields": "key,headers",
+		"enable.metrics.push":       false,
 	}
 	for k, v := range c.Extra {
 		m[k] = v

@@ -1,8 +1,9 @@
-// Package envelope maps outbox events to Kafka messages and back: the topic
-// comes from the aggregate type (Debezium's outbox routing), the key is the
-// aggregate id, the value is the protobuf payload, and CloudEvents Kafka
+// Package envelope maps outbox events to transport messages and back: the
+// topic comes from the aggregate type (Debezium's outbox routing), the key is
+// the aggregate id, the value is the protobuf payload, and CloudEvents Kafka
 // binary-mode headers plus W3C trace context describe it, so any Kafka client
-// can read an event without Switchyard.
+// (or redis-cli, on the Redis transport) can read an event without
+// Switchyard.
 package envelope
 
 import (
@@ -10,11 +11,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 // Header names (CloudEvents Kafka protocol binding, binary content mode).
@@ -41,12 +42,11 @@ func Topic(prefix, aggregateType string) string { return prefix + aggregateType 
 // DLQTopic returns the dead-letter topic of topic.
 func DLQTopic(topic string) string { return topic + ".dlq" }
 
-// Encode builds the Kafka message for an outbox record. source is the
+// Encode builds the message for an outbox record. source is the
 // CloudEvents source (for example "/switchyard/orders"); trace holds the
 // traceparent/tracestate to send (usually the relay's producer span).
-func Encode(prefix, source string, rec outbox.Record, trace propagation.MapCarrier) *kafka.Message {
-	topic := Topic(prefix, rec.AggregateType)
-	headers := []kafka.Header{
+func Encode(prefix, source string, rec outbox.Record, trace propagation.MapCarrier) *transport.Message {
+	headers := []transport.Header{
 		{Key: HeaderSpecVersion, Value: []byte(SpecVersion)},
 		{Key: HeaderID, Value: []byte(rec.ID.String())},
 		{Key: HeaderSource, Value: []byte(source)},
@@ -57,14 +57,14 @@ func Encode(prefix, source string, rec outbox.Record, trace propagation.MapCarri
 	}
 	for _, k := range []string{HeaderTraceparent, HeaderTracestate} {
 		if v := trace[k]; v != "" {
-			headers = append(headers, kafka.Header{Key: k, Value: []byte(v)})
+			headers = append(headers, transport.Header{Key: k, Value: []byte(v)})
 		}
 	}
-	return &kafka.Message{
-		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
-		Key:            []byte(rec.AggregateID),
-		Value:          rec.Payload,
-		Headers:        headers,
+	return &transport.Message{
+		Topic:   Topic(prefix, rec.AggregateType),
+		Key:     []byte(rec.AggregateID),
+		Value:   rec.Payload,
+		Headers: headers,
 	}
 }
 
@@ -82,7 +82,7 @@ type Metadata struct {
 var ErrMalformed = errors.New("malformed event")
 
 // Decode reads the CloudEvents headers of msg.
-func Decode(msg *kafka.Message) (Metadata, error) {
+func Decode(msg *transport.Message) (Metadata, error) {
 	var md Metadata
 	h := Headers(msg)
 	if v := h[HeaderSpecVersion]; v != SpecVersion {
@@ -108,7 +108,7 @@ func Decode(msg *kafka.Message) (Metadata, error) {
 }
 
 // Headers returns msg's headers as a map (the last value wins).
-func Headers(msg *kafka.Message) map[string]string {
+func Headers(msg *transport.Message) map[string]string {
 	h := make(map[string]string, len(msg.Headers))
 	for _, kv := range msg.Headers {
 		h[kv.Key] = string(kv.Value)
@@ -117,7 +117,7 @@ func Headers(msg *kafka.Message) map[string]string {
 }
 
 // TraceCarrier returns the trace context headers of msg for a propagator.
-func TraceCarrier(msg *kafka.Message) propagation.MapCarrier {
+func TraceCarrier(msg *transport.Message) propagation.MapCarrier {
 	c := propagation.MapCarrier{}
 	for _, kv := range msg.Headers {
 		if kv.Key == HeaderTraceparent || kv.Key == HeaderTracestate {

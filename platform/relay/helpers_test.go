@@ -8,17 +8,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 func TestMain(m *testing.M) {
@@ -64,7 +63,7 @@ func (h *harness) config() relay.Config {
 	return relay.Config{
 		Mode:            h.mode,
 		DatabaseURL:     h.url,
-		Kafka:           broker.Config{Brokers: h.kafka.Addr(), Partitions: 8},
+		Transport:       h.kafka.Transport(8),
 		TopicPrefix:     prefix,
 		Source:          "/switchyard/test",
 		StatusInterval:  100 * time.Millisecond,
@@ -164,22 +163,22 @@ func aggName(i int) string { return fmt.Sprintf("agg-%03d", i) }
 
 // received is what a plain consumer found on the topic.
 type received struct {
-	msgs     []*kafka.Message
+	msgs     []*transport.Message
 	distinct map[string]int // ce_id -> copies
 	versions map[string][]int64
 }
 
-func decode(t testing.TB, msgs []*kafka.Message) received {
+func decode(t testing.TB, msgs []*transport.Message) received {
 	t.Helper()
 	r := received{msgs: msgs, distinct: map[string]int{}, versions: map[string][]int64{}}
 	for _, m := range msgs {
 		md, err := envelope.Decode(m)
 		if err != nil {
-			t.Fatalf("message at %v: %v", m.TopicPartition, err)
+			t.Fatalf("message at %s/%d@%s: %v", m.Topic, m.Partition, m.Position, err)
 		}
 		var v wrapperspb.Int64Value
 		if err := proto.Unmarshal(m.Value, &v); err != nil {
-			t.Fatalf("payload at %v: %v", m.TopicPartition, err)
+			t.Fatalf("payload at %s/%d@%s: %v", m.Topic, m.Partition, m.Position, err)
 		}
 		r.distinct[md.ID.String()]++
 		r.versions[string(m.Key)] = append(r.versions[string(m.Key)], v.Value)
@@ -194,7 +193,7 @@ func (h *harness) readAll(want int, timeout time.Duration) received {
 	var ends map[int32]int64
 	seen := map[string]bool{}
 	n := 0
-	msgs := h.kafka.ReadTopic(h.t, topic, timeout, func(msgs []*kafka.Message) bool {
+	msgs := h.kafka.ReadTopic(h.t, topic, timeout, func(msgs []*transport.Message) bool {
 		for ; n < len(msgs); n++ {
 			seen[envelope.Headers(msgs[n])[envelope.HeaderID]] = true
 		}
@@ -206,8 +205,8 @@ func (h *harness) readAll(want int, timeout time.Duration) received {
 		}
 		read := map[int32]int64{}
 		for _, m := range msgs {
-			if o := int64(m.TopicPartition.Offset) + 1; o > read[m.TopicPartition.Partition] {
-				read[m.TopicPartition.Partition] = o
+			if o := m.Offset + 1; o > read[m.Partition] {
+				read[m.Partition] = o
 			}
 		}
 		for p, end := range ends {

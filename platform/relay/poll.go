@@ -122,7 +122,6 @@ func (s *pollSource) batch(ctx context.Context, r *Relay, conn *pgx.Conn, pub *p
 	select {
 	case <-acked:
 	case err := <-pub.failed():
-		pub.fail(err)
 		return 0, err
 	case <-ctx.Done():
 		// Stopping: give Kafka a bounded time to acknowledge this batch.

@@ -2,125 +2,58 @@ package relay
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"strconv"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 const tracerName = "github.com/switchyard/switchyard/platform/relay"
 
-// publisher sends records to Kafka for one term of an active relay and calls
-// each record's ack once Kafka has acknowledged it. Any delivery error is
-// fatal to the term: continuing past a failed event would break ordering, so
-// the term ends and the next one resends everything not yet confirmed.
+// publisher sends records through the transport for one term of an active
+// relay and calls each record's ack once the broker has acknowledged it. Any
+// delivery error is fatal to the term: continuing past a failed event would
+// break ordering, so the term ends and the next one resends everything not
+// yet confirmed.
 type publisher struct {
-	r        *Relay
-	producer *kafka.Producer
-	topics   map[string]bool
-	fatal    chan error
-	events   chan struct{} // closed when the delivery-report loop ends
-}
-
-type delivery struct {
-	ack  func()
-	span trace.Span
+	r   *Relay
+	pub transport.Publisher
 }
 
 func newPublisher(r *Relay) (*publisher, error) {
-	producer, err := broker.NewProducer(r.cfg.Kafka, "switchyard-relay", r.cfg.Logger)
+	pub, err := r.cfg.Transport.NewPublisher("switchyard-relay", r.cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
-	p := &publisher{
-		r:        r,
-		producer: producer,
-		topics:   map[string]bool{},
-		fatal:    make(chan error, 1),
-		events:   make(chan struct{}),
-	}
-	go p.deliveries()
-	return p, nil
-}
-
-func (p *publisher) fail(err error) {
-	select {
-	case p.fatal <- err:
-	default:
-	}
+	return &publisher{r: r, pub: pub}, nil
 }
 
 // failed delivers the first fatal error of the term.
-func (p *publisher) failed() <-chan error { return p.fatal }
+func (p *publisher) failed() <-chan error { return p.pub.Failed() }
 
-func (p *publisher) deliveries() {
-	defer close(p.events)
-	for ev := range p.producer.Events() {
-		switch e := ev.(type) {
-		case *kafka.Message:
-			d, _ := e.Opaque.(*delivery)
-			if d == nil {
-				continue
-			}
-			if err := e.TopicPartition.Error; err != nil {
-				d.span.RecordError(err)
-				d.span.SetStatus(codes.Error, err.Error())
-				d.span.End()
-				p.fail(fmt.Errorf("deliver to %s: %w", *e.TopicPartition.Topic, err))
-				continue
-			}
-			d.span.SetAttributes(
-				attribute.Int("messaging.destination.partition.id", int(e.TopicPartition.Partition)),
-				attribute.Int64("messaging.kafka.offset", int64(e.TopicPartition.Offset)),
-			)
-			d.span.End()
-			p.r.published.Add(1)
-			d.ack()
-		case kafka.Error:
-			if e.IsFatal() {
-				p.fail(fmt.Errorf("kafka producer: %w", e))
-			} else {
-				p.r.cfg.Logger.Warn("kafka producer", "error", e)
-			}
-		}
-	}
-}
-
-// publish queues rec for Kafka; ack runs after Kafka acknowledged it. It
-// blocks only while the producer's queue is full.
+// publish queues rec; ack runs after the broker acknowledged it. It blocks
+// only while the transport's queue is full.
 func (p *publisher) publish(ctx context.Context, rec outbox.Record, ack func()) error {
 	topic := envelope.Topic(p.r.cfg.TopicPrefix, rec.AggregateType)
-	if !p.topics[topic] {
-		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := broker.EnsureTopics(tctx, p.r.cfg.Kafka, topic)
-		cancel()
-		if err != nil {
-			return err
-		}
-		p.topics[topic] = true
-	}
-
+	system := p.r.cfg.Transport.System()
 	// The producer span continues the writer's trace (parent/child).
 	parent := propagation.TraceContext{}.Extract(ctx, outbox.TraceCarrier(rec.TracingSpanContext))
 	_, span := otel.Tracer(tracerName).Start(parent, "publish "+topic,
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(
-			attribute.String("messaging.system", "kafka"),
+			attribute.String("messaging.system", system),
 			attribute.String("messaging.operation.type", "send"),
 			attribute.String("messaging.operation.name", "publish"),
 			attribute.String("messaging.destination.name", topic),
 			attribute.String("messaging.message.id", rec.ID.String()),
-			attribute.String("messaging.kafka.message.key", rec.AggregateID),
+			attribute.String("messaging."+system+".message.key", rec.AggregateID),
 			attribute.String("cloudevents.event_type", rec.Type),
 		))
 	carrier := propagation.MapCarrier{}
@@ -130,55 +63,27 @@ func (p *publisher) publish(ctx context.Context, rec outbox.Record, ack func()) 
 		carrier = outbox.TraceCarrier(rec.TracingSpanContext)
 	}
 	msg := envelope.Encode(p.r.cfg.TopicPrefix, p.r.cfg.Source, rec, carrier)
-	msg.Opaque = &delivery{ack: ack, span: span}
-	for {
-		err := p.producer.Produce(msg, nil)
-		var kerr kafka.Error
-		if errors.As(err, &kerr) && kerr.Code() == kafka.ErrQueueFull {
-			select {
-			case <-ctx.Done():
-				span.End()
-				return ctx.Err()
-			case err := <-p.fatal:
-				p.fail(err)
-				span.End()
-				return err
-			case <-time.After(5 * time.Millisecond):
-				continue
-			}
-		}
-		if err != nil {
-			span.End()
-			return fmt.Errorf("produce to %s: %w", topic, err)
-		}
-		return nil
+	err := p.pub.Publish(ctx, msg, func(d transport.Delivery) {
+		span.SetAttributes(
+			attribute.String("messaging.destination.partition.id", strconv.Itoa(int(d.Partition))),
+			attribute.String("messaging.message.position", d.Position),
+		)
+		span.End()
+		p.r.published.Add(1)
+		ack()
+	})
+	if err != nil {
+		span.RecordError(err)
+		span.End()
+		return err
 	}
+	return nil
 }
 
 // flush waits up to timeout for every queued event to be acknowledged and
 // reports whether all were.
-func (p *publisher) flush(timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		left := p.producer.Flush(100)
-		if left == 0 {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		select {
-		case <-p.fatal:
-			return false
-		default:
-		}
-	}
-}
+func (p *publisher) flush(timeout time.Duration) bool { return p.pub.Flush(timeout) }
 
 // close drops whatever is still queued (it was not confirmed, so the next
-// term resends it) and closes the producer.
-func (p *publisher) close() {
-	_ = p.producer.Purge(kafka.PurgeQueue | kafka.PurgeInFlight | kafka.PurgeNonBlocking)
-	p.producer.Close()
-	<-p.events
-}
+// term resends it) and closes the transport's publisher.
+func (p *publisher) close() { p.pub.Close() }

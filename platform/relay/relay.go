@@ -1,4 +1,5 @@
-// Package relay moves committed outbox events to Kafka.
+// Package relay moves committed outbox events to the transport (Kafka or
+// Redis Streams; see package transport).
 //
 // Two modes sit behind one [Relay]:
 //
@@ -30,18 +31,18 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
-// Config configures a relay. DatabaseURL and Kafka.Brokers are required.
+// Config configures a relay. DatabaseURL and Transport are required.
 type Config struct {
 	// Mode is cdc (default) or poll.
 	Mode outbox.Mode
 	// DatabaseURL is the database whose outbox is relayed.
 	DatabaseURL string
-	// Kafka says where to publish and how to create missing topics.
-	Kafka broker.Config
+	// Transport is where events are published (Kafka or Redis Streams).
+	Transport transport.Transport
 	// TopicPrefix is prepended to the aggregate type to name the topic.
 	TopicPrefix string
 	// Source is the CloudEvents ce_source of every event (default
@@ -78,8 +79,8 @@ func (c *Config) setDefaults() error {
 	if c.DatabaseURL == "" {
 		return errors.New("relay: DatabaseURL is required")
 	}
-	if c.Kafka.Brokers == "" {
-		return errors.New("relay: Kafka.Brokers is required")
+	if c.Transport == nil {
+		return errors.New("relay: Transport is required")
 	}
 	mode, err := outbox.ParseMode(string(c.Mode))
 	if err != nil {

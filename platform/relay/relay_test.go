@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
@@ -26,6 +25,7 @@ import (
 	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 var modes = []outbox.Mode{outbox.ModeCDC, outbox.ModePoll}
@@ -79,7 +79,7 @@ func TestPlainConsumerReadsEnvelope(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msgs := h.kafka.ReadTopic(t, topic, time.Minute, func(m []*kafka.Message) bool { return len(m) == 1 })
+	msgs := h.kafka.ReadTopic(t, topic, time.Minute, func(m []*transport.Message) bool { return len(m) == 1 })
 	m := msgs[0]
 	if string(m.Key) != "acct-42" {
 		t.Errorf("key = %q, want acct-42", m.Key)
@@ -273,7 +273,7 @@ func checkDuplicatesAreSuffix(t testing.TB, r received, firstRun map[int32]int64
 	second := map[string]bool{}
 	for _, m := range r.msgs {
 		id := envelope.Headers(m)[envelope.HeaderID]
-		p, o := m.TopicPartition.Partition, int64(m.TopicPartition.Offset)
+		p, o := m.Partition, m.Offset
 		if o < firstRun[p] {
 			first[p] = append(first[p], rec{o, id})
 		} else {
@@ -337,7 +337,7 @@ func runHelperProcess() bool {
 	r, err := relay.New(relay.Config{
 		Mode:           outbox.Mode(os.Getenv("RELAY_HELPER_MODE")),
 		DatabaseURL:    url,
-		Kafka:          broker.Config{Brokers: os.Getenv("RELAY_HELPER_BROKERS"), Partitions: 8},
+		Transport:      helperTransport(os.Getenv("RELAY_HELPER_BROKERS")),
 		TopicPrefix:    prefix,
 		StatusInterval: 100 * time.Millisecond,
 		BatchSize:      50,
@@ -363,7 +363,7 @@ func TestLogicalReplicationOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Stop()
-	r, err := relay.New(relay.Config{DatabaseURL: c.URL("postgres"), Kafka: broker.Config{Brokers: "127.0.0.1:1"}})
+	r, err := relay.New(relay.Config{DatabaseURL: c.URL("postgres"), Transport: unreachable()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,12 +378,23 @@ func TestLogicalReplicationOff(t *testing.T) {
 func TestConfigValidation(t *testing.T) {
 	t.Parallel()
 	for name, cfg := range map[string]relay.Config{
-		"no database": {Kafka: broker.Config{Brokers: "x:1"}},
-		"no brokers":  {DatabaseURL: "postgres://x/y"},
-		"bad mode":    {DatabaseURL: "postgres://x/y", Kafka: broker.Config{Brokers: "x:1"}, Mode: "kafka-connect"},
+		"no database":  {Transport: unreachable()},
+		"no transport": {DatabaseURL: "postgres://x/y"},
+		"bad mode":     {DatabaseURL: "postgres://x/y", Transport: unreachable(), Mode: "kafka-connect"},
 	} {
 		if _, err := relay.New(cfg); err == nil {
 			t.Errorf("%s: New accepted %+v", name, cfg)
 		}
 	}
 }
+
+func helperTransport(brokers string) transport.Transport {
+	tr, err := broker.New(broker.Config{Brokers: brokers, Partitions: 8})
+	if err != nil {
+		panic(err)
+	}
+	return tr
+}
+
+// unreachable is a Kafka transport nothing listens for.
+func unreachable() transport.Transport { return helperTransport("127.0.0.1:1") }

@@ -30,7 +30,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
@@ -41,13 +40,13 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
-	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/idempotency"
 	"github.com/switchyard/switchyard/platform/migrate"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/telemetry"
+	"github.com/switchyard/switchyard/platform/transport"
 	"github.com/switchyard/switchyard/platform/watch"
 )
 
@@ -77,7 +76,9 @@ type Config struct {
 	GRPCAddr        string        // SWITCHYARD_GRPC_ADDR, default ":<port>"
 	MetricsAddr     string        // SWITCHYARD_METRICS_ADDR, default ":<port+1000>" (Prometheus /metrics)
 	DatabaseURL     string        // SWITCHYARD_DATABASE_URL, required
+	Transport       string        // SWITCHYARD_TRANSPORT: kafka (default) or redis
 	Brokers         string        // SWITCHYARD_KAFKA_BROKERS, default 127.0.0.1:19092
+	RedisURL        string        // SWITCHYARD_REDIS_URL, default redis://127.0.0.1:16379/0
 	TopicPrefix     string        // SWITCHYARD_TOPIC_PREFIX, default "switchyard."
 	OutboxMode      outbox.Mode   // SWITCHYARD_OUTBOX_MODE, cdc (default) or poll
 	Partitions      int           // SWITCHYARD_TOPIC_PARTITIONS, default 6
@@ -99,7 +100,9 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 		GRPCAddr:    get("SWITCHYARD_GRPC_ADDR", ":"+strconv.Itoa(port)),
 		MetricsAddr: get("SWITCHYARD_METRICS_ADDR", ":"+strconv.Itoa(port+1000)),
 		DatabaseURL: get("SWITCHYARD_DATABASE_URL", ""),
+		Transport:   get("SWITCHYARD_TRANSPORT", "kafka"),
 		Brokers:     get("SWITCHYARD_KAFKA_BROKERS", "127.0.0.1:19092"),
+		RedisURL:    get("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:16379/0"),
 		TopicPrefix: get("SWITCHYARD_TOPIC_PREFIX", "switchyard."),
 		LogFormat:   get("SWITCHYARD_LOG_FORMAT", "json"),
 	}
@@ -119,6 +122,9 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(get("SWITCHYARD_LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_LOG_LEVEL: %w", err))
+	}
+	if cfg.Transport != "kafka" && cfg.Transport != "redis" {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_TRANSPORT: want kafka or redis, not %q", cfg.Transport))
 	}
 	if cfg.LogFormat != "json" && cfg.LogFormat != "text" {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_LOG_FORMAT: want json or text"))
@@ -212,7 +218,11 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		return fmt.Errorf("database: %w", err)
 	}
 	defer pool.Close()
-	kcfg := broker.Config{Brokers: cfg.Brokers, Partitions: cfg.Partitions}
+	tr, err := openTransport(cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
 
 	var ready atomic.Bool
 	metrics := telemetry.NewMetrics()
@@ -234,13 +244,13 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		for i, a := range spec.Subscribe {
 			topics[i] = env.Topic(a)
 		}
-		env.Consumer, err = consumer.New(consumer.Config{Kafka: kcfg, Group: spec.Name, Topics: topics, Pool: pool, Logger: logger})
+		env.Consumer, err = consumer.New(consumer.Config{Transport: tr, Group: spec.Name, Topics: topics, Pool: pool, Logger: logger})
 		if err != nil {
 			return err
 		}
 	}
 	rl, err := relay.New(relay.Config{
-		Mode: cfg.OutboxMode, DatabaseURL: cfg.DatabaseURL, Kafka: kcfg,
+		Mode: cfg.OutboxMode, DatabaseURL: cfg.DatabaseURL, Transport: tr,
 		TopicPrefix: cfg.TopicPrefix, Source: "/switchyard/" + spec.Name, Logger: logger,
 	})
 	if err != nil {
@@ -309,7 +319,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 
 	// Bootstrap in the background so that health can answer meanwhile.
 	start("bootstrap", func(ctx context.Context) error {
-		if err := bootstrap(ctx, spec, env, rl, kcfg); err != nil {
+		if err := bootstrap(ctx, spec, env, rl, tr); err != nil {
 			return err
 		}
 		ready.Store(true)
@@ -320,7 +330,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		for _, fn := range env.background {
 			start("background", fn)
 		}
-		start("health", func(ctx context.Context) error { return healthLoop(ctx, pool, kcfg, setHealth, logger) })
+		start("health", func(ctx context.Context) error { return healthLoop(ctx, pool, tr, setHealth, logger) })
 		logger.Info("ready")
 		return nil
 	})
@@ -353,7 +363,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 
 // bootstrap waits for the database and the broker, then applies the
 // migrations, prepares the relay and creates the consumed topics.
-func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, kcfg broker.Config) error {
+func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr transport.Transport) error {
 	backoff := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := func() error {
@@ -386,7 +396,7 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, kcfg b
 			}
 			tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			if err := broker.EnsureTopics(tctx, kcfg, topics...); err != nil {
+			if err := tr.EnsureTopics(tctx, topics...); err != nil {
 				return fmt.Errorf("broker unreachable: %w", err)
 			}
 			return nil
@@ -412,18 +422,15 @@ type permanentErr struct{ error }
 
 // healthLoop keeps the health status in line with the reachability of the
 // database and the broker.
-func healthLoop(ctx context.Context, pool *pgxpool.Pool, kcfg broker.Config, set func(healthpb.HealthCheckResponse_ServingStatus), logger *slog.Logger) error {
-	admin, err := kafka.NewAdminClient(kcfg.AdminConfig())
-	if err != nil {
-		return err
-	}
-	defer admin.Close()
+func healthLoop(ctx context.Context, pool *pgxpool.Pool, tr transport.Transport, set func(healthpb.HealthCheckResponse_ServingStatus), logger *slog.Logger) error {
 	serving := false
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		dbErr := pool.Ping(cctx)
 		cancel()
-		_, kErr := admin.GetMetadata(nil, false, 2000)
+		cctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+		kErr := tr.Check(cctx)
+		cancel()
 		ok := dbErr == nil && kErr == nil
 		if ok != serving {
 			serving = ok

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -97,7 +98,27 @@ func (m *Metrics) RegisterConsumer(c *consumer.Consumer) {
 		counter("switchyard_consumer_retries_total", "Handler attempts after a failure.", func(s consumer.Stats) uint64 { return s.Retries }),
 		counter("switchyard_consumer_dead_lettered_total", "Messages sent to a dead-letter topic.", func(s consumer.Stats) uint64 { return s.DeadLettered }),
 		counter("switchyard_consumer_events_skipped_total", "Events of a type no handler is registered for.", func(s consumer.Stats) uint64 { return s.Skipped }),
+		counter("switchyard_consumer_events_held_total", "Waits on events of a type this build does not know.", func(s consumer.Stats) uint64 { return s.Held }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_consumer_partitions", Help: "Partitions this member of the group owns."},
+			func() float64 { return float64(c.Stats().Partitions) }),
+		lagCollector{c},
 	)
+}
+
+var lagDesc = prometheus.NewDesc("switchyard_consumer_lag_messages",
+	"Messages of an owned partition not yet delivered to the consumer (-1 when unknown).",
+	[]string{"group", "topic", "partition"}, nil)
+
+// lagCollector reads each owned partition's lag at scrape time.
+type lagCollector struct{ c *consumer.Consumer }
+
+func (l lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lagDesc }
+
+func (l lagCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range l.c.Lag() {
+		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(p.Messages),
+			l.c.Group(), p.Topic, strconv.Itoa(int(p.Partition)))
+	}
 }
 
 // Serve serves /metrics on addr until ctx ends.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/pgcluster"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 // Broker is an in-process Kafka-protocol broker (kfake) with a fixed port
@@ -40,6 +41,17 @@ func Kafka(t testing.TB) *Broker {
 	}
 	t.Cleanup(b.Stop)
 	return b
+}
+
+// Transport returns a Kafka transport for this broker whose topics get
+// partitions partitions.
+func (b *Broker) Transport(partitions int) *broker.Transport {
+	tr, err := broker.New(broker.Config{Brokers: b.Addr(), Partitions: partitions})
+	if err != nil {
+		b.t.Fatalf("testkit: %v", err)
+	}
+	b.t.Cleanup(func() { _ = tr.Close() })
+	return tr
 }
 
 // Addr returns the bootstrap address ("127.0.0.1:port").
@@ -170,7 +182,7 @@ func (b *Broker) EndOffsets(t testing.TB, topic string) map[int32]int64 {
 // consumer (no group, nothing Switchyard-specific) until done reports true
 // for the messages read so far, then returns them. It fails the test after
 // timeout.
-func (b *Broker) ReadTopic(t testing.TB, topic string, timeout time.Duration, done func([]*kafka.Message) bool) []*kafka.Message {
+func (b *Broker) ReadTopic(t testing.TB, topic string, timeout time.Duration, done func([]*transport.Message) bool) []*transport.Message {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	// The topic may not exist yet when the reader starts.
@@ -192,14 +204,14 @@ func (b *Broker) ReadTopic(t testing.TB, topic string, timeout time.Duration, do
 	if err := c.Assign(tps); err != nil {
 		t.Fatalf("testkit: assign %s: %v", topic, err)
 	}
-	var msgs []*kafka.Message
+	var msgs []*transport.Message
 	for !done(msgs) {
 		if time.Now().After(deadline) {
 			t.Fatalf("testkit: read %d message(s) from %s in %s without reaching the expected state", len(msgs), topic, timeout)
 		}
 		ev := c.Poll(200)
 		if m, ok := ev.(*kafka.Message); ok && m.TopicPartition.Error == nil {
-			msgs = append(msgs, m)
+			msgs = append(msgs, broker.FromKafka(m))
 		}
 	}
 	return msgs

@@ -28,8 +28,8 @@ import (
 
 // Header is one message header (a CloudEvents attribute, trace context...).
 type Header struct {
-	Key   string
-	Value []byte
+	Key   string // the header's name
+	Value []byte // its value
 }
 
 // Message is one event as a transport carries it.
@@ -68,8 +68,8 @@ func (m *Message) Header(key string) string {
 
 // Delivery says where an acknowledged message was stored.
 type Delivery struct {
-	Partition int32
-	Position  string
+	Partition int32  // the partition the message went to
+	Position  string // its position there (offset or entry id)
 }
 
 // Publisher sends messages and reports each one's acknowledgement. It is

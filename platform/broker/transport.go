@@ -1,0 +1,150 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/switchyard/switchyard/platform/transport"
+)
+
+// Transport is the Kafka [transport.Transport].
+type Transport struct {
+	cfg Config
+
+	mu     sync.Mutex
+	admin  *kafka.AdminClient // for Check; created on first use
+	topics map[string]bool    // topics known to exist
+}
+
+// New returns the Kafka transport for cfg. It does not connect yet.
+func New(cfg Config) (*Transport, error) {
+	if cfg.Brokers == "" {
+		return nil, errors.New("kafka transport: Brokers is required")
+	}
+	return &Transport{cfg: cfg.withDefaults(), topics: map[string]bool{}}, nil
+}
+
+// Config returns the transport's settings.
+func (t *Transport) Config() Config { return t.cfg }
+
+// System returns "kafka".
+func (t *Transport) System() string { return "kafka" }
+
+// EnsureTopics creates the topics that do not exist yet; see [EnsureTopics].
+func (t *Transport) EnsureTopics(ctx context.Context, topics ...string) error {
+	var missing []string
+	t.mu.Lock()
+	for _, tp := range topics {
+		if !t.topics[tp] {
+			missing = append(missing, tp)
+		}
+	}
+	t.mu.Unlock()
+	if len(missing) == 0 {
+		return nil
+	}
+	if err := EnsureTopics(ctx, t.cfg, missing...); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	for _, tp := range missing {
+		t.topics[tp] = true
+	}
+	t.mu.Unlock()
+	return nil
+}
+
+// Check asks the brokers for their metadata.
+func (t *Transport) Check(ctx context.Context) error {
+	t.mu.Lock()
+	if t.admin == nil {
+		admin, err := kafka.NewAdminClient(t.cfg.AdminConfig())
+		if err != nil {
+			t.mu.Unlock()
+			return fmt.Errorf("create Kafka admin client: %w", err)
+		}
+		t.admin = admin
+	}
+	admin := t.admin
+	t.mu.Unlock()
+	timeout := 2 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	if _, err := admin.GetMetadata(nil, false, int(timeout.Milliseconds())); err != nil {
+		return fmt.Errorf("kafka unreachable: %w", err)
+	}
+	return nil
+}
+
+// Close releases the admin client.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.admin != nil {
+		t.admin.Close()
+		t.admin = nil
+	}
+	return nil
+}
+
+// toKafka converts a transport message for producing to topic.
+func toKafka(topic string, m *transport.Message) *kafka.Message {
+	km := &kafka.Message{
+		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
+		Key:            m.Key,
+		Value:          m.Value,
+		Headers:        make([]kafka.Header, len(m.Headers)),
+	}
+	for i, h := range m.Headers {
+		km.Headers[i] = kafka.Header{Key: h.Key, Value: h.Value}
+	}
+	return km
+}
+
+// FromKafka converts a consumed Kafka message to a transport message.
+func FromKafka(km *kafka.Message) *transport.Message {
+	m := &transport.Message{
+		Topic:     *km.TopicPartition.Topic,
+		Key:       km.Key,
+		Value:     km.Value,
+		Headers:   make([]transport.Header, len(km.Headers)),
+		Partition: km.TopicPartition.Partition,
+		Offset:    int64(km.TopicPartition.Offset),
+	}
+	m.Position = fmt.Sprint(m.Offset)
+	for i, h := range km.Headers {
+		m.Headers[i] = transport.Header{Key: h.Key, Value: h.Value}
+	}
+	return m
+}
+
+var _ transport.Transport = (*Transport)(nil)
+
+// NewPublisher creates an idempotent, ordered producer ([Config.ProducerConfig]).
+func (t *Transport) NewPublisher(clientID string, logger *slog.Logger) (transport.Publisher, error) {
+	return newPublisher(t, clientID, logger)
+}
+
+// NewSubscriber creates a group member ([Config.ConsumerConfig]).
+func (t *Transport) NewSubscriber(cfg transport.SubscriberConfig) (transport.Subscriber, error) {
+	if cfg.Group == "" || len(cfg.Topics) == 0 {
+		return nil, errors.New("kafka subscriber: Group and Topics are required")
+	}
+	if cfg.RevokeTimeout <= 0 {
+		cfg.RevokeTimeout = 10 * time.Second
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 500
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &subscriber{t: t, cfg: cfg}, nil
+}

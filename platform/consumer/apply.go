@@ -1,0 +1,249 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"github.com/switchyard/switchyard/platform/envelope"
+	"github.com/switchyard/switchyard/platform/transport"
+)
+
+// errFenced means the partition's ownership moved on while this member
+// worked on it: the transaction was rolled back and the member must stop.
+var errFenced = fmt.Errorf("consumer: %w", transport.ErrFenced)
+
+// process handles one message until it is applied, recognised as a
+// duplicate, skipped or dead-lettered. It returns false if ctx ended or the
+// partition was lost first.
+func (c *Consumer) process(ctx context.Context, cl transport.Claim, msg *transport.Message) bool {
+	md := Metadata{Topic: msg.Topic, Partition: msg.Partition, Offset: msg.Offset, Position: msg.Position, Key: string(msg.Key)}
+	log := c.cfg.Logger.With("topic", md.Topic, "partition", md.Partition, "position", md.Position)
+
+	if msg.Deliveries > c.cfg.MaxDeliveries {
+		return c.deadLetter(ctx, cl, msg, Permanent(fmt.Errorf("delivered %d times without being processed", msg.Deliveries)), 0, log)
+	}
+	var err error
+	md.Metadata, err = envelope.Decode(msg)
+	if err != nil {
+		return c.deadLetter(ctx, cl, msg, Permanent(err), 1, log)
+	}
+	log = log.With("event_id", md.ID, "event_type", md.Type)
+	h, ok := c.handlers[protoreflect.FullName(md.Type)]
+	if !ok {
+		return c.unhandled(ctx, md, log)
+	}
+	if !md.Time.IsZero() && time.Since(md.Time) > c.cfg.InboxRetention {
+		return c.deadLetter(ctx, cl, msg, Permanent(fmt.Errorf(
+			"event written %s ago, longer than the inbox retention (%s): it may have been applied already", time.Since(md.Time).Round(time.Second), c.cfg.InboxRetention)), 0, log)
+	}
+	event := h.newMsg()
+	if err := proto.Unmarshal(msg.Value, event); err != nil {
+		return c.deadLetter(ctx, cl, msg, Permanent(fmt.Errorf("decode %s: %w", md.Type, err)), 1, log)
+	}
+
+	parent := propagation.TraceContext{}.Extract(ctx, envelope.TraceCarrier(msg))
+	backoff := c.cfg.Backoff
+	for attempt := 1; ; attempt++ {
+		md.Attempt = attempt
+		dup, err := c.apply(parent, cl, h, event, md)
+		if err == nil {
+			if dup {
+				c.duplicates.Add(1)
+				log.Debug("duplicate event skipped")
+			} else {
+				c.processed.Add(1)
+			}
+			return true
+		}
+		if ctx.Err() != nil || errors.Is(err, errFenced) {
+			return false
+		}
+		if isTransient(err) {
+			// The database, not the message, is at fault: wait for it
+			// without spending the message's attempts.
+			attempt--
+		} else if errors.Is(err, ErrPermanent) || attempt >= c.cfg.MaxAttempts {
+			return c.deadLetter(ctx, cl, msg, err, attempt, log)
+		}
+		log.Warn("handler failed; retrying", "attempt", attempt, "error", err, "retry_in", backoff)
+		c.retries.Add(1)
+		if !sleep(ctx, backoff) {
+			return false
+		}
+		backoff = min(2*backoff, c.cfg.MaxBackoff)
+	}
+}
+
+// unhandled decides about an event no handler is registered for. A type
+// this build knows is one the group does not consume: skipped. A type it
+// does not know comes from a newer producer: held (or skipped, if so
+// configured) until a build that knows it takes over.
+func (c *Consumer) unhandled(ctx context.Context, md Metadata, log *slog.Logger) bool {
+	_, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(md.Type))
+	if err == nil || c.cfg.UnknownTypes == SkipUnknown {
+		c.skipped.Add(1)
+		log.Debug("no handler for event type; skipped")
+		return true
+	}
+	backoff := c.cfg.Backoff
+	for {
+		c.held.Add(1)
+		log.Warn("event type unknown to this build; holding the partition until a build that knows it takes over", "retry_in", backoff)
+		if !sleep(ctx, backoff) {
+			return false
+		}
+		backoff = min(2*backoff, c.cfg.MaxBackoff)
+	}
+}
+
+// apply runs the handler and the inbox insert in one transaction, after
+// checking that this member still owns the partition. It reports dup=true
+// when the inbox already held the event.
+func (c *Consumer) apply(parent context.Context, cl transport.Claim, h handler, event proto.Message, md Metadata) (dup bool, err error) {
+	system := c.cfg.Transport.System()
+	ctx, span := otel.Tracer(tracerName).Start(parent, "process "+md.Topic,
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", system),
+			attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.operation.name", "process"),
+			attribute.String("messaging.destination.name", md.Topic),
+			attribute.String("messaging.consumer.group.name", c.cfg.Group),
+			attribute.String("messaging.message.id", md.ID.String()),
+			attribute.String("messaging.destination.partition.id", strconv.Itoa(int(md.Partition))),
+			attribute.String("messaging.message.position", md.Position),
+			attribute.String("messaging."+system+".message.key", md.Key),
+			attribute.String("cloudevents.event_type", md.Type),
+			attribute.Int("switchyard.attempt", md.Attempt),
+		))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.SetAttributes(attribute.Bool("switchyard.duplicate", dup))
+		span.End()
+	}()
+	tx, err := c.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return false, infraError{fmt.Errorf("begin: %w", err)}
+	}
+	defer tx.Rollback(context.Background())
+	if err := c.fence(ctx, tx, cl); err != nil {
+		return false, err
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO inbox (consumer_group, event_id, event_type) VALUES ($1, $2, $3)
+		ON CONFLICT DO NOTHING`, c.cfg.Group, md.ID, md.Type)
+	if err != nil {
+		return false, infraError{fmt.Errorf("record in inbox: %w", err)}
+	}
+	if tag.RowsAffected() == 0 {
+		return true, nil
+	}
+	if err := h.apply(ctx, tx, event, md); err != nil {
+		return false, fmt.Errorf("handle %s %s: %w", md.Type, md.ID, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, infraError{fmt.Errorf("commit: %w", err)}
+	}
+	return false, nil
+}
+
+// fence records the claim's ownership epoch for its partition, failing with
+// errFenced if a later owner has already written: the row lock it takes
+// also orders this transaction after any still running of a former owner.
+// Transports that do not fence (epoch 0) skip it.
+func (c *Consumer) fence(ctx context.Context, tx pgx.Tx, cl transport.Claim) error {
+	epoch := cl.Epoch()
+	if epoch <= 0 {
+		return nil
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO consumer_epochs AS e (consumer_group, topic, partition, epoch) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET epoch = excluded.epoch WHERE e.epoch <= excluded.epoch`,
+		c.cfg.Group, cl.Topic(), cl.Partition(), epoch)
+	if err != nil {
+		return infraError{fmt.Errorf("check partition epoch: %w", err)}
+	}
+	if tag.RowsAffected() == 0 {
+		return errFenced
+	}
+	return nil
+}
+
+// infraError is a failure of the database rather than of the handler.
+type infraError struct{ error }
+
+func (e infraError) Unwrap() error { return e.error }
+
+// transientStates are the SQLSTATEs (and classes) that say the database was
+// busy, contended or going away, not that the event is wrong.
+var transientStates = map[string]bool{
+	"40001": true, // serialization_failure
+	"40P01": true, // deadlock_detected
+	"55P03": true, // lock_not_available
+	"57014": true, // query_canceled (statement_timeout)
+	"57P01": true, // admin_shutdown
+	"57P02": true, // crash_shutdown
+	"57P03": true, // cannot_connect_now
+	"53300": true, // too_many_connections
+	"53400": true, // configuration_limit_exceeded
+}
+
+// isTransient reports whether err means the database could not be reached,
+// the connection broke, or the transaction lost a race it can win on a
+// retry, as opposed to the handler rejecting the event.
+func isTransient(err error) bool {
+	var ie infraError
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return transientStates[pe.Code] || len(pe.Code) == 5 && pe.Code[:2] == "08" // connection_exception
+	}
+	return errors.As(err, &ie) || errors.As(err, &ce) || errors.As(err, &ne) || pgconn.Timeout(err) ||
+		errors.Is(err, pgx.ErrTxClosed)
+}
+
+// deadLetter sends msg to the partition's dead-letter destination with the
+// failure in its headers and commits it, retrying until the broker
+// acknowledges it or ctx ends.
+func (c *Consumer) deadLetter(ctx context.Context, cl transport.Claim, msg *transport.Message, cause error, attempts int, log *slog.Logger) bool {
+	extra := []transport.Header{
+		{Key: HeaderDLQError, Value: []byte(cause.Error())},
+		{Key: HeaderDLQTopic, Value: []byte(msg.Topic)},
+		{Key: HeaderDLQPartition, Value: []byte(strconv.Itoa(int(msg.Partition)))},
+		{Key: HeaderDLQOffset, Value: []byte(msg.Position)},
+		{Key: HeaderDLQGroup, Value: []byte(c.cfg.Group)},
+		{Key: HeaderDLQAttempts, Value: []byte(strconv.Itoa(attempts))},
+	}
+	backoff := c.cfg.Backoff
+	for {
+		err := cl.DeadLetter(ctx, msg, extra)
+		if err == nil {
+			c.dead.Add(1)
+			log.Error("message dead-lettered", "attempts", attempts, "error", cause)
+			return true
+		}
+		log.Warn("dead-letter send failed; retrying", "error", err, "retry_in", backoff)
+		if !sleep(ctx, backoff) {
+			return false
+		}
+		backoff = min(2*backoff, c.cfg.MaxBackoff)
+	}
+}
