@@ -129,6 +129,13 @@ func (m *members) assign(parts []kafka.TopicPartition) {
 // close at once, and all of them together get one RevokeTimeout to finish
 // their current batch before their contexts are cancelled.
 func (m *members) revoke(parts []kafka.TopicPartition) {
+	deadline := time.NewTimer(m.s.cfg.RevokeTimeout)
+	defer deadline.Stop()
+	m.end(m.take(parts), deadline.C)
+}
+
+// take removes the claims of parts (all when nil) from the member.
+func (m *members) take(parts []kafka.TopicPartition) []*claim {
 	var ending []*claim
 	if parts == nil {
 		for k, c := range m.claims {
@@ -144,15 +151,20 @@ func (m *members) revoke(parts []kafka.TopicPartition) {
 			}
 		}
 	}
+	return ending
+}
+
+// end closes the claims' Messages channels and waits until each consume
+// call has returned; when deadline fires, every claim still working is
+// cancelled at once.
+func (m *members) end(ending []*claim, deadline <-chan time.Time) {
 	for _, c := range ending {
 		close(c.closed)
 	}
-	deadline := time.NewTimer(m.s.cfg.RevokeTimeout)
-	defer deadline.Stop()
 	for _, c := range ending {
 		select {
 		case <-c.done:
-		case <-deadline.C:
+		case <-deadline:
 			// Out of time: cancel every claim still working.
 			for _, c := range ending {
 				c.cancel()
