@@ -1,0 +1,205 @@
+package redisstream
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/switchyard/switchyard/platform/transport"
+)
+
+const (
+	// publishQueue bounds the messages queued but not yet sent.
+	publishQueue = 10000
+	// maxBatch bounds one pipeline of XADDs.
+	maxBatch = 1000
+	// linger is how long a batch waits for more messages after its first.
+	linger = time.Millisecond
+	// publishTimeout bounds one pipeline round trip.
+	publishTimeout = 30 * time.Second
+)
+
+// publisher pipelines XADDs from one goroutine, so acknowledgements come in
+// the order of Publish calls.
+type publisher struct {
+	t    *Transport
+	name string
+	log  *slog.Logger
+
+	queue   chan *pubItem
+	pending atomic.Int64 // queued or sent, not yet acknowledged
+
+	failed   chan error // receives the first fatal error
+	failOnce sync.Once
+	failErr  atomic.Pointer[error]
+
+	stop      chan struct{}
+	stopOnce  sync.Once
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+type pubItem struct {
+	stream    string
+	partition int32
+	values    []any
+	ack       func(transport.Delivery)
+}
+
+// NewPublisher returns a publisher after checking that Redis cannot evict
+// its streams. clientID names it in logs.
+func (t *Transport) NewPublisher(clientID string, logger *slog.Logger) (transport.Publisher, error) {
+	if logger == nil {
+		logger = t.log
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := t.checkServer(ctx); err != nil {
+		return nil, err
+	}
+	p := &publisher{
+		t:      t,
+		name:   clientID,
+		log:    logger.With("publisher", clientID),
+		queue:  make(chan *pubItem, publishQueue),
+		failed: make(chan error, 1),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	go p.run()
+	return p, nil
+}
+
+// Publish queues m for the next pipeline.
+func (p *publisher) Publish(ctx context.Context, m *transport.Message, ack func(transport.Delivery)) error {
+	if err := p.err(); err != nil {
+		return err
+	}
+	values, err := entryFields(m, nil)
+	if err != nil {
+		return fmt.Errorf("publish to %s: %w", m.Topic, err)
+	}
+	p.t.addTopics(m.Topic)
+	partition := transport.Partition(m.Key, p.t.cfg.Partitions)
+	it := &pubItem{stream: streamKey(m.Topic, partition), partition: partition, values: values, ack: ack}
+	p.pending.Add(1)
+	select {
+	case p.queue <- it:
+		return nil
+	case <-p.stop:
+		p.pending.Add(-1)
+		if err := p.err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("publish to %s: publisher closed", m.Topic)
+	case <-ctx.Done():
+		p.pending.Add(-1)
+		return ctx.Err()
+	}
+}
+
+// Failed delivers the first fatal error.
+func (p *publisher) Failed() <-chan error { return p.failed }
+
+// Flush waits until everything queued is acknowledged, the publisher failed,
+// or timeout passed.
+func (p *publisher) Flush(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for p.pending.Load() > 0 {
+		if p.err() != nil || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
+// Close stops the publisher; what is still queued is dropped.
+func (p *publisher) Close() {
+	p.closeOnce.Do(func() {
+		p.stopOnce.Do(func() { close(p.stop) })
+		<-p.done
+	})
+}
+
+func (p *publisher) err() error {
+	if e := p.failErr.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// fail records the first fatal error and stops the publisher.
+func (p *publisher) fail(err error) {
+	p.failOnce.Do(func() {
+		p.failErr.Store(&err)
+		p.failed <- err
+		p.log.Error("redis publisher failed", "err", err)
+		p.stopOnce.Do(func() { close(p.stop) })
+	})
+}
+
+func (p *publisher) run() {
+	defer close(p.done)
+	timer := time.NewTimer(linger)
+	defer timer.Stop()
+	for {
+		var batch []*pubItem
+		select {
+		case it := <-p.queue:
+			batch = append(batch, it)
+		case <-p.stop:
+			return
+		}
+		timer.Reset(linger)
+	collect:
+		for len(batch) < maxBatch {
+			select {
+			case it := <-p.queue:
+				batch = append(batch, it)
+			case <-timer.C:
+				break collect
+			case <-p.stop:
+				return
+			}
+		}
+		if !p.send(batch) {
+			return
+		}
+	}
+}
+
+// send writes batch in one pipeline and acknowledges, in order, every entry
+// Redis stored; it reports false after a fatal error.
+func (p *publisher) send(batch []*pubItem) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+	defer cancel()
+	cmds := make([]*redis.StringCmd, len(batch))
+	_, execErr := p.t.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, it := range batch {
+			cmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{Stream: it.stream, Values: it.values})
+		}
+		return nil
+	})
+	for i, cmd := range cmds {
+		id, err := cmd.Result()
+		if err != nil {
+			p.fail(fmt.Errorf("XADD %s: %w", batch[i].stream, err))
+			return false
+		}
+		if ack := batch[i].ack; ack != nil {
+			ack(transport.Delivery{Partition: batch[i].partition, Position: id})
+		}
+		p.pending.Add(-1)
+	}
+	if execErr != nil {
+		p.fail(fmt.Errorf("XADD pipeline: %w", execErr))
+		return false
+	}
+	return true
+}
