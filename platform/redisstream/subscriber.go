@@ -93,7 +93,7 @@ func (s *subscriber) Run(ctx context.Context, consume func(transport.Claim)) err
 		}
 	}
 	s.leave()
-	s.release(s.ownedClaims(), true)
+	s.release(s.ownedClaims())
 	// Keep the leases of the partitions being given back until they are.
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -150,7 +150,7 @@ func (s *subscriber) manage(consume func(transport.Claim)) {
 		}
 	}
 	if len(revoke) > 0 {
-		s.release(revoke, false)
+		s.release(revoke)
 	}
 }
 
@@ -282,21 +282,19 @@ func (s *subscriber) acquire(topic string, p int32, consume func(transport.Claim
 
 // release gives claims back: Messages closed, up to RevokeTimeout in total
 // for their consume calls to return, then their contexts cancelled and the
-// leases still held deleted. It waits when wait is set.
-func (s *subscriber) release(claims []*claim, wait bool) {
+// leases still held deleted. It does not wait: the manager keeps refreshing
+// their leases meanwhile.
+func (s *subscriber) release(claims []*claim) {
 	deadline := time.Now().Add(s.cfg.RevokeTimeout)
-	var wg sync.WaitGroup
 	for _, c := range claims {
 		if c.releasing.Swap(true) {
 			continue
 		}
 		s.log.Info("partition revoked", "stream", c.stream, "epoch", c.epoch)
 		c.stopReading()
-		wg.Add(1)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer wg.Done()
 			select {
 			case <-c.consumed:
 			case <-time.After(time.Until(deadline)):
@@ -311,9 +309,6 @@ func (s *subscriber) release(claims []*claim, wait bool) {
 			}
 			s.forget(c)
 		}()
-	}
-	if wait {
-		wg.Wait()
 	}
 }
 

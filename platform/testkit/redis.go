@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -133,7 +132,7 @@ func (s *RedisServer) Start() error {
 		<-done
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("redis-server on %s: %w; see %s:\n%s", s.Addr(), lastErr, logPath, lastLines(logPath, 20))
+	return fmt.Errorf("redis-server on %s: %w; see %s:\n%s", s.Addr(), lastErr, logPath, logTail(logPath))
 }
 
 // waitRedis waits until the server at addr answers PING, or reports why not.
@@ -180,15 +179,11 @@ func (s *RedisServer) Client(t testing.TB) *redis.Client {
 	return c
 }
 
-// lastLines returns the last n lines of the file at path, for error messages.
-func lastLines(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
+// logTail returns the end of the server log at path, for error messages.
+func logTail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return string(b)
 }
