@@ -241,11 +241,17 @@ func (c *claim) take(max int) []*transport.Message {
 	return batch
 }
 
+// feed hands the backlog to the consumer. The batch on offer keeps growing
+// (up to MaxBatch) with what arrives while the consumer is busy, so that a
+// batch is everything that has arrived when the consumer asks.
 func (c *claim) feed() {
 	defer close(c.out)
+	var batch []*transport.Message
 	for {
-		batch := c.take(c.m.s.cfg.MaxBatch)
-		if batch == nil {
+		if n := c.m.s.cfg.MaxBatch - len(batch); n > 0 {
+			batch = append(batch, c.take(n)...)
+		}
+		if len(batch) == 0 {
 			select {
 			case <-c.wake:
 				continue
@@ -257,6 +263,8 @@ func (c *claim) feed() {
 		}
 		select {
 		case c.out <- batch:
+			batch = nil
+		case <-c.wake: // more arrived: add it to the batch on offer
 		case <-c.closed:
 			return
 		case <-c.ctx.Done():

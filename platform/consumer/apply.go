@@ -116,22 +116,7 @@ func (c *Consumer) unhandled(ctx context.Context, md Metadata, log *slog.Logger)
 // checking that this member still owns the partition. It reports dup=true
 // when the inbox already held the event.
 func (c *Consumer) apply(parent context.Context, cl transport.Claim, h handler, event proto.Message, md Metadata) (dup bool, err error) {
-	system := c.cfg.Transport.System()
-	ctx, span := otel.Tracer(tracerName).Start(parent, "process "+md.Topic,
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(
-			attribute.String("messaging.system", system),
-			attribute.String("messaging.operation.type", "process"),
-			attribute.String("messaging.operation.name", "process"),
-			attribute.String("messaging.destination.name", md.Topic),
-			attribute.String("messaging.consumer.group.name", c.cfg.Group),
-			attribute.String("messaging.message.id", md.ID.String()),
-			attribute.String("messaging.destination.partition.id", strconv.Itoa(int(md.Partition))),
-			attribute.String("messaging.message.position", md.Position),
-			attribute.String("messaging."+system+".message.key", md.Key),
-			attribute.String("cloudevents.event_type", md.Type),
-			attribute.Int("switchyard.attempt", md.Attempt),
-		))
+	ctx, span := c.startSpan(parent, md)
 	defer func() {
 		if err != nil {
 			span.RecordError(err)
@@ -163,6 +148,27 @@ func (c *Consumer) apply(parent context.Context, cl transport.Claim, h handler, 
 		return false, infraError{fmt.Errorf("commit: %w", err)}
 	}
 	return false, nil
+}
+
+// startSpan starts the consumer span of one event, a child of the span
+// that sent it.
+func (c *Consumer) startSpan(parent context.Context, md Metadata) (context.Context, trace.Span) {
+	system := c.cfg.Transport.System()
+	return otel.Tracer(tracerName).Start(parent, "process "+md.Topic,
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", system),
+			attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.operation.name", "process"),
+			attribute.String("messaging.destination.name", md.Topic),
+			attribute.String("messaging.consumer.group.name", c.cfg.Group),
+			attribute.String("messaging.message.id", md.ID.String()),
+			attribute.String("messaging.destination.partition.id", strconv.Itoa(int(md.Partition))),
+			attribute.String("messaging.message.position", md.Position),
+			attribute.String("messaging."+system+".message.key", md.Key),
+			attribute.String("cloudevents.event_type", md.Type),
+			attribute.Int("switchyard.attempt", md.Attempt),
+		))
 }
 
 // fence records the claim's ownership epoch for its partition, failing with

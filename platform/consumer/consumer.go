@@ -2,9 +2,13 @@
 // to a PostgreSQL database exactly once in effect.
 //
 // Each partition this member of the group owns is applied in order by its
-// own goroutine. Each event is handled in one database transaction that also
+// own goroutine. Events are handled in a database transaction that also
 // records (consumer group, event id) in the inbox table; a redelivered event
-// finds its inbox row and is skipped. The handler may change the service's
+// finds its inbox row and is skipped. What has arrived on a partition while
+// its worker was busy (up to [Config.MaxBatch]) is applied in one
+// transaction, with the inbox rows of the whole batch written in one
+// statement; at low load a batch is one event. A batch whose handler fails is
+// applied again one event per transaction. The handler may change the service's
 // tables and write outbox events in the same transaction. The transport is
 // told an event is done (Kafka: offset stored; Redis: XACK) only after that
 // transaction commits. Where the transport fences owners (Redis), the
@@ -116,6 +120,11 @@ type Config struct {
 	// cancelled and left to their next owners (default 10s): a handler
 	// stuck retrying through a database outage must not stall the group.
 	RevokeTimeout time.Duration
+	// MaxBatch bounds how many events that have arrived on a partition
+	// are applied in one transaction (default 256). At low load a batch is
+	// one event; a batch that fails is applied again one event per
+	// transaction, so a poison event is still isolated.
+	MaxBatch int
 	// UnknownTypes says what to do with events of a type this build does
 	// not know (default HoldUnknown).
 	UnknownTypes UnknownTypePolicy
@@ -139,6 +148,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxDeliveries <= 0 {
 		c.MaxDeliveries = 50
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 256
 	}
 	if c.Backoff <= 0 {
 		c.Backoff = 100 * time.Millisecond
@@ -342,9 +354,9 @@ func (c *Consumer) subscribeOnce(ctx context.Context) error {
 		Group:         c.cfg.Group,
 		Topics:        c.cfg.Topics,
 		RevokeTimeout: c.cfg.RevokeTimeout,
-		// Small batches: a partition taken away finishes its current batch
-		// before it goes.
-		MaxBatch: 64,
+		// A batch is one transaction; a partition taken away finishes its
+		// current batch before it goes.
+		MaxBatch: c.cfg.MaxBatch,
 		Logger:   c.cfg.Logger,
 	})
 	if err != nil {
@@ -376,21 +388,10 @@ func (c *Consumer) consumeClaim(cl transport.Claim) {
 		case <-ctx.Done():
 			return
 		}
-		for _, msg := range batch {
-			if !c.process(ctx, cl, msg) {
-				// Stopping mid-message: it is not committed, so the
-				// partition's next owner handles it again.
-				return
-			}
-			if err := cl.Commit(ctx, msg); err != nil {
-				if errors.Is(err, transport.ErrFenced) {
-					c.cfg.Logger.Info("partition lost; stopping its work", "topic", cl.Topic(), "partition", cl.Partition())
-					return
-				}
-				// The next owner gets the message again; the inbox
-				// absorbs it.
-				c.cfg.Logger.Warn("commit position", "topic", cl.Topic(), "partition", cl.Partition(), "error", err)
-			}
+		if !c.applyBatch(ctx, cl, batch) {
+			// Stopping mid-batch: what is not committed goes to the
+			// partition's next owner.
+			return
 		}
 	}
 }
