@@ -483,3 +483,22 @@ func BenchmarkPublish(b *testing.B) {
 	}
 	b.ReportMetric(float64(acked.Load())/time.Since(start).Seconds(), "msgs/s")
 }
+
+// TestConsumesAfterRedisOutage: Redis is killed for longer than the lease
+// and started again; the member takes its partitions back and consumes
+// what is written afterwards, and what was pending before.
+func TestConsumesAfterRedisOutage(t *testing.T) {
+	t.Parallel()
+	srv := testkit.Redis(t)
+	tr := newTransport(t, srv)
+	a := startMember(t, tr, "g", nil)
+	publish(t, tr, []*transport.Message{event("k", 0)})
+	testkit.WaitFor(t, 10*time.Second, "first message committed", func() bool { return a.committedCount() == 1 })
+	srv.Stop()
+	testkit.WaitFor(t, 20*time.Second, "the member giving up leases it cannot confirm", func() bool { return len(a.owned()) == 0 })
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, tr, []*transport.Message{event("k", 1)})
+	testkit.WaitFor(t, 20*time.Second, "second message committed", func() bool { return a.committedCount() == 2 })
+}
