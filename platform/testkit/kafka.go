@@ -216,3 +216,23 @@ func (b *Broker) ReadTopic(t testing.TB, topic string, timeout time.Duration, do
 	}
 	return msgs
 }
+
+// Rewind sets group's committed offsets on every partition of topic back to
+// the beginning (the group must have no members).
+func (b *Broker) Rewind(t testing.TB, group, topic string) {
+	t.Helper()
+	admin, err := kafka.NewAdminClient(b.clientConfig())
+	if err != nil {
+		t.Fatalf("testkit: admin client: %v", err)
+	}
+	defer admin.Close()
+	var parts kafka.TopicPartitions
+	for _, p := range b.Partitions(t, topic) {
+		parts = append(parts, kafka.TopicPartition{Topic: &topic, Partition: p, Offset: 0})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := admin.AlterConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: group, Partitions: parts}}); err != nil {
+		t.Fatalf("testkit: rewind %s on %s: %v", group, topic, err)
+	}
+}
