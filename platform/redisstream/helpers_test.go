@@ -1,6 +1,7 @@
 package redisstream
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,7 +110,43 @@ type member struct {
 
 	mu        sync.Mutex
 	committed []*transport.Message
+	order     []int64 // commitOrder at each commit
 	claims    map[int32]transport.Claim
+}
+
+// commitOrder numbers commits across all members: a partition changes hands
+// only after its former owner's work ended, so this order is the order in
+// which the group applied the messages.
+var commitOrder atomic.Int64
+
+// record notes that msg was committed.
+func (m *member) record(msg *transport.Message) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.committed = append(m.committed, msg)
+	m.order = append(m.order, commitOrder.Add(1))
+}
+
+// allCommitted returns the messages members committed, in commit order.
+func allCommitted(members ...*member) []*transport.Message {
+	type rec struct {
+		n   int64
+		msg *transport.Message
+	}
+	var recs []rec
+	for _, m := range members {
+		m.mu.Lock()
+		for i, msg := range m.committed {
+			recs = append(recs, rec{m.order[i], msg})
+		}
+		m.mu.Unlock()
+	}
+	slices.SortFunc(recs, func(a, b rec) int { return cmp.Compare(a.n, b.n) })
+	out := make([]*transport.Message, len(recs))
+	for i, r := range recs {
+		out[i] = r.msg
+	}
+	return out
 }
 
 // startMember runs a member of group on testTopic. consume, when not nil,
@@ -143,9 +181,7 @@ func (m *member) commitAll(c transport.Claim) {
 			if err := c.Commit(c.Context(), msg); err != nil {
 				return
 			}
-			m.mu.Lock()
-			m.committed = append(m.committed, msg)
-			m.mu.Unlock()
+			m.record(msg)
 		}
 	}
 }

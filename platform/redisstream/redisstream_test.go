@@ -33,22 +33,18 @@ func TestPerKeyOrder(t *testing.T) {
 		return a.committedCount()+b.committedCount() >= len(msgs)
 	})
 	next := map[string]int{}
-	for _, m := range []*member{a, b} {
-		m.mu.Lock()
-		for _, msg := range m.committed {
-			k, seq := seqOf(t, msg)
-			if seq != next[k] {
-				t.Fatalf("key %s: got message %d, want %d", k, seq, next[k])
-			}
-			next[k]++
-			if msg.Header("ce_id") == "" || msg.Header("traceparent") == "" || string(msg.Key) != k {
-				t.Fatalf("message %s/%d lost its key or headers: %+v", k, seq, msg)
-			}
-			if p := transport.Partition(msg.Key, 6); msg.Partition != p {
-				t.Fatalf("key %s read from partition %d, want %d", k, msg.Partition, p)
-			}
+	for _, msg := range allCommitted(a, b) {
+		k, seq := seqOf(t, msg)
+		if seq != next[k] {
+			t.Fatalf("key %s: got message %d, want %d", k, seq, next[k])
 		}
-		m.mu.Unlock()
+		next[k]++
+		if msg.Header("ce_id") == "" || msg.Header("traceparent") == "" || string(msg.Key) != k {
+			t.Fatalf("message %s/%d lost its key or headers: %+v", k, seq, msg)
+		}
+		if p := transport.Partition(msg.Key, 6); msg.Partition != p {
+			t.Fatalf("key %s read from partition %d, want %d", k, msg.Partition, p)
+		}
 	}
 	for _, k := range keys {
 		if next[k] != 100 {
@@ -143,9 +139,7 @@ func TestJoinAndDeath(t *testing.T) {
 				if err := c.Commit(c.Context(), msg); err != nil {
 					return
 				}
-				m.mu.Lock()
-				m.committed = append(m.committed, msg)
-				m.mu.Unlock()
+				m.record(msg)
 			}
 		}
 	})
@@ -186,16 +180,12 @@ func TestJoinAndDeath(t *testing.T) {
 		return a.committedCount()+b.committedCount() >= 2*len(keys)
 	})
 	seen := map[string]int{}
-	for _, m := range []*member{a, b} {
-		m.mu.Lock()
-		for _, msg := range m.committed {
-			k, seq := seqOf(t, msg)
-			if seq != seen[k] {
-				t.Fatalf("key %s: message %d committed after %d", k, seq, seen[k]-1)
-			}
-			seen[k]++
+	for _, msg := range allCommitted(a, b) {
+		k, seq := seqOf(t, msg)
+		if seq != seen[k] {
+			t.Fatalf("key %s: message %d committed after %d", k, seq, seen[k]-1)
 		}
-		m.mu.Unlock()
+		seen[k]++
 	}
 	for _, k := range keys {
 		if seen[k] != 2 {
