@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -21,6 +20,7 @@ import (
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -31,18 +31,29 @@ const topic = "test.deposit"
 // balances table the handler adds them to. Applying any deposit twice makes
 // a balance wrong.
 type harness struct {
-	t     testing.TB
-	pool  *pgxpool.Pool
-	kafka *testkit.Broker
-	tr    transport.Transport
-	pub   transport.Publisher
+	t    testing.TB
+	pool *pgxpool.Pool
+	bus  *transporttest.Bus
+	tr   transport.Transport
+	pub  transport.Publisher
 }
 
-func newHarness(t testing.TB) *harness {
+// eachTransport runs test against every transport, in parallel.
+func eachTransport(t *testing.T, test func(t *testing.T, h *harness)) {
+	t.Parallel()
+	for _, kind := range transporttest.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			test(t, newHarness(t, kind))
+		})
+	}
+}
+
+func newHarness(t testing.TB, kind string) *harness {
 	t.Helper()
-	h := &harness{t: t, pool: testkit.Pool(t, testkit.Database(t)), kafka: testkit.Kafka(t)}
-	h.kafka.CreateTopic(t, topic, 4)
-	h.tr = h.kafka.Transport(4)
+	h := &harness{t: t, pool: testkit.Pool(t, testkit.Database(t)), bus: transporttest.New(t, kind, 4)}
+	h.bus.CreateTopic(t, topic)
+	h.tr = h.bus.Transport()
 	if _, err := h.pool.Exec(context.Background(), `CREATE TABLE balances (account text PRIMARY KEY, total bigint NOT NULL, deposits int NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
@@ -193,239 +204,225 @@ func checkBalances(t testing.TB, got, want map[string][2]int64) {
 // The same event delivered twice, and the whole topic delivered again after
 // the group's offsets are rewound, changes the state once.
 func TestDuplicatesAppliedOnce(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	var ds []deposit
-	for i := 0; i < 50; i++ {
-		ds = append(ds, newDeposit(fmt.Sprintf("acct-%d", i%5), int64(i+1)))
-	}
-	h.send(ds...)
-	h.send(ds[7], ds[7], ds[30]) // redeliveries of the same events
-	c, stop := h.run(h.config("dedup"), nil)
-	testkit.WaitFor(t, time.Minute, "all deposits and duplicates", func() bool {
-		s := c.Stats()
-		return s.Processed+s.Duplicates == 53
-	})
-	checkBalances(t, h.balances(), expected(ds))
-	if s := c.Stats(); s.Processed != 50 || s.Duplicates != 3 {
-		t.Fatalf("stats %+v, want 50 processed and 3 duplicates", s)
-	}
-	stop()
+	eachTransport(t, func(t *testing.T, h *harness) {
+		var ds []deposit
+		for i := 0; i < 50; i++ {
+			ds = append(ds, newDeposit(fmt.Sprintf("acct-%d", i%5), int64(i+1)))
+		}
+		h.send(ds...)
+		h.send(ds[7], ds[7], ds[30]) // redeliveries of the same events
+		c, stop := h.run(h.config("dedup"), nil)
+		testkit.WaitFor(t, time.Minute, "all deposits and duplicates", func() bool {
+			s := c.Stats()
+			return s.Processed+s.Duplicates == 53
+		})
+		checkBalances(t, h.balances(), expected(ds))
+		if s := c.Stats(); s.Processed != 50 || s.Duplicates != 3 {
+			t.Fatalf("stats %+v, want 50 processed and 3 duplicates", s)
+		}
+		stop()
 
-	// Rewind the group to the start of every partition and consume again.
-	admin, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": h.kafka.Addr()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	tp := topic
-	var parts kafka.TopicPartitions
-	for _, p := range h.kafka.Partitions(t, topic) {
-		parts = append(parts, kafka.TopicPartition{Topic: &tp, Partition: p, Offset: 0})
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := admin.AlterConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: "dedup", Partitions: parts}}); err != nil {
-		t.Fatalf("rewind offsets: %v", err)
-	}
-	c2, _ := h.run(h.config("dedup"), nil)
-	testkit.WaitFor(t, time.Minute, "the rewound topic to be consumed again", func() bool { return c2.Stats().Duplicates == 53 })
-	checkBalances(t, h.balances(), expected(ds))
-	if s := c2.Stats(); s.Processed != 0 {
-		t.Fatalf("after rewind: %+v, want nothing processed again", s)
-	}
+		// Rewind the group to the start of every partition and consume again.
+		h.bus.Rewind(t, "dedup", topic)
+		c2, _ := h.run(h.config("dedup"), nil)
+		testkit.WaitFor(t, time.Minute, "the rewound topic to be consumed again", func() bool { return c2.Stats().Duplicates == 53 })
+		checkBalances(t, h.balances(), expected(ds))
+		if s := c2.Stats(); s.Processed != 0 {
+			t.Fatalf("after rewind: %+v, want nothing processed again", s)
+		}
+	})
 }
 
 // A handler failing transiently is retried and its event applied once.
 func TestTransientFailureRetried(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	flaky := newDeposit("acct-flaky", 100)
-	var mu sync.Mutex
-	failures := 0
-	c, _ := h.run(h.config("retry"), func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
-		// Change state first: a failed attempt must leave nothing behind.
-		if err := applyDeposit(ctx, tx, v, md); err != nil {
-			return err
+	eachTransport(t, func(t *testing.T, h *harness) {
+		flaky := newDeposit("acct-flaky", 100)
+		var mu sync.Mutex
+		failures := 0
+		c, _ := h.run(h.config("retry"), func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			// Change state first: a failed attempt must leave nothing behind.
+			if err := applyDeposit(ctx, tx, v, md); err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if md.ID == flaky.id && failures < 2 {
+				failures++
+				return errors.New("downstream hiccup")
+			}
+			return nil
+		})
+		h.send(flaky, newDeposit("acct-other", 1))
+		testkit.WaitFor(t, time.Minute, "both deposits", func() bool { return c.Stats().Processed == 2 })
+		checkBalances(t, h.balances(), map[string][2]int64{"acct-flaky": {100, 1}, "acct-other": {1, 1}})
+		if s := c.Stats(); s.Retries != 2 || s.DeadLettered != 0 {
+			t.Fatalf("stats %+v, want 2 retries and nothing dead-lettered", s)
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		if md.ID == flaky.id && failures < 2 {
-			failures++
-			return errors.New("downstream hiccup")
-		}
-		return nil
 	})
-	h.send(flaky, newDeposit("acct-other", 1))
-	testkit.WaitFor(t, time.Minute, "both deposits", func() bool { return c.Stats().Processed == 2 })
-	checkBalances(t, h.balances(), map[string][2]int64{"acct-flaky": {100, 1}, "acct-other": {1, 1}})
-	if s := c.Stats(); s.Retries != 2 || s.DeadLettered != 0 {
-		t.Fatalf("stats %+v, want 2 retries and nothing dead-lettered", s)
-	}
 }
 
 // A poison message ends in <topic>.dlq with its headers, and the messages
 // after it on the same partition are still applied.
 func TestPoisonMessageDeadLettered(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	cfg := h.config("poison")
-	cfg.MaxAttempts = 3
-	c, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
-		if err := applyDeposit(ctx, tx, v, md); err != nil {
-			return err
-		}
-		if v.Value < 0 {
-			return fmt.Errorf("negative deposit %d", v.Value)
-		}
-		return nil
-	})
-	poison := newDeposit("acct-1", -5)
-	before := newDeposit("acct-1", 10)
-	after := []deposit{newDeposit("acct-1", 20), newDeposit("acct-1", 30)}
-	h.send(before, poison)
-	// An undecodable payload and a message without CloudEvents headers,
-	// same key so same partition.
-	garbage := envelope.Encode("test.", "/test", outbox.Record{ID: uuid.New(), AggregateType: "deposit", AggregateID: "acct-1",
-		Type: "google.protobuf.Int64Value", Payload: []byte{0xff, 0xff, 0xff}, CreatedAt: time.Now()}, nil)
-	h.sendRaw(garbage)
-	h.sendRaw(&transport.Message{Topic: topic, Key: []byte("acct-1"), Value: []byte("hi")})
-	h.send(after...)
+	eachTransport(t, func(t *testing.T, h *harness) {
+		cfg := h.config("poison")
+		cfg.MaxAttempts = 3
+		c, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			if err := applyDeposit(ctx, tx, v, md); err != nil {
+				return err
+			}
+			if v.Value < 0 {
+				return fmt.Errorf("negative deposit %d", v.Value)
+			}
+			return nil
+		})
+		poison := newDeposit("acct-1", -5)
+		before := newDeposit("acct-1", 10)
+		after := []deposit{newDeposit("acct-1", 20), newDeposit("acct-1", 30)}
+		h.send(before, poison)
+		// An undecodable payload and a message without CloudEvents headers,
+		// same key so same partition.
+		garbage := envelope.Encode("test.", "/test", outbox.Record{ID: uuid.New(), AggregateType: "deposit", AggregateID: "acct-1",
+			Type: "google.protobuf.Int64Value", Payload: []byte{0xff, 0xff, 0xff}, CreatedAt: time.Now()}, nil)
+		h.sendRaw(garbage)
+		h.sendRaw(&transport.Message{Topic: topic, Key: []byte("acct-1"), Value: []byte("hi")})
+		h.send(after...)
 
-	testkit.WaitFor(t, time.Minute, "good deposits around the poison", func() bool { return c.Stats().Processed == 3 })
-	checkBalances(t, h.balances(), map[string][2]int64{"acct-1": {60, 3}})
-	if s := c.Stats(); s.DeadLettered != 3 || s.Retries != 2 {
-		t.Fatalf("stats %+v, want 3 dead-lettered (poison after 3 attempts, garbage, headerless) and 2 retries", s)
-	}
-	dlq := h.kafka.ReadTopic(t, envelope.DLQTopic(topic), time.Minute, func(m []*transport.Message) bool { return len(m) == 3 })
-	first := envelope.Headers(dlq[0])
-	if first[envelope.HeaderID] != poison.id.String() || string(dlq[0].Key) != "acct-1" {
-		t.Fatalf("first DLQ message is %v, want the poison deposit %s", first, poison.id)
-	}
-	for k, want := range map[string]string{
-		consumer.HeaderDLQError:    fmt.Sprintf("handle google.protobuf.Int64Value %s: negative deposit -5", poison.id),
-		consumer.HeaderDLQTopic:    topic,
-		consumer.HeaderDLQGroup:    "poison",
-		consumer.HeaderDLQAttempts: "3",
-		envelope.HeaderType:        "google.protobuf.Int64Value",
-	} {
-		if first[k] != want {
-			t.Errorf("DLQ header %s = %q, want %q", k, first[k], want)
+		testkit.WaitFor(t, time.Minute, "good deposits around the poison", func() bool { return c.Stats().Processed == 3 })
+		checkBalances(t, h.balances(), map[string][2]int64{"acct-1": {60, 3}})
+		if s := c.Stats(); s.DeadLettered != 3 || s.Retries != 2 {
+			t.Fatalf("stats %+v, want 3 dead-lettered (poison after 3 attempts, garbage, headerless) and 2 retries", s)
 		}
-	}
-	if first[consumer.HeaderDLQPartition] == "" || first[consumer.HeaderDLQOffset] == "" {
-		t.Errorf("DLQ headers lack the original partition/offset: %v", first)
-	}
-	for _, m := range dlq[1:] {
-		if e := envelope.Headers(m)[consumer.HeaderDLQError]; e == "" || envelope.Headers(m)[consumer.HeaderDLQAttempts] != "1" {
-			t.Errorf("undecodable message dead-lettered with headers %v, want an error after 1 attempt", envelope.Headers(m))
+		dlq := h.bus.ReadDeadLetters(t, topic, time.Minute, func(m []*transport.Message) bool { return len(m) == 3 })
+		first := envelope.Headers(dlq[0])
+		if first[envelope.HeaderID] != poison.id.String() || string(dlq[0].Key) != "acct-1" {
+			t.Fatalf("first DLQ message is %v, want the poison deposit %s", first, poison.id)
 		}
-	}
+		for k, want := range map[string]string{
+			consumer.HeaderDLQError:    fmt.Sprintf("handle google.protobuf.Int64Value %s: negative deposit -5", poison.id),
+			consumer.HeaderDLQTopic:    topic,
+			consumer.HeaderDLQGroup:    "poison",
+			consumer.HeaderDLQAttempts: "3",
+			envelope.HeaderType:        "google.protobuf.Int64Value",
+		} {
+			if first[k] != want {
+				t.Errorf("DLQ header %s = %q, want %q", k, first[k], want)
+			}
+		}
+		if first[consumer.HeaderDLQPartition] == "" || first[consumer.HeaderDLQOffset] == "" {
+			t.Errorf("DLQ headers lack the original partition/offset: %v", first)
+		}
+		for _, m := range dlq[1:] {
+			if e := envelope.Headers(m)[consumer.HeaderDLQError]; e == "" || envelope.Headers(m)[consumer.HeaderDLQAttempts] != "1" {
+				t.Errorf("undecodable message dead-lettered with headers %v, want an error after 1 attempt", envelope.Headers(m))
+			}
+		}
+	})
 }
 
 // Two instances in one group split the partitions and, across rebalances
 // (one joining, then one leaving mid-stream), apply every event once.
 func TestGroupRebalanceAppliesOnce(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	var ds []deposit
-	for i := 0; i < 2000; i++ {
-		ds = append(ds, newDeposit(fmt.Sprintf("acct-%02d", i%40), int64(i%7+1)))
-	}
-	slow := func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
-		time.Sleep(time.Millisecond) // keep work in flight during rebalances
-		return applyDeposit(ctx, tx, v, md)
-	}
-	a, stopA := h.run(h.config("group"), slow)
-	h.send(ds[:700]...)
-	testkit.WaitFor(t, time.Minute, "instance A to start", func() bool { return a.Stats().Processed > 100 })
-	b, _ := h.run(h.config("group"), slow)
-	// Wait for the rebalance itself, not for B to win a race against A for
-	// messages already sent: then what is sent next is split between them.
-	testkit.WaitFor(t, time.Minute, "instance B to own partitions", func() bool {
-		return b.Stats().Partitions > 0 && a.Stats().Partitions > 0 && a.Stats().Partitions+b.Stats().Partitions == 4
+	eachTransport(t, func(t *testing.T, h *harness) {
+		var ds []deposit
+		for i := 0; i < 2000; i++ {
+			ds = append(ds, newDeposit(fmt.Sprintf("acct-%02d", i%40), int64(i%7+1)))
+		}
+		slow := func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			time.Sleep(time.Millisecond) // keep work in flight during rebalances
+			return applyDeposit(ctx, tx, v, md)
+		}
+		a, stopA := h.run(h.config("group"), slow)
+		h.send(ds[:700]...)
+		testkit.WaitFor(t, time.Minute, "instance A to start", func() bool { return a.Stats().Processed > 100 })
+		b, _ := h.run(h.config("group"), slow)
+		// Wait for the rebalance itself, not for B to win a race against A for
+		// messages already sent: then what is sent next is split between them.
+		testkit.WaitFor(t, time.Minute, "instance B to own partitions", func() bool {
+			return b.Stats().Partitions > 0 && a.Stats().Partitions > 0 && a.Stats().Partitions+b.Stats().Partitions == 4
+		})
+		h.send(ds[700:1400]...)
+		testkit.WaitFor(t, time.Minute, "instance B to apply deposits", func() bool { return b.Stats().Processed > 0 })
+		stopA()
+		h.send(ds[1400:]...)
+		testkit.WaitFor(t, 2*time.Minute, "every deposit", func() bool {
+			return a.Stats().Processed+b.Stats().Processed >= uint64(len(ds))
+		})
+		checkBalances(t, h.balances(), expected(ds))
+		sa, sb := a.Stats(), b.Stats()
+		if sa.Processed+sb.Processed != uint64(len(ds)) {
+			t.Fatalf("A %+v + B %+v processed, want %d in total", sa, sb, len(ds))
+		}
+		t.Logf("A processed %d, B %d, duplicates skipped %d", sa.Processed, sb.Processed, sa.Duplicates+sb.Duplicates)
 	})
-	h.send(ds[700:1400]...)
-	testkit.WaitFor(t, time.Minute, "instance B to apply deposits", func() bool { return b.Stats().Processed > 0 })
-	stopA()
-	h.send(ds[1400:]...)
-	testkit.WaitFor(t, 2*time.Minute, "every deposit", func() bool {
-		return a.Stats().Processed+b.Stats().Processed >= uint64(len(ds))
-	})
-	checkBalances(t, h.balances(), expected(ds))
-	sa, sb := a.Stats(), b.Stats()
-	if sa.Processed+sb.Processed != uint64(len(ds)) {
-		t.Fatalf("A %+v + B %+v processed, want %d in total", sa, sb, len(ds))
-	}
-	t.Logf("A processed %d, B %d, duplicates skipped %d", sa.Processed, sb.Processed, sa.Duplicates+sb.Duplicates)
 }
 
 // A handler stuck on one event (as if its database hung) does not stall the
 // group: when a second instance joins, the stuck partition is cancelled after
 // RevokeTimeout and its next owner applies the event, once.
 func TestStuckHandlerDoesNotStallRebalance(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	stuck := newDeposit("acct-stuck", 7)
-	cfg := h.config("stuck")
-	cfg.RevokeTimeout = 500 * time.Millisecond
-	entered := make(chan struct{})
-	var once sync.Once
-	a, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
-		hang := false
-		once.Do(func() { hang = true; close(entered) })
-		if hang {
-			<-ctx.Done() // the first attempt hangs until cancelled
-			return ctx.Err()
+	eachTransport(t, func(t *testing.T, h *harness) {
+		stuck := newDeposit("acct-stuck", 7)
+		cfg := h.config("stuck")
+		cfg.RevokeTimeout = 500 * time.Millisecond
+		entered := make(chan struct{})
+		var once sync.Once
+		a, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			hang := false
+			once.Do(func() { hang = true; close(entered) })
+			if hang {
+				<-ctx.Done() // the first attempt hangs until cancelled
+				return ctx.Err()
+			}
+			return applyDeposit(ctx, tx, v, md)
+		})
+		h.send(stuck)
+		select {
+		case <-entered:
+		case <-time.After(time.Minute):
+			t.Fatal("instance A never received the event")
 		}
-		return applyDeposit(ctx, tx, v, md)
+		// B joining forces a rebalance, which must not wait for the hung
+		// handler; whichever instance then owns the partition applies the event.
+		b, _ := h.run(cfg, nil)
+		testkit.WaitFor(t, time.Minute, "the stuck event to be applied after the rebalance", func() bool {
+			return a.Stats().Processed+b.Stats().Processed == 1
+		})
+		checkBalances(t, h.balances(), map[string][2]int64{"acct-stuck": {7, 1}})
 	})
-	h.send(stuck)
-	select {
-	case <-entered:
-	case <-time.After(time.Minute):
-		t.Fatal("instance A never received the event")
-	}
-	// B joining forces a rebalance, which must not wait for the hung
-	// handler; whichever instance then owns the partition applies the event.
-	b, _ := h.run(cfg, nil)
-	testkit.WaitFor(t, time.Minute, "the stuck event to be applied after the rebalance", func() bool {
-		return a.Stats().Processed+b.Stats().Processed == 1
-	})
-	checkBalances(t, h.balances(), map[string][2]int64{"acct-stuck": {7, 1}})
 }
 
 // Inbox rows older than the retention are pruned; recent ones stay.
 func TestInboxPruned(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	ctx := context.Background()
-	if err := consumer.Migrate(ctx, h.pool); err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range []string{"prune", "other-group"} {
-		if _, err := h.pool.Exec(ctx, `INSERT INTO inbox (consumer_group, event_id, event_type, processed_at)
+	eachTransport(t, func(t *testing.T, h *harness) {
+		ctx := context.Background()
+		if err := consumer.Migrate(ctx, h.pool); err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range []string{"prune", "other-group"} {
+			if _, err := h.pool.Exec(ctx, `INSERT INTO inbox (consumer_group, event_id, event_type, processed_at)
 			VALUES ($1, $2, 't', now() - interval '3 hours')`, g, uuid.New()); err != nil {
-			t.Fatal(err)
+				t.Fatal(err)
+			}
 		}
-	}
-	cfg := h.config("prune")
-	cfg.InboxRetention = time.Hour
-	cfg.PruneInterval = 20 * time.Millisecond
-	c, _ := h.run(cfg, nil)
-	h.send(newDeposit("acct-1", 1))
-	testkit.WaitFor(t, time.Minute, "the deposit", func() bool { return c.Stats().Processed == 1 })
-	count := func(group string) int {
-		var n int
-		if err := h.pool.QueryRow(ctx, "SELECT count(*) FROM inbox WHERE consumer_group = $1", group).Scan(&n); err != nil {
-			t.Fatal(err)
+		cfg := h.config("prune")
+		cfg.InboxRetention = time.Hour
+		cfg.PruneInterval = 20 * time.Millisecond
+		c, _ := h.run(cfg, nil)
+		h.send(newDeposit("acct-1", 1))
+		testkit.WaitFor(t, time.Minute, "the deposit", func() bool { return c.Stats().Processed == 1 })
+		count := func(group string) int {
+			var n int
+			if err := h.pool.QueryRow(ctx, "SELECT count(*) FROM inbox WHERE consumer_group = $1", group).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
 		}
-		return n
-	}
-	testkit.WaitFor(t, 30*time.Second, "the old row to be pruned", func() bool { return count("prune") == 1 })
-	if n := count("other-group"); n != 1 {
-		t.Fatalf("another group's inbox rows were pruned (%d left)", n)
-	}
+		testkit.WaitFor(t, 30*time.Second, "the old row to be pruned", func() bool { return count("prune") == 1 })
+		if n := count("other-group"); n != 1 {
+			t.Fatalf("another group's inbox rows were pruned (%d left)", n)
+		}
+	})
 }
 
 func TestConfigValidation(t *testing.T) {

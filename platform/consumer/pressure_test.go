@@ -37,39 +37,39 @@ func keysOutside(p int32, n int) []string {
 // the consumer buffers, does not stop the other partitions: the polling
 // loop pauses that partition instead of blocking on it.
 func TestStuckPartitionDoesNotStopOthers(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	const stuckKey = "acct-stuck"
-	stuckPart := transport.Partition([]byte(stuckKey), 4)
-	release := make(chan struct{})
-	c, _ := h.run(h.config("stuck-partition"), func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
-		if md.Key == stuckKey {
-			select {
-			case <-release:
-			case <-ctx.Done():
-				return ctx.Err()
+	eachTransport(t, func(t *testing.T, h *harness) {
+		const stuckKey = "acct-stuck"
+		stuckPart := transport.Partition([]byte(stuckKey), 4)
+		release := make(chan struct{})
+		c, _ := h.run(h.config("stuck-partition"), func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			if md.Key == stuckKey {
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
+			return applyDeposit(ctx, tx, v, md)
+		})
+		var stuck []deposit
+		for i := 0; i < 5000; i++ { // more than any in-memory buffer holds
+			stuck = append(stuck, newDeposit(stuckKey, 1))
 		}
-		return applyDeposit(ctx, tx, v, md)
+		h.send(stuck...)
+		var others []deposit
+		for _, k := range keysOutside(stuckPart, 30) {
+			others = append(others, newDeposit(k, 2))
+		}
+		h.send(others...)
+		testkit.WaitFor(t, time.Minute, "the other partitions' deposits while one partition is stuck", func() bool {
+			return c.Stats().Processed == uint64(len(others))
+		})
+		close(release)
+		testkit.WaitFor(t, 2*time.Minute, "the stuck partition to catch up", func() bool {
+			return c.Stats().Processed == uint64(len(others)+len(stuck))
+		})
+		checkBalances(t, h.balances(), expected(append(stuck, others...)))
 	})
-	var stuck []deposit
-	for i := 0; i < 5000; i++ { // more than any in-memory buffer holds
-		stuck = append(stuck, newDeposit(stuckKey, 1))
-	}
-	h.send(stuck...)
-	var others []deposit
-	for _, k := range keysOutside(stuckPart, 30) {
-		others = append(others, newDeposit(k, 2))
-	}
-	h.send(others...)
-	testkit.WaitFor(t, time.Minute, "the other partitions' deposits while one partition is stuck", func() bool {
-		return c.Stats().Processed == uint64(len(others))
-	})
-	close(release)
-	testkit.WaitFor(t, 2*time.Minute, "the stuck partition to catch up", func() bool {
-		return c.Stats().Processed == uint64(len(others)+len(stuck))
-	})
-	checkBalances(t, h.balances(), expected(append(stuck, others...)))
 }
 
 // Contention (serialization failures, deadlocks) and a database going away
@@ -77,39 +77,39 @@ func TestStuckPartitionDoesNotStopOthers(t *testing.T) {
 // an event failing transiently five times is still applied, not
 // dead-lettered.
 func TestTransientDatabaseErrorsDoNotSpendAttempts(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	cfg := h.config("transient")
-	cfg.MaxAttempts = 2
-	codes := []string{"40001", "40P01", "57P01", "57014", "08006"}
-	var calls atomic.Int32
-	c, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
-		if n := int(calls.Add(1)); n <= len(codes) {
-			return fmt.Errorf("update balance: %w", &pgconn.PgError{Code: codes[n-1], Message: "simulated"})
+	eachTransport(t, func(t *testing.T, h *harness) {
+		cfg := h.config("transient")
+		cfg.MaxAttempts = 2
+		codes := []string{"40001", "40P01", "57P01", "57014", "08006"}
+		var calls atomic.Int32
+		c, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			if n := int(calls.Add(1)); n <= len(codes) {
+				return fmt.Errorf("update balance: %w", &pgconn.PgError{Code: codes[n-1], Message: "simulated"})
+			}
+			return applyDeposit(ctx, tx, v, md)
+		})
+		d := newDeposit("acct-1", 5)
+		h.send(d)
+		testkit.WaitFor(t, time.Minute, "the deposit after transient failures", func() bool { return c.Stats().Processed == 1 })
+		if s := c.Stats(); s.DeadLettered != 0 || s.Retries != uint64(len(codes)) {
+			t.Fatalf("stats %+v, want %d retries and nothing dead-lettered", s, len(codes))
 		}
-		return applyDeposit(ctx, tx, v, md)
+		checkBalances(t, h.balances(), map[string][2]int64{"acct-1": {5, 1}})
 	})
-	d := newDeposit("acct-1", 5)
-	h.send(d)
-	testkit.WaitFor(t, time.Minute, "the deposit after transient failures", func() bool { return c.Stats().Processed == 1 })
-	if s := c.Stats(); s.DeadLettered != 0 || s.Retries != uint64(len(codes)) {
-		t.Fatalf("stats %+v, want %d retries and nothing dead-lettered", s, len(codes))
-	}
-	checkBalances(t, h.balances(), map[string][2]int64{"acct-1": {5, 1}})
 }
 
 // A consumer started while the broker is down waits for it instead of
 // failing, and then consumes.
 func TestRunWaitsForTheBroker(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	h.send(newDeposit("acct-1", 3))
-	h.kafka.Stop()
-	c, _ := h.run(h.config("late-broker"), nil)
-	if err := h.kafka.Start(); err != nil {
-		t.Fatal(err)
-	}
-	testkit.WaitFor(t, time.Minute, "the deposit once the broker is back", func() bool { return c.Stats().Processed == 1 })
+	eachTransport(t, func(t *testing.T, h *harness) {
+		h.send(newDeposit("acct-1", 3))
+		h.bus.Stop()
+		c, _ := h.run(h.config("late-broker"), nil)
+		if err := h.bus.Start(); err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, time.Minute, "the deposit once the broker is back", func() bool { return c.Stats().Processed == 1 })
+	})
 }
 
 // rawEvent builds an event of any type with the given write time.
@@ -123,45 +123,45 @@ func rawEvent(key, typ string, payload proto.Message, written time.Time) *transp
 // until a build that knows it takes over; a known type without a handler is
 // skipped; SkipUnknown skips both.
 func TestUnknownEventTypes(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	future := rawEvent("acct-1", "switchyard.future.v9.SomethingNew", wrapperspb.Int64(1), time.Now())
-	known := rawEvent("acct-1", "google.protobuf.StringValue", wrapperspb.String("not for us"), time.Now())
-	after := newDeposit("acct-1", 7)
-	h.sendRaw(known, future)
-	h.send(after)
+	eachTransport(t, func(t *testing.T, h *harness) {
+		future := rawEvent("acct-1", "switchyard.future.v9.SomethingNew", wrapperspb.Int64(1), time.Now())
+		known := rawEvent("acct-1", "google.protobuf.StringValue", wrapperspb.String("not for us"), time.Now())
+		after := newDeposit("acct-1", 7)
+		h.sendRaw(known, future)
+		h.send(after)
 
-	held, stopHeld := h.run(h.config("hold"), nil)
-	testkit.WaitFor(t, time.Minute, "the unknown type to be held", func() bool { return held.Stats().Held >= 2 })
-	if s := held.Stats(); s.Processed != 0 || s.Skipped != 1 {
-		t.Fatalf("holding consumer: %+v, want the known type skipped and nothing after the unknown one applied", s)
-	}
-	stopHeld()
+		held, stopHeld := h.run(h.config("hold"), nil)
+		testkit.WaitFor(t, time.Minute, "the unknown type to be held", func() bool { return held.Stats().Held >= 2 })
+		if s := held.Stats(); s.Processed != 0 || s.Skipped != 1 {
+			t.Fatalf("holding consumer: %+v, want the known type skipped and nothing after the unknown one applied", s)
+		}
+		stopHeld()
 
-	cfg := h.config("skip")
-	cfg.UnknownTypes = consumer.SkipUnknown
-	skip, _ := h.run(cfg, nil)
-	testkit.WaitFor(t, time.Minute, "the deposit behind the unknown type", func() bool { return skip.Stats().Processed == 1 })
-	if s := skip.Stats(); s.Skipped != 2 {
-		t.Fatalf("skipping consumer: %+v, want 2 skipped", s)
-	}
+		cfg := h.config("skip")
+		cfg.UnknownTypes = consumer.SkipUnknown
+		skip, _ := h.run(cfg, nil)
+		testkit.WaitFor(t, time.Minute, "the deposit behind the unknown type", func() bool { return skip.Stats().Processed == 1 })
+		if s := skip.Stats(); s.Skipped != 2 {
+			t.Fatalf("skipping consumer: %+v, want 2 skipped", s)
+		}
+	})
 }
 
 // An event written longer ago than the inbox keeps its rows may have been
 // applied already: it is dead-lettered, never applied.
 func TestEventOlderThanInboxRetentionNotApplied(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t)
-	cfg := h.config("old")
-	cfg.InboxRetention = time.Hour
-	old := rawEvent("acct-old", "google.protobuf.Int64Value", wrapperspb.Int64(100), time.Now().Add(-2*time.Hour))
-	fresh := newDeposit("acct-old", 1)
-	h.sendRaw(old)
-	h.send(fresh)
-	c, _ := h.run(cfg, nil)
-	testkit.WaitFor(t, time.Minute, "the fresh deposit", func() bool { return c.Stats().Processed == 1 })
-	if s := c.Stats(); s.DeadLettered != 1 {
-		t.Fatalf("stats %+v, want the old event dead-lettered", s)
-	}
-	checkBalances(t, h.balances(), map[string][2]int64{"acct-old": {1, 1}})
+	eachTransport(t, func(t *testing.T, h *harness) {
+		cfg := h.config("old")
+		cfg.InboxRetention = time.Hour
+		old := rawEvent("acct-old", "google.protobuf.Int64Value", wrapperspb.Int64(100), time.Now().Add(-2*time.Hour))
+		fresh := newDeposit("acct-old", 1)
+		h.sendRaw(old)
+		h.send(fresh)
+		c, _ := h.run(cfg, nil)
+		testkit.WaitFor(t, time.Minute, "the fresh deposit", func() bool { return c.Stats().Processed == 1 })
+		if s := c.Stats(); s.DeadLettered != 1 {
+			t.Fatalf("stats %+v, want the old event dead-lettered", s)
+		}
+		checkBalances(t, h.balances(), map[string][2]int64{"acct-old": {1, 1}})
+	})
 }
