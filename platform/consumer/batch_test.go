@@ -33,10 +33,10 @@ func TestBatchesAppliedInOneTransaction(t *testing.T) {
 			if md.ID == first.id {
 				close(entered)
 				select { // hold the worker while the rest arrives
-			case <-release:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+				case <-release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 			if v.Value < 0 {
 				return consumer.Permanent(context.Canceled)
