@@ -16,20 +16,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -45,14 +44,23 @@ type env struct {
 	b      *testing.B
 	url    string
 	pool   *pgxpool.Pool
-	kafka  *testkit.Broker
+	bus    *transporttest.Bus
 	writer *outbox.Writer
 	mode   outbox.Mode
 }
 
-func newEnv(b *testing.B, mode outbox.Mode) *env {
+// eachSetup runs bench for every transport and relay mode.
+func eachSetup(b *testing.B, bench func(b *testing.B, kind string, mode outbox.Mode)) {
+	for _, kind := range transporttest.Kinds {
+		for _, mode := range []outbox.Mode{outbox.ModeCDC, outbox.ModePoll} {
+			b.Run(kind+"/"+string(mode), func(b *testing.B) { bench(b, kind, mode) })
+		}
+	}
+}
+
+func newEnv(b *testing.B, kind string, mode outbox.Mode) *env {
 	url := testkit.Database(b)
-	e := &env{b: b, url: url, pool: testkit.Pool(b, url), kafka: testkit.Kafka(b), writer: outbox.NewWriter(mode), mode: mode}
+	e := &env{b: b, url: url, pool: testkit.Pool(b, url), bus: transporttest.New(b, kind, 12), writer: outbox.NewWriter(mode), mode: mode}
 	if err := e.relay().Prepare(context.Background()); err != nil {
 		b.Fatal(err)
 	}
@@ -62,7 +70,7 @@ func newEnv(b *testing.B, mode outbox.Mode) *env {
 func (e *env) relay() *relay.Relay {
 	r, err := relay.New(relay.Config{
 		Mode: e.mode, DatabaseURL: e.url, TopicPrefix: "bench.",
-		Transport: e.kafka.Transport(12),
+		Transport: e.bus.Transport(),
 		Logger:    quiet,
 	})
 	if err != nil {
@@ -108,7 +116,7 @@ func (e *env) writeEvents(n, perTx, workers int) {
 func BenchmarkOutboxCommit(b *testing.B) {
 	for _, mode := range []outbox.Mode{outbox.ModeCDC, outbox.ModePoll} {
 		b.Run(string(mode), func(b *testing.B) {
-			e := newEnv(b, mode)
+			e := newEnv(b, "kafka", mode)
 			const n = 20000
 			b.ResetTimer()
 			start := time.Now()
@@ -122,13 +130,13 @@ func BenchmarkOutboxCommit(b *testing.B) {
 
 // BenchmarkRelayDrain drains a backlog of 100,000 committed events.
 func BenchmarkRelayDrain(b *testing.B) {
-	for _, mode := range []outbox.Mode{outbox.ModeCDC, outbox.ModePoll} {
-		b.Run(string(mode), func(b *testing.B) {
+	eachSetup(b, func(b *testing.B, kind string, mode outbox.Mode) {
+		{
 			const n = 100000
 			var total time.Duration
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				e := newEnv(b, mode)
+				e := newEnv(b, kind, mode)
 				e.writeEvents(n, 100, 4)
 				r := e.relay()
 				ctx, cancel := context.WithCancel(context.Background())
@@ -145,109 +153,120 @@ func BenchmarkRelayDrain(b *testing.B) {
 				<-done
 			}
 			b.ReportMetric(float64(n*b.N)/total.Seconds(), "events/s")
-		})
-	}
+		}
+	})
 }
 
 // BenchmarkCommitToConsumer writes single-event transactions at a steady
 // rate with the relay running and measures, per event, the time from commit
-// to a plain Kafka consumer receiving it (which includes the relay's publish
-// and Kafka's acknowledgement).
+// to a group member of the transport receiving it (which includes the
+// relay's publish and the broker's acknowledgement).
 func BenchmarkCommitToConsumer(b *testing.B) {
-	for _, mode := range []outbox.Mode{outbox.ModeCDC, outbox.ModePoll} {
-		b.Run(string(mode), func(b *testing.B) {
-			const rate, seconds = 500, 10
-			e := newEnv(b, mode)
-			r := e.relay()
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			go func() { _ = r.Run(ctx) }()
-			e.writeEvents(aggregates, 1, 1) // create the topic, warm up
-			for r.Stats().Published < aggregates {
-				time.Sleep(5 * time.Millisecond)
-			}
+	eachSetup(b, func(b *testing.B, kind string, mode outbox.Mode) {
+		const rate, seconds = 500, 10
+		e := newEnv(b, kind, mode)
+		r := e.relay()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() { _ = r.Run(ctx) }()
+		e.writeEvents(aggregates, 1, 1) // create the topic, warm up
+		for r.Stats().Published < aggregates {
+			time.Sleep(5 * time.Millisecond)
+		}
 
-			c, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": e.kafka.Addr(), "group.id": "bench", "auto.offset.reset": "earliest", "enable.metrics.push": false, "fetch.wait.max.ms": 5})
+		sub, err := e.bus.Transport().NewSubscriber(transport.SubscriberConfig{Group: "bench", Topics: []string{"bench.item"}, Logger: quiet})
+		if err != nil {
+			b.Fatal(err)
+		}
+		committed := sync.Map{}
+		var mu sync.Mutex
+		var latencies []time.Duration
+		want := rate * seconds
+		received := make(chan struct{}, want)
+		go func() {
+			_ = sub.Run(ctx, func(cl transport.Claim) {
+				for {
+					select {
+					case batch, ok := <-cl.Messages():
+						if !ok {
+							return
+						}
+						at := time.Now()
+						for _, m := range batch {
+							var v wrapperspb.Int64Value
+							if proto.Unmarshal(m.Value, &v) != nil || v.Value < timedBase {
+								continue // a warm-up event
+							}
+							id := m.Header(envelope.HeaderID)
+							for i := 0; i < 100; i++ {
+								if t, ok := committed.Load(id); ok {
+									mu.Lock()
+									latencies = append(latencies, at.Sub(t.(time.Time)))
+									mu.Unlock()
+									received <- struct{}{}
+									break
+								}
+								time.Sleep(time.Millisecond) // the writer records after commit returns
+							}
+						}
+						_ = cl.Commit(ctx, batch...)
+					case <-cl.Context().Done():
+						return
+					}
+				}
+			})
+		}()
+		b.ResetTimer()
+		tick := time.NewTicker(time.Second / rate)
+		for i := 0; i < want; i++ {
+			<-tick.C
+			id := uuid.New()
+			err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+				return e.writer.Write(ctx, tx, outbox.Event{ID: id, AggregateType: "item", AggregateID: fmt.Sprintf("agg-%d", i%aggregates), Message: wrapperspb.Int64(timedBase + int64(i))})
+			})
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer c.Close()
-			if err := c.Subscribe("bench.item", nil); err != nil {
-				b.Fatal(err)
+			committed.Store(id.String(), time.Now())
+		}
+		tick.Stop()
+		deadline := time.After(time.Minute)
+		for got := 0; got < want; got++ {
+			select {
+			case <-received:
+			case <-deadline:
+				b.Fatalf("received %d of %d events", got, want)
 			}
-			for {
-				if a, _ := c.Assignment(); len(a) > 0 {
-					break
-				}
-				c.Poll(50)
-			}
-			committed := sync.Map{}
-			var latencies []time.Duration
-			recvDone := make(chan struct{})
-			want := rate * seconds
-			go func() {
-				defer close(recvDone)
-				deadline := time.Now().Add(time.Duration(seconds+60) * time.Second)
-				for len(latencies) < want && time.Now().Before(deadline) {
-					m, err := c.ReadMessage(100 * time.Millisecond)
-					if err != nil {
-						continue
-					}
-					at := time.Now()
-					var v wrapperspb.Int64Value
-					if proto.Unmarshal(m.Value, &v) != nil || v.Value < timedBase {
-						continue // a warm-up event
-					}
-					id := broker.FromKafka(m).Header(envelope.HeaderID)
-					for i := 0; i < 100; i++ {
-						if t, ok := committed.Load(id); ok {
-							latencies = append(latencies, at.Sub(t.(time.Time)))
-							break
-						}
-						time.Sleep(time.Millisecond) // the writer records after commit returns
-					}
-				}
-			}()
-			b.ResetTimer()
-			tick := time.NewTicker(time.Second / rate)
-			for i := 0; i < want; i++ {
-				<-tick.C
-				id := uuid.New()
-				err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
-					return e.writer.Write(ctx, tx, outbox.Event{ID: id, AggregateType: "item", AggregateID: fmt.Sprintf("agg-%d", i%aggregates), Message: wrapperspb.Int64(timedBase + int64(i))})
-				})
-				if err != nil {
-					b.Fatal(err)
-				}
-				committed.Store(id.String(), time.Now())
-			}
-			tick.Stop()
-			<-recvDone
-			b.StopTimer()
-			if len(latencies) < want {
-				b.Fatalf("received %d of %d events", len(latencies), want)
-			}
-			sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
-			pct := func(p float64) float64 {
-				return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
-			}
-			b.ReportMetric(pct(0.50), "p50-ms")
-			b.ReportMetric(pct(0.99), "p99-ms")
-			b.ReportMetric(pct(1), "max-ms")
-		})
-	}
+		}
+		b.StopTimer()
+		mu.Lock()
+		defer mu.Unlock()
+		sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+		pct := func(p float64) float64 {
+			return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
+		}
+		b.ReportMetric(pct(0.50), "p50-ms")
+		b.ReportMetric(pct(0.99), "p99-ms")
+		b.ReportMetric(pct(1), "max-ms")
+	})
 }
 
 // BenchmarkConsumerApply measures events applied per second through the
 // inbox (one transaction per event: inbox insert plus a balance update).
 func BenchmarkConsumerApply(b *testing.B) {
+	for _, kind := range transporttest.Kinds {
+		b.Run(kind, func(b *testing.B) { benchmarkConsumerApply(b, kind) })
+	}
+}
+
+func benchmarkConsumerApply(b *testing.B, kind string) {
 	const n = 20000
-	e := newEnv(b, outbox.ModeCDC)
+	e := newEnv(b, kind, outbox.ModeCDC)
 	if _, err := e.pool.Exec(context.Background(), `CREATE TABLE balances (account text PRIMARY KEY, total bigint NOT NULL)`); err != nil {
 		b.Fatal(err)
 	}
-	e.kafka.CreateTopic(b, "bench.deposit", 12)
-	tr := e.kafka.Transport(12)
+	e.bus.CreateTopic(b, "bench.deposit")
+	tr := e.bus.Transport()
 	p, err := tr.NewPublisher("bench", quiet)
 	if err != nil {
 		b.Fatal(err)
