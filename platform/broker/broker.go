@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -20,6 +21,9 @@ type Config struct {
 	Partitions int
 	// ReplicationFactor for topics Switchyard creates (default 1).
 	ReplicationFactor int
+	// Retention is how long topics Switchyard creates keep events
+	// (retention.ms); 0 keeps them for ever, so consumers can replay.
+	Retention time.Duration
 	// Extra librdkafka properties, applied last (for example SASL settings).
 	Extra kafka.ConfigMap
 }
@@ -154,7 +158,12 @@ func EnsureTopics(ctx context.Context, c Config, topics ...string) error {
 	defer admin.Close()
 	specs := make([]kafka.TopicSpecification, 0, len(topics))
 	for _, t := range topics {
-		specs = append(specs, kafka.TopicSpecification{Topic: t, NumPartitions: c.Partitions, ReplicationFactor: c.ReplicationFactor})
+		retention := "-1"
+		if c.Retention > 0 {
+			retention = strconv.FormatInt(c.Retention.Milliseconds(), 10)
+		}
+		specs = append(specs, kafka.TopicSpecification{Topic: t, NumPartitions: c.Partitions, ReplicationFactor: c.ReplicationFactor,
+			Config: map[string]string{"retention.ms": retention}})
 	}
 	timeout := 30 * time.Second
 	if d, ok := ctx.Deadline(); ok {

@@ -44,6 +44,7 @@ import (
 	"github.com/switchyard/switchyard/platform/idempotency"
 	"github.com/switchyard/switchyard/platform/migrate"
 	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/redisstream"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/telemetry"
 	"github.com/switchyard/switchyard/platform/transport"
@@ -82,6 +83,7 @@ type Config struct {
 	TopicPrefix     string        // SWITCHYARD_TOPIC_PREFIX, default "switchyard."
 	OutboxMode      outbox.Mode   // SWITCHYARD_OUTBOX_MODE, cdc (default) or poll
 	Partitions      int           // SWITCHYARD_TOPIC_PARTITIONS, default 6
+	TopicRetention  time.Duration // SWITCHYARD_TOPIC_RETENTION, default 0: keep events for ever
 	ShutdownTimeout time.Duration // SWITCHYARD_SHUTDOWN_TIMEOUT, default 20s
 	LogLevel        slog.Level    // SWITCHYARD_LOG_LEVEL, default info
 	LogFormat       string        // SWITCHYARD_LOG_FORMAT: json (default) or text
@@ -116,6 +118,9 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 	}
 	if cfg.Partitions, err = strconv.Atoi(get("SWITCHYARD_TOPIC_PARTITIONS", "6")); err != nil || cfg.Partitions < 1 {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_TOPIC_PARTITIONS: want a positive integer"))
+	}
+	if cfg.TopicRetention, err = time.ParseDuration(get("SWITCHYARD_TOPIC_RETENTION", "0s")); err != nil || cfg.TopicRetention < 0 {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_TOPIC_RETENTION: want a duration such as 168h, or 0 for unlimited"))
 	}
 	if cfg.ShutdownTimeout, err = time.ParseDuration(get("SWITCHYARD_SHUTDOWN_TIMEOUT", "20s")); err != nil {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_SHUTDOWN_TIMEOUT: %w", err))
@@ -260,6 +265,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		return fmt.Errorf("setup: %w", err)
 	}
 	metrics.RegisterRelay(rl, pool, rl.Slot())
+	if rs, ok := tr.(*redisstream.Transport); ok {
+		metrics.RegisterRedis(rs)
+	}
 	if env.Consumer != nil {
 		metrics.RegisterConsumer(env.Consumer)
 	}

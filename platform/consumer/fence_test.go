@@ -1,0 +1,82 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/switchyard/switchyard/platform/broker"
+	"github.com/switchyard/switchyard/platform/envelope"
+	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
+)
+
+// epochClaim is a claim of a fencing transport, frozen at one epoch.
+type epochClaim struct {
+	transport.Claim
+	epoch int64
+}
+
+func (c epochClaim) Topic() string    { return "test.fence" }
+func (c epochClaim) Partition() int32 { return 0 }
+func (c epochClaim) Epoch() int64     { return c.epoch }
+
+// Once a newer owner of a partition has applied something, a former owner
+// (a lower epoch) that wakes up cannot apply anything: its transaction is
+// rolled back with ErrFenced.
+func TestFormerOwnerIsFenced(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testkit.Pool(t, testkit.Database(t))
+	if _, err := pool.Exec(ctx, `CREATE TABLE applied (id uuid PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := broker.New(broker.Config{Brokers: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{Transport: tr, Group: "fence", Topics: []string{"test.fence"}, Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	Handle(c, func(ctx context.Context, tx pgx.Tx, _ *wrapperspb.Int64Value, md Metadata) error {
+		_, err := tx.Exec(ctx, `INSERT INTO applied VALUES ($1)`, md.ID)
+		return err
+	})
+	if err := Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	h := c.handlers["google.protobuf.Int64Value"]
+	apply := func(epoch int64) error {
+		md := Metadata{Metadata: envelope.Metadata{ID: uuid.New(), Type: "google.protobuf.Int64Value"}, Topic: "test.fence"}
+		_, err := c.apply(ctx, epochClaim{epoch: epoch}, h, wrapperspb.Int64(1), md)
+		return err
+	}
+	for _, step := range []struct {
+		epoch  int64
+		fenced bool
+	}{
+		{5, false}, // the first owner
+		{5, false}, // the same owner again
+		{7, false}, // a new owner takes over
+		{5, true},  // the former owner wakes up
+		{6, true},  // an owner in between
+		{7, false}, // the current owner goes on
+	} {
+		err := apply(step.epoch)
+		if got := errors.Is(err, transport.ErrFenced); got != step.fenced || (!step.fenced && err != nil) {
+			t.Fatalf("apply at epoch %d: %v, want fenced=%v", step.epoch, err, step.fenced)
+		}
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM applied`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 4 {
+		t.Fatalf("%d events applied, want the 4 of current owners", n)
+	}
+}
