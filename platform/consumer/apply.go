@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
@@ -92,19 +93,29 @@ func (c *Consumer) process(ctx context.Context, cl transport.Claim, msg *transpo
 
 // unhandled decides about an event no handler is registered for. A type
 // this build knows is one the group does not consume: skipped. A type it
-// does not know comes from a newer producer: held (or skipped, if so
-// configured) until a build that knows it takes over.
+// does not know, in a package of commands addressed to the group
+// (HoldPackages), comes from a newer producer: held until a build that
+// knows it takes over. Any other unknown type is skipped, logged once.
 func (c *Consumer) unhandled(ctx context.Context, md Metadata, log *slog.Logger) bool {
-	_, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(md.Type))
-	if err == nil || c.cfg.UnknownTypes == SkipUnknown {
+	name := protoreflect.FullName(md.Type)
+	_, err := protoregistry.GlobalTypes.FindMessageByName(name)
+	if err == nil || !slices.Contains(c.cfg.HoldPackages, string(name.Parent())) {
 		c.skipped.Add(1)
-		log.Debug("no handler for event type; skipped")
+		if err != nil {
+			c.unknownMu.Lock()
+			first := !c.unknown[md.Type]
+			c.unknown[md.Type] = true
+			c.unknownMu.Unlock()
+			if first {
+				log.Warn("event type unknown to this build and not a command for this group; skipping such events")
+			}
+		}
 		return true
 	}
 	backoff := c.cfg.Backoff
 	for {
 		c.held.Add(1)
-		log.Warn("event type unknown to this build; holding the partition until a build that knows it takes over", "retry_in", backoff)
+		log.Warn("command type unknown to this build; holding the partition until a build that knows it takes over", "retry_in", backoff)
 		if !sleep(ctx, backoff) {
 			return false
 		}

@@ -69,23 +69,6 @@ const (
 	HeaderDLQAttempts  = "dlq_attempts"
 )
 
-// UnknownTypePolicy says what happens to an event whose type this build of
-// the service does not know at all (typically a newer producer during a
-// rolling upgrade).
-type UnknownTypePolicy int
-
-const (
-	// HoldUnknown (the default) stops the partition at the event and
-	// retries until a build that knows the type takes over: nothing is
-	// lost, at the price of the partition waiting.
-	HoldUnknown UnknownTypePolicy = iota
-	// SkipUnknown acknowledges such events, counting them in Stats.Skipped.
-	SkipUnknown
-)
-
-// Events of a type this build knows (it is linked in) but has no handler for
-// are always skipped and counted: the group does not consume them.
-
 // Config configures a consumer. Transport, Group, Topics and Pool are
 // required.
 type Config struct {
@@ -125,9 +108,15 @@ type Config struct {
 	// one event; a batch that fails is applied again one event per
 	// transaction, so a poison event is still isolated.
 	MaxBatch int
-	// UnknownTypes says what to do with events of a type this build does
-	// not know (default HoldUnknown).
-	UnknownTypes UnknownTypePolicy
+	// HoldPackages lists protobuf packages (for example
+	// "switchyard.inventory.v1") whose messages are commands addressed to
+	// this group. An event of a type in one of them that this build does
+	// not know comes from a newer producer (a rolling upgrade): the
+	// partition waits at it, retrying with backoff, until a build that
+	// knows it takes over, so the command is not lost. Unknown types of
+	// other packages, and known types without a handler, are skipped and
+	// counted. The service skeleton sets the service's own package.
+	HoldPackages []string
 	// Logger receives the consumer's logs (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -212,6 +201,9 @@ type Consumer struct {
 
 	claimsMu sync.Mutex
 	claims   map[transport.Claim]bool
+
+	unknownMu sync.Mutex
+	unknown   map[string]bool // unknown types already logged
 }
 
 // Stats is a snapshot of a consumer's counters.
@@ -226,7 +218,7 @@ type Stats struct {
 	DeadLettered uint64
 	// Skipped counts events acknowledged without a handler.
 	Skipped uint64
-	// Held counts waits on events of a type this build does not know.
+	// Held counts waits on commands of a type this build does not know.
 	Held uint64
 	// Partitions is how many partitions this member owns now.
 	Partitions int
@@ -252,7 +244,7 @@ func New(cfg Config) (*Consumer, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	return &Consumer{cfg: cfg, handlers: map[protoreflect.FullName]handler{}, claims: map[transport.Claim]bool{}}, nil
+	return &Consumer{cfg: cfg, handlers: map[protoreflect.FullName]handler{}, claims: map[transport.Claim]bool{}, unknown: map[string]bool{}}, nil
 }
 
 // Handle registers h for events of type T (matched on ce_type, the full

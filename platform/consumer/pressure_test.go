@@ -119,9 +119,10 @@ func rawEvent(key, typ string, payload proto.Message, written time.Time) *transp
 		Type: typ, Payload: b, CreatedAt: written}, nil)
 }
 
-// An event type this build does not know holds its partition (by default)
-// until a build that knows it takes over; a known type without a handler is
-// skipped; SkipUnknown skips both.
+// A command type this build does not know (in a package of HoldPackages)
+// holds its partition until a build that knows it takes over; a known type
+// without a handler is skipped, and so is an unknown type of another
+// package.
 func TestUnknownEventTypes(t *testing.T) {
 	eachTransport(t, func(t *testing.T, h *harness) {
 		future := rawEvent("acct-1", "switchyard.future.v9.SomethingNew", wrapperspb.Int64(1), time.Now())
@@ -130,16 +131,16 @@ func TestUnknownEventTypes(t *testing.T) {
 		h.sendRaw(known, future)
 		h.send(after)
 
-		held, stopHeld := h.run(h.config("hold"), nil)
+		hcfg := h.config("hold")
+		hcfg.HoldPackages = []string{"switchyard.future.v9"}
+		held, stopHeld := h.run(hcfg, nil)
 		testkit.WaitFor(t, time.Minute, "the unknown type to be held", func() bool { return held.Stats().Held >= 2 })
 		if s := held.Stats(); s.Processed != 0 || s.Skipped != 1 {
 			t.Fatalf("holding consumer: %+v, want the known type skipped and nothing after the unknown one applied", s)
 		}
 		stopHeld()
 
-		cfg := h.config("skip")
-		cfg.UnknownTypes = consumer.SkipUnknown
-		skip, _ := h.run(cfg, nil)
+		skip, _ := h.run(h.config("skip"), nil)
 		testkit.WaitFor(t, time.Minute, "the deposit behind the unknown type", func() bool { return skip.Stats().Processed == 1 })
 		if s := skip.Stats(); s.Skipped != 2 {
 			t.Fatalf("skipping consumer: %+v, want 2 skipped", s)

@@ -249,7 +249,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		for i, a := range spec.Subscribe {
 			topics[i] = env.Topic(a)
 		}
-		env.Consumer, err = consumer.New(consumer.Config{Transport: tr, Group: spec.Name, Topics: topics, Pool: pool, Logger: logger})
+		env.Consumer, err = consumer.New(consumer.Config{Transport: tr, Group: spec.Name, Topics: topics, Pool: pool, Logger: logger,
+			// Commands addressed to a service live in its own package.
+			HoldPackages: []string{"switchyard." + spec.Name + ".v1"}})
 		if err != nil {
 			return err
 		}
