@@ -175,7 +175,7 @@ func (c *Consumer) startSpan(parent context.Context, md Metadata) (context.Conte
 			attribute.String("messaging.consumer.group.name", c.cfg.Group),
 			attribute.String("messaging.message.id", md.ID.String()),
 			attribute.String("messaging.destination.partition.id", strconv.Itoa(int(md.Partition))),
-			attribute.String("messaging.message.position", md.Position),
+			transport.PositionAttribute(system, md.Position),
 			attribute.String("messaging."+system+".message.key", md.Key),
 			attribute.String("cloudevents.event_type", md.Type),
 			attribute.Int("switchyard.attempt", md.Attempt),

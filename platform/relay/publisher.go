@@ -66,7 +66,7 @@ func (p *publisher) publish(ctx context.Context, rec outbox.Record, ack func()) 
 	err := p.pub.Publish(ctx, msg, func(d transport.Delivery) {
 		span.SetAttributes(
 			attribute.String("messaging.destination.partition.id", strconv.Itoa(int(d.Partition))),
-			attribute.String("messaging.message.position", d.Position),
+			transport.PositionAttribute(system, d.Position),
 		)
 		span.End()
 		p.r.published.Add(1)

@@ -23,7 +23,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // Header is one message header (a CloudEvents attribute, trace context...).
@@ -165,6 +168,18 @@ type Transport interface {
 	Check(ctx context.Context) error
 	// Close releases the transport's connections.
 	Close() error
+}
+
+// PositionAttribute returns the span attribute that records a message's
+// position on system: OpenTelemetry's messaging.kafka.offset on Kafka,
+// messaging.<system>.entry_id elsewhere (a Redis stream entry id).
+func PositionAttribute(system, position string) attribute.KeyValue {
+	if system == "kafka" {
+		if n, err := strconv.ParseInt(position, 10, 64); err == nil {
+			return attribute.Int64("messaging.kafka.offset", n)
+		}
+	}
+	return attribute.String("messaging."+system+".entry_id", position)
 }
 
 // ErrFenced is returned (wrapped) when a former owner of a partition tries
