@@ -18,6 +18,7 @@ import (
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
 
 func TestMain(m *testing.M) {
@@ -41,14 +42,29 @@ type harness struct {
 	mode   outbox.Mode
 	url    string
 	pool   *pgxpool.Pool
-	kafka  *testkit.Broker
+	bus    *transporttest.Bus
 	writer *outbox.Writer
 }
 
-func newHarness(t testing.TB, mode outbox.Mode) *harness {
+// eachSetup runs test for every transport and relay mode, in parallel.
+func eachSetup(t *testing.T, test func(t *testing.T, h *harness)) {
+	t.Parallel()
+	for _, kind := range transporttest.Kinds {
+		for _, mode := range modes {
+			t.Run(kind+"/"+string(mode), func(t *testing.T) {
+				t.Parallel()
+				test(t, newHarness(t, kind, mode))
+			})
+		}
+	}
+}
+
+var modes = []outbox.Mode{outbox.ModeCDC, outbox.ModePoll}
+
+func newHarness(t testing.TB, kind string, mode outbox.Mode) *harness {
 	t.Helper()
 	url := testkit.Database(t)
-	h := &harness{t: t, mode: mode, url: url, pool: testkit.Pool(t, url), kafka: testkit.Kafka(t), writer: outbox.NewWriter(mode)}
+	h := &harness{t: t, mode: mode, url: url, pool: testkit.Pool(t, url), bus: transporttest.New(t, kind, 8), writer: outbox.NewWriter(mode)}
 	ctx := context.Background()
 	if err := outbox.Migrate(ctx, h.pool); err != nil {
 		t.Fatal(err)
@@ -63,7 +79,7 @@ func (h *harness) config() relay.Config {
 	return relay.Config{
 		Mode:            h.mode,
 		DatabaseURL:     h.url,
-		Transport:       h.kafka.Transport(8),
+		Transport:       h.bus.Transport(),
 		TopicPrefix:     prefix,
 		Source:          "/switchyard/test",
 		StatusInterval:  100 * time.Millisecond,
@@ -193,7 +209,7 @@ func (h *harness) readAll(want int, timeout time.Duration) received {
 	var ends map[int32]int64
 	seen := map[string]bool{}
 	n := 0
-	msgs := h.kafka.ReadTopic(h.t, topic, timeout, func(msgs []*transport.Message) bool {
+	msgs := h.bus.ReadTopic(h.t, topic, timeout, func(msgs []*transport.Message) bool {
 		for ; n < len(msgs); n++ {
 			seen[envelope.Headers(msgs[n])[envelope.HeaderID]] = true
 		}
@@ -201,7 +217,7 @@ func (h *harness) readAll(want int, timeout time.Duration) received {
 			return false
 		}
 		if ends == nil {
-			ends = h.kafka.EndOffsets(h.t, topic)
+			ends = h.bus.EndOffsets(h.t, topic)
 		}
 		read := map[int32]int64{}
 		for _, m := range msgs {

@@ -19,168 +19,157 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
-
-var modes = []outbox.Mode{outbox.ModeCDC, outbox.ModePoll}
 
 // 10,000 events over 100 aggregates, written concurrently, all arrive, each
 // aggregate's in commit order; the outbox table ends empty.
 func TestRelayDeliversEverythingInOrder(t *testing.T) {
-	t.Parallel()
-	for _, mode := range modes {
-		t.Run(string(mode), func(t *testing.T) {
-			t.Parallel()
-			const aggs, perAgg = 100, 100
-			h := newHarness(t, mode)
-			r, _, _ := h.start(h.config())
-			h.writeMany(aggs, perAgg, 8)
-			got := h.readAll(aggs*perAgg, 3*time.Minute)
-			if len(got.distinct) != aggs*perAgg {
-				t.Fatalf("%d distinct events, want %d", len(got.distinct), aggs*perAgg)
+	eachSetup(t, func(t *testing.T, h *harness) {
+		mode := h.mode
+		const aggs, perAgg = 100, 100
+		r, _, _ := h.start(h.config())
+		h.writeMany(aggs, perAgg, 8)
+		got := h.readAll(aggs*perAgg, 3*time.Minute)
+		if len(got.distinct) != aggs*perAgg {
+			t.Fatalf("%d distinct events, want %d", len(got.distinct), aggs*perAgg)
+		}
+		checkOrder(t, got, aggs, perAgg)
+		if mode == outbox.ModeCDC {
+			if n := h.outboxRows(); n != 0 {
+				t.Fatalf("cdc: outbox holds %d rows, want 0 (rows are deleted in the writing transaction)", n)
 			}
-			checkOrder(t, got, aggs, perAgg)
-			if mode == outbox.ModeCDC {
-				if n := h.outboxRows(); n != 0 {
-					t.Fatalf("cdc: outbox holds %d rows, want 0 (rows are deleted in the writing transaction)", n)
-				}
-			} else {
-				testkit.WaitFor(t, 30*time.Second, "poll relay to delete published rows", func() bool { return h.outboxRows() == 0 })
-			}
-			if s := r.Stats(); !s.Active || s.Published < aggs*perAgg {
-				t.Fatalf("stats = %+v, want active with >= %d published", s, aggs*perAgg)
-			}
-		})
-	}
+		} else {
+			testkit.WaitFor(t, 30*time.Second, "poll relay to delete published rows", func() bool { return h.outboxRows() == 0 })
+		}
+		if s := r.Stats(); !s.Active || s.Published < aggs*perAgg {
+			t.Fatalf("stats = %+v, want active with >= %d published", s, aggs*perAgg)
+		}
+	})
 }
 
 // A plain Kafka consumer sees the documented key, CloudEvents headers, trace
 // context and protobuf payload.
 func TestPlainConsumerReadsEnvelope(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, outbox.ModeCDC)
-	h.start(h.config())
+	for _, kind := range transporttest.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, kind, outbox.ModeCDC)
+			h.start(h.config())
 
-	traceID, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
-	spanID, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
-	ctx := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID: traceID, SpanID: spanID, TraceFlags: trace.FlagsSampled,
-	}))
-	before := time.Now().Add(-time.Second)
-	err := pgx.BeginFunc(ctx, h.pool, func(tx pgx.Tx) error {
-		return h.writer.Write(ctx, tx, outbox.Event{AggregateType: aggregateType, AggregateID: "acct-42", Message: wrapperspb.String("hello")})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs := h.kafka.ReadTopic(t, topic, time.Minute, func(m []*transport.Message) bool { return len(m) == 1 })
-	m := msgs[0]
-	if string(m.Key) != "acct-42" {
-		t.Errorf("key = %q, want acct-42", m.Key)
-	}
-	var payload wrapperspb.StringValue
-	if err := proto.Unmarshal(m.Value, &payload); err != nil || payload.Value != "hello" {
-		t.Errorf("payload = %v (%v), want StringValue hello", &payload, err)
-	}
-	h2 := envelope.Headers(m)
-	want := map[string]string{
-		"ce_specversion": "1.0",
-		"ce_source":      "/switchyard/test",
-		"ce_type":        "google.protobuf.StringValue",
-		"ce_subject":     "acct-42",
-		"content-type":   "application/protobuf",
-		"traceparent":    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-	}
-	for k, v := range want {
-		if h2[k] != v {
-			t.Errorf("header %s = %q, want %q", k, h2[k], v)
-		}
-	}
-	if len(h2["ce_id"]) != 36 {
-		t.Errorf("ce_id = %q, want a UUID", h2["ce_id"])
-	}
-	ts, err := time.Parse(time.RFC3339Nano, h2["ce_time"])
-	if err != nil || ts.Before(before) || ts.After(time.Now().Add(time.Second)) {
-		t.Errorf("ce_time = %q (%v), want the commit time in RFC 3339", h2["ce_time"], err)
+			traceID, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+			spanID, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+			ctx := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+				TraceID: traceID, SpanID: spanID, TraceFlags: trace.FlagsSampled,
+			}))
+			before := time.Now().Add(-time.Second)
+			err := pgx.BeginFunc(ctx, h.pool, func(tx pgx.Tx) error {
+				return h.writer.Write(ctx, tx, outbox.Event{AggregateType: aggregateType, AggregateID: "acct-42", Message: wrapperspb.String("hello")})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			msgs := h.bus.ReadTopic(t, topic, time.Minute, func(m []*transport.Message) bool { return len(m) == 1 })
+			m := msgs[0]
+			if string(m.Key) != "acct-42" {
+				t.Errorf("key = %q, want acct-42", m.Key)
+			}
+			var payload wrapperspb.StringValue
+			if err := proto.Unmarshal(m.Value, &payload); err != nil || payload.Value != "hello" {
+				t.Errorf("payload = %v (%v), want StringValue hello", &payload, err)
+			}
+			h2 := envelope.Headers(m)
+			want := map[string]string{
+				"ce_specversion": "1.0",
+				"ce_source":      "/switchyard/test",
+				"ce_type":        "google.protobuf.StringValue",
+				"ce_subject":     "acct-42",
+				"content-type":   "application/protobuf",
+				"traceparent":    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+			}
+			for k, v := range want {
+				if h2[k] != v {
+					t.Errorf("header %s = %q, want %q", k, h2[k], v)
+				}
+			}
+			if len(h2["ce_id"]) != 36 {
+				t.Errorf("ce_id = %q, want a UUID", h2["ce_id"])
+			}
+			ts, err := time.Parse(time.RFC3339Nano, h2["ce_time"])
+			if err != nil || ts.Before(before) || ts.After(time.Now().Add(time.Second)) {
+				t.Errorf("ce_time = %q (%v), want the commit time in RFC 3339", h2["ce_time"], err)
+			}
+		})
 	}
 }
 
 // Two relays on one database: one publishes, the other stands by and takes
 // over when the first stops.
 func TestOneActiveRelayAndTakeover(t *testing.T) {
-	t.Parallel()
-	for _, mode := range modes {
-		t.Run(string(mode), func(t *testing.T) {
-			t.Parallel()
-			h := newHarness(t, mode)
-			r1, cancel1, wait1 := h.start(h.config())
-			testkit.WaitFor(t, 30*time.Second, "first relay to become active", func() bool { return r1.Stats().Active })
-			r2, _, _ := h.start(h.config())
-			h.writeMany(10, 20, 4)
-			h.readAll(200, time.Minute)
-			if s := r2.Stats(); s.Active || s.Published != 0 {
-				t.Fatalf("standby relay published: %+v", s)
-			}
-			if s := r1.Stats(); s.Published < 200 {
-				t.Fatalf("active relay stats %+v, want >= 200 published", s)
-			}
+	eachSetup(t, func(t *testing.T, h *harness) {
+		r1, cancel1, wait1 := h.start(h.config())
+		testkit.WaitFor(t, 30*time.Second, "first relay to become active", func() bool { return r1.Stats().Active })
+		r2, _, _ := h.start(h.config())
+		h.writeMany(10, 20, 4)
+		h.readAll(200, time.Minute)
+		if s := r2.Stats(); s.Active || s.Published != 0 {
+			t.Fatalf("standby relay published: %+v", s)
+		}
+		if s := r1.Stats(); s.Published < 200 {
+			t.Fatalf("active relay stats %+v, want >= 200 published", s)
+		}
 
-			cancel1()
-			wait1()
-			testkit.WaitFor(t, 30*time.Second, "standby to take over", func() bool { return r2.Stats().Active })
-			h.writeMany(10, 20, 4)
-			got := h.readAll(400, time.Minute)
-			checkOrder(t, got, 10, 40)
-			if s := r2.Stats(); s.Published < 200 {
-				t.Fatalf("new active relay stats %+v, want >= 200 published", s)
-			}
-		})
-	}
+		cancel1()
+		wait1()
+		testkit.WaitFor(t, 30*time.Second, "standby to take over", func() bool { return r2.Stats().Active })
+		h.writeMany(10, 20, 4)
+		got := h.readAll(400, time.Minute)
+		checkOrder(t, got, 10, 40)
+		if s := r2.Stats(); s.Published < 200 {
+			t.Fatalf("new active relay stats %+v, want >= 200 published", s)
+		}
+	})
 }
 
 // The broker is unreachable for several seconds while writes continue:
 // writes keep succeeding and everything arrives once the broker is back.
 func TestBrokerOutage(t *testing.T) {
-	t.Parallel()
-	for _, mode := range modes {
-		t.Run(string(mode), func(t *testing.T) {
-			t.Parallel()
-			h := newHarness(t, mode)
-			r, _, _ := h.start(h.config())
-			h.writeMany(10, 10, 2) // topic exists, relay is warm
-			h.readAll(100, time.Minute)
+	eachSetup(t, func(t *testing.T, h *harness) {
+		r, _, _ := h.start(h.config())
+		h.writeMany(10, 10, 2) // topic exists, relay is warm
+		h.readAll(100, time.Minute)
 
-			h.kafka.Stop()
-			publishedAtStop := r.Stats().Published
-			var during atomic.Int64
-			stop := time.Now().Add(4 * time.Second)
-			for i := 0; time.Now().Before(stop); i++ {
-				if _, err := h.write(context.Background(), aggName(i%10)); err != nil {
-					t.Fatalf("write while the broker is down: %v", err)
-				}
-				during.Add(1)
+		h.bus.Stop()
+		publishedAtStop := r.Stats().Published
+		var during atomic.Int64
+		stop := time.Now().Add(4 * time.Second)
+		for i := 0; time.Now().Before(stop); i++ {
+			if _, err := h.write(context.Background(), aggName(i%10)); err != nil {
+				t.Fatalf("write while the broker is down: %v", err)
 			}
-			if err := h.kafka.Start(); err != nil {
-				t.Fatal(err)
-			}
-			total := 100 + int(during.Load())
-			got := h.readAll(total, 2*time.Minute)
-			if len(got.distinct) != total {
-				t.Fatalf("%d distinct events, want %d", len(got.distinct), total)
-			}
-			if during.Load() < 10 {
-				t.Fatalf("only %d writes during the outage", during.Load())
-			}
-			checkOrderPrefix(t, got)
-			t.Logf("%d writes during a 4s outage; relay published %d before, %d after", during.Load(), publishedAtStop, r.Stats().Published)
-		})
-	}
+			during.Add(1)
+		}
+		if err := h.bus.Start(); err != nil {
+			t.Fatal(err)
+		}
+		total := 100 + int(during.Load())
+		got := h.readAll(total, 2*time.Minute)
+		if len(got.distinct) != total {
+			t.Fatalf("%d distinct events, want %d", len(got.distinct), total)
+		}
+		if during.Load() < 10 {
+			t.Fatalf("only %d writes during the outage", during.Load())
+		}
+		checkOrderPrefix(t, got)
+		t.Logf("%d writes during a 4s outage; relay published %d before, %d after", during.Load(), publishedAtStop, r.Stats().Published)
+	})
 }
 
 // checkOrderPrefix asserts each aggregate's versions are 1..n in order
@@ -206,48 +195,50 @@ func checkOrderPrefix(t testing.TB, r received) {
 // last confirmed point.
 func TestRelayCrashLosesNothing(t *testing.T) {
 	t.Parallel()
-	for _, mode := range modes {
-		for _, how := range []string{"cancel", "sigkill"} {
-			t.Run(string(mode)+"/"+how, func(t *testing.T) {
-				t.Parallel()
-				const aggs, perAgg = 20, 150
-				h := newHarness(t, mode)
-				h.prepare()
-				writes := make(chan struct{})
-				go func() {
-					defer close(writes)
-					h.writeMany(aggs, perAgg, 4)
-				}()
+	for _, kind := range transporttest.Kinds {
+		for _, mode := range modes {
+			for _, how := range []string{"cancel", "sigkill"} {
+				t.Run(kind+"/"+string(mode)+"/"+how, func(t *testing.T) {
+					t.Parallel()
+					const aggs, perAgg = 20, 150
+					h := newHarness(t, kind, mode)
+					h.prepare()
+					writes := make(chan struct{})
+					go func() {
+						defer close(writes)
+						h.writeMany(aggs, perAgg, 4)
+					}()
 
-				var killed func()
-				if how == "sigkill" {
-					killed = h.startHelperProcess()
-				} else {
-					_, cancel, wait := h.start(h.config())
-					killed = func() {
-						h.kafka.Stop() // acknowledgements cannot arrive: the stop is unclean
-						cancel()
-						wait()
-						if err := h.kafka.Start(); err != nil {
-							t.Fatal(err)
+					var killed func()
+					if how == "sigkill" {
+						killed = h.startHelperProcess()
+					} else {
+						_, cancel, wait := h.start(h.config())
+						killed = func() {
+							h.bus.Stop() // acknowledgements cannot arrive: the stop is unclean
+							cancel()
+							wait()
+							if err := h.bus.Start(); err != nil {
+								t.Fatal(err)
+							}
 						}
 					}
-				}
-				testkit.WaitFor(t, time.Minute, "the first relay to publish", func() bool {
-					return h.kafka.HasTopic(topic) && sum(h.kafka.EndOffsets(t, topic)) >= 300
-				})
-				killed()
-				firstRun := h.kafka.EndOffsets(t, topic)
-				<-writes
-				if sum(firstRun) >= aggs*perAgg {
-					t.Fatalf("the first relay published everything (%d) before it was stopped; the test proves nothing", sum(firstRun))
-				}
+					testkit.WaitFor(t, time.Minute, "the first relay to publish", func() bool {
+						return h.bus.HasTopic(topic) && sum(h.bus.EndOffsets(t, topic)) >= 300
+					})
+					killed()
+					firstRun := h.bus.EndOffsets(t, topic)
+					<-writes
+					if sum(firstRun) >= aggs*perAgg {
+						t.Fatalf("the first relay published everything (%d) before it was stopped; the test proves nothing", sum(firstRun))
+					}
 
-				h.start(h.config())
-				got := h.readAll(aggs*perAgg, 2*time.Minute)
-				checkOrder(t, got, aggs, perAgg)
-				checkDuplicatesAreSuffix(t, got, firstRun)
-			})
+					h.start(h.config())
+					got := h.readAll(aggs*perAgg, 2*time.Minute)
+					checkOrder(t, got, aggs, perAgg)
+					checkDuplicatesAreSuffix(t, got, firstRun)
+				})
+			}
 		}
 	}
 }
@@ -310,7 +301,8 @@ func (h *harness) startHelperProcess() (kill func()) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
 		"RELAY_HELPER_URL="+h.url,
-		"RELAY_HELPER_BROKERS="+h.kafka.Addr(),
+		"RELAY_HELPER_BROKERS="+h.bus.Addr(),
+		"RELAY_HELPER_TRANSPORT="+h.bus.Kind(),
 		"RELAY_HELPER_MODE="+string(h.mode),
 	)
 	cmd.Stderr = os.Stderr
@@ -337,7 +329,7 @@ func runHelperProcess() bool {
 	r, err := relay.New(relay.Config{
 		Mode:           outbox.Mode(os.Getenv("RELAY_HELPER_MODE")),
 		DatabaseURL:    url,
-		Transport:      helperTransport(os.Getenv("RELAY_HELPER_BROKERS")),
+		Transport:      helperTransport(os.Getenv("RELAY_HELPER_TRANSPORT"), os.Getenv("RELAY_HELPER_BROKERS")),
 		TopicPrefix:    prefix,
 		StatusInterval: 100 * time.Millisecond,
 		BatchSize:      50,
@@ -388,8 +380,8 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-func helperTransport(brokers string) transport.Transport {
-	tr, err := broker.New(broker.Config{Brokers: brokers, Partitions: 8})
+func helperTransport(kind, addr string) transport.Transport {
+	tr, err := transporttest.Open(kind, addr, 8)
 	if err != nil {
 		panic(err)
 	}
@@ -397,4 +389,4 @@ func helperTransport(brokers string) transport.Transport {
 }
 
 // unreachable is a Kafka transport nothing listens for.
-func unreachable() transport.Transport { return helperTransport("127.0.0.1:1") }
+func unreachable() transport.Transport { return helperTransport("kafka", "127.0.0.1:1") }

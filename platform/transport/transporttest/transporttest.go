@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/redisstream"
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
@@ -119,20 +120,32 @@ func (b *Bus) read(t testing.TB, topic, suffix string, timeout time.Duration, do
 	}
 	rdb := b.redis.Client(t)
 	deadline := time.Now().Add(timeout)
+	// Like a Kafka consumer, read on from where each partition was left, so
+	// that what done sees only ever grows at the end.
+	var msgs []*transport.Message
+	next := make([]string, b.partitions)
+	count := make([]int64, b.partitions)
+	for p := range next {
+		next[p] = "-"
+	}
 	for {
-		var msgs []*transport.Message
 		for p := 0; p < b.partitions; p++ {
+			stream := fmt.Sprintf("%s:%d%s", topic, p, suffix)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			entries, err := rdb.XRange(ctx, fmt.Sprintf("%s:%d%s", topic, p, suffix), "-", "+").Result()
+			entries, err := rdb.XRange(ctx, stream, next[p], "+").Result()
 			cancel()
 			if err != nil && err != redis.Nil {
 				if time.Now().After(deadline) {
-					t.Fatalf("transporttest: XRANGE %s:%d%s: %v", topic, p, suffix, err)
+					t.Fatalf("transporttest: XRANGE %s: %v", stream, err)
 				}
 				continue
 			}
 			for _, e := range entries {
-				msgs = append(msgs, decode(topic, int32(p), e))
+				m := decode(topic, int32(p), e)
+				m.Offset = count[p] // the entry's index, like a Kafka offset
+				count[p]++
+				next[p] = "(" + e.ID
+				msgs = append(msgs, m)
 			}
 		}
 		if done(msgs) {
@@ -175,6 +188,62 @@ func decode(topic string, partition int32, e redis.XMessage) *transport.Message 
 		}
 	}
 	return m
+}
+
+// EndOffsets returns, per partition of topic, how many messages it holds
+// (Kafka: the end offset).
+func (b *Bus) EndOffsets(t testing.TB, topic string) map[int32]int64 {
+	t.Helper()
+	if b.kafka != nil {
+		return b.kafka.EndOffsets(t, topic)
+	}
+	rdb := b.redis.Client(t)
+	ends := map[int32]int64{}
+	for p := 0; p < b.partitions; p++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		n, err := rdb.XLen(ctx, fmt.Sprintf("%s:%d", topic, p)).Result()
+		cancel()
+		if err != nil {
+			t.Fatalf("transporttest: XLEN %s:%d: %v", topic, p, err)
+		}
+		ends[int32(p)] = n
+	}
+	return ends
+}
+
+// HasTopic reports whether topic exists (on Redis: has any entry).
+func (b *Bus) HasTopic(topic string) bool {
+	if b.kafka != nil {
+		return b.kafka.HasTopic(topic)
+	}
+	c := redis.NewClient(&redis.Options{Addr: b.redis.Addr()})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for p := 0; p < b.partitions; p++ {
+		if n, err := c.Exists(ctx, fmt.Sprintf("%s:%d", topic, p)).Result(); err == nil && n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Addr returns the broker's address: Kafka bootstrap servers, or the Redis
+// URL.
+func (b *Bus) Addr() string {
+	if b.kafka != nil {
+		return b.kafka.Addr()
+	}
+	return b.redis.URL()
+}
+
+// Open returns a transport of kind for addr (as from [Bus.Addr]), for a
+// child process that has no Bus of its own.
+func Open(kind, addr string, partitions int) (transport.Transport, error) {
+	if kind == "redis" {
+		return redisstream.New(redisstream.Config{URL: addr, Partitions: partitions, LeaseTTL: 2 * time.Second})
+	}
+	return broker.New(broker.Config{Brokers: addr, Partitions: partitions})
 }
 
 // Rewind moves group back to the beginning of every partition of topic, so
