@@ -45,6 +45,7 @@ type claim struct {
 	lag       atomic.Int64
 
 	validUntil time.Time // the lease is surely ours until then (manager only)
+	lagAt      time.Time // when lag was last read (reader only)
 }
 
 var _ transport.Claim = (*claim)(nil)
@@ -129,13 +130,9 @@ func (c *claim) read() {
 	history := true // reading the pending entries
 	after := "0"    // the history read's cursor
 	last := ""      // the last entry handed to consume
-	var lagAt time.Time
 	backoff := 100 * time.Millisecond
 	for !c.stopped() {
-		if time.Since(lagAt) >= lagEvery {
-			c.updateLag()
-			lagAt = time.Now()
-		}
+		c.refreshLag()
 		from := ">"
 		if history {
 			from = after
@@ -203,13 +200,66 @@ func (c *claim) read() {
 		if len(batch) == 0 {
 			continue
 		}
+		batch, err = c.offer(batch, history)
+		if errors.Is(err, transport.ErrFenced) {
+			c.lose("lease lost before a read")
+			return
+		}
+		if batch == nil {
+			return // stopped
+		}
+		last = batch[len(batch)-1].Position
+		if err != nil {
+			// A top-up's reply may have been lost after Redis moved entries
+			// into our pending list: read the pending entries again.
+			log.Warn("redis read failed; retrying", "err", err)
+			history, after = true, "0"
+		}
+	}
+}
+
+// offerEvery is how often a batch waiting for the consumer is topped up
+// with entries that arrived meanwhile.
+const offerEvery = 20 * time.Millisecond
+
+// offer hands batch to the consumer and returns it once taken (nil if the
+// claim stopped first). While the consumer is busy, new entries are read
+// and added to the batch on offer (up to MaxBatch), so that a batch is what
+// has arrived when the consumer asks, as on Kafka. Entries of the pending
+// history are offered as they are.
+func (c *claim) offer(batch []*transport.Message, history bool) ([]*transport.Message, error) {
+	tick := time.NewTicker(offerEvery)
+	defer tick.Stop()
+	var readErr error
+	for {
 		select {
 		case c.msgs <- batch:
-			last = batch[len(batch)-1].Position
+			return batch, readErr
 		case <-c.stop:
-			return
+			return nil, nil
 		case <-c.ctx.Done():
-			return
+			return nil, nil
+		case <-tick.C:
+			c.refreshLag()
+			if history || readErr != nil || len(batch) >= c.s.cfg.MaxBatch {
+				continue
+			}
+			entries, _, err := c.fetchN(">", c.s.cfg.MaxBatch-len(batch))
+			if errors.Is(err, transport.ErrFenced) {
+				return nil, err
+			}
+			if err != nil {
+				readErr = err
+				continue
+			}
+			for _, e := range entries {
+				if e.fields != nil { // new entries are never trimmed ones
+					batch = append(batch, c.message(e))
+				}
+			}
+			if len(entries) > 0 {
+				c.updateLag()
+			}
 		}
 	}
 }
@@ -240,10 +290,15 @@ func (c *claim) sleep(d time.Duration) bool {
 // fetch runs the fenced read from id ("0"-style for pending entries, ">"
 // for new ones).
 func (c *claim) fetch(from string) ([]entry, string, error) {
+	return c.fetchN(from, c.s.cfg.MaxBatch)
+}
+
+// fetchN is fetch of at most n entries.
+func (c *claim) fetchN(from string, n int) ([]entry, string, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 	defer cancel()
 	res, err := readScript.Run(ctx, c.s.t.rdb, []string{c.lease, c.stream},
-		c.token, c.s.cfg.Group, consumerName(c.partition), c.s.cfg.MaxBatch, from).Slice()
+		c.token, c.s.cfg.Group, consumerName(c.partition), n, from).Slice()
 	if err != nil {
 		if isFenced(err) {
 			return nil, "", fmt.Errorf("read %s: %w", c.stream, transport.ErrFenced)
@@ -347,9 +402,17 @@ func (c *claim) message(e entry) *transport.Message {
 	return m
 }
 
+// refreshLag reads the lag again if it is older than lagEvery.
+func (c *claim) refreshLag() {
+	if time.Since(c.lagAt) >= lagEvery {
+		c.updateLag()
+	}
+}
+
 // updateLag reads the group's lag on the partition: entries not yet
 // delivered to it (Redis 7.0's XINFO GROUPS lag; -1 when Redis cannot tell).
 func (c *claim) updateLag() {
+	c.lagAt = time.Now()
 	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
 	defer cancel()
 	groups, err := c.s.t.rdb.XInfoGroups(ctx, c.stream).Result()
