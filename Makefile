@@ -62,6 +62,7 @@ breaking: $(BUF) ## buf breaking against the newest v* tag, if any
 .PHONY: test
 test: check-generated lint breaking ## Everything CI checks
 	go test $(GOTEST_FLAGS) $(MODULES)
+	SWITCHYARD_E2E_TRANSPORT=redis go test $(GOTEST_FLAGS) ./shop/e2e/
 	cd deploy && GOWORK=off go test $(GOTEST_FLAGS) ./...
 
 .PHONY: bench
@@ -100,5 +101,5 @@ loadgen: ## Drive CreateOrder against a running `make run` (RATE=50 DURATION=20s
 	cd shop && go run ./cmd/loadgen -rate $(or $(RATE),50) -duration $(or $(DURATION),20s)
 
 .PHONY: run
-run: build ## Start the whole shop locally (data in .switchyard/; Ctrl-C stops it)
-	@$(BIN)/shop -dir .switchyard -bin $(BIN)
+run: build ## Start the whole shop locally (data in .switchyard/; TRANSPORT=redis for Redis Streams; Ctrl-C stops it)
+	@$(BIN)/shop -dir .switchyard -bin $(BIN) -transport $(or $(TRANSPORT),kafka)

@@ -148,3 +148,59 @@ func (t *Transport) NewSubscriber(cfg transport.SubscriberConfig) (transport.Sub
 	}
 	return &subscriber{t: t, cfg: cfg}, nil
 }
+
+// Backlog sums, over every partition of topics, the end offset minus
+// group's committed offset (a partition without a committed offset counts
+// from its beginning).
+func (t *Transport) Backlog(ctx context.Context, group string, topics ...string) (int64, error) {
+	admin, err := kafka.NewAdminClient(t.cfg.AdminConfig())
+	if err != nil {
+		return 0, fmt.Errorf("create Kafka admin client: %w", err)
+	}
+	defer admin.Close()
+	ccfg := t.cfg.AdminConfig() // a plain client: it only reads watermarks
+	(*ccfg)["group.id"] = "switchyard-backlog"
+	cons, err := kafka.NewConsumer(ccfg)
+	if err != nil {
+		return 0, fmt.Errorf("create Kafka client: %w", err)
+	}
+	defer cons.Close()
+	md, err := admin.GetMetadata(nil, true, 5000)
+	if err != nil {
+		return 0, fmt.Errorf("kafka metadata: %w", err)
+	}
+	ends := map[string]int64{}
+	var tps []kafka.TopicPartition
+	for _, topic := range topics {
+		tm, ok := md.Topics[topic]
+		if !ok {
+			continue
+		}
+		for _, p := range tm.Partitions {
+			_, high, err := cons.QueryWatermarkOffsets(topic, p.ID, 5000)
+			if err != nil {
+				return 0, fmt.Errorf("watermarks of %s/%d: %w", topic, p.ID, err)
+			}
+			ends[fmt.Sprintf("%s/%d", topic, p.ID)] = high
+			tps = append(tps, kafka.TopicPartition{Topic: &tm.Topic, Partition: p.ID})
+		}
+	}
+	if len(tps) == 0 {
+		return 0, nil
+	}
+	res, err := admin.ListConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: group, Partitions: tps}})
+	if err != nil {
+		return 0, fmt.Errorf("offsets of %s: %w", group, err)
+	}
+	var backlog int64
+	for _, r := range res.ConsumerGroupsTopicPartitions {
+		for _, tp := range r.Partitions {
+			committed := int64(0)
+			if tp.Offset >= 0 {
+				committed = int64(tp.Offset)
+			}
+			backlog += ends[fmt.Sprintf("%s/%d", *tp.Topic, tp.Partition)] - committed
+		}
+	}
+	return backlog, nil
+}

@@ -166,6 +166,11 @@ type Transport interface {
 	EnsureTopics(ctx context.Context, topics ...string) error
 	// Check reports whether the broker is reachable and usable.
 	Check(ctx context.Context) error
+	// Backlog returns how many messages of topics group has not finished
+	// (Kafka: end offsets minus committed offsets; Redis: entries not yet
+	// delivered plus delivered but unacknowledged), summed over all
+	// partitions; a topic that does not exist counts 0.
+	Backlog(ctx context.Context, group string, topics ...string) (int64, error)
 	// Close releases the transport's connections.
 	Close() error
 }

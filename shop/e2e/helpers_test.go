@@ -49,6 +49,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// e2eTransport is what carries events in these tests:
+// SWITCHYARD_E2E_TRANSPORT=redis runs the whole suite on Redis Streams
+// (`make test` runs it on both).
+func e2eTransport() string {
+	if v := os.Getenv("SWITCHYARD_E2E_TRANSPORT"); v != "" {
+		return v
+	}
+	return "kafka"
+}
+
 // shop is a running stack with clients for every service.
 type shop struct {
 	t             testing.TB
@@ -97,6 +107,7 @@ func startShop(t *testing.T, env ...string) *shop {
 	defer cancel()
 	st, err := stack.Start(ctx, stack.Options{
 		Dir: filepath.Join(t.TempDir(), "data"), BinDir: binDir, RandomPorts: true, Env: env, Log: logs,
+		Transport: e2eTransport(),
 	})
 	if err != nil {
 		t.Fatalf("start the shop: %v\n%s", err, logs.tail(60))
@@ -121,7 +132,12 @@ func startShop(t *testing.T, env ...string) *shop {
 	s.inventory = inventoryv1.NewInventoryServiceClient(conn("inventory"))
 	s.payments = paymentsv1.NewPaymentServiceClient(conn("payments"))
 	s.notifications = notificationsv1.NewNotificationServiceClient(conn("notifications"))
-	s.check, err = invariants.Open(context.Background(), st.DatabaseURL, st.KafkaAddr())
+	tr, err := st.OpenTransport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	s.check, err = invariants.Open(context.Background(), st.DatabaseURL, tr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonv1 "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/grpc"
 
 	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 // span is what the test's OTLP receiver keeps of an exported span.
@@ -146,6 +146,22 @@ func TestOneTracePerOrder(t *testing.T) {
 	leaf := col.wait(t, "notifications handling OrderConfirmed", func(sp span) bool {
 		return sp.trace == root.trace && sp.service == "notifications" && sp.attrs["cloudevents.event_type"] == "switchyard.orders.v1.OrderConfirmed"
 	})
+	// Each service exports on its own schedule: wait until the parent
+	// chain from the leaf reaches the root (a broken chain fails after
+	// the wait, with the details below).
+	testkit.WaitFor(t, time.Minute, "the order's trace to be exported by every service", func() bool {
+		byID := map[string]span{}
+		for _, sp := range col.inTrace(root.trace) {
+			byID[sp.id] = sp
+		}
+		for cur := leaf; cur.parent != ""; {
+			var ok bool
+			if cur, ok = byID[cur.parent]; !ok {
+				return false
+			}
+		}
+		return true
+	})
 	spans := col.inTrace(root.trace)
 	byID := map[string]span{}
 	services := map[string]bool{}
@@ -175,12 +191,19 @@ func TestOneTracePerOrder(t *testing.T) {
 	}
 	t.Logf("parent chain (%d hops): %s", len(chain), strings.Join(chain, " <- "))
 	kinds := map[string]int{}
+	position := "messaging.kafka.offset"
+	if e2eTransport() == "redis" {
+		position = "messaging.redis.entry_id"
+	}
 	for _, sp := range spans {
 		if sp.attrs["messaging.system"] == "" {
 			continue
 		}
 		kinds[sp.kind]++
-		for _, k := range []string{"messaging.system", "messaging.destination.name", "messaging.operation.type", "messaging.message.id", "messaging.destination.partition.id", "messaging.kafka.offset"} {
+		if sp.attrs["messaging.system"] != e2eTransport() {
+			t.Errorf("%s span %q has messaging.system %q, want %q", sp.service, sp.name, sp.attrs["messaging.system"], e2eTransport())
+		}
+		for _, k := range []string{"messaging.system", "messaging.destination.name", "messaging.operation.type", "messaging.message.id", "messaging.destination.partition.id", position} {
 			if sp.attrs[k] == "" {
 				t.Errorf("%s span %q lacks %s", sp.service, sp.name, k)
 			}
@@ -306,17 +329,26 @@ func TestMetricsMove(t *testing.T) {
 	}
 
 	// A poison message on the order topic is dead-lettered by inventory.
-	p, err := kafka.NewProducer(&kafka.ConfigMap{"bootstrap.servers": s.stack.KafkaAddr(), "enable.metrics.push": false})
+	tr, err := s.stack.OpenTransport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	p, err := tr.NewPublisher("e2e-poison", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	topic := "switchyard.order"
-	report := make(chan kafka.Event, 1)
-	if err := p.Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny}, Value: []byte("not an event")}, report); err != nil {
+	acked := make(chan struct{})
+	poison := &transport.Message{Topic: "switchyard.order", Key: []byte("poison"), Value: []byte("not an event")}
+	if err := p.Publish(context.Background(), poison, func(transport.Delivery) { close(acked) }); err != nil {
 		t.Fatal(err)
 	}
-	<-report
+	select {
+	case <-acked:
+	case err := <-p.Failed():
+		t.Fatal(err)
+	}
 	testkit.WaitFor(t, time.Minute, "inventory's dead-letter counter to rise after a poison message", func() bool {
 		v, _ := sum(scrape(t, s.stack.MetricsURL("inventory")), "switchyard_consumer_dead_lettered_total")
 		b, _ := sum(before["inventory"], "switchyard_consumer_dead_lettered_total")

@@ -21,23 +21,22 @@ import (
 	"strings"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/switchyard/switchyard/platform/broker"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
-// Checker reads the five databases and the broker.
+// Checker reads the five databases and the transport.
 type Checker struct {
-	pools   map[string]*pgxpool.Pool
-	brokers string
+	pools map[string]*pgxpool.Pool
+	tr    transport.Transport
 }
 
 // Open connects to each service's database; url maps a service name to its
-// database URL.
-func Open(ctx context.Context, url func(service string) string, brokers string) (*Checker, error) {
-	c := &Checker{pools: map[string]*pgxpool.Pool{}, brokers: brokers}
+// database URL, and tr reads the consumer groups' progress.
+func Open(ctx context.Context, url func(service string) string, tr transport.Transport) (*Checker, error) {
+	c := &Checker{pools: map[string]*pgxpool.Pool{}, tr: tr}
 	for _, s := range []string{"customers", "orders", "inventory", "payments", "notifications"} {
 		p, err := pgxpool.New(ctx, url(s))
 		if err != nil {
@@ -59,9 +58,9 @@ func (c *Checker) Close() {
 // Pool returns a service's database pool.
 func (c *Checker) Pool(service string) *pgxpool.Pool { return c.pools[service] }
 
-// WaitQuiet waits until no order is pending and, twice in a row two seconds
-// apart, every consumer group has committed offsets at the end of every
-// partition of the shop's topics with no new events published in between.
+// WaitQuiet waits until no order is pending, no outbox row waits, and,
+// twice in a row two seconds apart, every consumer group has finished every
+// message of the topics it consumes.
 func (c *Checker) WaitQuiet(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last string
@@ -86,74 +85,46 @@ func (c *Checker) WaitQuiet(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-// snapshot describes pending orders and consumer lag; quiet means none.
+// subscribers maps each consumer group to the topics it consumes.
+var subscribers = map[string][]string{
+	"orders":        {"switchyard.inventory", "switchyard.payment"},
+	"inventory":     {"switchyard.order"},
+	"payments":      {"switchyard.customer", "switchyard.order"},
+	"notifications": {"switchyard.customer", "switchyard.order"},
+}
+
+// snapshot describes pending orders, waiting outbox rows and each group's
+// backlog; quiet means none.
 func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 	var pending int
 	if err := c.pools["orders"].QueryRow(ctx, `SELECT count(*) FROM orders WHERE status = 'PENDING'`).Scan(&pending); err != nil {
 		return "", false, err
 	}
-	kcfg := broker.Config{Brokers: c.brokers}
-	admin, err := kafka.NewAdminClient(kcfg.AdminConfig())
-	if err != nil {
-		return "", false, err
+	outboxRows := 0
+	for _, p := range c.pools {
+		var n int
+		if err := p.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil {
+			return "", false, err
+		}
+		outboxRows += n
 	}
-	defer admin.Close()
-	md, err := admin.GetMetadata(nil, true, 5000)
-	if err != nil {
-		return "", false, err
+	groups := make([]string, 0, len(subscribers))
+	for g := range subscribers {
+		groups = append(groups, g)
 	}
-	ccfg := kcfg.AdminConfig() // a plain client: it only reads watermarks
-	(*ccfg)["group.id"] = "invariants"
-	cons, err := kafka.NewConsumer(ccfg)
-	if err != nil {
-		return "", false, err
-	}
-	defer cons.Close()
-	subscribers := map[string][]string{ // topic suffix -> groups that consume it
-		"customer":  {"payments", "notifications"},
-		"order":     {"inventory", "payments", "notifications"},
-		"inventory": {"orders"},
-		"payment":   {"orders"},
-	}
+	sort.Strings(groups)
 	var parts []string
-	ends := map[string]int64{}                     // "topic/partition" -> high watermark
-	byGroup := map[string][]kafka.TopicPartition{} // group -> the partitions it consumes
-	for topic, tm := range md.Topics {
-		groups, ok := subscribers[strings.TrimPrefix(topic, "switchyard.")]
-		if !ok {
-			continue
-		}
-		for _, p := range tm.Partitions {
-			_, high, err := cons.QueryWatermarkOffsets(topic, p.ID, 5000)
-			if err != nil {
-				return "", false, err
-			}
-			parts = append(parts, fmt.Sprintf("%s/%d=%d", topic, p.ID, high))
-			ends[fmt.Sprintf("%s/%d", topic, p.ID)] = high
-			for _, g := range groups {
-				byGroup[g] = append(byGroup[g], kafka.TopicPartition{Topic: &tm.Topic, Partition: p.ID})
-			}
-		}
-	}
-	lag := int64(0)
-	for g, tps := range byGroup {
-		res, err := admin.ListConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: g, Partitions: tps}})
+	var total int64
+	for _, g := range groups {
+		n, err := c.tr.Backlog(ctx, g, subscribers[g]...)
 		if err != nil {
 			return "", false, err
 		}
-		for _, r := range res.ConsumerGroupsTopicPartitions {
-			for _, tp := range r.Partitions {
-				committed := int64(0)
-				if tp.Offset >= 0 {
-					committed = int64(tp.Offset)
-				}
-				lag += ends[fmt.Sprintf("%s/%d", *tp.Topic, tp.Partition)] - committed
-			}
-		}
+		total += n
+		parts = append(parts, fmt.Sprintf("%s=%d", g, n))
 	}
-	sort.Strings(parts)
-	state := fmt.Sprintf("pending=%d lag=%d %s", pending, lag, strings.Join(parts, " "))
-	return state, pending == 0 && lag == 0, nil
+	state := fmt.Sprintf("pending=%d outbox=%d backlog %s", pending, outboxRows, strings.Join(parts, " "))
+	return state, pending == 0 && outboxRows == 0 && total == 0, nil
 }
 
 // Check verifies every invariant and returns all violations found.

@@ -1,6 +1,7 @@
 // Package stack runs the whole shop on one machine: a PostgreSQL cluster
 // with one database per service, a Kafka-protocol broker (kfake) with its
-// log on disk, and the five services as separate processes. `make run` uses
+// log on disk, a redis-server (the Redis Streams transport and the stock
+// cache; append-only file on), and the five services as separate processes. `make run` uses
 // it with the DESIGN.md ports and data in .switchyard/; the end-to-end tests
 // use it with random ports and temporary data.
 package stack
@@ -25,7 +26,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/pgcluster"
+	"github.com/switchyard/switchyard/platform/redisserver"
+	"github.com/switchyard/switchyard/platform/redisstream"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 // Services lists the shop's services with their DESIGN.md ports, in start
@@ -59,6 +64,11 @@ type Options struct {
 	Log io.Writer
 	// Durable keeps fsync on (make run); tests turn it off.
 	Durable bool
+	// Transport is "kafka" (default) or "redis": what the services use.
+	Transport string
+	// RedisPort: 0 picks a free port. The server keeps its data in
+	// Dir/redis.
+	RedisPort int
 }
 
 // Stack is a running shop.
@@ -67,6 +77,7 @@ type Stack struct {
 	Postgres *pgcluster.Cluster
 	broker   *kfake.Cluster
 	kafkaAdr string
+	redis    *redisserver.Server
 
 	mu          sync.Mutex
 	procs       map[string]*process
@@ -149,6 +160,20 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		return nil, fmt.Errorf("Kafka broker on port %d: %w", kport, err)
 	}
 	s.kafkaAdr = fmt.Sprintf("127.0.0.1:%d", kport)
+	rport := opts.RedisPort
+	if rport == 0 {
+		if rport, err = pgcluster.FreePort(); err != nil {
+			s.Close()
+			return nil, err
+		}
+	} else if err := pgcluster.CheckPortFree(rport); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("redis-server: %w (is another `make run` still running?)", err)
+	}
+	if s.redis, err = redisserver.Start(redisserver.Options{Dir: filepath.Join(opts.Dir, "redis"), Port: rport}); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("redis-server on port %d: %w", rport, err)
+	}
 	for _, svc := range Services {
 		if err := s.StartService(svc.Name); err != nil {
 			s.Close()
@@ -166,6 +191,27 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 
 // KafkaAddr is the broker's bootstrap address.
 func (s *Stack) KafkaAddr() string { return s.kafkaAdr }
+
+// RedisURL is the redis-server's URL for database db (0: the transport, 1:
+// the stock cache).
+func (s *Stack) RedisURL(db int) string { return s.redis.URL(db) }
+
+// OpenTransport returns a client of the transport the services use (for
+// example to read consumer groups' backlog); close it when done.
+func (s *Stack) OpenTransport() (transport.Transport, error) {
+	if s.Transport() == "redis" {
+		return redisstream.New(redisstream.Config{URL: s.RedisURL(0)})
+	}
+	return broker.New(broker.Config{Brokers: s.kafkaAdr})
+}
+
+// Transport returns "kafka" or "redis": what the services use.
+func (s *Stack) Transport() string {
+	if s.opts.Transport == "" {
+		return "kafka"
+	}
+	return s.opts.Transport
+}
 
 // Addr is a service's gRPC address.
 func (s *Stack) Addr(service string) string { return fmt.Sprintf("127.0.0.1:%d", s.ports[service]) }
@@ -195,6 +241,9 @@ func (s *Stack) StartService(name string) error {
 		fmt.Sprintf("SWITCHYARD_METRICS_ADDR=127.0.0.1:%d", s.metricPorts[name]),
 		"SWITCHYARD_DATABASE_URL="+s.DatabaseURL(name),
 		"SWITCHYARD_KAFKA_BROKERS="+s.kafkaAdr,
+		"SWITCHYARD_TRANSPORT="+s.Transport(),
+		"SWITCHYARD_REDIS_URL="+s.RedisURL(0),
+		"SWITCHYARD_CACHE_URL="+s.RedisURL(1),
 		"SWITCHYARD_LOG_FORMAT=text",
 	)
 	cmd.Env = append(cmd.Env, s.opts.Env...)
@@ -317,6 +366,9 @@ func (s *Stack) Close() error {
 	wg.Wait()
 	if s.broker != nil {
 		s.broker.Close()
+	}
+	if s.redis != nil {
+		s.redis.Shutdown()
 	}
 	if s.Postgres != nil {
 		errs = append(errs, s.Postgres.Stop())

@@ -1,6 +1,6 @@
-// Command shop runs the whole shop locally (`make run`): PostgreSQL and a
-// Kafka-protocol broker with their data in .switchyard/, and the five
-// services on their DESIGN.md ports. Ctrl-C stops everything cleanly; the
+// Command shop runs the whole shop locally (`make run`): PostgreSQL, a
+// Kafka-protocol broker and redis-server with their data in .switchyard/,
+// and the five services on their ports. Ctrl-C stops everything cleanly; the
 // next run finds all data again.
 package main
 
@@ -21,21 +21,29 @@ func main() {
 	bin := flag.String("bin", ".bin", "where the service binaries are")
 	pgPort := flag.Int("postgres-port", 55432, "PostgreSQL port on 127.0.0.1")
 	kafkaPort := flag.Int("kafka-port", 19092, "Kafka broker port on 127.0.0.1")
+	redisPort := flag.Int("redis-port", 16379, "redis-server port on 127.0.0.1")
+	transport := flag.String("transport", "kafka", "what carries events between the services: kafka or redis")
 	flag.Parse()
-	if err := run(*dir, *bin, *pgPort, *kafkaPort); err != nil {
+	if *transport != "kafka" && *transport != "redis" {
+		fmt.Fprintf(os.Stderr, "switchyard: -transport (TRANSPORT=) is kafka or redis, not %q\n", *transport)
+		os.Exit(2)
+	}
+	if err := run(*dir, *bin, *transport, *pgPort, *kafkaPort, *redisPort); err != nil {
 		fmt.Fprintln(os.Stderr, "switchyard:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir, bin string, pgPort, kafkaPort int) error {
+func run(dir, bin, transport string, pgPort, kafkaPort, redisPort int) error {
 	dir, _ = filepath.Abs(dir)
 	bin, _ = filepath.Abs(bin)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	fmt.Printf("switchyard: starting PostgreSQL (127.0.0.1:%d), the broker (127.0.0.1:%d) and five services; data in %s\n", pgPort, kafkaPort, dir)
+	fmt.Printf("switchyard: starting PostgreSQL (127.0.0.1:%d), the broker (127.0.0.1:%d), redis-server (127.0.0.1:%d) and five services on %s; data in %s\n",
+		pgPort, kafkaPort, redisPort, transport, dir)
 	s, err := stack.Start(ctx, stack.Options{
-		Dir: dir, BinDir: bin, PostgresPort: pgPort, KafkaPort: kafkaPort, Durable: true, Log: os.Stdout,
+		Dir: dir, BinDir: bin, PostgresPort: pgPort, KafkaPort: kafkaPort, RedisPort: redisPort,
+		Transport: transport, Durable: true, Log: os.Stdout,
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -43,9 +51,9 @@ func run(dir, bin string, pgPort, kafkaPort int) error {
 		}
 		return err
 	}
-	fmt.Print(banner(s, pgPort, kafkaPort))
+	fmt.Print(banner(s, pgPort, kafkaPort, redisPort))
 	<-ctx.Done()
-	fmt.Println("\nswitchyard: stopping services, broker and PostgreSQL ...")
+	fmt.Println("\nswitchyard: stopping services, broker, redis-server and PostgreSQL ...")
 	if err := s.Close(); err != nil {
 		return err
 	}
@@ -53,7 +61,7 @@ func run(dir, bin string, pgPort, kafkaPort int) error {
 	return nil
 }
 
-func banner(s *stack.Stack, pgPort, kafkaPort int) string {
+func banner(s *stack.Stack, pgPort, kafkaPort, redisPort int) string {
 	return fmt.Sprintf(`
 ================================================================================
  Switchyard is running. Ctrl-C stops it.
@@ -62,6 +70,7 @@ func banner(s *stack.Stack, pgPort, kafkaPort int) string {
 %s
  PostgreSQL: psql postgres://postgres@127.0.0.1:%d/orders   (one database per service)
  Kafka:      127.0.0.1:%d   (topics switchyard.customer, .order, .inventory, .payment)
+ Redis:      redis-cli -p %d   (events travel over %s; with redis: XRANGE switchyard.order:0 - +)
 
  Try it (grpcurl: 'make tools' builds it into .bin/; export PATH="$PWD/.bin:$PATH"):
 
@@ -74,5 +83,5 @@ func banner(s *stack.Stack, pgPort, kafkaPort int) string {
 
  The full walkthrough, with the ids filled in for you, is in README.md.
 ================================================================================
-`, s.GrpcurlLines(), pgPort, kafkaPort)
+`, s.GrpcurlLines(), pgPort, kafkaPort, redisPort, s.Transport())
 }
