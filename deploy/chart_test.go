@@ -158,6 +158,9 @@ var renderings = map[string]map[string]any{
 	"replicas 3":        {"services": replicas(3)},
 	"tracing off":       {"tracing": map[string]any{"enabled": false}},
 	"external otlp":     {"jaeger": map[string]any{"enabled": false}, "tracing": map[string]any{"enabled": true, "endpoint": "http://otel-collector.observability:4317"}},
+	"redis transport":   {"transport": "redis"},
+	"external redis":    {"transport": "redis", "redis": map[string]any{"enabled": false, "external": map[string]any{"url": "redis://redis.infra:6379"}}},
+	"cache off":         {"cache": map[string]any{"enabled": false}},
 }
 
 func externalDBs() map[string]any {
@@ -177,7 +180,7 @@ func replicas(n int) map[string]any {
 }
 
 // externalHosts are the hosts a rendering may name without creating them.
-var externalHosts = map[string]bool{"kafka-0.kafka.infra": true, "kafka-1.kafka.infra": true, "otel-collector.observability": true}
+var externalHosts = map[string]bool{"kafka-0.kafka.infra": true, "kafka-1.kafka.infra": true, "otel-collector.observability": true, "redis.infra": true}
 
 var hostRE = regexp.MustCompile(`^(?:[a-z+]+://)?(?:[^@/]*@)?([a-z0-9.-]+):[0-9]+`)
 
@@ -266,6 +269,58 @@ func TestChartRenderings(t *testing.T) {
 	}
 }
 
+// With the Redis transport, a durable Redis replaces Kafka: append-only file
+// fsynced on every write, no eviction, a persistent volume, non-root with a
+// read-only root filesystem.
+func TestRedisTransportRendering(t *testing.T) {
+	manifest, err := render(t, map[string]any{"transport": "redis"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := decode(t, manifest)
+	var redis *appsv1.StatefulSet
+	for i, st := range o.statefulSets {
+		if strings.HasSuffix(st.Name, "-kafka") {
+			t.Errorf("Kafka StatefulSet %s rendered with transport redis", st.Name)
+		}
+		if strings.HasSuffix(st.Name, "-redis") {
+			redis = &o.statefulSets[i]
+		}
+	}
+	if redis == nil {
+		t.Fatal("no Redis StatefulSet")
+	}
+	c := redis.Spec.Template.Spec.Containers[0]
+	args := strings.Join(c.Args, " ")
+	for _, want := range []string{"--appendonly yes", "--appendfsync always", "--maxmemory-policy noeviction", "--dir /data"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("redis args %q lack %q", args, want)
+		}
+	}
+	if strings.HasSuffix(c.Image, ":latest") || !strings.HasPrefix(c.Image, "redis:7.") {
+		t.Errorf("redis image %q, want an official redis 7 image with an explicit tag", c.Image)
+	}
+	if len(redis.Spec.VolumeClaimTemplates) != 1 || len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != "/data" {
+		t.Errorf("redis data is not on a persistent volume at /data")
+	}
+	ps := redis.Spec.Template.Spec.SecurityContext
+	if ps == nil || ps.RunAsNonRoot == nil || !*ps.RunAsNonRoot || c.SecurityContext == nil || c.SecurityContext.ReadOnlyRootFilesystem == nil || !*c.SecurityContext.ReadOnlyRootFilesystem {
+		t.Errorf("redis must run as non-root with a read-only root filesystem")
+	}
+	if c.ReadinessProbe == nil || c.LivenessProbe == nil || c.StartupProbe == nil {
+		t.Errorf("redis lacks a readiness, liveness or startup probe")
+	}
+	headless := false
+	for _, s := range o.services {
+		if s.Name == redis.Spec.ServiceName && s.Spec.ClusterIP == "None" {
+			headless = true
+		}
+	}
+	if !headless {
+		t.Errorf("redis StatefulSet's serviceName %q is not a headless Service", redis.Spec.ServiceName)
+	}
+}
+
 // checkServices asserts what every rendering promises for the five services.
 func checkServices(t *testing.T, rendering string, o objects) {
 	t.Helper()
@@ -296,6 +351,21 @@ func checkServices(t *testing.T, rendering string, o objects) {
 		}
 		if _, ok := env["SWITCHYARD_DATABASE_URL"]; !ok {
 			t.Errorf("%s: no SWITCHYARD_DATABASE_URL", n)
+		}
+		transport := "kafka"
+		if strings.Contains(rendering, "redis") {
+			transport = "redis"
+		}
+		if got := env["SWITCHYARD_TRANSPORT"].Value; got != transport {
+			t.Errorf("%s: SWITCHYARD_TRANSPORT=%q, want %q", n, got, transport)
+		}
+		_, brokers := env["SWITCHYARD_KAFKA_BROKERS"]
+		_, redisURL := env["SWITCHYARD_REDIS_URL"]
+		if brokers != (transport == "kafka") || redisURL != (transport == "redis") {
+			t.Errorf("%s: SWITCHYARD_KAFKA_BROKERS set=%v, SWITCHYARD_REDIS_URL set=%v on transport %s", n, brokers, redisURL, transport)
+		}
+		if _, cached := env["SWITCHYARD_CACHE_URL"]; cached == (rendering == "cache off") {
+			t.Errorf("%s: SWITCHYARD_CACHE_URL set=%v in rendering %q", n, cached, rendering)
 		}
 		_, traced := env["OTEL_EXPORTER_OTLP_ENDPOINT"]
 		if traced == (rendering == "tracing off") {
@@ -360,6 +430,8 @@ func TestValuesSchemaRejectsBadValues(t *testing.T) {
 		"latest image":       {"jaeger": map[string]any{"image": map[string]any{"repository": "jaegertracing/jaeger", "tag": "latest"}}},
 		"missing brokers":    {"kafka": map[string]any{"enabled": false}},
 		"missing db secrets": {"postgresql": map[string]any{"enabled": false}},
+		"unknown transport":  {"transport": "nats"},
+		"missing redis url":  {"transport": "redis", "redis": map[string]any{"enabled": false}},
 	} {
 		if _, err := render(t, values); err == nil {
 			t.Errorf("%s: the chart rendered", name)

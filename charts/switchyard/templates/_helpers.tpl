@@ -22,6 +22,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ include "switchyard.fullname" . }}-postgres
 {{- end -}}
 
+{{- define "switchyard.redisHost" -}}
+{{ include "switchyard.fullname" . }}-redis
+{{- end -}}
+
+{{/* Whether the chart needs Redis: the transport or the cache uses it. */}}
+{{- define "switchyard.needsRedis" -}}
+{{- if or (eq .Values.transport "redis") .Values.cache.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Redis URL of database db ("0": transport, "1": cache). */}}
+{{- define "switchyard.redisURL" -}}
+{{- $db := index . 1 -}}
+{{- with index . 0 -}}
+{{- if .Values.redis.enabled -}}
+redis://{{ include "switchyard.redisHost" . }}:6379/{{ $db }}
+{{- else -}}
+{{ trimSuffix "/" (required "redis.external.url is required when redis.enabled is false and Redis is needed" .Values.redis.external.url) }}/{{ $db }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "switchyard.jaegerHost" -}}
 {{ include "switchyard.fullname" . }}-jaeger
 {{- end -}}
