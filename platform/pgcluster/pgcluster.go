@@ -334,12 +334,26 @@ func (c *Cluster) Stop() error {
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !reservedPort(port) {
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// reservedPort reports whether port is one `make run` uses (the services'
+// gRPC and metrics ports, PostgreSQL, the broker, Redis): a random port for
+// a test must not take one, or a test that runs the shop on those ports
+// (and a developer's `make run`) would find it busy.
+func reservedPort(port int) bool {
+	return (port >= 50050 && port <= 50070) || (port >= 51050 && port <= 51070) ||
+		port == 55432 || port == 19092 || port == 16379
 }
 
 // CheckPortFree reports an error if port on 127.0.0.1 cannot be bound.
