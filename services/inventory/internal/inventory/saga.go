@@ -89,8 +89,23 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 	return s.emit(ctx, tx, cmd.GetOrderId(), reply)
 }
 
+// lockOrderProducts locks the products of an order's reservations in SKU
+// order, the order reserve locks them in, so that commits, releases and
+// reservations running at once cannot deadlock.
+func lockOrderProducts(ctx context.Context, tx pgx.Tx, orderID string) error {
+	_, err := tx.Exec(ctx, `SELECT 1 FROM products WHERE sku IN (SELECT sku FROM reservations WHERE order_id = $1)
+		ORDER BY sku FOR UPDATE`, orderID)
+	if err != nil {
+		return fmt.Errorf("lock the products of order %s: %w", orderID, err)
+	}
+	return nil
+}
+
 // commit turns an order's reservation into sold units.
 func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitStock, _ consumer.Metadata) error {
+	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
+		return err
+	}
 	if _, err := tx.Exec(ctx, `WITH c AS (
 			UPDATE reservations SET state = 'COMMITTED', update_time = now()
 			WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku, quantity)
@@ -105,6 +120,9 @@ func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitS
 // of a committed one. Releasing twice, or an order never reserved, changes
 // nothing.
 func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReleaseStock, _ consumer.Metadata) error {
+	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
+		return err
+	}
 	if _, err := tx.Exec(ctx, `WITH r AS (
 			UPDATE reservations n SET state = 'RELEASED', update_time = now()
 			FROM reservations o
