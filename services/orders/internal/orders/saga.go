@@ -43,14 +43,14 @@ func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msgs ...pr
 	return s.env.Outbox.Write(ctx, tx, events...)
 }
 
-// lockForEvent locks the order an event is about. An event for an order
-// that does not exist cannot be applied: it goes to the dead-letter topic.
+// lockForEvent locks the order an event is about. An order not found is
+// retried, not dead-lettered at once: logical
+// decoding streams a transaction as soon as its commit record is flushed,
+// a moment before the committing session makes it visible to others, so on
+// a busy machine a reply can overtake the visibility of the CreateOrder
+// that caused it. After the consumer's attempts it is dead-lettered.
 func lockForEvent(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) {
-	st, err := lockSaga(ctx, tx, orderID)
-	if status.Code(err) == codes.NotFound {
-		return st, consumer.Permanent(err)
-	}
-	return st, err
+	return lockSaga(ctx, tx, orderID)
 }
 
 func (st saga) awaiting(step string) bool { return st.status == "PENDING" && st.step == step }
