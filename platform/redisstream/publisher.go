@@ -14,24 +14,29 @@ import (
 )
 
 const (
-	// publishQueue bounds the messages queued but not yet sent.
-	publishQueue = 10000
+	// publishQueue bounds the messages queued but not yet sent, per lane.
+	publishQueue = 5000
 	// maxBatch bounds one pipeline of XADDs.
 	maxBatch = 1000
-	// linger is how long a batch waits for more messages after its first.
-	linger = time.Millisecond
+	// lanes is how many pipelines run at once. A partition always uses the
+	// same lane, so its entries keep their order; several lanes let Redis
+	// write (and fsync) several clients' batches in one event-loop turn.
+	lanes = 4
 	// publishTimeout bounds one pipeline round trip.
 	publishTimeout = 30 * time.Second
 )
 
-// publisher pipelines XADDs from one goroutine, so acknowledgements come in
-// the order of Publish calls.
+// publisher pipelines XADDs on a few lanes, each one goroutine sending one
+// pipeline at a time: acknowledgements of a partition (and so of a key) come
+// in the order of Publish calls. A lane sends what is queued as soon as its
+// previous pipeline is answered, so batches grow with the load and nothing
+// waits for a timer.
 type publisher struct {
 	t    *Transport
 	name string
 	log  *slog.Logger
 
-	queue   chan *pubItem
+	lanes   []chan *pubItem
 	pending atomic.Int64 // queued or sent, not yet acknowledged
 
 	failed   chan error // receives the first fatal error
@@ -40,7 +45,7 @@ type publisher struct {
 
 	stop      chan struct{}
 	stopOnce  sync.Once
-	done      chan struct{}
+	done      sync.WaitGroup
 	closeOnce sync.Once
 }
 
@@ -66,12 +71,15 @@ func (t *Transport) NewPublisher(clientID string, logger *slog.Logger) (transpor
 		t:      t,
 		name:   clientID,
 		log:    logger.With("publisher", clientID),
-		queue:  make(chan *pubItem, publishQueue),
+		lanes:  make([]chan *pubItem, lanes),
 		failed: make(chan error, 1),
 		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
 	}
-	go p.run()
+	for i := range p.lanes {
+		p.lanes[i] = make(chan *pubItem, publishQueue)
+		p.done.Add(1)
+		go p.run(p.lanes[i])
+	}
 	return p, nil
 }
 
@@ -89,7 +97,7 @@ func (p *publisher) Publish(ctx context.Context, m *transport.Message, ack func(
 	it := &pubItem{stream: streamKey(m.Topic, partition), partition: partition, values: values, ack: ack}
 	p.pending.Add(1)
 	select {
-	case p.queue <- it:
+	case p.lanes[int(partition)%len(p.lanes)] <- it:
 		return nil
 	case <-p.stop:
 		p.pending.Add(-1)
@@ -123,7 +131,7 @@ func (p *publisher) Flush(timeout time.Duration) bool {
 func (p *publisher) Close() {
 	p.closeOnce.Do(func() {
 		p.stopOnce.Do(func() { close(p.stop) })
-		<-p.done
+		p.done.Wait()
 	})
 }
 
@@ -144,28 +152,26 @@ func (p *publisher) fail(err error) {
 	})
 }
 
-func (p *publisher) run() {
-	defer close(p.done)
-	timer := time.NewTimer(linger)
-	defer timer.Stop()
+// run sends one lane's queue: it waits for a first message, takes
+// whatever else is queued (up to maxBatch) and sends it as one pipeline.
+func (p *publisher) run(queue chan *pubItem) {
+	defer p.done.Done()
+	batch := make([]*pubItem, 0, maxBatch)
 	for {
-		var batch []*pubItem
+		batch = batch[:0]
 		select {
-		case it := <-p.queue:
+		case it := <-queue:
 			batch = append(batch, it)
 		case <-p.stop:
 			return
 		}
-		timer.Reset(linger)
 	collect:
 		for len(batch) < maxBatch {
 			select {
-			case it := <-p.queue:
+			case it := <-queue:
 				batch = append(batch, it)
-			case <-timer.C:
+			default:
 				break collect
-			case <-p.stop:
-				return
 			}
 		}
 		if !p.send(batch) {
