@@ -55,6 +55,7 @@ func (s *pollSource) run(ctx context.Context, r *Relay) error {
 	defer pub.close()
 	r.active.Store(true)
 	cfg.Logger.Info("active: polling the outbox table")
+	idle := time.Duration(0)
 	for {
 		n, err := s.batch(ctx, r, conn, pub)
 		if err != nil {
@@ -64,16 +65,29 @@ func (s *pollSource) run(ctx context.Context, r *Relay) error {
 			return err
 		}
 		if n > 0 {
+			idle = 0
 			continue
 		}
+		idle = nextIdle(idle, cfg.PollInterval)
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-pub.failed():
 			return err
-		case <-time.After(cfg.PollInterval):
+		case <-time.After(idle):
 		}
 	}
+}
+
+// nextIdle is the pause after an empty poll: short right after events were
+// published (more are likely on their way, and a broker that acknowledges
+// fast would otherwise leave every event waiting for a full interval),
+// doubling up to PollInterval while the table stays empty.
+func nextIdle(last, max time.Duration) time.Duration {
+	if last <= 0 {
+		return min(time.Millisecond, max)
+	}
+	return min(2*last, max)
 }
 
 // batch publishes up to BatchSize rows and deletes them after Kafka has
