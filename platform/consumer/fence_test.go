@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -78,5 +79,48 @@ func TestFormerOwnerIsFenced(t *testing.T) {
 	}
 	if n != 4 {
 		t.Fatalf("%d events applied, want the 4 of current owners", n)
+	}
+}
+
+// dlqClaim records what is dead-lettered.
+type dlqClaim struct {
+	epochClaim
+	dead []*transport.Message
+}
+
+func (c *dlqClaim) DeadLetter(_ context.Context, m *transport.Message, extra []transport.Header) error {
+	c.dead = append(c.dead, &transport.Message{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: append(append([]transport.Header(nil), m.Headers...), extra...)})
+	return nil
+}
+
+// A message the transport has handed out more than MaxDeliveries times (its
+// consumers keep crashing on it) is dead-lettered without another try: the
+// backstop against poison loops that no handler error reports.
+func TestPoisonLoopBackstop(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tr, err := broker.New(broker.Config{Brokers: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{Transport: tr, Group: "loop", Topics: []string{"test.loop"}, Pool: testkit.Pool(t, testkit.Database(t)), MaxDeliveries: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	called := false
+	Handle(c, func(context.Context, pgx.Tx, *wrapperspb.Int64Value, Metadata) error {
+		called = true
+		return nil
+	})
+	cl := &dlqClaim{}
+	msg := &transport.Message{Topic: "test.loop", Key: []byte("k"), Position: "1-0", Deliveries: 4}
+	if !c.process(ctx, cl, msg) {
+		t.Fatal("process did not finish the message")
+	}
+	if called || len(cl.dead) != 1 || c.Stats().DeadLettered != 1 {
+		t.Fatalf("handler called=%v, %d dead-lettered: want the message dead-lettered untried", called, len(cl.dead))
+	}
+	if e := cl.dead[0].Header(HeaderDLQError); !strings.Contains(e, "delivered 4 times") {
+		t.Fatalf("dlq_error %q, want the delivery count", e)
 	}
 }
