@@ -143,15 +143,10 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			return nil, err
 		}
 	}
-	kport := opts.KafkaPort
-	if kport == 0 {
-		if kport, err = pgcluster.FreePort(); err != nil {
-			s.Close()
-			return nil, err
-		}
-	} else if err := pgcluster.CheckPortFree(kport); err != nil {
+	kport, err := pickPort(opts.KafkaPort, "Kafka broker")
+	if err != nil {
 		s.Close()
-		return nil, fmt.Errorf("Kafka broker: %w (is another `make run` still running?)", err)
+		return nil, err
 	}
 	s.broker, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(kport), kfake.DataDir(filepath.Join(opts.Dir, "kafka")),
 		kfake.ClusterID("switchyard-local"))
@@ -160,15 +155,10 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		return nil, fmt.Errorf("Kafka broker on port %d: %w", kport, err)
 	}
 	s.kafkaAdr = fmt.Sprintf("127.0.0.1:%d", kport)
-	rport := opts.RedisPort
-	if rport == 0 {
-		if rport, err = pgcluster.FreePort(); err != nil {
-			s.Close()
-			return nil, err
-		}
-	} else if err := pgcluster.CheckPortFree(rport); err != nil {
+	rport, err := pickPort(opts.RedisPort, "redis-server")
+	if err != nil {
 		s.Close()
-		return nil, fmt.Errorf("redis-server: %w (is another `make run` still running?)", err)
+		return nil, err
 	}
 	if s.redis, err = redisserver.Start(redisserver.Options{Dir: filepath.Join(opts.Dir, "redis"), Port: rport}); err != nil {
 		s.Close()
@@ -187,6 +177,17 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		}
 	}
 	return s, nil
+}
+
+// pickPort returns want if it is free, or a free port when want is 0.
+func pickPort(want int, what string) (int, error) {
+	if want == 0 {
+		return pgcluster.FreePort()
+	}
+	if err := pgcluster.CheckPortFree(want); err != nil {
+		return 0, fmt.Errorf("%s: %w (is another `make run` still running?)", what, err)
+	}
+	return want, nil
 }
 
 // KafkaAddr is the broker's bootstrap address.
