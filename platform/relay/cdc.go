@@ -104,6 +104,16 @@ func isCode(err error, codes ...string) bool {
 	return false
 }
 
+// decodingSettings are the session settings the decoding of outbox rows
+// relies on.
+var decodingSettings = map[string]string{
+	"bytea_output":       "hex",
+	"DateStyle":          "ISO, MDY",
+	"TimeZone":           "UTC",
+	"IntervalStyle":      "postgres",
+	"extra_float_digits": "3",
+}
+
 func replicationConfig(databaseURL string) (*pgconn.Config, error) {
 	cfg, err := pgconn.ParseConfig(databaseURL)
 	if err != nil {
@@ -111,8 +121,13 @@ func replicationConfig(databaseURL string) (*pgconn.Config, error) {
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	cfg.RuntimeParams["application_name"] = "switchyard-relay"
-	// Timestamps in the stream are then in a fixed, parseable offset.
-	cfg.RuntimeParams["timezone"] = "UTC"
+	// pgoutput sends column values in their text form, which these session
+	// settings shape: fix them rather than trust the server's or the
+	// database's defaults (bytea_output=escape or DateStyle='SQL, DMY'
+	// would make every event undecodable).
+	for k, v := range decodingSettings {
+		cfg.RuntimeParams[k] = v
+	}
 	return cfg, nil
 }
 

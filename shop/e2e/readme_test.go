@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +13,10 @@ import (
 	"github.com/switchyard/switchyard/shop/stack"
 )
 
-// The README's walkthrough, run verbatim with bash against a fresh stack on
-// the DESIGN.md ports, shows what it promises.
+// The README's walkthrough, run verbatim with bash against a fresh stack,
+// shows what it promises. The stack gets free ports (fixed ones can be
+// taken by any client socket of a parallel test), and the script's
+// localhost:<port> addresses are mapped to them.
 func TestREADMEWalkthrough(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
@@ -45,13 +48,22 @@ func TestREADMEWalkthrough(t *testing.T) {
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	st, err := stack.Start(ctx, stack.Options{Dir: filepath.Join(t.TempDir(), "data"), BinDir: binDir, Log: logs})
+	st, err := stack.Start(ctx, stack.Options{Dir: filepath.Join(t.TempDir(), "data"), BinDir: binDir, Log: logs,
+		RandomPorts: true, Transport: e2eTransport()})
 	if err != nil {
-		t.Fatalf("start the shop on the DESIGN.md ports (is `make run` running? stop it first): %v\n%s", err, logs.tail(40))
+		t.Fatalf("start the shop: %v\n%s", err, logs.tail(40))
 	}
 	defer st.Close()
+	text = script.String()
+	for _, svc := range stack.Services {
+		addr := fmt.Sprintf("localhost:%d", svc.Port)
+		if !strings.Contains(text, addr) {
+			t.Fatalf("the walkthrough never calls %s on %s", svc.Name, addr)
+		}
+		text = strings.ReplaceAll(text, addr, st.Addr(svc.Name))
+	}
 
-	cmd := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", script.String())
+	cmd := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", text)
 	cmd.Dir = "../.."
 	cmd.Env = append(os.Environ(), "PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()

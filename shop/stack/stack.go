@@ -148,8 +148,15 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		s.Close()
 		return nil, err
 	}
-	s.broker, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(kport), kfake.DataDir(filepath.Join(opts.Dir, "kafka")),
-		kfake.ClusterID("switchyard-local"))
+	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.Ports(kport), kfake.DataDir(filepath.Join(opts.Dir, "kafka")),
+		kfake.ClusterID("switchyard-local")}
+	if opts.Durable {
+		// Acknowledge a produce only once it is on disk: a relay confirms
+		// its position after the acknowledgement, so a crash of the machine
+		// must not lose what was acknowledged.
+		kopts = append(kopts, kfake.SyncWrites())
+	}
+	s.broker, err = kfake.NewCluster(kopts...)
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("Kafka broker on port %d: %w", kport, err)
