@@ -1,5 +1,5 @@
 # Switchyard. `make run` starts the shop locally; `make test` is everything CI
-# checks. Both need only Go, gcc and the PostgreSQL server binaries.
+# checks. Both need only Go, gcc, the PostgreSQL server binaries and redis-server.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
