@@ -41,13 +41,17 @@ func (v *Violations) Addf(field, format string, args ...any) {
 	v.Add(field, fmt.Sprintf(format, args...))
 }
 
-// Length checks that s has min..max characters and is valid UTF-8; a
-// required string (min >= 1) must also not be only white space.
+// Length checks that s has min..max characters, is valid UTF-8 and holds
+// no NUL byte; a required string (min >= 1) must also not be only white
+// space.
 func (v *Violations) Length(field, s string, min, max int) {
 	n := utf8.RuneCountInString(s)
 	switch {
 	case !utf8.ValidString(s):
 		v.Add(field, "must be valid UTF-8")
+	case strings.ContainsRune(s, 0):
+		// PostgreSQL text cannot hold NUL: it would fail at the database.
+		v.Add(field, "must not contain NUL bytes")
 	case n < min && min == 1:
 		v.Add(field, "must not be empty")
 	case min >= 1 && strings.TrimSpace(s) == "":
@@ -85,9 +89,12 @@ func (v *Violations) Email(field, s string) {
 
 var skuRE = regexp.MustCompile(`^[A-Z0-9_-]{1,64}$`)
 
+// IsSKU reports whether s is 1-64 characters of A-Z 0-9 - _.
+func IsSKU(s string) bool { return skuRE.MatchString(s) }
+
 // SKU checks that s is 1-64 characters of A-Z 0-9 - _.
 func (v *Violations) SKU(field, s string) {
-	if !skuRE.MatchString(s) {
+	if !IsSKU(s) {
 		v.Add(field, "must be 1-64 characters of A-Z 0-9 - _")
 	}
 }

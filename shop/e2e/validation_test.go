@@ -113,6 +113,30 @@ func TestBadInput(t *testing.T) {
 			_, err := s.inventory.ListProducts(ctx, &inventoryv1.ListProductsRequest{PageToken: "!!"})
 			return err
 		}},
+		{"page token decoding to a NUL byte", "page_token", func() error {
+			_, err := s.inventory.ListProducts(ctx, &inventoryv1.ListProductsRequest{PageToken: "AA"})
+			return err
+		}},
+		{"forged orders page token", "page_token", func() error {
+			_, err := s.orders.ListOrders(ctx, &ordersv1.ListOrdersRequest{CustomerId: cust, PageToken: "AA"})
+			return err
+		}},
+		{"NUL in a name", "name", func() error {
+			_, err := s.customers.RegisterCustomer(ctx, &customersv1.RegisterCustomerRequest{Email: "nul@example.com", Name: "A\x00B"})
+			return err
+		}},
+		{"NUL in a product name", "name", func() error {
+			_, err := s.inventory.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: "NUL-1", Name: "B\x00", Price: usd(1), Stock: 1})
+			return err
+		}},
+		{"NUL in an idempotency key", "idempotency_key", func() error {
+			_, err := s.payments.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: cust, Amount: usd(5), IdempotencyKey: "k\x00"})
+			return err
+		}},
+		{"NUL in a cancel reason", "reason", func() error {
+			_, err := s.orders.CancelOrder(ctx, &ordersv1.CancelOrderRequest{OrderId: unknown, Reason: "\x00"})
+			return err
+		}},
 		{"negative top-up", "amount.amount_minor", func() error {
 			_, err := s.payments.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: cust, Amount: usd(-5)})
 			return err

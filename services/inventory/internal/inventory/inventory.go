@@ -111,10 +111,10 @@ func (s *server) ListProducts(ctx context.Context, req *inventoryv1.ListProducts
 	after := ""
 	if t := req.GetPageToken(); t != "" {
 		b, err := base64.RawURLEncoding.DecodeString(t)
-		if err != nil || len(b) == 0 {
+		after = string(b)
+		if err != nil || !validate.IsSKU(after) {
 			v.Add("page_token", "is not a token returned by ListProducts")
 		}
-		after = string(b)
 	}
 	if err := v.Err(); err != nil {
 		return nil, err

@@ -1,0 +1,53 @@
+package validate_test
+
+import (
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard/switchyard/platform/validate"
+)
+
+func TestLength(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		s        string
+		min, max int
+		ok       bool
+	}{
+		{"fits", "Ada", 1, 10, true},
+		{"optional empty", "", 0, 10, true},
+		{"required empty", "", 1, 10, false},
+		{"blank", "   ", 1, 10, false},
+		{"too long", strings.Repeat("x", 11), 0, 10, false},
+		{"runes, not bytes", "ääääää", 1, 6, true},
+		{"invalid UTF-8", "\xff", 0, 10, false},
+		{"NUL byte", "A\x00B", 0, 10, false},
+		{"NUL alone", "\x00", 0, 10, false},
+	} {
+		var v validate.Violations
+		v.Length("f", tc.s, tc.min, tc.max)
+		err := v.Err()
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: Length(%q, %d, %d) = %v, want ok=%v", tc.name, tc.s, tc.min, tc.max, err, tc.ok)
+		}
+		if err != nil && status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: code %v, want InvalidArgument", tc.name, status.Code(err))
+		}
+	}
+}
+
+func TestIsSKU(t *testing.T) {
+	t.Parallel()
+	for s, want := range map[string]bool{
+		"BOOK-1": true, "A_B": true, strings.Repeat("X", 64): true,
+		"": false, "book": false, "A B": false, "A\x00": false, strings.Repeat("X", 65): false,
+	} {
+		if got := validate.IsSKU(s); got != want {
+			t.Errorf("IsSKU(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
