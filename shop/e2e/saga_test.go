@@ -13,6 +13,7 @@ import (
 	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
+	"github.com/switchyard/switchyard/platform/testkit"
 )
 
 const (
@@ -199,6 +200,60 @@ func TestSaga(t *testing.T) {
 			}
 			if !slices.IsSorted(skus) || !slices.Contains(skus, sku) || len(slices.Compact(slices.Clone(skus))) != len(skus) {
 				t.Fatalf("ListProducts in pages of 3 gave %v: want every SKU once, sorted, including %s", skus, sku)
+			}
+
+			// Payments (one top-up, five captures) and notifications (a
+			// welcome, five confirmations) in pages of 4: the same items as
+			// one big page, in the same order, in two pages.
+			testkit.WaitFor(t, time.Minute, "six notifications", func() bool {
+				resp, err := s.notifications.ListNotifications(ctx, &notificationsv1.ListNotificationsRequest{CustomerId: cust, PageSize: 1000})
+				return err == nil && len(resp.GetNotifications()) == 6
+			})
+			all := retry(t, func() (*paymentsv1.ListPaymentsResponse, error) {
+				return s.payments.ListPayments(ctx, &paymentsv1.ListPaymentsRequest{CustomerId: cust, PageSize: 1000})
+			})
+			var want, paged []string
+			for _, p := range all.GetPayments() {
+				want = append(want, p.GetPaymentId())
+			}
+			pages, token = 0, ""
+			for {
+				resp := retry(t, func() (*paymentsv1.ListPaymentsResponse, error) {
+					return s.payments.ListPayments(ctx, &paymentsv1.ListPaymentsRequest{CustomerId: cust, PageSize: 4, PageToken: token})
+				})
+				pages++
+				for _, p := range resp.GetPayments() {
+					paged = append(paged, p.GetPaymentId())
+				}
+				if token = resp.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			if len(want) != 6 || !slices.Equal(paged, want) || pages != 2 {
+				t.Fatalf("ListPayments in pages of 4 gave %v in %d pages, want %v (6) in 2", paged, pages, want)
+			}
+			allN := retry(t, func() (*notificationsv1.ListNotificationsResponse, error) {
+				return s.notifications.ListNotifications(ctx, &notificationsv1.ListNotificationsRequest{CustomerId: cust, PageSize: 1000})
+			})
+			want, paged = nil, nil
+			for _, n := range allN.GetNotifications() {
+				want = append(want, n.GetNotificationId())
+			}
+			pages, token = 0, ""
+			for {
+				resp := retry(t, func() (*notificationsv1.ListNotificationsResponse, error) {
+					return s.notifications.ListNotifications(ctx, &notificationsv1.ListNotificationsRequest{CustomerId: cust, PageSize: 4, PageToken: token})
+				})
+				pages++
+				for _, n := range resp.GetNotifications() {
+					paged = append(paged, n.GetNotificationId())
+				}
+				if token = resp.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			if !slices.Equal(paged, want) || pages != 2 {
+				t.Fatalf("ListNotifications in pages of 4 gave %v in %d pages, want %v in 2", paged, pages, want)
 			}
 		})
 

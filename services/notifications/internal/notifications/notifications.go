@@ -17,6 +17,7 @@ import (
 	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/pagetoken"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/validate"
 	"github.com/switchyard/switchyard/platform/watch"
@@ -35,6 +36,9 @@ const (
 // watchRecheck is how often WatchNotifications looks for new rows even
 // without a change notification (a safety net).
 const watchRecheck = 5 * time.Second
+
+// customerLockClass namespaces the per-customer advisory locks of notify.
+const customerLockClass = 7105
 
 // changeChannel carries the customer id of every new notification.
 const changeChannel = "switchyard_notification_created"
@@ -73,7 +77,16 @@ func money(m *moneyv1.Money) string {
 
 // notify records one notification per event: the inbox already rejects a
 // redelivery, and the unique event_id makes that doubly sure.
+//
+// A customer's notifications are written one transaction at a time (a
+// transaction-scoped advisory lock per customer, taken before the row gets
+// its seq): WatchNotifications resumes after the highest seq it has sent,
+// so a seq must never become visible after a higher one of the same
+// customer, which two concurrent writers could otherwise cause.
 func notify(ctx context.Context, tx pgx.Tx, md consumer.Metadata, customerID, about, kind, subject, body string) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, customerLockClass, customerID); err != nil {
+		return fmt.Errorf("serialise notifications of %s: %w", customerID, err)
+	}
 	if _, err := tx.Exec(ctx, `INSERT INTO notifications (notification_id, customer_id, about, kind, subject, body, event_id)
 		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING`, uuid.New(), customerID, about, kind, subject, body, md.ID); err != nil {
 		return err
@@ -109,14 +122,47 @@ func (s *server) list(ctx context.Context, customerID string, afterSeq int64) ([
 func (s *server) ListNotifications(ctx context.Context, req *notificationsv1.ListNotificationsRequest) (*notificationsv1.ListNotificationsResponse, error) {
 	var v validate.Violations
 	v.UUID("customer_id", req.GetCustomerId())
+	v.Range("page_size", int64(req.GetPageSize()), 0, 1000)
+	afterTime, afterID := time.Time{}, "00000000-0000-0000-0000-000000000000"
+	if t := req.GetPageToken(); t != "" {
+		ts, id, ok := pagetoken.Decode(t)
+		if !ok {
+			v.Add("page_token", "is not a token returned by ListNotifications")
+		}
+		afterTime, afterID = ts, id
+	}
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	list, _, err := s.list(ctx, req.GetCustomerId(), 0)
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = 100
+	}
+	rows, err := s.env.Pool.Query(ctx, `SELECT notification_id::text, kind, subject, body, event_id::text, create_time
+		FROM notifications WHERE customer_id = $1 AND (create_time, notification_id) > ($2, $3)
+		ORDER BY create_time, notification_id LIMIT $4`, req.GetCustomerId(), afterTime, afterID, size+1)
 	if err != nil {
 		return nil, err
 	}
-	return &notificationsv1.ListNotificationsResponse{Notifications: list}, nil
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*notificationsv1.Notification, error) {
+		n := &notificationsv1.Notification{CustomerId: req.GetCustomerId()}
+		var at time.Time
+		if err := r.Scan(&n.NotificationId, &n.Kind, &n.Subject, &n.Body, &n.EventId, &at); err != nil {
+			return nil, err
+		}
+		n.CreateTime = timestamppb.New(at)
+		return n, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &notificationsv1.ListNotificationsResponse{Notifications: list}
+	if len(list) > size {
+		resp.Notifications = list[:size]
+		last := list[size-1]
+		resp.NextPageToken = pagetoken.Encode(last.GetCreateTime().AsTime(), last.GetNotificationId())
+	}
+	return resp, nil
 }
 
 func (s *server) WatchNotifications(req *notificationsv1.WatchNotificationsRequest, stream notificationsv1.NotificationService_WatchNotificationsServer) error {

@@ -6,11 +6,9 @@ package orders
 import (
 	"context"
 	"embed"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -24,6 +22,7 @@ import (
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/idempotency"
+	"github.com/switchyard/switchyard/platform/pagetoken"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/validate"
 	"github.com/switchyard/switchyard/platform/watch"
@@ -189,7 +188,7 @@ func (s *server) ListOrders(ctx context.Context, req *ordersv1.ListOrdersRequest
 	v.Range("page_size", int64(req.GetPageSize()), 0, 100)
 	afterTime, afterID := time.Now().Add(24*time.Hour), "ffffffff-ffff-ffff-ffff-ffffffffffff"
 	if t := req.GetPageToken(); t != "" {
-		ts, id, ok := decodeToken(t)
+		ts, id, ok := pagetoken.Decode(t)
 		if !ok {
 			v.Add("page_token", "is not a token returned by ListOrders")
 		}
@@ -222,26 +221,9 @@ func (s *server) ListOrders(ctx context.Context, req *ordersv1.ListOrdersRequest
 	resp := &ordersv1.ListOrdersResponse{Orders: orders}
 	if more {
 		last := orders[size-1]
-		resp.NextPageToken = encodeToken(last.GetCreateTime().AsTime(), last.GetOrderId())
+		resp.NextPageToken = pagetoken.Encode(last.GetCreateTime().AsTime(), last.GetOrderId())
 	}
 	return resp, nil
-}
-
-func encodeToken(t time.Time, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "/" + id))
-}
-
-func decodeToken(tok string) (time.Time, string, bool) {
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil {
-		return time.Time{}, "", false
-	}
-	ts, id, ok := strings.Cut(string(b), "/")
-	micros, err := strconv.ParseInt(ts, 10, 64)
-	if !ok || err != nil || uuid.Validate(id) != nil {
-		return time.Time{}, "", false
-	}
-	return time.UnixMicro(micros), id, true
 }
 
 func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderRequest) (*ordersv1.CancelOrderResponse, error) {

@@ -23,6 +23,7 @@ import (
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/idempotency"
 	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/pagetoken"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/validate"
 )
@@ -143,14 +144,28 @@ var kinds = map[string]paymentsv1.PaymentKind{
 func (s *server) ListPayments(ctx context.Context, req *paymentsv1.ListPaymentsRequest) (*paymentsv1.ListPaymentsResponse, error) {
 	var v validate.Violations
 	v.UUID("customer_id", req.GetCustomerId())
+	v.Range("page_size", int64(req.GetPageSize()), 0, 1000)
+	afterTime, afterID := time.Now().Add(24*time.Hour), "ffffffff-ffff-ffff-ffff-ffffffffffff"
+	if t := req.GetPageToken(); t != "" {
+		ts, id, ok := pagetoken.Decode(t)
+		if !ok {
+			v.Add("page_token", "is not a token returned by ListPayments")
+		}
+		afterTime, afterID = ts, id
+	}
 	if err := v.Err(); err != nil {
 		return nil, err
+	}
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = 50
 	}
 	if _, err := s.account(ctx, s.env.Pool, req.GetCustomerId(), false); err != nil {
 		return nil, err
 	}
 	rows, err := s.env.Pool.Query(ctx, `SELECT payment_id, coalesce(order_id::text, ''), kind, amount_minor, create_time
-		FROM payments WHERE customer_id = $1 ORDER BY create_time DESC, payment_id`, req.GetCustomerId())
+		FROM payments WHERE customer_id = $1 AND (create_time, payment_id) < ($2, $3)
+		ORDER BY create_time DESC, payment_id DESC LIMIT $4`, req.GetCustomerId(), afterTime, afterID, size+1)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +184,13 @@ func (s *server) ListPayments(ctx context.Context, req *paymentsv1.ListPaymentsR
 	if err != nil {
 		return nil, err
 	}
-	return &paymentsv1.ListPaymentsResponse{Payments: list}, nil
+	resp := &paymentsv1.ListPaymentsResponse{Payments: list}
+	if len(list) > size {
+		resp.Payments = list[:size]
+		last := list[size-1]
+		resp.NextPageToken = pagetoken.Encode(last.GetCreateTime().AsTime(), last.GetPaymentId())
+	}
+	return resp, nil
 }
 
 // openAccount opens an empty account for a new customer.

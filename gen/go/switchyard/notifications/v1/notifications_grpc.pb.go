@@ -29,7 +29,8 @@ const (
 //
 // NotificationService lists and streams what customers were told.
 type NotificationServiceClient interface {
-	// ListNotifications returns a customer's notifications, oldest first.
+	// ListNotifications returns a customer's notifications, oldest first, a
+	// page at a time.
 	ListNotifications(ctx context.Context, in *ListNotificationsRequest, opts ...grpc.CallOption) (*ListNotificationsResponse, error)
 	// WatchNotifications streams a customer's existing and new notifications.
 	WatchNotifications(ctx context.Context, in *WatchNotificationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchNotificationsResponse], error)
@@ -78,7 +79,8 @@ type NotificationService_WatchNotificationsClient = grpc.ServerStreamingClient[W
 //
 // NotificationService lists and streams what customers were told.
 type NotificationServiceServer interface {
-	// ListNotifications returns a customer's notifications, oldest first.
+	// ListNotifications returns a customer's notifications, oldest first, a
+	// page at a time.
 	ListNotifications(context.Context, *ListNotificationsRequest) (*ListNotificationsResponse, error)
 	// WatchNotifications streams a customer's existing and new notifications.
 	WatchNotifications(*WatchNotificationsRequest, grpc.ServerStreamingServer[WatchNotificationsResponse]) error

@@ -409,8 +409,12 @@ func (x *TopUpResponse) GetAccount() *Account {
 }
 
 type ListPaymentsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	CustomerId    string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	CustomerId string                 `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	// At most this many payments (default 50, at most 1000).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token: the page after it.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -452,9 +456,25 @@ func (x *ListPaymentsRequest) GetCustomerId() string {
 	return ""
 }
 
+func (x *ListPaymentsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPaymentsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListPaymentsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Payments      []*Payment             `protobuf:"bytes,1,rep,name=payments,proto3" json:"payments,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Payments []*Payment             `protobuf:"bytes,1,rep,name=payments,proto3" json:"payments,omitempty"`
+	// Set when there are more payments: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -496,6 +516,13 @@ func (x *ListPaymentsResponse) GetPayments() []*Payment {
 	return nil
 }
 
+func (x *ListPaymentsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_switchyard_payments_v1_payments_proto protoreflect.FileDescriptor
 
 const file_switchyard_payments_v1_payments_proto_rawDesc = "" +
@@ -526,12 +553,16 @@ const file_switchyard_payments_v1_payments_proto_rawDesc = "" +
 	"\x06amount\x18\x02 \x01(\v2\x1a.switchyard.money.v1.MoneyR\x06amount\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"J\n" +
 	"\rTopUpResponse\x129\n" +
-	"\aaccount\x18\x01 \x01(\v2\x1f.switchyard.payments.v1.AccountR\aaccount\"6\n" +
+	"\aaccount\x18\x01 \x01(\v2\x1f.switchyard.payments.v1.AccountR\aaccount\"r\n" +
 	"\x13ListPaymentsRequest\x12\x1f\n" +
 	"\vcustomer_id\x18\x01 \x01(\tR\n" +
-	"customerId\"S\n" +
+	"customerId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"{\n" +
 	"\x14ListPaymentsResponse\x12;\n" +
-	"\bpayments\x18\x01 \x03(\v2\x1f.switchyard.payments.v1.PaymentR\bpayments*w\n" +
+	"\bpayments\x18\x01 \x03(\v2\x1f.switchyard.payments.v1.PaymentR\bpayments\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*w\n" +
 	"\vPaymentKind\x12\x1c\n" +
 	"\x18PAYMENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PAYMENT_KIND_TOP_UP\x10\x01\x12\x18\n" +

@@ -35,7 +35,8 @@ type PaymentServiceClient interface {
 	// TopUp adds money; the same idempotency_key returns the first result and
 	// changes nothing again.
 	TopUp(ctx context.Context, in *TopUpRequest, opts ...grpc.CallOption) (*TopUpResponse, error)
-	// ListPayments lists a customer's money movements, newest first.
+	// ListPayments lists a customer's money movements, newest first, a page
+	// at a time.
 	ListPayments(ctx context.Context, in *ListPaymentsRequest, opts ...grpc.CallOption) (*ListPaymentsResponse, error)
 }
 
@@ -88,7 +89,8 @@ type PaymentServiceServer interface {
 	// TopUp adds money; the same idempotency_key returns the first result and
 	// changes nothing again.
 	TopUp(context.Context, *TopUpRequest) (*TopUpResponse, error)
-	// ListPayments lists a customer's money movements, newest first.
+	// ListPayments lists a customer's money movements, newest first, a page
+	// at a time.
 	ListPayments(context.Context, *ListPaymentsRequest) (*ListPaymentsResponse, error)
 	mustEmbedUnimplementedPaymentServiceServer()
 }
