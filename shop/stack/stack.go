@@ -178,12 +178,52 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		}
 	}
 	for _, svc := range Services {
-		if err := s.WaitServing(ctx, svc.Name); err != nil {
+		err := s.WaitServing(ctx, svc.Name)
+		// A free port picked earlier can be taken by any other socket
+		// before the service binds it: with random ports, a service that
+		// exits at start gets new ports and another try.
+		for attempt := 1; err != nil && opts.RandomPorts && attempt < 3 && s.exited(svc.Name); attempt++ {
+			if err = s.repickPorts(svc.Name); err == nil {
+				if err = s.StartService(svc.Name); err == nil {
+					err = s.WaitServing(ctx, svc.Name)
+				}
+			}
+		}
+		if err != nil {
 			s.Close()
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// exited reports whether a service's process has ended.
+func (s *Stack) exited(name string) bool {
+	s.mu.Lock()
+	p := s.procs[name]
+	s.mu.Unlock()
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// repickPorts gives a service new free gRPC and metrics ports.
+func (s *Stack) repickPorts(name string) error {
+	port, err := pgcluster.FreePort()
+	if err != nil {
+		return err
+	}
+	metrics, err := pgcluster.FreePort()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.ports[name], s.metricPorts[name] = port, metrics
+	s.mu.Unlock()
+	return nil
 }
 
 // pickPort returns want if it is free, or a free port when want is 0.
