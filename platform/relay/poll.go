@@ -13,9 +13,15 @@ import (
 	"github.com/switchyard/switchyard/platform/outbox"
 )
 
-// pollSource reads outbox rows in seq order and deletes them once Kafka has
-// acknowledged them. A session advisory lock held on the relay's connection
-// admits one active relay per database.
+// pollSource reads outbox rows in seq order and deletes them once the
+// broker has acknowledged them. A session advisory lock held on the relay's
+// connection admits one active relay per database.
+//
+// seq is assigned at insert, not at commit: a transaction that inserted
+// earlier and commits later becomes visible after rows already sent. Per
+// aggregate, order therefore holds only when the aggregate's writers
+// serialize on it (lock its row before writing the event); cdc mode has no
+// such condition.
 type pollSource struct{}
 
 // lockKey is the advisory lock that elects the active poll relay.
