@@ -160,7 +160,6 @@ var renderings = map[string]map[string]any{
 	"external otlp":     {"jaeger": map[string]any{"enabled": false}, "tracing": map[string]any{"enabled": true, "endpoint": "http://otel-collector.observability:4317"}},
 	"redis transport":   {"transport": "redis"},
 	"external redis":    {"transport": "redis", "redis": map[string]any{"enabled": false, "external": map[string]any{"url": "redis://redis.infra:6379"}}},
-	"cache off":         {"cache": map[string]any{"enabled": false}},
 }
 
 func externalDBs() map[string]any {
@@ -363,9 +362,6 @@ func checkServices(t *testing.T, rendering string, o objects) {
 		_, redisURL := env["SWITCHYARD_REDIS_URL"]
 		if brokers != (transport == "kafka") || redisURL != (transport == "redis") {
 			t.Errorf("%s: SWITCHYARD_KAFKA_BROKERS set=%v, SWITCHYARD_REDIS_URL set=%v on transport %s", n, brokers, redisURL, transport)
-		}
-		if _, cached := env["SWITCHYARD_CACHE_URL"]; cached == (rendering == "cache off") {
-			t.Errorf("%s: SWITCHYARD_CACHE_URL set=%v in rendering %q", n, cached, rendering)
 		}
 		_, traced := env["OTEL_EXPORTER_OTLP_ENDPOINT"]
 		if traced == (rendering == "tracing off") {

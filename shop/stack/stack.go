@@ -1,9 +1,9 @@
 // Package stack runs the whole shop on one machine: a PostgreSQL cluster
 // with one database per service, a Kafka-protocol broker (kfake) with its
-// log on disk, a redis-server (the Redis Streams transport and the stock
-// cache; append-only file on), and the five services as separate processes. `make run` uses
-// it with the DESIGN.md ports and data in .switchyard/; the end-to-end tests
-// use it with random ports and temporary data.
+// log on disk, a redis-server (the Redis Streams transport; append-only file
+// on), and the five services as separate processes. `make run` uses it with
+// the fixed local ports and data in .switchyard/; the end-to-end tests use it
+// with random ports and temporary data.
 package stack
 
 import (
@@ -240,8 +240,7 @@ func pickPort(want int, what string) (int, error) {
 // KafkaAddr is the broker's bootstrap address.
 func (s *Stack) KafkaAddr() string { return s.kafkaAdr }
 
-// RedisURL is the redis-server's URL for database db (0: the transport, 1:
-// the stock cache).
+// RedisURL is the redis-server's URL for database db (0: the transport).
 func (s *Stack) RedisURL(db int) string { return s.redis.URL(db) }
 
 // OpenTransport returns a client of the transport the services use (for
@@ -291,7 +290,6 @@ func (s *Stack) StartService(name string) error {
 		"SWITCHYARD_KAFKA_BROKERS="+s.kafkaAdr,
 		"SWITCHYARD_TRANSPORT="+s.Transport(),
 		"SWITCHYARD_REDIS_URL="+s.RedisURL(0),
-		"SWITCHYARD_CACHE_URL="+s.RedisURL(1),
 		"SWITCHYARD_LOG_FORMAT=text",
 	)
 	cmd.Env = append(cmd.Env, s.opts.Env...)

@@ -26,12 +26,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ include "switchyard.fullname" . }}-redis
 {{- end -}}
 
-{{/* Whether the chart needs Redis: the transport or the cache uses it. */}}
+{{/* Whether the chart needs Redis: the transport uses it. */}}
 {{- define "switchyard.needsRedis" -}}
-{{- if or (eq .Values.transport "redis") .Values.cache.enabled -}}true{{- end -}}
+{{- if eq .Values.transport "redis" -}}true{{- end -}}
 {{- end -}}
 
-{{/* The Redis URL of database db ("0": transport, "1": cache). */}}
+{{/* The Redis URL of database db ("0": the transport). */}}
 {{- define "switchyard.redisURL" -}}
 {{- $db := index . 1 -}}
 {{- with index . 0 -}}
