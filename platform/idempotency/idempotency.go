@@ -2,6 +2,12 @@
 // with an idempotency key stores its response in the same transaction as its
 // changes; a later call with the same key gets that response back and
 // changes nothing.
+//
+// A key is scoped: callers pass the resource it protects as part of the
+// scope ("CreateOrder/<customer id>", "AdjustStock/<sku>"), so the same key
+// chosen by two customers is two keys, and nobody gets another's answer or
+// is refused because of another's request. Keys are kept for a retention
+// period ([Prune]); a retry after it runs the request again.
 package idempotency
 
 import (
@@ -9,6 +15,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
@@ -31,6 +38,16 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 // Migrate creates the idempotency_keys table if it does not exist.
 func Migrate(ctx context.Context, db outbox.Querier) error {
 	return outbox.EnsureTable(ctx, db, "idempotency_keys", Schema)
+}
+
+// Prune deletes keys older than retention and returns how many it deleted.
+// The service skeleton runs it periodically.
+func Prune(ctx context.Context, db outbox.Querier, retention time.Duration) (int64, error) {
+	tag, err := db.Exec(ctx, `DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)`, retention.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("idempotency: prune: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }
 
 // ErrKeyReused is returned when a key comes back with a different request.

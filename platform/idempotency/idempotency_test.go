@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -74,5 +75,34 @@ func TestConcurrentSameKey(t *testing.T) {
 	}
 	if _, _, err := do("k", 2, false); !errors.Is(err, idempotency.ErrKeyReused) {
 		t.Fatalf("same key, other request: %v, want ErrKeyReused", err)
+	}
+}
+
+// Keys older than the retention are pruned; recent ones stay and still
+// replay.
+func TestPrune(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testkit.Pool(t, testkit.Database(t))
+	if err := idempotency.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES
+		('Test', 'old', '\x00', now() - interval '2 days'), ('Test', 'new', '\x00', now())`); err != nil {
+		t.Fatal(err)
+	}
+	n, err := idempotency.Prune(ctx, pool, 24*time.Hour)
+	if err != nil || n != 1 {
+		t.Fatalf("Prune = %d, %v; want the one old key", n, err)
+	}
+	var left []string
+	rows, _ := pool.Query(ctx, `SELECT key FROM idempotency_keys`)
+	for rows.Next() {
+		var k string
+		_ = rows.Scan(&k)
+		left = append(left, k)
+	}
+	if len(left) != 1 || left[0] != "new" {
+		t.Fatalf("keys left %v, want [new]", left)
 	}
 }

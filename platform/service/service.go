@@ -74,19 +74,23 @@ type Spec struct {
 
 // Config is the environment-driven configuration common to all services.
 type Config struct {
-	GRPCAddr        string        // SWITCHYARD_GRPC_ADDR, default ":<port>"
-	MetricsAddr     string        // SWITCHYARD_METRICS_ADDR, default ":<port+1000>" (Prometheus /metrics)
-	DatabaseURL     string        // SWITCHYARD_DATABASE_URL, required
-	Transport       string        // SWITCHYARD_TRANSPORT: kafka (default) or redis
-	Brokers         string        // SWITCHYARD_KAFKA_BROKERS, default 127.0.0.1:19092
-	RedisURL        string        // SWITCHYARD_REDIS_URL, default redis://127.0.0.1:16379/0
-	TopicPrefix     string        // SWITCHYARD_TOPIC_PREFIX, default "switchyard."
-	OutboxMode      outbox.Mode   // SWITCHYARD_OUTBOX_MODE, cdc (default) or poll
-	Partitions      int           // SWITCHYARD_TOPIC_PARTITIONS, default 6
-	TopicRetention  time.Duration // SWITCHYARD_TOPIC_RETENTION, default 0: keep events for ever
-	ShutdownTimeout time.Duration // SWITCHYARD_SHUTDOWN_TIMEOUT, default 20s
-	LogLevel        slog.Level    // SWITCHYARD_LOG_LEVEL, default info
-	LogFormat       string        // SWITCHYARD_LOG_FORMAT: json (default) or text
+	GRPCAddr       string        // SWITCHYARD_GRPC_ADDR, default ":<port>"
+	MetricsAddr    string        // SWITCHYARD_METRICS_ADDR, default ":<port+1000>" (Prometheus /metrics)
+	DatabaseURL    string        // SWITCHYARD_DATABASE_URL, required
+	Transport      string        // SWITCHYARD_TRANSPORT: kafka (default) or redis
+	Brokers        string        // SWITCHYARD_KAFKA_BROKERS, default 127.0.0.1:19092
+	RedisURL       string        // SWITCHYARD_REDIS_URL, default redis://127.0.0.1:16379/0
+	TopicPrefix    string        // SWITCHYARD_TOPIC_PREFIX, default "switchyard."
+	OutboxMode     outbox.Mode   // SWITCHYARD_OUTBOX_MODE, cdc (default) or poll
+	Partitions     int           // SWITCHYARD_TOPIC_PARTITIONS, default 6
+	TopicRetention time.Duration // SWITCHYARD_TOPIC_RETENTION, default 0: keep events for ever
+	// IdempotencyRetention is how long idempotency keys are kept
+	// (SWITCHYARD_IDEMPOTENCY_RETENTION, default 24h); a retry after it runs
+	// the request again.
+	IdempotencyRetention time.Duration
+	ShutdownTimeout      time.Duration // SWITCHYARD_SHUTDOWN_TIMEOUT, default 20s
+	LogLevel             slog.Level    // SWITCHYARD_LOG_LEVEL, default info
+	LogFormat            string        // SWITCHYARD_LOG_FORMAT: json (default) or text
 }
 
 // LoadConfig reads the configuration of a service whose default port is
@@ -121,6 +125,9 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 	}
 	if cfg.TopicRetention, err = time.ParseDuration(get("SWITCHYARD_TOPIC_RETENTION", "0s")); err != nil || cfg.TopicRetention < 0 {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_TOPIC_RETENTION: want a duration such as 168h, or 0 for unlimited"))
+	}
+	if cfg.IdempotencyRetention, err = time.ParseDuration(get("SWITCHYARD_IDEMPOTENCY_RETENTION", "24h")); err != nil || cfg.IdempotencyRetention <= 0 {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_IDEMPOTENCY_RETENTION: want a positive duration such as 24h"))
 	}
 	if cfg.ShutdownTimeout, err = time.ParseDuration(get("SWITCHYARD_SHUTDOWN_TIMEOUT", "20s")); err != nil {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_SHUTDOWN_TIMEOUT: %w", err))
@@ -340,6 +347,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		for _, fn := range env.background {
 			start("background", fn)
 		}
+		start("idempotency", func(ctx context.Context) error {
+			return pruneIdempotencyKeys(ctx, pool, cfg.IdempotencyRetention, logger)
+		})
 		start("health", func(ctx context.Context) error { return healthLoop(ctx, pool, tr, setHealth, logger) })
 		logger.Info("ready")
 		return nil
@@ -547,4 +557,22 @@ func toStatus(ctx context.Context, err error, method string, logger *slog.Logger
 	}
 	logger.ErrorContext(ctx, "request failed", "method", method, "error", err)
 	return status.Error(codes.Internal, "internal error")
+}
+
+// pruneIdempotencyKeys deletes expired idempotency keys every tenth of the
+// retention (at most hourly) until ctx ends; failures are logged and retried.
+func pruneIdempotencyKeys(ctx context.Context, pool *pgxpool.Pool, retention time.Duration, logger *slog.Logger) error {
+	every := min(retention/10, time.Hour)
+	for {
+		if n, err := idempotency.Prune(ctx, pool, retention); err != nil && ctx.Err() == nil {
+			logger.Warn("prune idempotency keys", "error", err)
+		} else if n > 0 {
+			logger.Info("pruned idempotency keys", "keys", n)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+	}
 }

@@ -257,6 +257,27 @@ func TestSaga(t *testing.T) {
 			}
 		})
 
+		t.Run("one key, two customers: two orders and two top-ups", func(t *testing.T) {
+			t.Parallel()
+			a, b, sku := s.customer(1_000), s.customer(1_000), s.product(100, 10)
+			key := "shared-key-" + sku
+			oa := s.order(a, key, item(sku, 1))
+			ob := s.order(b, key, item(sku, 1))
+			if oa.GetOrderId() == ob.GetOrderId() || ob.GetCustomerId() != b {
+				t.Fatalf("customer B's order with A's key is %v, want B's own order", ob)
+			}
+			for _, cust := range []string{a, b} {
+				retry(t, func() (*paymentsv1.TopUpResponse, error) {
+					return s.payments.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: cust, Amount: usd(500), IdempotencyKey: key})
+				})
+			}
+			wantFinal(t, s.final(oa.GetOrderId()), confirmed, "")
+			wantFinal(t, s.final(ob.GetOrderId()), confirmed, "")
+			if s.balance(a) != 1_400 || s.balance(b) != 1_400 {
+				t.Fatalf("balances %d and %d, want 1400 each (1000 + 500 - 100)", s.balance(a), s.balance(b))
+			}
+		})
+
 		t.Run("same key on TopUp and AdjustStock changes once", func(t *testing.T) {
 			t.Parallel()
 			cust, sku := s.customer(0), s.product(100, 10)

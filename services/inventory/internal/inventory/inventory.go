@@ -153,7 +153,7 @@ func (s *server) AdjustStock(ctx context.Context, req *inventoryv1.AdjustStockRe
 	var resp *inventoryv1.AdjustStockResponse
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		var err error
-		resp, _, err = idempotency.Do(ctx, tx, "AdjustStock", req.GetIdempotencyKey(), req, func() (*inventoryv1.AdjustStockResponse, error) {
+		resp, _, err = idempotency.Do(ctx, tx, "AdjustStock/"+req.GetSku(), req.GetIdempotencyKey(), req, func() (*inventoryv1.AdjustStockResponse, error) {
 			p, err := scanProduct(tx.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1 FOR UPDATE`, req.GetSku()))
 			if errors.Is(err, pgx.ErrNoRows) {
 				return nil, status.Errorf(codes.NotFound, "product %s not found", req.GetSku())

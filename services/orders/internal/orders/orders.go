@@ -137,7 +137,7 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 	var resp *ordersv1.CreateOrderResponse
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		var err error
-		resp, _, err = idempotency.Do(ctx, tx, "CreateOrder", req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
+		resp, _, err = idempotency.Do(ctx, tx, "CreateOrder/"+req.GetCustomerId(), req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
 			id := uuid.NewString()
 			if _, err := tx.Exec(ctx, `INSERT INTO orders (order_id, customer_id, status, saga_step, saga_deadline)
 				VALUES ($1, $2, 'PENDING', 'RESERVING', now() + make_interval(secs => $3))`,

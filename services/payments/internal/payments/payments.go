@@ -114,7 +114,7 @@ func (s *server) TopUp(ctx context.Context, req *paymentsv1.TopUpRequest) (*paym
 	var resp *paymentsv1.TopUpResponse
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		var err error
-		resp, _, err = idempotency.Do(ctx, tx, "TopUp", req.GetIdempotencyKey(), req, func() (*paymentsv1.TopUpResponse, error) {
+		resp, _, err = idempotency.Do(ctx, tx, "TopUp/"+req.GetCustomerId(), req.GetIdempotencyKey(), req, func() (*paymentsv1.TopUpResponse, error) {
 			if _, err := s.account(ctx, tx, req.GetCustomerId(), true); err != nil {
 				return nil, err
 			}
