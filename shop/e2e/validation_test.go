@@ -85,6 +85,14 @@ func TestBadInput(t *testing.T) {
 			_, err := s.inventory.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: "NEW-1", Name: "B", Price: usd(-1), Stock: 1})
 			return err
 		}},
+		{"zero price", "price.amount_minor", func() error {
+			_, err := s.inventory.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: "NEW-1", Name: "B", Price: usd(0), Stock: 1})
+			return err
+		}},
+		{"price of 2^62 minor units", "price.amount_minor", func() error {
+			_, err := s.inventory.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: "NEW-1", Name: "B", Price: usd(1 << 62), Stock: 4})
+			return err
+		}},
 		{"wrong currency", "price.currency", func() error {
 			_, err := s.inventory.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: "NEW-1", Name: "B", Price: &moneyv1.Money{Currency: "EUR", AmountMinor: 1}, Stock: 1})
 			return err

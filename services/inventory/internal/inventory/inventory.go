@@ -39,6 +39,13 @@ const (
 // maxStock bounds stock and adjustments so that counters never overflow.
 const maxStock = 1_000_000_000
 
+// maxPrice bounds a unit price (10^12 minor units, ten billion dollars):
+// with at most 100 lines of at most 1,000 units, an order's total stays far
+// below what int64 minor units hold. Prices are positive: a free product
+// would make an order that confirms with nothing to charge, which the
+// saga's "confirmed means exactly one capture" cannot express.
+const maxPrice = 1_000_000_000_000
+
 // Spec describes the inventory service: it consumes the order saga's
 // commands.
 func Spec() service.Spec {
@@ -72,7 +79,10 @@ func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProdu
 	var v validate.Violations
 	v.SKU("sku", req.GetSku())
 	v.Length("name", req.GetName(), 1, 200)
-	v.Money("price", req.GetPrice() != nil, req.GetPrice().GetCurrency(), req.GetPrice().GetAmountMinor(), true)
+	v.Money("price", req.GetPrice() != nil, req.GetPrice().GetCurrency(), req.GetPrice().GetAmountMinor(), false)
+	if req.GetPrice().GetAmountMinor() > maxPrice {
+		v.Addf("price.amount_minor", "must be at most %d", int64(maxPrice))
+	}
 	v.Range("stock", req.GetStock(), 0, maxStock)
 	if err := v.Err(); err != nil {
 		return nil, err

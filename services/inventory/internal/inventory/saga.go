@@ -3,6 +3,7 @@ package inventory
 import (
 	"context"
 	"fmt"
+	"math"
 	"sort"
 
 	"github.com/jackc/pgx/v5"
@@ -84,7 +85,14 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 			return err
 		}
 		reply.Lines = append(reply.Lines, &inventoryv1.StockLine{Sku: sku, Quantity: q, UnitPrice: &moneyv1.Money{Currency: p.currency, AmountMinor: p.price}})
-		reply.Total.AmountMinor += p.price * q
+		total, ok := addLine(reply.Total.AmountMinor, p.price, q)
+		if !ok {
+			// Only a product priced before prices were bounded can get here:
+			// nothing is reserved (the transaction rolls back) and the saga
+			// cancels the order at its deadline.
+			return consumer.Permanent(fmt.Errorf("order %s: total overflows at %d x %s at %d", cmd.GetOrderId(), q, sku, p.price))
+		}
+		reply.Total.AmountMinor = total
 	}
 	return s.emit(ctx, tx, cmd.GetOrderId(), reply)
 }
@@ -136,4 +144,20 @@ func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Releas
 		return err
 	}
 	return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockReleased{OrderId: cmd.GetOrderId()})
+}
+
+// addLine returns total + price*quantity, and false if that is negative or
+// does not fit in an int64.
+func addLine(total, price, quantity int64) (int64, bool) {
+	if price < 0 || quantity < 0 || total < 0 {
+		return 0, false
+	}
+	if quantity != 0 && price > math.MaxInt64/quantity {
+		return 0, false
+	}
+	line := price * quantity
+	if total > math.MaxInt64-line {
+		return 0, false
+	}
+	return total + line, true
 }

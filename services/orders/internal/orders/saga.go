@@ -127,8 +127,10 @@ func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1
 	if _, err := tx.Exec(ctx, `UPDATE orders SET total_minor = $2 WHERE order_id = $1`, st.orderID, total); err != nil {
 		return err
 	}
-	if total == 0 { // nothing to charge
-		return s.finish(ctx, tx, st.orderID, "CONFIRMED", "", &inventoryv1.CommitStock{OrderId: st.orderID})
+	if total <= 0 {
+		// Prices are positive, so a reservation always has something to
+		// charge; an order must never confirm for free.
+		return consumer.Permanent(fmt.Errorf("order %s: reserved total %d is not positive", st.orderID, total))
 	}
 	if err := s.setStep(ctx, tx, st.orderID, "CHARGING"); err != nil {
 		return err
