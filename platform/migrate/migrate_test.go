@@ -6,6 +6,8 @@ import (
 	"testing"
 	"testing/fstest"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/switchyard/switchyard/platform/migrate"
 	"github.com/switchyard/switchyard/platform/testkit"
 )
@@ -36,5 +38,51 @@ func TestApply(t *testing.T) {
 	var cols int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM information_schema.columns WHERE table_name = 't'`).Scan(&cols); err != nil || cols != 2 {
 		t.Fatalf("table t has %d columns (%v), want 2: the failed migration must roll back", cols, err)
+	}
+}
+
+// Replicas starting at the same moment on a fresh database each apply the
+// migrations without an error, and every migration runs exactly once.
+func TestApplyConcurrently(t *testing.T) {
+	t.Parallel()
+	url := testkit.Database(t)
+	fsys := fstest.MapFS{
+		"migrations/001_init.sql": {Data: []byte(`CREATE TABLE t (a int)`)},
+		"migrations/002_more.sql": {Data: []byte(`ALTER TABLE t ADD COLUMN b int; CREATE TABLE u (a int)`)},
+	}
+	const replicas = 16
+	pools := make([]*pgxpool.Pool, replicas)
+	for i := range pools {
+		pools[i] = testkit.Pool(t, url)
+		if err := pools[i].Ping(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type result struct {
+		applied []string
+		err     error
+	}
+	results := make(chan result, replicas)
+	start := make(chan struct{})
+	for _, p := range pools {
+		go func() {
+			<-start
+			applied, err := migrate.Apply(context.Background(), p, fsys)
+			results <- result{applied, err}
+		}()
+	}
+	close(start)
+	counts := map[string]int{}
+	for range pools {
+		res := <-results
+		if res.err != nil {
+			t.Fatalf("a replica failed to migrate: %v", res.err)
+		}
+		for _, name := range res.applied {
+			counts[name]++
+		}
+	}
+	if counts["001_init"] != 1 || counts["002_more"] != 1 || len(counts) != 2 {
+		t.Fatalf("migrations applied %v times, want each once", counts)
 	}
 }

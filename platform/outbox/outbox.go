@@ -12,6 +12,12 @@
 // In [ModeCDC] the writer deletes each row in the same transaction: the table
 // stays empty and only the write-ahead log carries the event to the relay.
 // In [ModePoll] rows stay until the relay has published them.
+//
+// An event must fit what the transport accepts: [Writer.Write] refuses one
+// larger than [DefaultMaxEventBytes] (or the limit set with
+// [WithMaxEventBytes]) with [ErrEventTooLarge], before anything is written,
+// because a relay cannot skip an event the broker refuses: it would stop
+// there, holding back every later event of its database.
 package outbox
 
 import (
@@ -56,8 +62,10 @@ func ParseMode(s string) (Mode, error) {
 const Table = "outbox"
 
 // Schema creates the outbox table. The columns are Debezium's outbox event
-// router columns; seq (an identity column Debezium ignores) gives the poll
-// relay its commit-consistent order.
+// router columns; seq (an identity column Debezium ignores) is the poll
+// relay's order. It is assigned at insert, so it is commit order only among
+// transactions that serialize (per aggregate: writers that lock the
+// aggregate's row before writing its event).
 const Schema = `
 CREATE TABLE IF NOT EXISTS outbox (
 	id                 uuid PRIMARY KEY,
@@ -163,22 +171,78 @@ var aggregateTypeRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`)
 // ErrInvalidEvent is returned (wrapped) for an event that cannot be written.
 var ErrInvalidEvent = errors.New("invalid outbox event")
 
+// ErrEventTooLarge is returned (wrapped, with the event's size and the limit)
+// by [Writer.Write] for an event bigger than the writer's limit
+// ([DefaultMaxEventBytes] unless [WithMaxEventBytes] says otherwise). Nothing
+// of that Write reaches the database, and the caller's transaction must not
+// commit: a service answers such a request with an error (gRPC
+// INVALID_ARGUMENT: the request makes an event too big to carry).
+var ErrEventTooLarge = errors.New("outbox event too large for the transport")
+
+// DefaultMaxEventBytes is the default limit on an event's size as the
+// transport carries it: payload, key and headers (see [EventSize]). It is
+// below what Kafka accepts out of the box (the producer's message.max.bytes,
+// 1,000,000 bytes, and the broker's, 1 MiB), so that an event the writer
+// accepts can always be published: one the broker refused would stop its
+// database's relay, since nothing after it may overtake it.
+const DefaultMaxEventBytes = 900_000
+
+// envelopeOverhead bounds what the envelope adds to an event besides its
+// payload, key, type and trace context: the fixed CloudEvents headers (names
+// and values: ce_specversion, ce_id, ce_source up to a few hundred bytes,
+// ce_time, content-type) and Kafka's record framing.
+const envelopeOverhead = 1024
+
+// EventSize is the size the writer counts against its limit for an event
+// with this payload, aggregate id, type and trace context: the payload, the
+// key and the ce_subject header (both the aggregate id), ce_type, traceparent
+// and tracestate, plus a fixed allowance for the other headers and framing.
+func EventSize(payload int, aggregateID, typ, traceContext string) int {
+	return payload + 2*len(aggregateID) + len(typ) + len(traceContext) + envelopeOverhead
+}
+
 // Writer writes events into the outbox table.
 type Writer struct {
-	mode Mode
+	mode     Mode
+	maxBytes int
+}
+
+// WriterOption configures a [Writer].
+type WriterOption func(*Writer)
+
+// WithMaxEventBytes sets the largest event (by [EventSize]) the writer
+// accepts; n <= 0 means [DefaultMaxEventBytes]. Raise it only together with
+// the transport's limits (Kafka: the producer's and the broker's
+// message.max.bytes and the topics' max.message.bytes): an event the broker
+// refuses stops the relay.
+func WithMaxEventBytes(n int) WriterOption {
+	return func(w *Writer) {
+		if n > 0 {
+			w.maxBytes = n
+		}
+	}
 }
 
 // NewWriter returns a writer for the relay mode in use: in [ModeCDC] rows are
 // deleted in the same transaction.
-func NewWriter(mode Mode) *Writer {
+func NewWriter(mode Mode, opts ...WriterOption) *Writer {
 	if mode == "" {
 		mode = ModeCDC
 	}
-	return &Writer{mode: mode}
+	w := &Writer{mode: mode, maxBytes: DefaultMaxEventBytes}
+	for _, o := range opts {
+		o(w)
+	}
+	return w
 }
 
+// MaxEventBytes returns the largest event size the writer accepts.
+func (w *Writer) MaxEventBytes() int { return w.maxBytes }
+
 // Write adds events to the outbox inside tx, stamping each with the span
-// context found in ctx. Nothing is published unless tx commits.
+// context found in ctx. Nothing is published unless tx commits. An invalid
+// event ([ErrInvalidEvent]) or one larger than the writer's limit
+// ([ErrEventTooLarge]) fails the whole call before anything is written.
 func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 	if len(events) == 0 {
 		return nil
@@ -193,6 +257,11 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 		if err != nil {
 			return fmt.Errorf("outbox: marshal %s: %w", proto.MessageName(ev.Message), err)
 		}
+		typ := string(proto.MessageName(ev.Message))
+		if size := EventSize(len(payload), ev.AggregateID, typ, spanContext); size > w.maxBytes {
+			return fmt.Errorf("outbox: %w: %s for %s %q is %d bytes with its envelope (payload %d), more than the limit of %d",
+				ErrEventTooLarge, typ, ev.AggregateType, ev.AggregateID, size, len(payload), w.maxBytes)
+		}
 		id := ev.ID
 		if id == uuid.Nil {
 			id = uuid.New()
@@ -203,7 +272,7 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 		}
 		batch.Queue(`INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, tracingspancontext)
 			VALUES ($1, $2, $3, $4, $5, $6)`,
-			id, ev.AggregateType, ev.AggregateID, string(proto.MessageName(ev.Message)), payload, tsc)
+			id, ev.AggregateType, ev.AggregateID, typ, payload, tsc)
 		if w.mode == ModeCDC {
 			batch.Queue(`DELETE FROM outbox WHERE id = $1`, id)
 		}

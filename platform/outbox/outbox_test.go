@@ -3,6 +3,8 @@ package outbox_test
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -103,5 +105,72 @@ func TestParseMode(t *testing.T) {
 	}
 	if _, err := outbox.ParseMode("debezium"); err == nil {
 		t.Error("ParseMode accepted an unknown mode")
+	}
+}
+
+// An event bigger than the writer's limit, counting what the envelope adds
+// (key, headers), fails the whole Write with ErrEventTooLarge stating its
+// size and the limit; nothing of the transaction is committed.
+func TestEventTooLargeRejected(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testkit.Pool(t, testkit.Database(t))
+	if err := outbox.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "CREATE TABLE business (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	if got := outbox.NewWriter(outbox.ModePoll).MaxEventBytes(); got != outbox.DefaultMaxEventBytes || got >= 1_000_000 {
+		t.Fatalf("default limit %d, want DefaultMaxEventBytes below Kafka's 1,000,000", got)
+	}
+	small := outbox.NewWriter(outbox.ModePoll, outbox.WithMaxEventBytes(4000))
+	for _, tc := range []struct {
+		name   string
+		w      *outbox.Writer
+		ev     outbox.Event
+		reject bool
+	}{
+		{"default limit, 1 MiB payload", outbox.NewWriter(outbox.ModePoll), outbox.Event{AggregateType: "order", AggregateID: "o-1", Message: wrapperspb.Bytes(make([]byte, 1<<20))}, true},
+		{"default limit, 800 KB payload", outbox.NewWriter(outbox.ModePoll), outbox.Event{AggregateType: "order", AggregateID: "o-1", Message: wrapperspb.Bytes(make([]byte, 800_000))}, false},
+		{"payload fits, key and headers do not", small, outbox.Event{AggregateType: "order", AggregateID: strings.Repeat("k", 1000), Message: wrapperspb.Bytes(make([]byte, 2000))}, true},
+		{"payload and short key fit", small, outbox.Event{AggregateType: "order", AggregateID: "o-1", Message: wrapperspb.Bytes(make([]byte, 2000))}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var before int
+			if err := pool.QueryRow(ctx, "SELECT count(*) FROM outbox").Scan(&before); err != nil {
+				t.Fatal(err)
+			}
+			err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, "INSERT INTO business VALUES (1)"); err != nil {
+					return err
+				}
+				// A valid event first: the big one must fail the whole write.
+				return tc.w.Write(ctx, tx, outbox.Event{AggregateType: "order", AggregateID: "ok", Message: wrapperspb.String("x")}, tc.ev)
+			})
+			var after int
+			if err := pool.QueryRow(ctx, "SELECT count(*) FROM outbox").Scan(&after); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.reject {
+				if err != nil || after != before+2 {
+					t.Fatalf("Write = %v, %d rows added; want both events written", err, after-before)
+				}
+				return
+			}
+			if !errors.Is(err, outbox.ErrEventTooLarge) {
+				t.Fatalf("Write = %v, want ErrEventTooLarge", err)
+			}
+			if limit := strconv.Itoa(tc.w.MaxEventBytes()); !strings.Contains(err.Error(), "limit of "+limit) || !strings.Contains(err.Error(), " bytes") {
+				t.Fatalf("error %q does not state the size and the limit %s", err, limit)
+			}
+			if after != before {
+				t.Fatalf("%d outbox rows added by a rejected write", after-before)
+			}
+		})
+	}
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM business").Scan(&n); err != nil || n != 2 {
+		t.Fatalf("%d business rows (%v), want only the 2 accepted transactions' rows", n, err)
 	}
 }
