@@ -59,8 +59,43 @@ func (s *cdcSource) prepare(ctx context.Context, cfg *Config) error {
 			return fmt.Errorf("create publication %s: %w", cfg.Publication, err)
 		}
 	}
+	if err := outbox.EnsureTable(ctx, conn, slotsTable, slotsSchema); err != nil {
+		return err
+	}
+	return ensureSlot(ctx, conn, cfg)
+}
+
+// slotsTable records, in the database itself, the replication slots Prepare
+// created for it. A slot lives outside the database (a fail-over to a
+// server that lacks it, or an operator's pg_drop_replication_slot, loses it
+// silently), while this table is replicated and backed up with the data, so
+// it tells a slot that was never created from one that was lost.
+const slotsTable = "relay_slots"
+
+const slotsSchema = `
+CREATE TABLE IF NOT EXISTS relay_slots (
+	slot_name  text PRIMARY KEY,
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+`
+
+// ensureSlot creates the replication slot unless it exists, and records it
+// in relay_slots. A slot recorded there and missing is lost: recreating it
+// would start after the events committed since it went, so that is an
+// error. Replicas serialise on a lock per slot, in one transaction: one must
+// not find the slot missing and then the record its twin just wrote.
+func ensureSlot(ctx context.Context, conn *pgx.Conn, cfg *Config) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("replication slot %s: %w", cfg.Slot, err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", advisoryKey("switchyard.slot."+cfg.Slot)); err != nil {
+		return fmt.Errorf("replication slot %s: lock: %w", cfg.Slot, err)
+	}
 	var slotDB, slotPlugin *string
-	err = conn.QueryRow(ctx, "SELECT database, plugin FROM pg_replication_slots WHERE slot_name = $1", cfg.Slot).Scan(&slotDB, &slotPlugin)
+	err = tx.QueryRow(ctx, "SELECT database, plugin FROM pg_replication_slots WHERE slot_name = $1", cfg.Slot).Scan(&slotDB, &slotPlugin)
+	exists := true
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		exists = false
@@ -69,19 +104,39 @@ func (s *cdcSource) prepare(ctx context.Context, cfg *Config) error {
 	case slotDB == nil || *slotDB != conn.Config().Database || slotPlugin == nil || *slotPlugin != "pgoutput":
 		return permanent{fmt.Errorf("replication slot %s already exists for another database or plugin (database %v, plugin %v): set a distinct slot name",
 			cfg.Slot, deref(slotDB), deref(slotPlugin))}
-	default:
-		exists = true
 	}
 	if !exists {
-		_, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", cfg.Slot)
-		if err != nil && !isCode(err, sqlDuplicateObject) {
+		var created time.Time
+		err := tx.QueryRow(ctx, "SELECT created_at FROM relay_slots WHERE slot_name = $1", cfg.Slot).Scan(&created)
+		switch {
+		case err == nil:
+			return permanent{slotLostError(cfg.Slot, created)}
+		case !errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("look up %s: %w", slotsTable, err)
+		}
+		// Allowed in a transaction that has written nothing yet.
+		if _, err := tx.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", cfg.Slot); err != nil {
 			return fmt.Errorf("create replication slot %s: %w", cfg.Slot, err)
 		}
-		if err == nil {
-			cfg.Logger.Info("created replication slot", "slot", cfg.Slot, "publication", cfg.Publication)
-		}
+		cfg.Logger.Info("created replication slot", "slot", cfg.Slot, "publication", cfg.Publication)
+	}
+	// Also records a slot created before this table existed.
+	if _, err := tx.Exec(ctx, "INSERT INTO relay_slots (slot_name) VALUES ($1) ON CONFLICT (slot_name) DO NOTHING", cfg.Slot); err != nil {
+		return fmt.Errorf("record replication slot %s: %w", cfg.Slot, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("record replication slot %s: %w", cfg.Slot, err)
 	}
 	return nil
+}
+
+// slotLostError explains a lost slot and what to do about it.
+func slotLostError(slot string, created time.Time) error {
+	return fmt.Errorf("%w: replication slot %s, created for this database on %s (recorded in table %s), no longer exists: "+
+		"it was dropped, or a fail-over promoted a server without it. Events committed since it disappeared were never relayed, "+
+		"and a new slot would start after them, so the relay will not create one. To recover: publish again what consumers missed "+
+		"(or accept the gap), then acknowledge it with DELETE FROM %s WHERE slot_name = '%s'; and restart: the relay then creates a new slot",
+		ErrSlotLost, slot, created.UTC().Format(time.RFC3339), slotsTable, slotsTable, slot)
 }
 
 func deref(s *string) string {
@@ -133,6 +188,13 @@ func replicationConfig(databaseURL string) (*pgconn.Config, error) {
 
 func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 	cfg := &r.cfg
+	pub, err := drainLeftovers(ctx, r)
+	if err != nil || ctx.Err() != nil {
+		return err
+	}
+	if pub != nil {
+		defer pub.close()
+	}
 	pcfg, err := replicationConfig(cfg.DatabaseURL)
 	if err != nil {
 		return err
@@ -153,11 +215,13 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 		return fmt.Errorf("start replication on slot %s: %w", cfg.Slot, err)
 	}
 
-	pub, err := newPublisher(r)
-	if err != nil {
-		return err
+	if pub == nil {
+		if pub, err = newPublisher(r); err != nil {
+			return err
+		}
+		defer pub.close()
 	}
-	r.active.Store(true)
+	r.becameActive()
 	cfg.Logger.Info("active: streaming outbox from the write-ahead log", "slot", cfg.Slot)
 	st := &cdcStream{r: r, conn: conn, pub: pub, tracker: &lsnTracker{pendingSince: &r.pendingSince}, relations: map[uint32]*pglogrepl.RelationMessage{}}
 	err = st.loop(ctx)
@@ -168,11 +232,62 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 		} else {
 			cfg.Logger.Warn("stopping with unacknowledged events; the next relay sends them again")
 		}
-		pub.close()
 		return nil
 	}
-	pub.close()
 	return err
+}
+
+// drainLeftovers publishes, in seq order, the rows a poll relay left in the
+// outbox table (a service switched from poll to cdc mode with events not
+// yet published): cdc writers delete their rows as they write them, and the
+// slot never sees rows inserted before it existed, so nothing else would.
+// They go out before anything from the write-ahead log, being older. It
+// holds the poll relay's lock meanwhile, so that no poll relay still
+// running publishes the same rows out of order, and returns the publisher it
+// used (nil when the table was empty).
+func drainLeftovers(ctx context.Context, r *Relay) (*publisher, error) {
+	conn, err := pgx.Connect(ctx, r.cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var left bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM outbox)").Scan(&left); err != nil || !left {
+		if err != nil {
+			err = fmt.Errorf("look for rows left by poll mode: %w", err)
+		}
+		return nil, err
+	}
+	locked, err := tryRelayLock(ctx, conn, r.cfg.Slot)
+	if err != nil || !locked {
+		if err == nil {
+			err = errStandby // a poll relay, or another cdc relay draining
+		}
+		return nil, err
+	}
+	pub, err := newPublisher(r)
+	if err != nil {
+		return nil, err
+	}
+	r.becameActive()
+	total := 0
+	for {
+		n, err := publishBatch(ctx, r, conn, pub)
+		if err != nil || ctx.Err() != nil {
+			pub.close()
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("publish rows left in the outbox table by poll mode: %w", err)
+		}
+		if n == 0 {
+			break
+		}
+		r.progressed()
+		total += n
+	}
+	r.cfg.Logger.Info("published rows left in the outbox table by poll mode", "rows", total)
+	return pub, nil
 }
 
 // cdcStream is one replication session.
@@ -244,8 +359,11 @@ func (st *cdcStream) handleCopyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("parse keepalive: %w", err)
 		}
-		if st.current == nil {
-			st.tracker.idleAt(ka.ServerWALEnd)
+		// Caught up: nothing in flight and the server has nothing newer
+		// than what this relay has seen (an earlier term may have seen a
+		// transaction this one has not reached yet).
+		if st.current == nil && st.tracker.idleAt(ka.ServerWALEnd) && uint64(ka.ServerWALEnd) >= st.r.cdcSeen.Load() {
+			st.r.progressed()
 		}
 		if ka.ReplyRequested {
 			return st.sendStatus()
@@ -270,6 +388,7 @@ func (st *cdcStream) handleLogical(ctx context.Context, data []byte) error {
 		st.relations[m.RelationID] = m
 	case *pglogrepl.BeginMessage:
 		st.current = st.tracker.begin()
+		raise(&st.r.cdcSeen, uint64(m.FinalLSN))
 	case *pglogrepl.InsertMessage:
 		rel, ok := st.relations[m.RelationID]
 		if !ok {
@@ -289,8 +408,13 @@ func (st *cdcStream) handleLogical(ctx context.Context, data []byte) error {
 			return errors.New("insert outside a transaction")
 		}
 		st.tracker.add(t, rec.CreatedAt)
-		if err := st.pub.publish(ctx, rec, func() { st.tracker.ack(t) }); err != nil {
-			return err
+		err = st.pub.publish(ctx, rec, func() {
+			st.tracker.ack(t)
+			st.r.acked()
+			st.noteProgress()
+		})
+		if err != nil {
+			return publishError(rec, err)
 		}
 	case *pglogrepl.CommitMessage:
 		if st.current == nil {
@@ -298,8 +422,31 @@ func (st *cdcStream) handleLogical(ctx context.Context, data []byte) error {
 		}
 		st.tracker.commit(st.current, m.TransactionEndLSN)
 		st.current = nil
+		st.noteProgress()
 	}
 	return nil
+}
+
+// noteProgress tells the relay it made progress when the position safe to
+// confirm passed the highest any term reached: events re-sent after a
+// failed term are not progress.
+func (st *cdcStream) noteProgress() {
+	if raise(&st.r.cdcSafe, uint64(st.tracker.confirmed())) {
+		st.r.progressed()
+	}
+}
+
+// raise sets v to x if x is greater and reports whether it did.
+func raise(v *atomic.Uint64, x uint64) bool {
+	for {
+		old := v.Load()
+		if x <= old {
+			return false
+		}
+		if v.CompareAndSwap(old, x) {
+			return true
+		}
+	}
 }
 
 // decodeRecord reads an outbox row from pgoutput's text-format tuple.
@@ -423,13 +570,18 @@ func (t *lsnTracker) commit(x *txn, end pglogrepl.LSN) {
 }
 
 // idleAt moves the safe point to the server's WAL end when nothing is in
-// flight, so the slot does not hold back WAL written by other tables.
-func (t *lsnTracker) idleAt(walEnd pglogrepl.LSN) {
+// flight, so the slot does not hold back WAL written by other tables, and
+// reports whether nothing was.
+func (t *lsnTracker) idleAt(walEnd pglogrepl.LSN) bool {
 	t.mu.Lock()
-	if len(t.queue) == 0 && walEnd > t.safe {
+	defer t.mu.Unlock()
+	if len(t.queue) != 0 {
+		return false
+	}
+	if walEnd > t.safe {
 		t.safe = walEnd
 	}
-	t.mu.Unlock()
+	return true
 }
 
 func (t *lsnTracker) advance() {

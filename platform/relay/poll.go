@@ -24,11 +24,25 @@ import (
 // such condition.
 type pollSource struct{}
 
-// lockKey is the advisory lock that elects the active poll relay.
-func lockKey(slot string) int64 {
+// lockKey is the advisory lock that elects the active poll relay; a cdc
+// relay holds it too while it publishes rows a poll relay left behind.
+func lockKey(slot string) int64 { return advisoryKey("switchyard.relay." + slot) }
+
+// advisoryKey maps a name to an advisory lock key.
+func advisoryKey(name string) int64 {
 	h := fnv.New64a()
-	h.Write([]byte("switchyard.relay." + slot))
+	h.Write([]byte(name))
 	return int64(h.Sum64())
+}
+
+// tryRelayLock takes the relay's session advisory lock on conn if it is
+// free and reports whether it did.
+func tryRelayLock(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
+	var locked bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", lockKey(slot)).Scan(&locked); err != nil {
+		return false, fmt.Errorf("take relay lock: %w", err)
+	}
+	return locked, nil
 }
 
 func (s *pollSource) prepare(ctx context.Context, cfg *Config) error {
@@ -47,9 +61,9 @@ func (s *pollSource) run(ctx context.Context, r *Relay) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.Background())
-	var locked bool
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", lockKey(cfg.Slot)).Scan(&locked); err != nil {
-		return fmt.Errorf("take relay lock: %w", err)
+	locked, err := tryRelayLock(ctx, conn, cfg.Slot)
+	if err != nil {
+		return err
 	}
 	if !locked {
 		return errStandby
@@ -59,17 +73,18 @@ func (s *pollSource) run(ctx context.Context, r *Relay) error {
 		return err
 	}
 	defer pub.close()
-	r.active.Store(true)
+	r.becameActive()
 	cfg.Logger.Info("active: polling the outbox table")
 	idle := time.Duration(0)
 	for {
-		n, err := s.batch(ctx, r, conn, pub)
+		n, err := publishBatch(ctx, r, conn, pub)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
+		r.progressed() // published new rows, or found none left
 		if n > 0 {
 			idle = 0
 			continue
@@ -96,10 +111,10 @@ func nextIdle(last, max time.Duration) time.Duration {
 	return min(2*last, max)
 }
 
-// batch publishes up to BatchSize rows and deletes them after Kafka has
-// acknowledged all of them, in one transaction: if anything fails, the rows
-// stay and are sent again.
-func (s *pollSource) batch(ctx context.Context, r *Relay, conn *pgx.Conn, pub *publisher) (int, error) {
+// publishBatch publishes up to BatchSize rows in seq order and deletes them
+// after Kafka has acknowledged all of them, in one transaction: if anything
+// fails, the rows stay and are sent again. The caller holds the relay lock.
+func publishBatch(ctx context.Context, r *Relay, conn *pgx.Conn, pub *publisher) (int, error) {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("begin: %w", err)
@@ -128,6 +143,7 @@ func (s *pollSource) batch(ctx context.Context, r *Relay, conn *pgx.Conn, pub *p
 	var remaining atomic.Int64
 	remaining.Store(int64(len(recs)))
 	ack := func() {
+		r.acked()
 		if remaining.Add(-1) == 0 {
 			close(acked)
 		}
@@ -136,7 +152,7 @@ func (s *pollSource) batch(ctx context.Context, r *Relay, conn *pgx.Conn, pub *p
 	for i, rec := range recs {
 		ids[i] = rec.ID
 		if err := pub.publish(ctx, rec, ack); err != nil {
-			return 0, err
+			return 0, publishError(rec, err)
 		}
 	}
 	select {

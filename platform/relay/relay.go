@@ -15,9 +15,29 @@
 // Either way there is exactly one active relay per database: the replication
 // slot (cdc) or a session advisory lock (poll) admits one, and the others wait
 // as standbys, retrying every [Config.RetryInterval], and take over when the
-// active one's connection goes away. Events reach Kafka at least once and in
-// commit order per aggregate; after a crash, events published but not yet
-// confirmed are sent again, which the idempotent consumer absorbs.
+// active one's connection goes away. Events reach Kafka at least once; after
+// a crash, events published but not yet confirmed are sent again, which the
+// idempotent consumer absorbs.
+//
+// Order: cdc publishes in commit order, so each aggregate's events arrive in
+// the order their transactions committed, whatever the writers do. Poll
+// publishes in insert order (the outbox's seq), which is commit order per
+// aggregate only when the aggregate's writers serialize: each locks the
+// aggregate's row (SELECT ... FOR UPDATE, or an UPDATE of it) before writing
+// its event and holds it to commit. Two transactions that write events for
+// one aggregate without such a lock can commit in the opposite order of
+// their inserts, and the poll relay may then publish the later commit first.
+//
+// A relay that cannot publish (the broker refuses an event, or stays
+// unreachable) does not skip anything: it retries, and says so through
+// [Relay.Stats] and [Relay.Check] (for a health check), its metrics and an
+// error log line once it has been failing for [Config.StuckAfter].
+//
+// In cdc mode, [Relay.Prepare] records in the table relay_slots that it
+// created the database's slot. If that slot later disappears (dropped, or
+// not carried over by a fail-over), the events committed since were never
+// relayed, and a new slot would start after them: the relay refuses to
+// recreate it and stops with [ErrSlotLost], which says how to recover.
 package relay
 
 import (
@@ -26,6 +46,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -71,6 +92,11 @@ type Config struct {
 	// acknowledge what it has sent (default 10s). Unacknowledged events are
 	// not confirmed and are sent again by the next active relay.
 	ShutdownTimeout time.Duration
+	// StuckAfter is how long a relay may fail to publish (every term
+	// failing, or events waiting that long for the broker's acknowledgement)
+	// before [Relay.Check] reports it stuck and it logs an error (default
+	// 30s). Broker restarts and fail-overs usually take less.
+	StuckAfter time.Duration
 	// Logger receives the relay's logs (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -115,6 +141,9 @@ func (c *Config) setDefaults() error {
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
+	if c.StuckAfter <= 0 {
+		c.StuckAfter = 30 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -130,9 +159,21 @@ type Relay struct {
 
 	prepared     atomic.Bool // slot, publication and table exist; standbys need not look again
 	active       atomic.Bool
+	activeSince  atomic.Int64 // unix nanos when this term became active
 	published    atomic.Uint64
 	failures     atomic.Uint64
 	pendingSince atomic.Int64 // unix nanos of the oldest unacknowledged event; 0 when none
+	lastAck      atomic.Int64 // unix nanos of the last acknowledgement
+	// cdc: the highest LSN found safe to confirm, and the highest commit LSN
+	// seen, across terms: re-sending what an earlier term sent is not
+	// progress, and a keepalive is "caught up" only past everything seen.
+	cdcSafe atomic.Uint64
+	cdcSeen atomic.Uint64
+
+	mu           sync.Mutex
+	lastErr      error     // the error that ended the last failed term
+	lastErrAt    time.Time // when
+	failingSince time.Time // first failure since the relay last made progress; zero when not failing
 }
 
 // Stats is a snapshot of a relay's counters.
@@ -146,6 +187,20 @@ type Stats struct {
 	// OldestPendingAge is the age of the oldest event read from the outbox
 	// and not yet acknowledged by Kafka; 0 when none.
 	OldestPendingAge time.Duration
+	// LastError is the error that ended the last failed term (nil if none
+	// did), kept after the relay recovers; LastErrorTime is when.
+	LastError     error
+	LastErrorTime time.Time
+	// FailingSince is when the relay's terms started failing without the
+	// relay making progress in between (publishing events it had not
+	// published before, or catching up); zero while it is not failing.
+	FailingSince time.Time
+	// Stuck is true once the relay has been failing for Config.StuckAfter,
+	// or has been waiting that long for the broker to acknowledge anything
+	// while events are pending: events are not reaching the broker.
+	Stuck bool
+	// StuckReason says why Stuck is true; empty otherwise.
+	StuckReason string
 }
 
 // source is one way of reading the outbox: prepare creates what it reads
@@ -158,6 +213,23 @@ type source interface {
 
 // errStandby means another relay is active on this database.
 var errStandby = errors.New("another relay is active")
+
+// ErrStuck is returned (wrapped, with the reason) by [Relay.Check] for a
+// relay that cannot publish.
+var ErrStuck = errors.New("relay cannot publish")
+
+// ErrSlotLost is returned (wrapped) by cdc mode when the database's
+// replication slot, which an earlier [Relay.Prepare] created and recorded in
+// the table relay_slots, no longer exists: it was dropped, or a fail-over
+// promoted a server without it. The events committed since it disappeared
+// were never relayed, and a new slot would start after them, so the relay
+// does not create one. The error says how to recover: publish again what
+// consumers missed (or accept the gap), then acknowledge with
+//
+//	DELETE FROM relay_slots WHERE slot_name = '<slot>';
+//
+// after which the next Prepare creates and records a new slot.
+var ErrSlotLost = errors.New("replication slot lost")
 
 // ErrLogicalReplicationOff is returned (wrapped) by cdc mode when the
 // database does not have wal_level=logical.
@@ -241,13 +313,95 @@ func (r *Relay) Slot() string {
 	return ""
 }
 
-// Stats returns the relay's counters.
+// Stats returns the relay's counters and health.
 func (r *Relay) Stats() Stats {
+	now := time.Now()
 	s := Stats{Active: r.active.Load(), Published: r.published.Load(), Failures: r.failures.Load()}
-	if since := r.pendingSince.Load(); since != 0 {
-		s.OldestPendingAge = time.Since(time.Unix(0, since))
+	since := r.pendingSince.Load()
+	if since != 0 {
+		s.OldestPendingAge = now.Sub(time.Unix(0, since))
+	}
+	r.mu.Lock()
+	s.LastError, s.LastErrorTime, s.FailingSince = r.lastErr, r.lastErrAt, r.failingSince
+	r.mu.Unlock()
+	switch {
+	case !s.FailingSince.IsZero() && now.Sub(s.FailingSince) >= r.cfg.StuckAfter:
+		s.Stuck = true
+		s.StuckReason = fmt.Sprintf("every attempt to publish has failed for %s (%d failed terms in all); last error: %v",
+			now.Sub(s.FailingSince).Round(time.Second), s.Failures, s.LastError)
+	case s.Active && since != 0:
+		waiting := time.Unix(0, max(r.lastAck.Load(), r.activeSince.Load()))
+		if d := now.Sub(waiting); d >= r.cfg.StuckAfter {
+			s.Stuck = true
+			s.StuckReason = fmt.Sprintf("the broker has acknowledged nothing for %s while events wait (the oldest is %s old)",
+				d.Round(time.Second), s.OldestPendingAge.Round(time.Second))
+		}
 	}
 	return s
+}
+
+// Check returns nil while the relay publishes (or stands by), and an error
+// wrapping [ErrStuck] that says why once it has been unable to publish for
+// Config.StuckAfter. A readiness check can report it: events written now
+// will not reach consumers until the cause is fixed.
+func (r *Relay) Check() error {
+	if s := r.Stats(); s.Stuck {
+		return fmt.Errorf("%w: %s", ErrStuck, s.StuckReason)
+	}
+	return nil
+}
+
+// becameActive marks the start of an active term.
+func (r *Relay) becameActive() {
+	r.activeSince.Store(time.Now().UnixNano())
+	r.active.Store(true)
+}
+
+// acked records an acknowledgement from the broker.
+func (r *Relay) acked() { r.lastAck.Store(time.Now().UnixNano()) }
+
+// progressed records that the relay published events it had not published
+// before, or caught up: it is not failing any more.
+func (r *Relay) progressed() {
+	r.mu.Lock()
+	r.failingSince = time.Time{}
+	r.mu.Unlock()
+}
+
+// termFailed records the error that ended a term.
+func (r *Relay) termFailed(err error) {
+	r.failures.Add(1)
+	now := time.Now()
+	r.mu.Lock()
+	r.lastErr, r.lastErrAt = err, now
+	if r.failingSince.IsZero() {
+		r.failingSince = now
+	}
+	r.mu.Unlock()
+}
+
+// watch logs when the relay becomes stuck and when it recovers, until ctx
+// ends.
+func (r *Relay) watch(ctx context.Context) {
+	log := r.cfg.Logger
+	interval := min(r.cfg.StuckAfter/2, 5*time.Second)
+	stuck := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		s := r.Stats()
+		switch {
+		case s.Stuck && !stuck:
+			log.Error("relay stuck: events are not reaching the broker; nothing is skipped, it keeps retrying",
+				"reason", s.StuckReason, "oldest_pending_age", s.OldestPendingAge, "error", s.LastError)
+		case !s.Stuck && stuck:
+			log.Info("relay publishing again")
+		}
+		stuck = s.Stuck
+	}
 }
 
 // Run relays events until ctx is cancelled, as the active relay or as a
@@ -256,6 +410,9 @@ func (r *Relay) Stats() Stats {
 // error that retrying cannot fix (such as ErrLogicalReplicationOff).
 func (r *Relay) Run(ctx context.Context) error {
 	log := r.cfg.Logger
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go r.watch(wctx)
 	standbyLogged := false
 	for {
 		err := r.term(ctx)
@@ -265,14 +422,17 @@ func (r *Relay) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return nil
 		case errors.As(err, new(permanent)):
+			r.termFailed(err)
+			log.Error("relay stopped", "error", err)
 			return err
 		case errors.Is(err, errStandby):
+			r.progressed() // another relay publishes: this one is not failing
 			if !standbyLogged {
 				log.Info("standing by: another relay is active on this database")
 				standbyLogged = true
 			}
 		case err != nil:
-			r.failures.Add(1)
+			r.termFailed(err)
 			standbyLogged = false
 			log.Warn("relay term ended; retrying", "error", err, "retry_in", r.cfg.RetryInterval)
 		}
@@ -282,4 +442,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		case <-time.After(r.cfg.RetryInterval):
 		}
 	}
+}
+
+// publishError names the event the transport refused to queue, so that the
+// error (in Stats.LastError and the log) says which event holds the relay.
+func publishError(rec outbox.Record, err error) error {
+	return fmt.Errorf("publish event %s (%s of %s %q, %d payload bytes): %w",
+		rec.ID, rec.Type, rec.AggregateType, rec.AggregateID, len(rec.Payload), err)
 }

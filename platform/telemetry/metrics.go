@@ -67,6 +67,14 @@ func (m *Metrics) RegisterRelay(r *relay.Relay, pool *pgxpool.Pool, slot string)
 			}
 			return 0
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_relay_stuck",
+			Help: "1 while the relay cannot publish (failing, or no acknowledgement) for longer than its StuckAfter; the log says why."},
+			func() float64 {
+				if r.Stats().Stuck {
+					return 1
+				}
+				return 0
+			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_relay_oldest_unpublished_age_seconds",
 			Help: "Age of the oldest event read from the outbox but not yet acknowledged by Kafka (0 when none)."},
 			func() float64 { return r.Stats().OldestPendingAge.Seconds() }),
