@@ -188,8 +188,9 @@ type Stats struct {
 	// and not yet acknowledged by Kafka; 0 when none.
 	OldestPendingAge time.Duration
 	// LastError is the error that ended the last failed term (nil if none
-	// did), kept after the relay recovers; LastErrorTime is when.
-	LastError     error
+	// did), kept after the relay recovers.
+	LastError error
+	// LastErrorTime is when LastError happened.
 	LastErrorTime time.Time
 	// FailingSince is when the relay's terms started failing without the
 	// relay making progress in between (publishing events it had not
