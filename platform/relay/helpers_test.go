@@ -66,6 +66,8 @@ func newHarness(t testing.TB, kind string, mode outbox.Mode) *harness {
 	url := testkit.Database(t)
 	h := &harness{t: t, mode: mode, url: url, pool: testkit.Pool(t, url), bus: transporttest.New(t, kind, 8), writer: outbox.NewWriter(mode)}
 	ctx := context.Background()
+	// Registered before any relay starts, so it runs after they stopped.
+	t.Cleanup(h.dropSlots)
 	if err := outbox.Migrate(ctx, h.pool); err != nil {
 		t.Fatal(err)
 	}
@@ -266,4 +268,25 @@ func (h *harness) outboxRows() int {
 		h.t.Fatal(err)
 	}
 	return n
+}
+
+// dropSlots drops the test database's replication slots: they outlive the
+// test, and the cluster, shared by every test of the binary (-count=5
+// included), has a fixed number of them.
+func (h *harness) dropSlots() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var err error
+	for ctx.Err() == nil {
+		// A killed relay's walsender may not have noticed yet.
+		_, _ = h.pool.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+			WHERE database = current_database() AND active_pid IS NOT NULL`)
+		_, err = h.pool.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+			WHERE database = current_database()`)
+		if err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.t.Errorf("drop the test's replication slots: %v", err)
 }

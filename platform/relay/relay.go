@@ -397,7 +397,7 @@ func (r *Relay) watch(ctx context.Context) {
 		switch {
 		case s.Stuck && !stuck:
 			log.Error("relay stuck: events are not reaching the broker; nothing is skipped, it keeps retrying",
-				"reason", s.StuckReason, "oldest_pending_age", s.OldestPendingAge, "error", s.LastError)
+				"reason", s.StuckReason, "oldest_pending_age", s.OldestPendingAge)
 		case !s.Stuck && stuck:
 			log.Info("relay publishing again")
 		}
