@@ -56,6 +56,14 @@ import (
 // gRPC service's name report readiness.
 const LivenessService = "liveness"
 
+// RelayHealthService is the health service name that reports whether the
+// outbox relay publishes: NOT_SERVING while it is stuck (see
+// [relay.Relay.Check]), with a log line saying why. It is kept apart from
+// readiness on purpose: a stuck relay loses nothing (events wait in the
+// outbox), and taking the RPCs down with it would turn a delay into an
+// outage. Alert on it, or on the metric switchyard_relay_stuck.
+const RelayHealthService = "relay"
+
 // Spec is what a service contributes.
 type Spec struct {
 	// Name is the service's name ("orders"): the consumer group, the log
@@ -296,6 +304,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		}
 	}
 	setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+	healthSrv.SetServingStatus(RelayHealthService, healthpb.HealthCheckResponse_NOT_SERVING)
 	// "liveness" is SERVING while the process runs: a liveness probe must
 	// not restart a service just because its database is down.
 	healthSrv.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
@@ -350,7 +359,12 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		start("idempotency", func(ctx context.Context) error {
 			return pruneIdempotencyKeys(ctx, pool, cfg.IdempotencyRetention, logger)
 		})
-		start("health", func(ctx context.Context) error { return healthLoop(ctx, pool, tr, setHealth, logger) })
+		probes := healthProbes{
+			database: pool.Ping, broker: tr.Check, relay: rl.Check,
+			setReady: setHealth,
+			setRelay: func(s healthpb.HealthCheckResponse_ServingStatus) { healthSrv.SetServingStatus(RelayHealthService, s) },
+		}
+		start("health", func(ctx context.Context) error { return probes.loop(ctx, logger) })
 		logger.Info("ready")
 		return nil
 	})
@@ -405,7 +419,8 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 				}
 			}
 			if err := rl.Prepare(ctx); err != nil {
-				if errors.Is(err, relay.ErrLogicalReplicationOff) {
+				// Neither fixes itself: an operator must act (the errors say how).
+				if errors.Is(err, relay.ErrLogicalReplicationOff) || errors.Is(err, relay.ErrSlotLost) {
 					return permanentErr{err}
 				}
 				return err
@@ -440,32 +455,62 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 
 type permanentErr struct{ error }
 
-// healthLoop keeps the health status in line with the reachability of the
-// database and the broker.
-func healthLoop(ctx context.Context, pool *pgxpool.Pool, tr transport.Transport, set func(healthpb.HealthCheckResponse_ServingStatus), logger *slog.Logger) error {
-	serving := false
+// healthProbes keeps the health statuses in line with the service's
+// dependencies: readiness follows the reachability of the database and the
+// broker, the relay status follows [relay.Relay.Check].
+type healthProbes struct {
+	database, broker func(context.Context) error
+	relay            func() error
+	setReady         func(healthpb.HealthCheckResponse_ServingStatus)
+	setRelay         func(healthpb.HealthCheckResponse_ServingStatus)
+
+	ready, relayOK bool // the statuses last set
+	checked        bool // whether any were set
+}
+
+// loop probes every two seconds until ctx ends.
+func (h *healthProbes) loop(ctx context.Context, logger *slog.Logger) error {
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		dbErr := pool.Ping(cctx)
-		cancel()
-		cctx, cancel = context.WithTimeout(ctx, 2*time.Second)
-		kErr := tr.Check(cctx)
-		cancel()
-		ok := dbErr == nil && kErr == nil
-		if ok != serving {
-			serving = ok
-			if ok {
-				set(healthpb.HealthCheckResponse_SERVING)
-				logger.Info("health: SERVING")
-			} else {
-				set(healthpb.HealthCheckResponse_NOT_SERVING)
-				logger.Warn("health: NOT_SERVING", "database_error", errString(dbErr), "broker_error", errString(kErr))
-			}
-		}
+		h.probe(ctx, logger)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// probe checks once and sets the statuses that changed, logging why.
+func (h *healthProbes) probe(ctx context.Context, logger *slog.Logger) {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	dbErr := h.database(cctx)
+	cancel()
+	cctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+	brokerErr := h.broker(cctx)
+	cancel()
+	relayErr := h.relay()
+	first := !h.checked
+	h.checked = true
+	if ready := dbErr == nil && brokerErr == nil; first || ready != h.ready {
+		h.ready = ready
+		if ready {
+			h.setReady(healthpb.HealthCheckResponse_SERVING)
+			logger.Info("health: SERVING")
+		} else {
+			h.setReady(healthpb.HealthCheckResponse_NOT_SERVING)
+			logger.Warn("health: NOT_SERVING", "database_error", errString(dbErr), "broker_error", errString(brokerErr))
+		}
+	}
+	if ok := relayErr == nil; first || ok != h.relayOK {
+		h.relayOK = ok
+		if ok {
+			h.setRelay(healthpb.HealthCheckResponse_SERVING)
+			if !first {
+				logger.Info("health: relay publishes again")
+			}
+		} else {
+			h.setRelay(healthpb.HealthCheckResponse_NOT_SERVING)
+			logger.Error("health: relay NOT_SERVING: events are not reaching the broker", "error", relayErr)
 		}
 	}
 }
@@ -548,6 +593,9 @@ func toStatus(ctx context.Context, err error, method string, logger *slog.Logger
 	switch {
 	case errors.Is(err, idempotency.ErrKeyReused):
 		return status.Error(codes.InvalidArgument, "idempotency_key: "+err.Error())
+	case errors.Is(err, outbox.ErrEventTooLarge):
+		// The request would make an event the transport cannot carry.
+		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, watch.ErrStopping):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.Canceled):

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -17,6 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/testkit"
 )
@@ -28,19 +32,36 @@ type testServer interface{}
 
 type impl struct{}
 
-var testDesc = grpc.ServiceDesc{
-	ServiceName: "switchyard.test.v1.TestService",
-	HandlerType: (*testServer)(nil),
-	Methods: []grpc.MethodDesc{
-		{MethodName: "Panic", Handler: unary("Panic", func(ctx context.Context) (any, error) { panic("boom") })},
-		{MethodName: "Slow", Handler: unary("Slow", func(ctx context.Context) (any, error) {
-			time.Sleep(time.Second)
-			return wrapperspb.String("done"), nil
-		})},
-		{MethodName: "Fail", Handler: unary("Fail", func(ctx context.Context) (any, error) {
-			return nil, io.ErrUnexpectedEOF // an unmapped error must not leak
-		})},
-	},
+func testDesc(env *service.Env) *grpc.ServiceDesc {
+	return &grpc.ServiceDesc{
+		ServiceName: "switchyard.test.v1.TestService",
+		HandlerType: (*testServer)(nil),
+		Methods: []grpc.MethodDesc{
+			{MethodName: "Panic", Handler: unary("Panic", func(ctx context.Context) (any, error) { panic("boom") })},
+			{MethodName: "Slow", Handler: unary("Slow", func(ctx context.Context) (any, error) {
+				time.Sleep(time.Second)
+				return wrapperspb.String("done"), nil
+			})},
+			{MethodName: "Fail", Handler: unary("Fail", func(ctx context.Context) (any, error) {
+				return nil, io.ErrUnexpectedEOF // an unmapped error must not leak
+			})},
+			// Big writes an event larger than the transport carries, in a
+			// transaction that would otherwise commit a marker row.
+			{MethodName: "Big", Handler: unary("Big", func(ctx context.Context) (any, error) {
+				err := pgx.BeginFunc(ctx, env.Pool, func(tx pgx.Tx) error {
+					if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS marker (id int)`); err != nil {
+						return err
+					}
+					if _, err := tx.Exec(ctx, `INSERT INTO marker VALUES (1)`); err != nil {
+						return err
+					}
+					big := wrapperspb.Bytes(make([]byte, outbox.DefaultMaxEventBytes))
+					return env.Outbox.Write(ctx, tx, outbox.Event{AggregateType: "test", AggregateID: "1", Message: big})
+				})
+				return nil, err
+			})},
+		},
+	}
 }
 
 func unary(name string, fn func(context.Context) (any, error)) func(any, context.Context, func(any) error, grpc.UnaryServerInterceptor) (any, error) {
@@ -56,7 +77,7 @@ func unary(name string, fn func(context.Context) (any, error)) func(any, context
 
 func spec() service.Spec {
 	return service.Spec{Name: "test", Setup: func(env *service.Env) error {
-		env.Server.RegisterService(&testDesc, impl{})
+		env.Server.RegisterService(testDesc(env), impl{})
 		return nil
 	}}
 }
@@ -184,6 +205,68 @@ func TestPanicsErrorsAndGracefulShutdown(t *testing.T) {
 		r.done <- nil // for the cleanup
 	case <-time.After(30 * time.Second):
 		t.Fatal("Run did not return after shutdown")
+	}
+}
+
+// A request whose event is too large for the transport is INVALID_ARGUMENT
+// saying so, and nothing of its transaction is committed.
+func TestEventTooLargeIsInvalidArgument(t *testing.T) {
+	t.Parallel()
+	db := testkit.Database(t)
+	r := start(t, db, testkit.Kafka(t).Addr())
+	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return r.status(t) == healthpb.HealthCheckResponse_SERVING })
+	_, err := r.call("Big")
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("oversized event: %v, want INVALID_ARGUMENT naming the limit", err)
+	}
+	conn, err := pgx.Connect(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var exists bool
+	if err := conn.QueryRow(context.Background(), `SELECT to_regclass('marker') IS NOT NULL`).Scan(&exists); err != nil || exists {
+		t.Fatalf("marker table exists=%v (%v): the refused transaction committed", exists, err)
+	}
+}
+
+// A service whose recorded replication slot has disappeared does not start
+// (no silent new slot, no endless "not ready" retries): Run fails with
+// relay.ErrSlotLost, whose text says how to recover.
+func TestSlotLostStopsTheService(t *testing.T) {
+	t.Parallel()
+	db := testkit.Database(t)
+	brokers := testkit.Kafka(t).Addr()
+	first := start(t, db, brokers)
+	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return first.status(t) == healthpb.HealthCheckResponse_SERVING })
+	first.cancel()
+	if err := <-first.done; err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	first.done <- nil // for the cleanup
+
+	conn, err := pgx.Connect(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	// The walsender of the stopped relay may still hold the slot a moment.
+	testkit.WaitFor(t, time.Minute, "the slot to be dropped", func() bool {
+		var n int
+		err := conn.QueryRow(context.Background(), `SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
+			WHERE database = current_database()`).Scan(&n)
+		return err == nil && n == 1
+	})
+
+	second := start(t, db, brokers)
+	select {
+	case err := <-second.done:
+		if !errors.Is(err, relay.ErrSlotLost) || !strings.Contains(err.Error(), "DELETE FROM relay_slots") {
+			t.Fatalf("Run = %v, want ErrSlotLost saying how to recover", err)
+		}
+		second.done <- nil
+	case <-time.After(time.Minute):
+		t.Fatal("service with a lost slot kept running")
 	}
 }
 
