@@ -31,7 +31,7 @@ const (
 
 // prepare makes sure the outbox table, the publication and the slot exist.
 func (s *cdcSource) prepare(ctx context.Context, cfg *Config) error {
-	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	conn, err := connect(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -174,6 +174,7 @@ func replicationConfig(databaseURL string) (*pgconn.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse DatabaseURL: %w", err)
 	}
+	dropPoolParams(cfg.RuntimeParams)
 	cfg.RuntimeParams["replication"] = "database"
 	cfg.RuntimeParams["application_name"] = "switchyard-relay"
 	// pgoutput sends column values in their text form, which these session
@@ -246,7 +247,7 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 // running publishes the same rows out of order, and returns the publisher it
 // used (nil when the table was empty).
 func drainLeftovers(ctx context.Context, r *Relay) (*publisher, error) {
-	conn, err := pgx.Connect(ctx, r.cfg.DatabaseURL)
+	conn, err := connect(ctx, r.cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}

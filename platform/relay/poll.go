@@ -46,7 +46,7 @@ func tryRelayLock(ctx context.Context, conn *pgx.Conn, slot string) (bool, error
 }
 
 func (s *pollSource) prepare(ctx context.Context, cfg *Config) error {
-	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	conn, err := connect(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -56,7 +56,7 @@ func (s *pollSource) prepare(ctx context.Context, cfg *Config) error {
 
 func (s *pollSource) run(ctx context.Context, r *Relay) error {
 	cfg := &r.cfg
-	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	conn, err := connect(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}

@@ -238,6 +238,28 @@ var ErrLogicalReplicationOff = errors.New("PostgreSQL wal_level is not 'logical'
 	"set wal_level=logical (and max_replication_slots, max_wal_senders > 0) and restart PostgreSQL, " +
 	"or use the poll relay mode")
 
+// connect opens a plain connection to databaseURL, which may carry
+// pgxpool's settings (pool_max_conns, ...): a service's URL usually does.
+func connect(ctx context.Context, databaseURL string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse DatabaseURL: %w", err)
+	}
+	dropPoolParams(cfg.RuntimeParams)
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// dropPoolParams removes pgxpool's settings, which a single connection
+// would send to the server as unknown parameters (FATAL: unrecognized
+// configuration parameter "pool_max_conns").
+func dropPoolParams(params map[string]string) {
+	for k := range params {
+		if strings.HasPrefix(k, "pool_") {
+			delete(params, k)
+		}
+	}
+}
+
 // slotName derives a valid slot name (lower-case letters, digits and
 // underscores, at most 63 bytes) from a database name.
 func slotName(database string) string {

@@ -96,9 +96,17 @@ type Config struct {
 	// (SWITCHYARD_IDEMPOTENCY_RETENTION, default 24h); a retry after it runs
 	// the request again.
 	IdempotencyRetention time.Duration
-	ShutdownTimeout      time.Duration // SWITCHYARD_SHUTDOWN_TIMEOUT, default 20s
-	LogLevel             slog.Level    // SWITCHYARD_LOG_LEVEL, default info
-	LogFormat            string        // SWITCHYARD_LOG_FORMAT: json (default) or text
+	// WatchMaxStreams bounds the watch streams (WatchOrder, ...) a process
+	// serves at once (SWITCHYARD_WATCH_MAX_STREAMS, default 1000); past it
+	// they fail with RESOURCE_EXHAUSTED.
+	WatchMaxStreams int
+	// WatchDBConns is the size of the watch streams' own connection pool
+	// (SWITCHYARD_WATCH_DB_CONNS, default 4), apart from the pool consumers
+	// and other RPCs use, plus one LISTEN connection per hub.
+	WatchDBConns    int
+	ShutdownTimeout time.Duration // SWITCHYARD_SHUTDOWN_TIMEOUT, default 20s
+	LogLevel        slog.Level    // SWITCHYARD_LOG_LEVEL, default info
+	LogFormat       string        // SWITCHYARD_LOG_FORMAT: json (default) or text
 }
 
 // LoadConfig reads the configuration of a service whose default port is
@@ -137,6 +145,12 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 	if cfg.IdempotencyRetention, err = time.ParseDuration(get("SWITCHYARD_IDEMPOTENCY_RETENTION", "24h")); err != nil || cfg.IdempotencyRetention <= 0 {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_IDEMPOTENCY_RETENTION: want a positive duration such as 24h"))
 	}
+	if cfg.WatchMaxStreams, err = strconv.Atoi(get("SWITCHYARD_WATCH_MAX_STREAMS", "1000")); err != nil || cfg.WatchMaxStreams < 1 {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_WATCH_MAX_STREAMS: want a positive integer"))
+	}
+	if cfg.WatchDBConns, err = strconv.Atoi(get("SWITCHYARD_WATCH_DB_CONNS", "4")); err != nil || cfg.WatchDBConns < 1 {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_WATCH_DB_CONNS: want a positive integer"))
+	}
 	if cfg.ShutdownTimeout, err = time.ParseDuration(get("SWITCHYARD_SHUTDOWN_TIMEOUT", "20s")); err != nil {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_SHUTDOWN_TIMEOUT: %w", err))
 	}
@@ -165,6 +179,8 @@ type Env struct {
 
 	stopping   chan struct{}
 	background []func(context.Context) error
+	watchPool  *pgxpool.Pool
+	watchLimit *watch.Limit
 }
 
 // Topic returns the topic of an aggregate type.
@@ -173,6 +189,18 @@ func (e *Env) Topic(aggregateType string) string { return e.Config.TopicPrefix +
 // Go runs fn once the service is ready, until shutdown cancels its context.
 // An error it returns stops the service.
 func (e *Env) Go(fn func(ctx context.Context) error) { e.background = append(e.background, fn) }
+
+// WatchHub returns a hub for the watch streams following channel (see
+// package watch), started with the service: it listens on its own
+// connection, its streams read through [watch.Hub.DB] (a pool of
+// WatchDBConns, apart from Pool, so that a crowd of streams woken at once
+// never takes the connections the consumers need), and the process serves
+// at most WatchMaxStreams streams across its hubs.
+func (e *Env) WatchHub(channel string) *watch.Hub {
+	h := watch.NewHub(e.watchPool, channel, e.watchLimit, e.Logger)
+	e.Go(h.Run)
+	return h
+}
 
 // Stopping is closed when shutdown begins; long-lived streams return then so
 // that graceful shutdown does not wait for them.
@@ -238,6 +266,14 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		return fmt.Errorf("database: %w", err)
 	}
 	defer pool.Close()
+	wcfg := pcfg.Copy()
+	wcfg.MaxConns = int32(cfg.WatchDBConns) + 1 // + the LISTEN connection
+	wcfg.MinConns = 0
+	watchPool, err := pgxpool.NewWithConfig(context.Background(), wcfg)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer watchPool.Close()
 	tr, err := openTransport(cfg, logger)
 	if err != nil {
 		return err
@@ -258,6 +294,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	env := &Env{
 		Name: spec.Name, Config: cfg, Pool: pool, Outbox: outbox.NewWriter(cfg.OutboxMode),
 		Server: server, Logger: logger, Metrics: metrics, stopping: make(chan struct{}),
+		watchPool: watchPool, watchLimit: watch.NewLimit(cfg.WatchMaxStreams),
 	}
 	if len(spec.Subscribe) > 0 {
 		topics := make([]string, len(spec.Subscribe))
@@ -288,6 +325,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	if env.Consumer != nil {
 		metrics.RegisterConsumer(env.Consumer)
 	}
+	metrics.RegisterWatch(env.watchLimit)
 	metricsLis, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("metrics: listen on %s: %w", cfg.MetricsAddr, err)
@@ -598,6 +636,8 @@ func toStatus(ctx context.Context, err error, method string, logger *slog.Logger
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, watch.ErrStopping):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, watch.ErrTooManyStreams):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "request cancelled")
 	case errors.Is(err, context.DeadlineExceeded):

@@ -33,7 +33,28 @@ type testServer interface{}
 type impl struct{}
 
 func testDesc(env *service.Env) *grpc.ServiceDesc {
+	hub := env.WatchHub("test_watch")
 	return &grpc.ServiceDesc{
+		Streams: []grpc.StreamDesc{{
+			// Hold follows a key, says so, then holds a connection of the
+			// watch pool until the client goes: a stream stuck reading.
+			StreamName: "Hold", ServerStreams: true,
+			Handler: func(_ any, stream grpc.ServerStream) error {
+				ctx := stream.Context()
+				return hub.Follow(ctx, "k", time.Hour, env.Stopping(), func() (bool, error) {
+					if err := stream.SendMsg(wrapperspb.String("following")); err != nil {
+						return false, err
+					}
+					conn, err := hub.DB().Acquire(ctx)
+					if err != nil {
+						return false, err
+					}
+					defer conn.Release()
+					<-ctx.Done()
+					return false, ctx.Err()
+				})
+			},
+		}},
 		ServiceName: "switchyard.test.v1.TestService",
 		HandlerType: (*testServer)(nil),
 		Methods: []grpc.MethodDesc{
@@ -41,6 +62,10 @@ func testDesc(env *service.Env) *grpc.ServiceDesc {
 			{MethodName: "Slow", Handler: unary("Slow", func(ctx context.Context) (any, error) {
 				time.Sleep(time.Second)
 				return wrapperspb.String("done"), nil
+			})},
+			{MethodName: "Query", Handler: unary("Query", func(ctx context.Context) (any, error) {
+				_, err := env.Pool.Exec(ctx, "SELECT 1")
+				return wrapperspb.String("done"), err
 			})},
 			{MethodName: "Fail", Handler: unary("Fail", func(ctx context.Context) (any, error) {
 				return nil, io.ErrUnexpectedEOF // an unmapped error must not leak
@@ -91,15 +116,23 @@ type running struct {
 
 func start(t *testing.T, dbURL, brokers string) *running {
 	t.Helper()
-	cfg, err := service.LoadConfig(0, func(k string) string {
-		return map[string]string{
-			"SWITCHYARD_DATABASE_URL":     dbURL,
-			"SWITCHYARD_KAFKA_BROKERS":    brokers,
-			"SWITCHYARD_GRPC_ADDR":        "127.0.0.1:0",
-			"SWITCHYARD_METRICS_ADDR":     "127.0.0.1:0",
-			"SWITCHYARD_SHUTDOWN_TIMEOUT": "5s",
-		}[k]
-	})
+	return startWith(t, dbURL, brokers, nil)
+}
+
+// startWith starts the test service with extra environment variables.
+func startWith(t *testing.T, dbURL, brokers string, extra map[string]string) *running {
+	t.Helper()
+	env := map[string]string{
+		"SWITCHYARD_DATABASE_URL":     dbURL,
+		"SWITCHYARD_KAFKA_BROKERS":    brokers,
+		"SWITCHYARD_GRPC_ADDR":        "127.0.0.1:0",
+		"SWITCHYARD_METRICS_ADDR":     "127.0.0.1:0",
+		"SWITCHYARD_SHUTDOWN_TIMEOUT": "5s",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	cfg, err := service.LoadConfig(0, func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,6 +300,47 @@ func TestSlotLostStopsTheService(t *testing.T) {
 		second.done <- nil
 	case <-time.After(time.Minute):
 		t.Fatal("service with a lost slot kept running")
+	}
+}
+
+// Watch streams are bounded per process (RESOURCE_EXHAUSTED past the bound)
+// and read through their own pool: streams stuck reading never take the
+// connections other work needs. Here the main pool has two connections and
+// three streams hold what they can; a query on the main pool still runs.
+func TestWatchStreamsAreBounded(t *testing.T) {
+	t.Parallel()
+	r := startWith(t, testkit.Database(t)+"&pool_max_conns=2", testkit.Kafka(t).Addr(), map[string]string{
+		"SWITCHYARD_WATCH_MAX_STREAMS": "3", "SWITCHYARD_WATCH_DB_CONNS": "1",
+	})
+	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return r.status(t) == healthpb.HealthCheckResponse_SERVING })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hold := func() (grpc.ClientStream, error) {
+		s, err := r.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/switchyard.test.v1.TestService/Hold")
+		if err != nil {
+			return nil, err
+		}
+		if err := s.SendMsg(&emptypb.Empty{}); err != nil {
+			return nil, err
+		}
+		if err := s.CloseSend(); err != nil {
+			return nil, err
+		}
+		return s, s.RecvMsg(new(wrapperspb.StringValue))
+	}
+	for i := range 3 {
+		if _, err := hold(); err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	if _, err := hold(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("stream past the bound: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	qctx, qcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer qcancel()
+	out := new(wrapperspb.StringValue)
+	if err := r.conn.Invoke(qctx, "/switchyard.test.v1.TestService/Query", &emptypb.Empty{}, out); err != nil {
+		t.Fatalf("query while streams hold their connections: %v", err)
 	}
 }
 

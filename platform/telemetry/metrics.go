@@ -16,6 +16,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/relay"
+	"github.com/switchyard/switchyard/platform/watch"
 )
 
 // Metrics is a process's Prometheus registry with the platform's series.
@@ -127,6 +128,17 @@ func (l lagCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(p.Messages),
 			l.c.Group(), p.Topic, strconv.Itoa(int(p.Partition)))
 	}
+}
+
+// RegisterWatch exports the watch streams' bound: how many streams follow
+// now and how many were refused.
+func (m *Metrics) RegisterWatch(l *watch.Limit) {
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_watch_streams",
+			Help: "Watch streams following now."}, func() float64 { return float64(l.Active()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "switchyard_watch_streams_rejected_total",
+			Help: "Watch streams refused with RESOURCE_EXHAUSTED (SWITCHYARD_WATCH_MAX_STREAMS reached)."}, func() float64 { return float64(l.Rejected()) }),
+	)
 }
 
 // Serve serves /metrics on addr until ctx ends.

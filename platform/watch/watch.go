@@ -8,6 +8,12 @@
 // stream, so a notification that is lost (for instance while the listening
 // connection is re-established, when the hub wakes everyone) costs nothing
 // but an extra read.
+//
+// Streams are long-lived and a change can wake thousands at once, so two
+// bounds keep them from hurting the rest of the process: a [Limit] on the
+// number of streams (past it, Follow fails with [ErrTooManyStreams]), and a
+// hub's own pool ([Hub.DB]) for the LISTEN connection and the streams'
+// reads, apart from the pool the consumers and other RPCs use.
 package watch
 
 import (
@@ -16,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,23 +37,66 @@ func Notify(ctx context.Context, tx pgx.Tx, channel, key string) error {
 	return nil
 }
 
+// ErrTooManyStreams is returned by Follow when the hub's [Limit] is
+// reached; the service maps it to RESOURCE_EXHAUSTED, so that clients back
+// off or watch through another replica.
+var ErrTooManyStreams = errors.New("too many watch streams on this server; retry later")
+
+// Limit bounds the number of streams following at once; share one between
+// the hubs of a process to bound the process.
+type Limit struct {
+	max      int64
+	active   atomic.Int64
+	rejected atomic.Int64
+}
+
+// NewLimit returns a limit of max streams (max <= 0: no limit).
+func NewLimit(max int) *Limit { return &Limit{max: int64(max)} }
+
+func (l *Limit) acquire() bool {
+	if n := l.active.Add(1); l.max > 0 && n > l.max {
+		l.active.Add(-1)
+		l.rejected.Add(1)
+		return false
+	}
+	return true
+}
+
+func (l *Limit) release() { l.active.Add(-1) }
+
+// Active returns the number of streams following now.
+func (l *Limit) Active() int64 { return l.active.Load() }
+
+// Rejected returns how many streams were refused with ErrTooManyStreams.
+func (l *Limit) Rejected() int64 { return l.rejected.Load() }
+
 // Hub fans one LISTEN connection out to subscribers by key.
 type Hub struct {
 	pool    *pgxpool.Pool
 	channel string
 	logger  *slog.Logger
+	limit   *Limit
 
 	mu   sync.Mutex
 	subs map[string]map[chan struct{}]struct{}
 }
 
-// NewHub returns a hub for channel; start it with Run.
-func NewHub(pool *pgxpool.Pool, channel string, logger *slog.Logger) *Hub {
+// NewHub returns a hub for channel whose LISTEN connection comes from pool;
+// start it with Run. Streams are bounded by limit (nil: unbounded). pool
+// should be the hub's own (see the package doc): its streams read through
+// [Hub.DB].
+func NewHub(pool *pgxpool.Pool, channel string, limit *Limit, logger *slog.Logger) *Hub {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Hub{pool: pool, channel: channel, logger: logger, subs: map[string]map[chan struct{}]struct{}{}}
+	if limit == nil {
+		limit = NewLimit(0)
+	}
+	return &Hub{pool: pool, channel: channel, limit: limit, logger: logger, subs: map[string]map[chan struct{}]struct{}{}}
 }
+
+// DB returns the pool the hub's streams read through.
+func (h *Hub) DB() *pgxpool.Pool { return h.pool }
 
 // Subscribe returns a channel that receives a value whenever key changes
 // (coalesced: one pending wake-up at most), and a function to unsubscribe.
@@ -91,8 +141,13 @@ var ErrStopping = errors.New("server shutting down; watch again")
 // Follow calls step now and again whenever key may have changed (a
 // notification, or every recheck as a safety net) until step reports done
 // or fails, ctx ends, or stopping is closed (ErrStopping). It subscribes
-// before the first step, so no change between the two is missed.
+// before the first step, so no change between the two is missed. Past the
+// hub's limit it fails at once with ErrTooManyStreams.
 func (h *Hub) Follow(ctx context.Context, key string, recheck time.Duration, stopping <-chan struct{}, step func() (done bool, err error)) error {
+	if !h.limit.acquire() {
+		return ErrTooManyStreams
+	}
+	defer h.limit.release()
 	changed, unsubscribe := h.Subscribe(key)
 	defer unsubscribe()
 	tick := time.NewTicker(recheck)

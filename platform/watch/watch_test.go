@@ -19,7 +19,7 @@ func TestNotifyWakesSubscribersOnCommitOnly(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pool := testkit.Pool(t, testkit.Database(t))
-	hub := watch.NewHub(pool, "test_changes", nil)
+	hub := watch.NewHub(pool, "test_changes", nil, nil)
 	a, unsubA := hub.Subscribe("a")
 	defer unsubA()
 	b, unsubB := hub.Subscribe("b")
@@ -56,5 +56,50 @@ func TestNotifyWakesSubscribersOnCommitOnly(t *testing.T) {
 	case <-a:
 		t.Fatal("a was woken by a rolled-back change or by b's change")
 	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// Past its limit a hub refuses streams with ErrTooManyStreams, counts the
+// refusal, and frees a place when a stream ends; the limit is shared by the
+// hubs given it.
+func TestLimitBoundsStreams(t *testing.T) {
+	t.Parallel()
+	limit := watch.NewLimit(2)
+	a := watch.NewHub(nil, "a", limit, nil) // Follow needs no connection
+	b := watch.NewHub(nil, "b", limit, nil)
+	stop := make(chan struct{})
+	ended := make(chan error, 2)
+	started := make(chan struct{}, 2)
+	follow := func(h *watch.Hub) {
+		first := true
+		ended <- h.Follow(context.Background(), "k", time.Hour, stop, func() (bool, error) {
+			if first {
+				first = false
+				started <- struct{}{}
+			}
+			return false, nil
+		})
+	}
+	go follow(a)
+	go follow(b)
+	<-started
+	<-started
+	if err := a.Follow(context.Background(), "k", time.Hour, stop, func() (bool, error) { return true, nil }); !errors.Is(err, watch.ErrTooManyStreams) {
+		t.Fatalf("third stream: %v, want ErrTooManyStreams", err)
+	}
+	if limit.Active() != 2 || limit.Rejected() != 1 {
+		t.Fatalf("active %d rejected %d, want 2 and 1", limit.Active(), limit.Rejected())
+	}
+	close(stop)
+	for range 2 {
+		if err := <-ended; !errors.Is(err, watch.ErrStopping) {
+			t.Fatalf("stream ended with %v, want ErrStopping", err)
+		}
+	}
+	if err := b.Follow(context.Background(), "k", time.Hour, nil, func() (bool, error) { return true, nil }); err != nil {
+		t.Fatalf("stream after the others ended: %v", err)
+	}
+	if limit.Active() != 0 {
+		t.Fatalf("active %d after every stream ended", limit.Active())
 	}
 }

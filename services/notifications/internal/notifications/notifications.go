@@ -50,9 +50,8 @@ func Spec() service.Spec {
 
 // Setup registers the NotificationService and the event handlers.
 func Setup(env *service.Env) error {
-	s := &server{env: env, changes: watch.NewHub(env.Pool, changeChannel, env.Logger)}
+	s := &server{env: env, changes: env.WatchHub(changeChannel)}
 	notificationsv1.RegisterNotificationServiceServer(env.Server, s)
-	env.Go(s.changes.Run)
 	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
 		c := ev.GetCustomer()
 		return notify(ctx, tx, md, c.GetCustomerId(), c.GetCustomerId(), KindWelcome, "Welcome to Switchyard, "+c.GetName(),
@@ -100,8 +99,9 @@ type server struct {
 	changes *watch.Hub
 }
 
+// list reads through the watch hub's pool: only watch streams call it.
 func (s *server) list(ctx context.Context, customerID string, afterSeq int64) ([]*notificationsv1.Notification, int64, error) {
-	rows, err := s.env.Pool.Query(ctx, `SELECT seq, notification_id::text, kind, subject, body, event_id::text, create_time
+	rows, err := s.changes.DB().Query(ctx, `SELECT seq, notification_id::text, kind, subject, body, event_id::text, create_time
 		FROM notifications WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000`, customerID, afterSeq)
 	if err != nil {
 		return nil, afterSeq, err

@@ -12,6 +12,7 @@ import (
 	"github.com/switchyard/switchyard/platform/migrate"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/watch"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -28,7 +29,7 @@ func TestConcurrentNotificationsAreNotSkipped(t *testing.T) {
 	if _, err := migrate.Apply(ctx, pool, migrations); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{env: &service.Env{Pool: pool}}
+	s := &server{env: &service.Env{Pool: pool}, changes: watch.NewHub(pool, changeChannel, nil, nil)}
 	customer := uuid.NewString()
 	write := func(kind string) (commit func() error, err error) {
 		tx, err := pool.Begin(ctx)

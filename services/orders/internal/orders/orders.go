@@ -81,10 +81,9 @@ func Spec(o Options) service.Spec {
 	return service.Spec{
 		Name: "orders", Port: 50052, Migrations: migrations, Subscribe: []string{"inventory", "payment"},
 		Setup: func(env *service.Env) error {
-			s := &server{env: env, opts: o, changes: watch.NewHub(env.Pool, changeChannel, env.Logger), metrics: newSagaMetrics()}
+			s := &server{env: env, opts: o, changes: env.WatchHub(changeChannel), metrics: newSagaMetrics()}
 			env.Metrics.Registry.MustRegister(s.metrics.outcomes, s.metrics.duration)
 			ordersv1.RegisterOrderServiceServer(env.Server, s)
-			env.Go(s.changes.Run)
 			consumer.Handle(env.Consumer, s.onStockReserved)
 			consumer.Handle(env.Consumer, s.onStockRejected)
 			consumer.Handle(env.Consumer, s.onPaymentCaptured)
@@ -267,7 +266,8 @@ func (s *server) WatchOrder(req *ordersv1.WatchOrderRequest, stream ordersv1.Ord
 	var version int64 = -1
 	return s.changes.Follow(ctx, req.GetOrderId(), s.opts.WatchRecheck, s.env.Stopping(), func() (bool, error) {
 		var current int64
-		err := s.env.Pool.QueryRow(ctx, `SELECT version FROM orders WHERE order_id = $1`, req.GetOrderId()).Scan(&current)
+		db := s.changes.DB() // not env.Pool: streams must not take the consumers' connections
+		err := db.QueryRow(ctx, `SELECT version FROM orders WHERE order_id = $1`, req.GetOrderId()).Scan(&current)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return false, status.Errorf(codes.NotFound, "order %s not found", req.GetOrderId())
 		}
@@ -275,7 +275,7 @@ func (s *server) WatchOrder(req *ordersv1.WatchOrderRequest, stream ordersv1.Ord
 			return false, err
 		}
 		version = current
-		o, err := loadOrder(ctx, s.env.Pool, req.GetOrderId())
+		o, err := loadOrder(ctx, db, req.GetOrderId())
 		if err != nil {
 			return false, err
 		}
