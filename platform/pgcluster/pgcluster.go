@@ -332,6 +332,24 @@ func (c *Cluster) Stop() error {
 	return nil
 }
 
+// RestartImmediate stops the server the way a crash does (immediate
+// shutdown: no checkpoint, every session cut; the next start replays the
+// WAL) and starts it again on the same port, returning once it accepts
+// connections. It must not run concurrently with Stop.
+func (c *Cluster) RestartImmediate(ctx context.Context) error {
+	if c.cmd != nil && c.cmd.Process != nil {
+		_ = c.cmd.Process.Signal(syscall.SIGQUIT)
+		<-c.done
+	}
+	cred, err := serverCredential()
+	if err != nil {
+		return err
+	}
+	c.done = make(chan struct{})
+	// The port was just released; postgres retries binding for a while.
+	return c.start(ctx, cred)
+}
+
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort() (int, error) {
 	for {

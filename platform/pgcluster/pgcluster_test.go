@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/switchyard/switchyard/platform/pgcluster"
 )
 
@@ -44,5 +46,38 @@ func TestRestartKeepsDataAndBusyPort(t *testing.T) {
 	defer c.Stop()
 	if err := c.CreateDatabase(ctx, "kept"); err != nil { // exists: no error, no duplicate
 		t.Fatal(err)
+	}
+}
+
+// An immediate restart (a crash: sessions cut, WAL replayed) keeps what was
+// committed and serves again on the same port.
+func TestRestartImmediate(t *testing.T) {
+	ctx := context.Background()
+	c, err := pgcluster.Start(ctx, pgcluster.Options{DataDir: t.TempDir() + "/pg"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	conn, err := pgx.Connect(ctx, c.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RestartImmediate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Ping(ctx); err == nil {
+		t.Fatal("a session survived the immediate restart")
+	}
+	conn, err = pgx.Connect(ctx, c.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var v int
+	if err := conn.QueryRow(ctx, `SELECT v FROM kept`).Scan(&v); err != nil || v != 42 {
+		t.Fatalf("after the restart: %d, %v; want the committed 42", v, err)
 	}
 }

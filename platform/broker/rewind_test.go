@@ -1,0 +1,75 @@
+package broker_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/switchyard/switchyard/platform/broker"
+	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
+)
+
+// A group that has consumed a topic reads all of it again after
+// RewindGroup.
+func TestRewindGroup(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	k := testkit.Kafka(t)
+	tr := k.Transport(2)
+	const topic, group, n = "test.rewind", "rewinder", 10
+	if err := tr.EnsureTopics(ctx, topic); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tr.NewPublisher("test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	for i := range n {
+		if err := pub.Publish(ctx, &transport.Message{Topic: topic, Key: []byte(fmt.Sprint(i)), Value: []byte("x")}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !pub.Flush(time.Minute) {
+		t.Fatal("messages not acknowledged")
+	}
+	backlog := func() int64 {
+		b, err := tr.Backlog(ctx, group, topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+
+	// Consume and commit everything, then leave the group.
+	sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: group, Topics: []string{topic}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- sub.Run(sctx, func(c transport.Claim) {
+			for batch := range c.Messages() {
+				if err := c.Commit(c.Context(), batch...); err != nil {
+					return
+				}
+			}
+		})
+	}()
+	testkit.WaitFor(t, time.Minute, "the group to consume everything", func() bool { return backlog() == 0 })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// Members may take a moment to be gone from the group's view.
+	testkit.WaitFor(t, time.Minute, "the rewind to be accepted", func() bool {
+		return broker.RewindGroup(ctx, tr.Config(), group, topic) == nil
+	})
+	if b := backlog(); b != n {
+		t.Fatalf("backlog after the rewind %d, want %d", b, n)
+	}
+}
