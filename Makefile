@@ -64,6 +64,7 @@ test: check-generated lint breaking ## Everything CI checks
 	go test $(GOTEST_FLAGS) $(MODULES)
 	SWITCHYARD_E2E_TRANSPORT=redis go test $(GOTEST_FLAGS) ./shop/e2e/
 	cd deploy && GOWORK=off go test $(GOTEST_FLAGS) ./...
+	$(MAKE) --no-print-directory soak DURATION=60s
 
 .PHONY: bench
 bench: ## Relay and consumer benchmarks (see docs/benchmarks.md)
@@ -95,6 +96,11 @@ deploy: images ## Install or upgrade the chart into $(KUBE_CONTEXT)
 .PHONY: undeploy
 undeploy: ## Uninstall the chart (the PersistentVolumeClaims stay; delete the namespace to drop data)
 	helm uninstall switchyard --kube-context $(KUBE_CONTEXT) --namespace switchyard
+
+.PHONY: soak
+soak: build ## Chaos soak: load plus faults for DURATION (5m), then every invariant; last line "soak: N orders, N faults, N violations"
+	cd shop && $(GOBUILD) -o $(BIN)/soak ./cmd/soak
+	$(BIN)/soak -bin $(BIN) -duration $(or $(DURATION),5m) $(if $(SEED),-seed $(SEED))
 
 .PHONY: loadgen
 loadgen: ## Drive CreateOrder against a running `make run` (RATE=50 DURATION=20s)

@@ -15,7 +15,6 @@ package invariants
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -144,12 +143,21 @@ func (c *Checker) Check(ctx context.Context) error {
 		return err
 	}
 	if len(v) > 0 {
-		if len(v) > 30 {
-			v = append(v[:30], fmt.Sprintf("... and %d more", len(v)-30))
-		}
-		return errors.New("invariants violated:\n  " + strings.Join(v, "\n  "))
+		return &Violations{List: v}
 	}
 	return nil
+}
+
+// Violations is the error Check returns when invariants do not hold: one
+// line per violation.
+type Violations struct{ List []string }
+
+func (v *Violations) Error() string {
+	list := v.List
+	if len(list) > 30 {
+		list = append(list[:30:30], fmt.Sprintf("... and %d more", len(v.List)-30))
+	}
+	return "invariants violated:\n  " + strings.Join(list, "\n  ")
 }
 
 func (c *Checker) checkStock(ctx context.Context, add func(string, ...any)) error {

@@ -12,10 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -69,6 +71,11 @@ type Options struct {
 	// RedisPort: 0 picks a free port. The server keeps its data in
 	// Dir/redis.
 	RedisPort int
+	// BrokerCommand, if set, runs the Kafka broker as a child process
+	// instead of inside this one, so that it can be killed (the chaos
+	// soak): the command and its arguments, to which the stack appends
+	// -port N -dir D (and -sync when Durable); it must call [ServeBroker].
+	BrokerCommand []string
 }
 
 // Stack is a running shop.
@@ -76,6 +83,8 @@ type Stack struct {
 	opts     Options
 	Postgres *pgcluster.Cluster
 	broker   *kfake.Cluster
+	brokerP  *process // the broker's process, with BrokerCommand
+	kport    int
 	kafkaAdr string
 	redis    *redisserver.Server
 
@@ -148,20 +157,12 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		s.Close()
 		return nil, err
 	}
-	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.Ports(kport), kfake.DataDir(filepath.Join(opts.Dir, "kafka")),
-		kfake.ClusterID("switchyard-local")}
-	if opts.Durable {
-		// Acknowledge a produce only once it is on disk: a relay confirms
-		// its position after the acknowledgement, so a crash of the machine
-		// must not lose what was acknowledged.
-		kopts = append(kopts, kfake.SyncWrites())
-	}
-	s.broker, err = kfake.NewCluster(kopts...)
-	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("Kafka broker on port %d: %w", kport, err)
-	}
+	s.kport = kport
 	s.kafkaAdr = fmt.Sprintf("127.0.0.1:%d", kport)
+	if err := s.StartBroker(); err != nil {
+		s.Close()
+		return nil, err
+	}
 	rport, err := pickPort(opts.RedisPort, "redis-server")
 	if err != nil {
 		s.Close()
@@ -195,6 +196,118 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		}
 	}
 	return s, nil
+}
+
+// newBroker starts the in-process broker on port with its log in dir.
+func newBroker(port int, dir string, sync bool) (*kfake.Cluster, error) {
+	opts := []kfake.Opt{kfake.NumBrokers(1), kfake.Ports(port), kfake.DataDir(dir), kfake.ClusterID("switchyard-local")}
+	if sync {
+		// Acknowledge a produce only once it is on disk: a relay confirms
+		// its position after the acknowledgement, so a crash of the machine
+		// must not lose what was acknowledged.
+		opts = append(opts, kfake.SyncWrites())
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("Kafka broker on port %d: %w", port, err)
+	}
+	return c, nil
+}
+
+// ServeBroker runs a broker on port with its log in dir until ctx ends: the
+// body of a [Options.BrokerCommand].
+func ServeBroker(ctx context.Context, port int, dir string, sync bool) error {
+	c, err := newBroker(port, dir, sync)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	c.Close()
+	return nil
+}
+
+// StartBroker starts the broker, or starts it again after KillBroker, on
+// the same port with the same data.
+func (s *Stack) StartBroker() error {
+	dir := filepath.Join(s.opts.Dir, "kafka")
+	if len(s.opts.BrokerCommand) == 0 {
+		var err error
+		s.broker, err = newBroker(s.kport, dir, s.opts.Durable)
+		return err
+	}
+	args := append(s.opts.BrokerCommand[1:len(s.opts.BrokerCommand):len(s.opts.BrokerCommand)], "-port", strconv.Itoa(s.kport), "-dir", dir)
+	if s.opts.Durable {
+		args = append(args, "-sync")
+	}
+	cmd := exec.Command(s.opts.BrokerCommand[0], args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the broker: %w", err)
+	}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		prefix(s.opts.Log, "broker", out)
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	s.mu.Lock()
+	s.brokerP = p
+	s.mu.Unlock()
+	// Ready once it accepts connections (it reloads its log first).
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if c, err := net.DialTimeout("tcp", s.kafkaAdr, time.Second); err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("the broker exited at start (%v); see its log lines above", cmd.ProcessState)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the broker did not listen on %s within a minute", s.kafkaAdr)
+		}
+	}
+}
+
+// KillBroker sends SIGKILL to a broker started with BrokerCommand and waits
+// for it to die; its data stays for StartBroker.
+func (s *Stack) KillBroker() error {
+	s.mu.Lock()
+	p := s.brokerP
+	s.mu.Unlock()
+	if p == nil {
+		return errors.New("the broker runs in this process: set Options.BrokerCommand to kill it")
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	return nil
+}
+
+// RestartPostgres restarts PostgreSQL the way a crash does (see
+// pgcluster.Cluster.RestartImmediate).
+func (s *Stack) RestartPostgres(ctx context.Context) error { return s.Postgres.RestartImmediate(ctx) }
+
+// Pause stops a service's process (SIGSTOP) without killing it: it holds
+// its connections and group membership but answers nothing.
+func (s *Stack) Pause(name string) { s.send(name, syscall.SIGSTOP) }
+
+// Resume continues a paused service (SIGCONT).
+func (s *Stack) Resume(name string) { s.send(name, syscall.SIGCONT) }
+
+func (s *Stack) send(name string, sig syscall.Signal) {
+	s.mu.Lock()
+	p := s.procs[name]
+	s.mu.Unlock()
+	if p != nil {
+		_ = p.cmd.Process.Signal(sig)
+	}
 }
 
 // exited reports whether a service's process has ended.
@@ -412,6 +525,15 @@ func (s *Stack) Close() error {
 	wg.Wait()
 	if s.broker != nil {
 		s.broker.Close()
+	}
+	if s.brokerP != nil {
+		_ = s.brokerP.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.brokerP.done:
+		case <-time.After(30 * time.Second):
+			_ = s.brokerP.cmd.Process.Kill()
+			<-s.brokerP.done
+		}
 	}
 	if s.redis != nil {
 		s.redis.Shutdown()
