@@ -240,21 +240,10 @@ func (s *Stack) StartBroker() error {
 		args = append(args, "-sync")
 	}
 	cmd := exec.Command(s.opts.BrokerCommand[0], args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
+	p, err := s.spawn("broker", cmd)
 	if err != nil {
-		return err
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start the broker: %w", err)
 	}
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		prefix(s.opts.Log, "broker", out)
-		_ = cmd.Wait()
-		close(p.done)
-	}()
 	s.mu.Lock()
 	s.brokerP = p
 	s.mu.Unlock()
@@ -267,7 +256,7 @@ func (s *Stack) StartBroker() error {
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("the broker exited at start (%v); see its log lines above", cmd.ProcessState)
+			return fmt.Errorf("the broker exited at start (%v); see its log lines above", p.cmd.ProcessState)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -285,8 +274,7 @@ func (s *Stack) KillBroker() error {
 	if p == nil {
 		return errors.New("the broker runs in this process: set Options.BrokerCommand to kill it")
 	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
+	p.stop(syscall.SIGKILL)
 	return nil
 }
 
@@ -302,21 +290,22 @@ func (s *Stack) Pause(name string) { s.send(name, syscall.SIGSTOP) }
 func (s *Stack) Resume(name string) { s.send(name, syscall.SIGCONT) }
 
 func (s *Stack) send(name string, sig syscall.Signal) {
-	s.mu.Lock()
-	p := s.procs[name]
-	s.mu.Unlock()
-	if p != nil {
+	if p := s.proc(name); p != nil {
 		_ = p.cmd.Process.Signal(sig)
 	}
 }
 
+// proc returns a service's process (nil if never started).
+func (s *Stack) proc(name string) *process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.procs[name]
+}
+
 // exited reports whether a service's process has ended.
 func (s *Stack) exited(name string) bool {
-	s.mu.Lock()
-	p := s.procs[name]
-	s.mu.Unlock()
 	select {
-	case <-p.done:
+	case <-s.proc(name).done:
 		return true
 	default:
 		return false
@@ -406,25 +395,45 @@ func (s *Stack) StartService(name string) error {
 		"SWITCHYARD_LOG_FORMAT=text",
 	)
 	cmd.Env = append(cmd.Env, s.opts.Env...)
-	// Own process group: Ctrl-C in a terminal reaches only the runner, which
-	// then stops the services in order.
+	p, err := s.spawn(name, cmd)
+	if err != nil {
+		return fmt.Errorf("start %s: %w (did `make run` build it into %s?)", name, err, s.opts.BinDir)
+	}
+	s.procs[name] = p
+	return nil
+}
+
+// spawn starts cmd as a child in its own process group (Ctrl-C in a
+// terminal reaches only the runner, which then stops children in order)
+// that dies with the runner, its output prefixed with name.
+func (s *Stack) spawn(name string, cmd *exec.Cmd) (*process, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w (did `make run` build it into %s?)", name, err, s.opts.BinDir)
+		return nil, err
 	}
 	p := &process{cmd: cmd, done: make(chan struct{})}
-	s.procs[name] = p
 	go func() {
 		prefix(s.opts.Log, name, out)
 		_ = cmd.Wait()
 		close(p.done)
 	}()
-	return nil
+	return p, nil
+}
+
+// stop signals the process and waits for it to end, killing it after 30 s.
+func (p *process) stop(sig syscall.Signal) {
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
 }
 
 var logMu sync.Mutex
@@ -447,18 +456,8 @@ func (s *Stack) Kill(name string) { s.signal(name, syscall.SIGKILL) }
 func (s *Stack) Stop(name string) { s.signal(name, syscall.SIGTERM) }
 
 func (s *Stack) signal(name string, sig syscall.Signal) {
-	s.mu.Lock()
-	p := s.procs[name]
-	s.mu.Unlock()
-	if p == nil {
-		return
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
+	if p := s.proc(name); p != nil {
+		p.stop(sig)
 	}
 }
 
@@ -527,13 +526,7 @@ func (s *Stack) Close() error {
 		s.broker.Close()
 	}
 	if s.brokerP != nil {
-		_ = s.brokerP.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.brokerP.done:
-		case <-time.After(30 * time.Second):
-			_ = s.brokerP.cmd.Process.Kill()
-			<-s.brokerP.done
-		}
+		s.brokerP.stop(syscall.SIGTERM)
 	}
 	if s.redis != nil {
 		s.redis.Shutdown()
