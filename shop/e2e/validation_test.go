@@ -19,7 +19,7 @@ import (
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 )
 
-// Every bad input named in DESIGN.md gets INVALID_ARGUMENT with a
+// Every bad input named in docs/design.md gets INVALID_ARGUMENT with a
 // field-level google.rpc.BadRequest; unknown ids get NOT_FOUND; and none of
 // it changes any database.
 func TestBadInput(t *testing.T) {

@@ -1,4 +1,4 @@
-// Package invariants checks the shop's DESIGN.md invariants across all five
+// Package invariants checks the shop's invariants (docs/design.md) across all five
 // databases at a quiet point:
 //
 //   - stock: per SKU, initial + adjustments = available + reserved + sold,

@@ -35,7 +35,7 @@ import (
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
-// Services lists the shop's services with their DESIGN.md ports, in start
+// Services lists the shop's services with their documented ports, in start
 // order.
 var Services = []struct {
 	Name string
@@ -58,7 +58,7 @@ type Options struct {
 	// PostgresPort and KafkaPort: 0 picks free ports.
 	PostgresPort int
 	KafkaPort    int
-	// RandomPorts gives the services free ports instead of DESIGN.md's.
+	// RandomPorts gives the services free ports instead of the documented ones.
 	RandomPorts bool
 	// Env is extra environment for every service (e.g. SWITCHYARD_SAGA_STEP_TIMEOUT).
 	Env []string
@@ -120,7 +120,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	s := &Stack{opts: opts, procs: map[string]*process{}, ports: map[string]int{}, metricPorts: map[string]int{}}
 	for _, svc := range Services {
-		// gRPC on the DESIGN.md port, Prometheus /metrics 1000 above it.
+		// gRPC on the documented port, Prometheus /metrics 1000 above it.
 		port, metrics := svc.Port, svc.Port+1000
 		if opts.RandomPorts {
 			var err error
