@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -28,6 +29,8 @@ type subscriber struct {
 
 	dlqMu sync.Mutex
 	dlq   transport.Publisher
+
+	pauses atomic.Int64 // partitions paused for a full backlog (tests watch it)
 }
 
 func (s *subscriber) Run(ctx context.Context, consume func(transport.Claim)) error {
@@ -98,6 +101,12 @@ func partitionKey(tp kafka.TopicPartition) string {
 }
 
 func (m *members) assign(parts []kafka.TopicPartition) {
+	// librdkafka keeps a partition's pause across losing and regaining it
+	// (a session timeout, for one): a claim starts unpaused, so must the
+	// partition, or nothing would ever be fetched for it again.
+	if err := m.kc.Resume(parts); err != nil {
+		m.s.cfg.Logger.Warn("resume assigned partitions", "error", err)
+	}
 	for _, tp := range parts {
 		key := kafka.TopicPartition{Topic: new(string), Partition: tp.Partition}
 		*key.Topic = *tp.Topic
@@ -209,6 +218,7 @@ func (c *claim) push(msg *transport.Message) {
 	if len(c.backlog) >= backlogHigh && !c.paused {
 		if err := c.m.kc.Pause([]kafka.TopicPartition{c.tp}); err == nil {
 			c.paused = true
+			c.m.s.pauses.Add(1)
 		}
 	}
 	c.mu.Unlock()

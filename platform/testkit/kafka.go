@@ -9,6 +9,7 @@ import (
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/pgcluster"
@@ -79,6 +80,30 @@ func (b *Broker) Start() error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("start kfake on %s: %w", b.Addr(), err)
+}
+
+// StallHeartbeats holds every consumer group heartbeat unanswered (and what
+// follows it on the same connection) until release is called: members'
+// sessions time out the way they do when a member or the coordinator
+// stalls, and members go through the lost-assignment path.
+func (b *Broker) StallHeartbeats() (release func()) {
+	b.mu.Lock()
+	c := b.cluster
+	b.mu.Unlock()
+	done := make(chan struct{})
+	c.ControlKey(int16(kmsg.Heartbeat), func(kmsg.Request) (kmsg.Response, error, bool) {
+		select {
+		case <-done:
+			c.DropControl()
+			return nil, nil, false
+		default:
+		}
+		c.KeepControl()
+		c.SleepControl(func() { <-done })
+		return nil, nil, false // then answered as usual
+	})
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }
 }
 
 // Stop closes the broker; clients see it as unreachable until Start.
