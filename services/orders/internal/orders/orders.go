@@ -4,6 +4,7 @@
 package orders
 
 import (
+	"cmp"
 	"context"
 	"embed"
 	"errors"
@@ -52,9 +53,18 @@ type Options struct {
 	// WatchRecheck is how often WatchOrder re-reads an order even without a
 	// change notification (default 5s), as a safety net.
 	WatchRecheck time.Duration
+	// MaxPending and MaxPendingAge are admission control: CreateOrder is
+	// refused (RESOURCE_EXHAUSTED with RetryInfo, nothing written) while at
+	// least MaxPending orders are in progress (default 1000) or the oldest
+	// has waited longer than MaxPendingAge (default 10s), rather than
+	// accepted to time out. Negative: off.
+	MaxPending    int
+	MaxPendingAge time.Duration
 }
 
-// OptionsFromEnv reads SWITCHYARD_SAGA_STEP_TIMEOUT.
+// OptionsFromEnv reads SWITCHYARD_SAGA_STEP_TIMEOUT,
+// SWITCHYARD_ORDERS_MAX_PENDING and SWITCHYARD_ORDERS_MAX_PENDING_AGE
+// (0 turns a limit off).
 func OptionsFromEnv(getenv func(string) string) (Options, error) {
 	var o Options
 	if v := getenv("SWITCHYARD_SAGA_STEP_TIMEOUT"); v != "" {
@@ -63,6 +73,20 @@ func OptionsFromEnv(getenv func(string) string) (Options, error) {
 			return o, fmt.Errorf("SWITCHYARD_SAGA_STEP_TIMEOUT=%q: want a positive duration like 30s", v)
 		}
 		o.StepTimeout = d
+	}
+	if v := getenv("SWITCHYARD_ORDERS_MAX_PENDING"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return o, fmt.Errorf("SWITCHYARD_ORDERS_MAX_PENDING=%q: want a count, or 0 for no limit", v)
+		}
+		o.MaxPending = cmp.Or(n, -1)
+	}
+	if v := getenv("SWITCHYARD_ORDERS_MAX_PENDING_AGE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return o, fmt.Errorf("SWITCHYARD_ORDERS_MAX_PENDING_AGE=%q: want a duration like 10s, or 0 for no limit", v)
+		}
+		o.MaxPendingAge = cmp.Or(d, -1)
 	}
 	return o, nil
 }
@@ -78,11 +102,19 @@ func Spec(o Options) service.Spec {
 	if o.WatchRecheck <= 0 {
 		o.WatchRecheck = 5 * time.Second
 	}
+	if o.MaxPending == 0 {
+		o.MaxPending = 1000
+	}
+	if o.MaxPendingAge == 0 {
+		o.MaxPendingAge = 10 * time.Second
+	}
 	return service.Spec{
 		Name: "orders", Port: 50052, Migrations: migrations, Subscribe: []string{"inventory", "payment"},
 		Setup: func(env *service.Env) error {
-			s := &server{env: env, opts: o, changes: env.WatchHub(changeChannel), metrics: newSagaMetrics()}
+			s := &server{env: env, opts: o, changes: env.WatchHub(changeChannel), metrics: newSagaMetrics(), backlog: newBacklog()}
 			env.Metrics.Registry.MustRegister(s.metrics.outcomes, s.metrics.duration)
+			env.Metrics.Registry.MustRegister(s.backlog.collectors()...)
+			env.Go(func(ctx context.Context) error { return s.backlog.refresh(ctx, env.Pool, 200*time.Millisecond) })
 			ordersv1.RegisterOrderServiceServer(env.Server, s)
 			consumer.Handle(env.Consumer, s.onStockReserved)
 			consumer.Handle(env.Consumer, s.onStockRejected)
@@ -103,6 +135,7 @@ type server struct {
 	opts    Options
 	changes *watch.Hub
 	metrics sagaMetrics
+	backlog *backlog
 }
 
 func usd(minor int64) *moneyv1.Money {
@@ -131,6 +164,9 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 		}
 	}
 	if err := v.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.backlog.admit(s.opts); err != nil {
 		return nil, err
 	}
 	var resp *ordersv1.CreateOrderResponse

@@ -1,0 +1,52 @@
+package orders
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func TestAdmit(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name       string
+		pending    int64
+		oldest     time.Duration
+		maxPending int
+		maxAge     time.Duration
+		refused    bool
+	}{
+		{"idle", 0, 0, 100, 10 * time.Second, false},
+		{"below both", 99, 9 * time.Second, 100, 10 * time.Second, false},
+		{"at the count", 100, time.Second, 100, 10 * time.Second, true},
+		{"too old", 1, 11 * time.Second, 100, 10 * time.Second, true},
+		{"count off", 1_000_000, time.Second, 0, 10 * time.Second, false},
+		{"age off", 1, time.Hour, 100, 0, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := admit(c.pending, c.oldest, c.maxPending, c.maxAge)
+			if !c.refused {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			st := status.Convert(err)
+			if st.Code() != codes.ResourceExhausted {
+				t.Fatalf("got %v, want RESOURCE_EXHAUSTED", err)
+			}
+			var retry *errdetails.RetryInfo
+			for _, d := range st.Details() {
+				if r, ok := d.(*errdetails.RetryInfo); ok {
+					retry = r
+				}
+			}
+			if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 {
+				t.Fatalf("no RetryInfo in %v", st.Details())
+			}
+		})
+	}
+}
