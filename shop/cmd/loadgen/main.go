@@ -27,7 +27,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
@@ -128,8 +130,12 @@ func run(rate int, duration time.Duration, nCustomers int, host, pgURL string, p
 			o, err := orders.CreateOrder(ctx, &ordersv1.CreateOrderRequest{CustomerId: ids[i%nCustomers],
 				Items: []*ordersv1.CreateOrderItem{{Sku: sku, Quantity: 1}}, IdempotencyKey: fmt.Sprintf("load-%s-%d", runID, i)})
 			if err != nil {
+				key := "CreateOrder error: " + err.Error()
+				if status.Code(err) == codes.ResourceExhausted {
+					key = "refused (RESOURCE_EXHAUSTED, nothing written)"
+				}
 				mu.Lock()
-				outcomes["CreateOrder error: "+err.Error()]++
+				outcomes[key]++
 				mu.Unlock()
 				return
 			}
