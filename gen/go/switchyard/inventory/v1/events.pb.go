@@ -448,6 +448,79 @@ func (x *StockCommitted) GetOrderId() string {
 	return ""
 }
 
+// StockChanged carries a product's counters after a change (create,
+// reserve, release, commit, adjust). version grows by one with every change
+// of the product, in the transaction that made it, so a reader that keeps
+// only the highest version it has seen never goes back to an older state,
+// however late or often an event arrives.
+type StockChanged struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sku           string                 `protobuf:"bytes,1,opt,name=sku,proto3" json:"sku,omitempty"`
+	Available     int64                  `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
+	Reserved      int64                  `protobuf:"varint,3,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	Version       int64                  `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StockChanged) Reset() {
+	*x = StockChanged{}
+	mi := &file_switchyard_inventory_v1_events_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StockChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StockChanged) ProtoMessage() {}
+
+func (x *StockChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_inventory_v1_events_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StockChanged.ProtoReflect.Descriptor instead.
+func (*StockChanged) Descriptor() ([]byte, []int) {
+	return file_switchyard_inventory_v1_events_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *StockChanged) GetSku() string {
+	if x != nil {
+		return x.Sku
+	}
+	return ""
+}
+
+func (x *StockChanged) GetAvailable() int64 {
+	if x != nil {
+		return x.Available
+	}
+	return 0
+}
+
+func (x *StockChanged) GetReserved() int64 {
+	if x != nil {
+		return x.Reserved
+	}
+	return 0
+}
+
+func (x *StockChanged) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 var File_switchyard_inventory_v1_events_proto protoreflect.FileDescriptor
 
 const file_switchyard_inventory_v1_events_proto_rawDesc = "" +
@@ -477,7 +550,12 @@ const file_switchyard_inventory_v1_events_proto_rawDesc = "" +
 	"\rStockReleased\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\"+\n" +
 	"\x0eStockCommitted\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderIdB\xf5\x01\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\"t\n" +
+	"\fStockChanged\x12\x10\n" +
+	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1c\n" +
+	"\tavailable\x18\x02 \x01(\x03R\tavailable\x12\x1a\n" +
+	"\breserved\x18\x03 \x01(\x03R\breserved\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\x03R\aversionB\xf5\x01\n" +
 	"\x1bcom.switchyard.inventory.v1B\vEventsProtoP\x01ZKgithub.com/switchyard/switchyard/gen/go/switchyard/inventory/v1;inventoryv1\xa2\x02\x03SIX\xaa\x02\x17Switchyard.Inventory.V1\xca\x02\x17Switchyard\\Inventory\\V1\xe2\x02#Switchyard\\Inventory\\V1\\GPBMetadata\xea\x02\x19Switchyard::Inventory::V1b\x06proto3"
 
 var (
@@ -492,7 +570,7 @@ func file_switchyard_inventory_v1_events_proto_rawDescGZIP() []byte {
 	return file_switchyard_inventory_v1_events_proto_rawDescData
 }
 
-var file_switchyard_inventory_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_switchyard_inventory_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_switchyard_inventory_v1_events_proto_goTypes = []any{
 	(*StockLine)(nil),      // 0: switchyard.inventory.v1.StockLine
 	(*ReserveStock)(nil),   // 1: switchyard.inventory.v1.ReserveStock
@@ -502,13 +580,14 @@ var file_switchyard_inventory_v1_events_proto_goTypes = []any{
 	(*StockRejected)(nil),  // 5: switchyard.inventory.v1.StockRejected
 	(*StockReleased)(nil),  // 6: switchyard.inventory.v1.StockReleased
 	(*StockCommitted)(nil), // 7: switchyard.inventory.v1.StockCommitted
-	(*v1.Money)(nil),       // 8: switchyard.money.v1.Money
+	(*StockChanged)(nil),   // 8: switchyard.inventory.v1.StockChanged
+	(*v1.Money)(nil),       // 9: switchyard.money.v1.Money
 }
 var file_switchyard_inventory_v1_events_proto_depIdxs = []int32{
-	8, // 0: switchyard.inventory.v1.StockLine.unit_price:type_name -> switchyard.money.v1.Money
+	9, // 0: switchyard.inventory.v1.StockLine.unit_price:type_name -> switchyard.money.v1.Money
 	0, // 1: switchyard.inventory.v1.ReserveStock.lines:type_name -> switchyard.inventory.v1.StockLine
 	0, // 2: switchyard.inventory.v1.StockReserved.lines:type_name -> switchyard.inventory.v1.StockLine
-	8, // 3: switchyard.inventory.v1.StockReserved.total:type_name -> switchyard.money.v1.Money
+	9, // 3: switchyard.inventory.v1.StockReserved.total:type_name -> switchyard.money.v1.Money
 	4, // [4:4] is the sub-list for method output_type
 	4, // [4:4] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
@@ -527,7 +606,7 @@ func file_switchyard_inventory_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_inventory_v1_events_proto_rawDesc), len(file_switchyard_inventory_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

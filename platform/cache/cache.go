@@ -1,0 +1,353 @@
+// Package cache is a read-through cache of versioned values in Redis that
+// is never wrong for long and never takes reads down.
+//
+// Every value has a version that its source of truth (a database row)
+// raises with every change. Redis keeps, per key, only the highest version
+// written: [Cache.Set] and the fill after a miss go through one Lua script
+// that compares versions and writes only a newer one, atomically in Redis.
+// So a fill that read version n and is delayed until after version n+1 was
+// written leaves n+1 in place, and a late or replayed update is a no-op.
+//
+// Redis is never required: a read that Redis cannot answer within
+// [Config.Timeout] (unreachable, slow, refusing writes) is served by the
+// loader, counted as an error and logged at most once per
+// [Config.LogEvery]. After a failure Redis is left alone for
+// [Config.Cooldown], so a slow Redis costs one timeout per cooldown rather
+// than one per read; then it is tried again, so the cache heals without a
+// restart.
+//
+// Concurrent misses of one key in one process share one load (and one
+// fill): the loader runs once, and every caller waits for its result under
+// its own context.
+//
+// Entries expire after [Config.TTL]. The expiry is a backstop, not the way
+// entries are kept current: it bounds how long a value can stay wrong after
+// an event that was lost (a Redis that lost writes, an update dead-lettered)
+// and keeps memory bounded by what is read.
+//
+//	c, _ := cache.New(cache.Config{URL: "redis://127.0.0.1:6379/1", Prefix: "shop:product:"})
+//	e, err := c.Get(ctx, sku, func(ctx context.Context) (cache.Entry, error) {
+//		... // read the row and its version from the database
+//	})
+//	wrote, err := c.Set(ctx, sku, cache.Entry{Version: v, Value: b}) // after a commit, or from an event
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Entry is a value and its version.
+type Entry struct {
+	// Version orders the values of a key: a higher one is newer. Versions
+	// are compared as Lua numbers (doubles), exact up to 2^53.
+	Version int64
+	// Value is the cached bytes.
+	Value []byte
+}
+
+// Loader reads a key's current value and version from the source of truth.
+type Loader func(ctx context.Context) (Entry, error)
+
+// Config configures a cache. URL is required.
+type Config struct {
+	// URL is the Redis server (redis://host:port/db).
+	URL string
+	// Prefix is put before every key, so that several caches can share a
+	// Redis database.
+	Prefix string
+	// Timeout bounds every Redis call (default 100ms); there are no
+	// retries, so it bounds what a read can lose to a sick Redis.
+	Timeout time.Duration
+	// Cooldown is how long Redis is skipped after a failure (default 1s).
+	Cooldown time.Duration
+	// TTL is how long an entry lives without being rewritten (default 10m).
+	TTL time.Duration
+	// LoadTimeout bounds a shared load after a miss (default 10s): it runs
+	// on its own context, since the caller that started it may go away
+	// while others wait for it.
+	LoadTimeout time.Duration
+	// LogEvery is the least time between two log lines about failures of
+	// Redis (default 10s); every failure is counted in the metrics.
+	LogEvery time.Duration
+	// Logger receives the cache's logs (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.URL == "" {
+		return errors.New("cache: URL is required")
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 100 * time.Millisecond
+	}
+	if c.Cooldown <= 0 {
+		c.Cooldown = time.Second
+	}
+	if c.TTL <= 0 {
+		c.TTL = 10 * time.Minute
+	}
+	if c.LoadTimeout <= 0 {
+		c.LoadTimeout = 10 * time.Second
+	}
+	if c.LogEvery <= 0 {
+		c.LogEvery = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("component", "cache")
+	return nil
+}
+
+// Results of a read, the values of the "result" label of
+// switchyard_cache_requests_total.
+const (
+	ResultHit   = "hit"   // served from Redis
+	ResultMiss  = "miss"  // not in Redis: loaded, and filled
+	ResultError = "error" // Redis failed or is cooling down after a failure: loaded
+)
+
+// setIfNewer writes the entry only if the key holds no version or an older
+// one. KEYS[1] key; ARGV version, value, ttl in milliseconds. Returns 1 if
+// it wrote, 0 if the cached version is the same or newer. Redis 7.0
+// commands only.
+var setIfNewer = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`)
+
+// Cache is a versioned read-through cache in Redis. It is safe for
+// concurrent use.
+type Cache struct {
+	cfg    Config
+	client *redis.Client
+
+	downUntil atomic.Int64 // unix nanoseconds until which Redis is skipped
+	lastLog   atomic.Int64 // unix nanoseconds of the last failure log line
+	failures  atomic.Int64 // failures since that line
+
+	mu      sync.Mutex
+	flights map[string]*flight
+
+	requests *prometheus.CounterVec
+	age      prometheus.Histogram
+}
+
+// flight is one shared load of a key.
+type flight struct {
+	done  chan struct{}
+	entry Entry
+	err   error
+}
+
+// New returns a cache; it does not contact Redis, so a Redis that is down
+// at start only means reads go to the loader until it is up.
+func New(cfg Config) (*Cache, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	opts, err := redis.ParseURL(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	// The bounded timeout is the whole budget of a call: no retries, and
+	// the context's deadline cuts reads and writes short.
+	opts.MaxRetries = -1
+	opts.DialTimeout = cfg.Timeout
+	opts.ReadTimeout = cfg.Timeout
+	opts.WriteTimeout = cfg.Timeout
+	opts.PoolTimeout = cfg.Timeout
+	opts.ContextTimeoutEnabled = true
+	return &Cache{
+		cfg:     cfg,
+		client:  redis.NewClient(opts),
+		flights: map[string]*flight{},
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_cache_requests_total",
+			Help: "Cache reads by result: hit (from Redis), miss (loaded and filled), error (Redis failed or cooling down: loaded).",
+		}, []string{"result"}),
+		age: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "switchyard_cache_update_age_seconds",
+			Help: "Time from a change's commit to the moment the cache holds it (or a newer version), for updates applied from events.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+	}, nil
+}
+
+// Close closes the connections to Redis.
+func (c *Cache) Close() error { return c.client.Close() }
+
+// Collectors returns the cache's Prometheus series, to register once per
+// process: switchyard_cache_requests_total{result} and
+// switchyard_cache_update_age_seconds.
+func (c *Cache) Collectors() []prometheus.Collector {
+	for _, r := range []string{ResultHit, ResultMiss, ResultError} {
+		c.requests.WithLabelValues(r) // present at 0 before the first read
+	}
+	return []prometheus.Collector{c.requests, c.age}
+}
+
+// Get returns key's entry from Redis, or else from load. A miss shares one
+// load with every concurrent miss of the key in this process and fills
+// Redis with the loaded version unless a newer one is there. A failure of
+// Redis is never returned: the entry comes from load. Errors of load are
+// returned as they are.
+func (c *Cache) Get(ctx context.Context, key string, load Loader) (Entry, error) {
+	result := ResultError
+	if c.usable() {
+		e, ok, err := c.read(ctx, key)
+		switch {
+		case err == nil && ok:
+			c.requests.WithLabelValues(ResultHit).Inc()
+			return e, nil
+		case err == nil:
+			result = ResultMiss
+		case ctx.Err() != nil:
+			return Entry{}, ctx.Err() // the caller gave up; Redis is not to blame
+		default:
+			c.failed("read", err)
+		}
+	}
+	return c.load(ctx, key, load, result)
+}
+
+// load joins or starts the key's shared load, counting the request as
+// result while registered with it: a caller counted as a miss is sure to
+// share the load in progress.
+func (c *Cache) load(ctx context.Context, key string, load Loader, result string) (Entry, error) {
+	c.mu.Lock()
+	f := c.flights[key]
+	if f == nil {
+		f = &flight{done: make(chan struct{})}
+		c.flights[key] = f
+		go c.run(key, f, load, result == ResultMiss)
+	}
+	c.requests.WithLabelValues(result).Inc()
+	c.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.entry, f.err
+	case <-ctx.Done():
+		return Entry{}, ctx.Err()
+	}
+}
+
+// run loads key once for every caller waiting on f and fills Redis.
+func (c *Cache) run(key string, f *flight, load Loader, fill bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LoadTimeout)
+	defer cancel()
+	f.entry, f.err = load(ctx)
+	close(f.done)
+	// The callers have their entry; filling is for the next ones. A fill
+	// never overwrites a newer version, so a load that read an old row
+	// and lost a race with an update leaves the update in place. Misses
+	// meanwhile still join this flight rather than load again.
+	if fill && f.err == nil && c.usable() {
+		if _, err := c.write(ctx, key, f.entry); err != nil {
+			c.failed("fill", err)
+		}
+	}
+	c.mu.Lock()
+	delete(c.flights, key)
+	c.mu.Unlock()
+}
+
+// Loading returns how many keys are being loaded (and filled) now.
+func (c *Cache) Loading() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.flights)
+}
+
+// Set writes e under key unless Redis already holds the same or a newer
+// version, atomically in Redis, and reports whether it wrote. A failure of
+// Redis is returned (and counted for the cooldown); callers that only
+// warm the cache may ignore it.
+func (c *Cache) Set(ctx context.Context, key string, e Entry) (bool, error) {
+	wrote, err := c.write(ctx, key, e)
+	if err != nil && ctx.Err() == nil {
+		c.failed("write", err)
+	}
+	return wrote, err
+}
+
+// Apply is [Cache.Set] for an update from an event: it also records, in
+// switchyard_cache_update_age_seconds, the time since changed (when the
+// change was committed) once Redis holds e or a newer version.
+func (c *Cache) Apply(ctx context.Context, key string, e Entry, changed time.Time) (bool, error) {
+	wrote, err := c.Set(ctx, key, e)
+	if err == nil && !changed.IsZero() {
+		c.age.Observe(time.Since(changed).Seconds())
+	}
+	return wrote, err
+}
+
+// Peek returns what Redis holds for key, with no fallback and no metrics:
+// for checkers and tests that compare the cache with the database.
+func (c *Cache) Peek(ctx context.Context, key string) (Entry, bool, error) {
+	return c.read(ctx, key)
+}
+
+// read returns the entry of key and whether there is one.
+func (c *Cache) read(ctx context.Context, key string) (Entry, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	vals, err := c.client.HMGet(ctx, c.cfg.Prefix+key, "v", "d").Result()
+	if err != nil {
+		return Entry{}, false, err
+	}
+	v, ok1 := vals[0].(string)
+	d, ok2 := vals[1].(string)
+	if !ok1 || !ok2 {
+		return Entry{}, false, nil
+	}
+	version, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("cache: key %s holds version %q", key, v)
+	}
+	return Entry{Version: version, Value: []byte(d)}, true, nil
+}
+
+// write runs setIfNewer.
+func (c *Cache) write(ctx context.Context, key string, e Entry) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	n, err := setIfNewer.Run(ctx, c.client, []string{c.cfg.Prefix + key}, e.Version, e.Value, c.cfg.TTL.Milliseconds()).Int()
+	if err != nil {
+		return false, err
+	}
+	return n == 1, nil
+}
+
+// usable reports whether Redis is to be tried (not cooling down after a
+// failure).
+func (c *Cache) usable() bool { return time.Now().UnixNano() >= c.downUntil.Load() }
+
+// failed starts a cooldown and logs, at most once per LogEvery, how many
+// Redis calls failed since the last line.
+func (c *Cache) failed(op string, err error) {
+	now := time.Now()
+	c.downUntil.Store(now.Add(c.cfg.Cooldown).UnixNano())
+	n := c.failures.Add(1)
+	last := c.lastLog.Load()
+	if now.UnixNano()-last < c.cfg.LogEvery.Nanoseconds() || !c.lastLog.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	c.failures.Add(-n)
+	c.cfg.Logger.Warn("redis unavailable: serving from the source of truth", "op", op, "error", err, "failures", n, "retry_in", c.cfg.Cooldown)
+}

@@ -1,0 +1,265 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/switchyard/switchyard/platform/testkit"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+// fixture is a cache over a real Redis and a table of versioned rows in a
+// real PostgreSQL database, the source of truth.
+type fixture struct {
+	redis *testkit.RedisServer
+	pool  *pgxpool.Pool
+	cache *Cache
+	loads atomic.Int64
+}
+
+func newFixture(t *testing.T, cfg Config) *fixture {
+	t.Helper()
+	f := &fixture{redis: testkit.Redis(t), pool: testkit.Pool(t, testkit.Database(t))}
+	if _, err := f.pool.Exec(context.Background(), `CREATE TABLE items (key text PRIMARY KEY, version bigint NOT NULL, value text NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	cfg.URL = f.redis.URL()
+	cfg.Prefix = "test:"
+	var err error
+	if f.cache, err = New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.cache.Close() })
+	return f
+}
+
+// put changes a row in the database, raising its version, and returns it.
+func (f *fixture) put(t *testing.T, key, value string) Entry {
+	t.Helper()
+	var v int64
+	err := f.pool.QueryRow(context.Background(), `INSERT INTO items VALUES ($1, 1, $2)
+		ON CONFLICT (key) DO UPDATE SET version = items.version + 1, value = excluded.value RETURNING version`, key, value).Scan(&v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Entry{Version: v, Value: []byte(value)}
+}
+
+// loader reads key's row, counting the loads; before returning it calls
+// pause (if set) with what it read.
+func (f *fixture) loader(key string, pause func(Entry)) Loader {
+	return func(ctx context.Context) (Entry, error) {
+		f.loads.Add(1)
+		var e Entry
+		var s string
+		err := f.pool.QueryRow(ctx, `SELECT version, value FROM items WHERE key = $1`, key).Scan(&e.Version, &s)
+		if err != nil {
+			return Entry{}, fmt.Errorf("load %s: %w", key, err)
+		}
+		e.Value = []byte(s)
+		if pause != nil {
+			pause(e)
+		}
+		return e, nil
+	}
+}
+
+func (f *fixture) count(result string) float64 {
+	return testutil.ToFloat64(f.cache.requests.WithLabelValues(result))
+}
+
+func (f *fixture) peek(t *testing.T, key string) Entry {
+	t.Helper()
+	e, ok, err := f.cache.Peek(context.Background(), key)
+	if err != nil || !ok {
+		t.Fatalf("peek %s: ok=%v, %v", key, ok, err)
+	}
+	return e
+}
+
+// A fill that read version n and is delayed until after version n+1 was
+// written must leave n+1 cached: the scripted race of a naive read-through
+// cache, where the stale fill lands last and stays until it expires.
+func TestDelayedFillNeverOverwritesNewer(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	f.put(t, "sku-1", "ten")
+
+	read := make(chan Entry, 1)
+	release := make(chan struct{})
+	got := make(chan Entry, 1)
+	go func() {
+		e, err := f.cache.Get(ctx, "sku-1", f.loader("sku-1", func(e Entry) { read <- e; <-release }))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- e
+	}()
+	old := <-read // the fill has read version n and is held
+	if old.Version != 1 {
+		t.Fatalf("loaded version %d, want 1", old.Version)
+	}
+	newer := f.put(t, "sku-1", "nine") // version n+1 commits...
+	if wrote, err := f.cache.Set(ctx, "sku-1", newer); err != nil || !wrote {
+		t.Fatalf("update to version %d: wrote=%v, %v", newer.Version, wrote, err) // ...and reaches the cache
+	}
+	close(release) // now the fill of version n lands
+	if e := <-got; e.Version != 1 {
+		t.Fatalf("the delayed reader got version %d, want the 1 it read", e.Version)
+	}
+	// The fill runs after the callers are answered: wait until it has.
+	testkit.WaitFor(t, 10*time.Second, "the fill to finish", func() bool { return f.cache.Loading() == 0 })
+	if e := f.peek(t, "sku-1"); e.Version != newer.Version || string(e.Value) != "nine" {
+		t.Fatalf("cached version %d %q after the delayed fill, want %d %q", e.Version, e.Value, newer.Version, "nine")
+	}
+	e, err := f.cache.Get(ctx, "sku-1", f.loader("sku-1", nil))
+	if err != nil || e.Version != newer.Version {
+		t.Fatalf("Get after the race = version %d, %v; want %d", e.Version, err, newer.Version)
+	}
+}
+
+// Set writes only a newer version, whatever order updates arrive in.
+func TestSetKeepsTheNewestVersion(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		versions  []int64 // written in this order
+		wantWrote []bool
+		want      int64
+	}{
+		{"in order", []int64{1, 2, 3}, []bool{true, true, true}, 3},
+		{"late update", []int64{1, 3, 2}, []bool{true, true, false}, 3},
+		{"replayed", []int64{5, 5, 4, 1}, []bool{true, false, false, false}, 5},
+		{"big versions", []int64{1 << 52, 1<<52 + 1, 1 << 52}, []bool{true, true, false}, 1<<52 + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i, v := range tc.versions {
+				wrote, err := f.cache.Set(ctx, tc.name, Entry{Version: v, Value: []byte(strconv.FormatInt(v, 10))})
+				if err != nil || wrote != tc.wantWrote[i] {
+					t.Fatalf("Set version %d: wrote=%v, %v; want wrote=%v", v, wrote, err, tc.wantWrote[i])
+				}
+			}
+			if e := f.peek(t, tc.name); e.Version != tc.want || string(e.Value) != strconv.FormatInt(tc.want, 10) {
+				t.Fatalf("cached %d %q, want %d", e.Version, e.Value, tc.want)
+			}
+		})
+	}
+}
+
+// 1,000 concurrent misses of one key cause one load. The load is held
+// until every reader is counted as a miss, which the cache does while the
+// reader is registered with the load in progress, so no reader can start a
+// second one.
+func TestConcurrentMissesShareOneLoad(t *testing.T) {
+	f := newFixture(t, Config{})
+	f.put(t, "hot", "42")
+	const readers = 1000
+	release := make(chan struct{})
+	load := f.loader("hot", func(Entry) { <-release })
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, err := f.cache.Get(context.Background(), "hot", load)
+			if err != nil || string(e.Value) != "42" {
+				failed.Add(1)
+			}
+		}()
+	}
+	testkit.WaitFor(t, time.Minute, "every reader to miss", func() bool { return f.count(ResultMiss) == readers })
+	close(release)
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d reads failed", n)
+	}
+	if n := f.loads.Load(); n != 1 {
+		t.Fatalf("%d concurrent misses caused %d loads, want 1", readers, n)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the fill", func() bool {
+		_, ok, err := f.cache.Peek(context.Background(), "hot")
+		return ok && err == nil
+	})
+	if _, err := f.cache.Get(context.Background(), "hot", load); err != nil || f.count(ResultHit) != 1 {
+		t.Fatalf("read after the fill: %v, hits %v; want one hit", err, f.count(ResultHit))
+	}
+}
+
+// Redis killed or paused (slow): every read still succeeds from the
+// database within a bounded time, counted as an error; back: hits resume
+// without a restart.
+func TestReadsSurviveRedis(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		down, heal func(t *testing.T, f *fixture)
+	}{
+		{"killed", func(t *testing.T, f *fixture) { f.redis.Stop() }, func(t *testing.T, f *fixture) {
+			if err := f.redis.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"slow", func(t *testing.T, f *fixture) {
+			// Every command waits: Redis answers, but far too late.
+			if err := f.redis.Client(t).Do(context.Background(), "CLIENT", "PAUSE", "3000", "ALL").Err(); err != nil {
+				t.Fatal(err)
+			}
+		}, func(t *testing.T, f *fixture) {}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, Config{Timeout: 50 * time.Millisecond, Cooldown: 200 * time.Millisecond})
+			ctx := context.Background()
+			want := f.put(t, "k", "v1")
+			load := f.loader("k", nil)
+			testkit.WaitFor(t, 10*time.Second, "a hit", func() bool {
+				e, err := f.cache.Get(ctx, "k", load)
+				return err == nil && e.Version == want.Version && f.count(ResultHit) > 0
+			})
+			tc.down(t, f)
+			before := f.count(ResultError)
+			for i := range 50 {
+				start := time.Now()
+				e, err := f.cache.Get(ctx, "k", load)
+				if err != nil || e.Version != want.Version {
+					t.Fatalf("read %d with Redis %s: version %d, %v", i, tc.name, e.Version, err)
+				}
+				if d := time.Since(start); d > 5*time.Second {
+					t.Fatalf("read %d took %s: the timeout does not bound it", i, d)
+				}
+			}
+			if f.count(ResultError) <= before {
+				t.Fatalf("no read was counted as an error with Redis %s", tc.name)
+			}
+			tc.heal(t, f)
+			hits := f.count(ResultHit)
+			testkit.WaitFor(t, time.Minute, "hits to resume", func() bool {
+				e, err := f.cache.Get(ctx, "k", load)
+				return err == nil && e.Version == want.Version && f.count(ResultHit) > hits
+			})
+		})
+	}
+}
+
+// A load's error reaches the caller and nothing is cached.
+func TestLoadErrorIsReturned(t *testing.T) {
+	f := newFixture(t, Config{})
+	_, err := f.cache.Get(context.Background(), "absent", f.loader("absent", nil))
+	if !errors.Is(err, pgx.ErrNoRows) {
+		t.Fatalf("Get of a missing row: %v, want pgx.ErrNoRows", err)
+	}
+	if _, ok, _ := f.cache.Peek(context.Background(), "absent"); ok {
+		t.Fatal("a failed load was cached")
+	}
+}
