@@ -182,8 +182,8 @@ func New(cfg Config) (*Cache, error) {
 			Help: "Cache reads by result: hit (from Redis), miss (loaded and filled), error (Redis failed or cooling down: loaded).",
 		}, []string{"result"}),
 		age: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "switchyard_cache_update_age_seconds",
-			Help: "Time from a change's commit to the moment the cache holds it (or a newer version), for updates applied from events.",
+			Name:    "switchyard_cache_update_age_seconds",
+			Help:    "Time from a change's commit to the moment the cache holds it (or a newer version), for updates applied from events.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
 	}, nil
