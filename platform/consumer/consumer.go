@@ -239,6 +239,12 @@ var ErrPermanent = errors.New("permanent failure")
 // destination without further attempts.
 func Permanent(err error) error { return fmt.Errorf("%w: %w", ErrPermanent, err) }
 
+// Transient wraps err, a failure of something the handler depends on
+// (a cache, another server) rather than of the event, so that retrying it
+// does not spend the event's attempts: the partition waits, with backoff,
+// until the dependency is back, and the event is never dead-lettered for it.
+func Transient(err error) error { return infraError{err} }
+
 // New validates cfg and returns a consumer with no handlers yet.
 func New(cfg Config) (*Consumer, error) {
 	if err := cfg.setDefaults(); err != nil {

@@ -107,6 +107,9 @@ type Config struct {
 	ShutdownTimeout time.Duration // SWITCHYARD_SHUTDOWN_TIMEOUT, default 20s
 	LogLevel        slog.Level    // SWITCHYARD_LOG_LEVEL, default info
 	LogFormat       string        // SWITCHYARD_LOG_FORMAT: json (default) or text
+	// CacheURL is the Redis a service may cache reads in
+	// (SWITCHYARD_CACHE_URL, default none: no cache). See package cache.
+	CacheURL string
 }
 
 // LoadConfig reads the configuration of a service whose default port is
@@ -127,6 +130,7 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 		RedisURL:    get("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:16379/0"),
 		TopicPrefix: get("SWITCHYARD_TOPIC_PREFIX", "switchyard."),
 		LogFormat:   get("SWITCHYARD_LOG_FORMAT", "json"),
+		CacheURL:    get("SWITCHYARD_CACHE_URL", ""),
 	}
 	var errs []error
 	if cfg.DatabaseURL == "" {
@@ -181,10 +185,41 @@ type Env struct {
 	background []func(context.Context) error
 	watchPool  *pgxpool.Pool
 	watchLimit *watch.Limit
+	transport  transport.Transport
+	consumers  []*consumer.Consumer // Consumer first, if any
+	topics     []string             // what the consumers read, created at bootstrap
 }
 
 // Topic returns the topic of an aggregate type.
 func (e *Env) Topic(aggregateType string) string { return e.Config.TopicPrefix + aggregateType }
+
+// AddConsumer returns a consumer of a group of its own reading the topics
+// of aggregateTypes, for work whose progress must not be tied to the
+// service's own group: a projection or a cache that can be rebuilt by
+// resetting its group's offsets, which must never replay the service's
+// commands. Its topics are created at bootstrap, it starts with the
+// service's own consumer and exports the same metrics (labelled with its
+// group). Unknown event types are skipped, never held (see
+// consumer.Config.HoldPackages): such a group reads events, not commands.
+// Call it from Setup and register handlers on the result.
+func (e *Env) AddConsumer(group string, aggregateTypes ...string) (*consumer.Consumer, error) {
+	return e.addConsumer(group, aggregateTypes, nil)
+}
+
+func (e *Env) addConsumer(group string, aggregateTypes, holdPackages []string) (*consumer.Consumer, error) {
+	topics := make([]string, len(aggregateTypes))
+	for i, a := range aggregateTypes {
+		topics[i] = e.Topic(a)
+	}
+	c, err := consumer.New(consumer.Config{Transport: e.transport, Group: group, Topics: topics, Pool: e.Pool, Logger: e.Logger,
+		HoldPackages: holdPackages})
+	if err != nil {
+		return nil, fmt.Errorf("consumer group %s: %w", group, err)
+	}
+	e.consumers = append(e.consumers, c)
+	e.topics = append(e.topics, topics...)
+	return c, nil
+}
 
 // Go runs fn once the service is ready, until shutdown cancels its context.
 // An error it returns stops the service.
@@ -293,17 +328,12 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 
 	env := &Env{
 		Name: spec.Name, Config: cfg, Pool: pool, Outbox: outbox.NewWriter(cfg.OutboxMode),
-		Server: server, Logger: logger, Metrics: metrics, stopping: make(chan struct{}),
+		Server: server, Logger: logger, Metrics: metrics, stopping: make(chan struct{}), transport: tr,
 		watchPool: watchPool, watchLimit: watch.NewLimit(cfg.WatchMaxStreams),
 	}
 	if len(spec.Subscribe) > 0 {
-		topics := make([]string, len(spec.Subscribe))
-		for i, a := range spec.Subscribe {
-			topics[i] = env.Topic(a)
-		}
-		env.Consumer, err = consumer.New(consumer.Config{Transport: tr, Group: spec.Name, Topics: topics, Pool: pool, Logger: logger,
-			// Commands addressed to a service live in its own package.
-			HoldPackages: []string{"switchyard." + spec.Name + ".v1"}})
+		// Commands addressed to a service live in its own package.
+		env.Consumer, err = env.addConsumer(spec.Name, spec.Subscribe, []string{"switchyard." + spec.Name + ".v1"})
 		if err != nil {
 			return err
 		}
@@ -322,8 +352,8 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	if rs, ok := tr.(*redisstream.Transport); ok {
 		metrics.RegisterRedis(rs)
 	}
-	if env.Consumer != nil {
-		metrics.RegisterConsumer(env.Consumer)
+	for _, c := range env.consumers {
+		metrics.RegisterConsumer(c)
 	}
 	metrics.RegisterWatch(env.watchLimit)
 	metricsLis, err := net.Listen("tcp", cfg.MetricsAddr)
@@ -388,8 +418,8 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		}
 		ready.Store(true)
 		start("relay", rl.Run)
-		if env.Consumer != nil {
-			start("consumer", env.Consumer.Run)
+		for _, c := range env.consumers {
+			start("consumer "+c.Group(), c.Run)
 		}
 		for _, fn := range env.background {
 			start("background", fn)
@@ -463,13 +493,9 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 				}
 				return err
 			}
-			var topics []string
-			for _, a := range spec.Subscribe {
-				topics = append(topics, env.Topic(a))
-			}
 			tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			if err := tr.EnsureTopics(tctx, topics...); err != nil {
+			if err := tr.EnsureTopics(tctx, env.topics...); err != nil {
 				return fmt.Errorf("broker unreachable: %w", err)
 			}
 			return nil

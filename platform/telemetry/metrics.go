@@ -96,10 +96,12 @@ func (m *Metrics) RegisterRelay(r *relay.Relay, pool *pgxpool.Pool, slot string)
 	}
 }
 
-// RegisterConsumer exposes a consumer's counters.
+// RegisterConsumer exposes a consumer's counters, labelled with its group
+// so that a process can run several.
 func (m *Metrics) RegisterConsumer(c *consumer.Consumer) {
+	group := prometheus.Labels{"group": c.Group()}
 	counter := func(name, help string, v func(consumer.Stats) uint64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v(c.Stats())) })
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: group}, func() float64 { return float64(v(c.Stats())) })
 	}
 	m.Registry.MustRegister(
 		counter("switchyard_consumer_events_processed_total", "Events whose handler committed.", func(s consumer.Stats) uint64 { return s.Processed }),
@@ -108,25 +110,25 @@ func (m *Metrics) RegisterConsumer(c *consumer.Consumer) {
 		counter("switchyard_consumer_dead_lettered_total", "Messages sent to a dead-letter topic.", func(s consumer.Stats) uint64 { return s.DeadLettered }),
 		counter("switchyard_consumer_events_skipped_total", "Events of a type no handler is registered for.", func(s consumer.Stats) uint64 { return s.Skipped }),
 		counter("switchyard_consumer_events_held_total", "Waits on events of a type this build does not know.", func(s consumer.Stats) uint64 { return s.Held }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_consumer_partitions", Help: "Partitions this member of the group owns."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_consumer_partitions", Help: "Partitions this member of the group owns.", ConstLabels: group},
 			func() float64 { return float64(c.Stats().Partitions) }),
-		lagCollector{c},
+		lagCollector{c, prometheus.NewDesc("switchyard_consumer_lag_messages",
+			"Messages of an owned partition not yet delivered to the consumer (-1 when unknown).",
+			[]string{"topic", "partition"}, group)},
 	)
 }
 
-var lagDesc = prometheus.NewDesc("switchyard_consumer_lag_messages",
-	"Messages of an owned partition not yet delivered to the consumer (-1 when unknown).",
-	[]string{"group", "topic", "partition"}, nil)
-
 // lagCollector reads each owned partition's lag at scrape time.
-type lagCollector struct{ c *consumer.Consumer }
+type lagCollector struct {
+	c    *consumer.Consumer
+	desc *prometheus.Desc
+}
 
-func (l lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lagDesc }
+func (l lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
 
 func (l lagCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range l.c.Lag() {
-		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(p.Messages),
-			l.c.Group(), p.Topic, strconv.Itoa(int(p.Partition)))
+		ch <- prometheus.MustNewConstMetric(l.desc, prometheus.GaugeValue, float64(p.Messages), p.Topic, strconv.Itoa(int(p.Partition)))
 	}
 }
 

@@ -142,6 +142,11 @@ func startShop(t *testing.T, env ...string) *shop {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.check.Close)
+	if url := st.CacheURL(); url != "" {
+		if err := s.check.UseStockCache(url); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return s
 }
 

@@ -7,7 +7,9 @@
 //   - every order is CONFIRMED or CANCELLED; CONFIRMED has exactly one net
 //     capture of its total and committed stock for every line; CANCELLED has
 //     no net charge and no held stock;
-//   - exactly one notification per registration and per terminal order.
+//   - exactly one notification per registration and per terminal order;
+//   - with [Checker.UseStockCache], every entry of inventory's stock cache
+//     equals the database (counters and version).
 //
 // Use [Checker.WaitQuiet] first: it waits until no order is pending and
 // every consumer group has consumed every published event.
@@ -22,7 +24,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
 
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
+	"github.com/switchyard/switchyard/platform/cache"
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
@@ -30,6 +35,7 @@ import (
 type Checker struct {
 	pools map[string]*pgxpool.Pool
 	tr    transport.Transport
+	stock *cache.Cache // inventory's stock cache, if checked
 }
 
 // Open connects to each service's database; url maps a service name to its
@@ -52,7 +58,25 @@ func (c *Checker) Close() {
 	for _, p := range c.pools {
 		p.Close()
 	}
+	if c.stock != nil {
+		_ = c.stock.Close()
+	}
 }
+
+// UseStockCache makes WaitQuiet wait for the stock cache's updater group
+// too, and Check compare every cached entry with the database. url is
+// inventory's SWITCHYARD_CACHE_URL.
+func (c *Checker) UseStockCache(url string) error {
+	sc, err := cache.New(cache.Config{URL: url, Prefix: stockCachePrefix, Timeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	c.stock = sc
+	return nil
+}
+
+// stockCachePrefix is inventory's CacheKeyPrefix.
+const stockCachePrefix = "switchyard:inventory:product:"
 
 // Pool returns a service's database pool.
 func (c *Checker) Pool(service string) *pgxpool.Pool { return c.pools[service] }
@@ -107,15 +131,22 @@ func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 		}
 		outboxRows += n
 	}
-	groups := make([]string, 0, len(subscribers))
-	for g := range subscribers {
+	subs := map[string][]string{}
+	for g, topics := range subscribers {
+		subs[g] = topics
+	}
+	if c.stock != nil {
+		subs["inventory-cache"] = []string{"switchyard.product"}
+	}
+	groups := make([]string, 0, len(subs))
+	for g := range subs {
 		groups = append(groups, g)
 	}
 	sort.Strings(groups)
 	var parts []string
 	var total int64
 	for _, g := range groups {
-		n, err := c.tr.Backlog(ctx, g, subscribers[g]...)
+		n, err := c.tr.Backlog(ctx, g, subs[g]...)
 		if err != nil {
 			return "", false, err
 		}
@@ -141,6 +172,11 @@ func (c *Checker) Check(ctx context.Context) error {
 	}
 	if err := c.checkNotifications(ctx, add); err != nil {
 		return err
+	}
+	if c.stock != nil {
+		if err := c.checkStockCache(ctx, add); err != nil {
+			return err
+		}
 	}
 	if len(v) > 0 {
 		return &Violations{List: v}
@@ -186,6 +222,36 @@ func (c *Checker) checkStock(ctx context.Context, add func(string, ...any)) erro
 		}
 	}
 	return rows.Err()
+}
+
+// checkStockCache compares every cached product with its row: at a quiet
+// point the updater has applied every StockChanged, and nothing may hold
+// an older version (or a newer one) than the database.
+func (c *Checker) checkStockCache(ctx context.Context, add func(string, ...any)) error {
+	return each(ctx, c.pools["inventory"], `SELECT sku, available, reserved, version FROM products`, func(r pgx.Rows) error {
+		var sku string
+		var available, reserved, version int64
+		if err := r.Scan(&sku, &available, &reserved, &version); err != nil {
+			return err
+		}
+		e, ok, err := c.stock.Peek(ctx, sku)
+		if err != nil {
+			return fmt.Errorf("read the stock cache: %w", err)
+		}
+		if !ok {
+			return nil
+		}
+		p := &inventoryv1.Product{}
+		if err := proto.Unmarshal(e.Value, p); err != nil {
+			add("stock cache %s: undecodable entry: %v", sku, err)
+			return nil
+		}
+		if e.Version != version || p.GetAvailable() != available || p.GetReserved() != reserved {
+			add("stock cache %s: version %d available %d reserved %d; database: version %d available %d reserved %d",
+				sku, e.Version, p.GetAvailable(), p.GetReserved(), version, available, reserved)
+		}
+		return nil
+	})
 }
 
 func (c *Checker) checkMoney(ctx context.Context, add func(string, ...any)) error {

@@ -1,7 +1,8 @@
 // Package stack runs the whole shop on one machine: a PostgreSQL cluster
 // with one database per service, a Kafka-protocol broker (kfake) with its
-// log on disk, a redis-server (the Redis Streams transport; append-only file
-// on), and the five services as separate processes. `make run` uses it with
+// log on disk, a redis-server (the Redis Streams transport in database 0,
+// append-only file on; inventory's stock cache in database 1), and the five
+// services as separate processes. `make run` uses it with
 // the fixed local ports and data in .switchyard/; the end-to-end tests use it
 // with random ports and temporary data.
 package stack
@@ -76,7 +77,14 @@ type Options struct {
 	// soak): the command and its arguments, to which the stack appends
 	// -port N -dir D (and -sync when Durable); it must call [ServeBroker].
 	BrokerCommand []string
+	// NoCache runs inventory without its stock cache (no
+	// SWITCHYARD_CACHE_URL).
+	NoCache bool
 }
+
+// CacheDB is the Redis database of inventory's stock cache; the transport
+// uses database 0.
+const CacheDB = 1
 
 // Stack is a running shop.
 type Stack struct {
@@ -345,6 +353,21 @@ func (s *Stack) KafkaAddr() string { return s.kafkaAdr }
 // RedisURL is the redis-server's URL for database db (0: the transport).
 func (s *Stack) RedisURL(db int) string { return s.redis.URL(db) }
 
+// CacheURL is inventory's SWITCHYARD_CACHE_URL, or "" with NoCache.
+func (s *Stack) CacheURL() string {
+	if s.opts.NoCache {
+		return ""
+	}
+	return s.RedisURL(CacheDB)
+}
+
+// KillRedis kills the redis-server (SIGKILL); StartRedis brings it back
+// with its data.
+func (s *Stack) KillRedis() { s.redis.Stop() }
+
+// StartRedis starts the redis-server again after KillRedis.
+func (s *Stack) StartRedis() error { return s.redis.Start() }
+
 // OpenTransport returns a client of the transport the services use (for
 // example to read consumer groups' backlog); close it when done.
 func (s *Stack) OpenTransport() (transport.Transport, error) {
@@ -394,6 +417,9 @@ func (s *Stack) StartService(name string) error {
 		"SWITCHYARD_REDIS_URL="+s.RedisURL(0),
 		"SWITCHYARD_LOG_FORMAT=text",
 	)
+	if name == "inventory" && s.CacheURL() != "" {
+		cmd.Env = append(cmd.Env, "SWITCHYARD_CACHE_URL="+s.CacheURL())
+	}
 	cmd.Env = append(cmd.Env, s.opts.Env...)
 	p, err := s.spawn(name, cmd)
 	if err != nil {

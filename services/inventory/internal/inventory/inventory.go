@@ -19,6 +19,7 @@ import (
 	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/idempotency"
+	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/validate"
 )
@@ -29,6 +30,14 @@ var migrations embed.FS
 // AggregateType is the aggregate type of inventory's saga replies (keyed by
 // order id).
 const AggregateType = "inventory"
+
+// ProductAggregateType is the aggregate type of StockChanged events (keyed
+// by SKU): their topic is the stock cache's feed.
+const ProductAggregateType = "product"
+
+// CacheGroup is the consumer group that applies StockChanged to the stock
+// cache.
+const CacheGroup = "inventory-cache"
 
 // Failure reasons in StockRejected.
 const (
@@ -52,27 +61,43 @@ func Spec() service.Spec {
 	return service.Spec{Name: "inventory", Port: 50053, Migrations: migrations, Subscribe: []string{"order"}, Setup: Setup}
 }
 
-// Setup registers the InventoryService and the saga command handlers.
+// Setup registers the InventoryService and the saga command handlers and,
+// with SWITCHYARD_CACHE_URL set, the stock cache and its updater.
 func Setup(env *service.Env) error {
 	s := &server{env: env}
 	inventoryv1.RegisterInventoryServiceServer(env.Server, s)
 	consumer.Handle(env.Consumer, s.reserve)
 	consumer.Handle(env.Consumer, s.commit)
 	consumer.Handle(env.Consumer, s.release)
+	if env.Config.CacheURL != "" {
+		var err error
+		if s.stock, err = newStockCache(env); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 type server struct {
 	inventoryv1.UnimplementedInventoryServiceServer
-	env *service.Env
+	env   *service.Env
+	stock *stockCache // nil without SWITCHYARD_CACHE_URL
 }
 
-const productColumns = `sku, name, price_minor, currency, available, reserved`
+const productColumns = `sku, name, price_minor, currency, available, reserved, version`
 
-func scanProduct(row pgx.Row) (*inventoryv1.Product, error) {
+// scanProduct scans productColumns into a product and its version.
+func scanProduct(row pgx.Row) (*inventoryv1.Product, int64, error) {
 	p := &inventoryv1.Product{Price: &moneyv1.Money{}}
-	err := row.Scan(&p.Sku, &p.Name, &p.Price.AmountMinor, &p.Price.Currency, &p.Available, &p.Reserved)
-	return p, err
+	var version int64
+	err := row.Scan(&p.Sku, &p.Name, &p.Price.AmountMinor, &p.Price.Currency, &p.Available, &p.Reserved, &version)
+	return p, version, err
+}
+
+// stockChanged writes the StockChanged event of a product's new counters.
+func (s *server) stockChanged(ctx context.Context, tx pgx.Tx, sku string, available, reserved, version int64) error {
+	return s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateType: ProductAggregateType, AggregateID: sku,
+		Message: &inventoryv1.StockChanged{Sku: sku, Available: available, Reserved: reserved, Version: version}})
 }
 
 func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProductRequest) (*inventoryv1.CreateProductResponse, error) {
@@ -87,15 +112,25 @@ func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProdu
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	p, err := scanProduct(s.env.Pool.QueryRow(ctx, `INSERT INTO products (sku, name, price_minor, currency, initial, available)
-		VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT DO NOTHING RETURNING `+productColumns,
-		req.GetSku(), req.GetName(), req.GetPrice().GetAmountMinor(), req.GetPrice().GetCurrency(), req.GetStock()))
+	var p *inventoryv1.Product
+	var version int64
+	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
+		var err error
+		p, version, err = scanProduct(tx.QueryRow(ctx, `INSERT INTO products (sku, name, price_minor, currency, initial, available)
+			VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT DO NOTHING RETURNING `+productColumns,
+			req.GetSku(), req.GetName(), req.GetPrice().GetAmountMinor(), req.GetPrice().GetCurrency(), req.GetStock()))
+		if err != nil {
+			return err
+		}
+		return s.stockChanged(ctx, tx, p.Sku, p.Available, p.Reserved, version)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Errorf(codes.AlreadyExists, "product %s already exists", req.GetSku())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create product %s: %w", req.GetSku(), err)
 	}
+	s.stock.put(ctx, p, version)
 	return &inventoryv1.CreateProductResponse{Product: p}, nil
 }
 
@@ -105,14 +140,29 @@ func (s *server) GetProduct(ctx context.Context, req *inventoryv1.GetProductRequ
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	p, err := scanProduct(s.env.Pool.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1`, req.GetSku()))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, status.Errorf(codes.NotFound, "product %s not found", req.GetSku())
+	var p *inventoryv1.Product
+	var err error
+	if s.stock != nil {
+		p, err = s.stock.get(ctx, req.GetSku(), s.loadProduct)
+	} else {
+		p, _, err = s.loadProduct(ctx, req.GetSku())
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get product %s: %w", req.GetSku(), err)
+		return nil, err
 	}
 	return &inventoryv1.GetProductResponse{Product: p}, nil
+}
+
+// loadProduct reads a product and its version from the database.
+func (s *server) loadProduct(ctx context.Context, sku string) (*inventoryv1.Product, int64, error) {
+	p, version, err := scanProduct(s.env.Pool.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1`, sku))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, 0, status.Errorf(codes.NotFound, "product %s not found", sku)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get product %s: %w", sku, err)
+	}
+	return p, version, nil
 }
 
 func (s *server) ListProducts(ctx context.Context, req *inventoryv1.ListProductsRequest) (*inventoryv1.ListProductsResponse, error) {
@@ -137,7 +187,10 @@ func (s *server) ListProducts(ctx context.Context, req *inventoryv1.ListProducts
 	if err != nil {
 		return nil, fmt.Errorf("list products: %w", err)
 	}
-	products, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*inventoryv1.Product, error) { return scanProduct(r) })
+	products, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*inventoryv1.Product, error) {
+		p, _, err := scanProduct(r)
+		return p, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list products: %w", err)
 	}
@@ -161,10 +214,12 @@ func (s *server) AdjustStock(ctx context.Context, req *inventoryv1.AdjustStockRe
 		return nil, err
 	}
 	var resp *inventoryv1.AdjustStockResponse
+	var version int64 // set when this call changed the stock
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		var err error
+		version = 0
 		resp, _, err = idempotency.Do(ctx, tx, "AdjustStock/"+req.GetSku(), req.GetIdempotencyKey(), req, func() (*inventoryv1.AdjustStockResponse, error) {
-			p, err := scanProduct(tx.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1 FOR UPDATE`, req.GetSku()))
+			p, _, err := scanProduct(tx.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1 FOR UPDATE`, req.GetSku()))
 			if errors.Is(err, pgx.ErrNoRows) {
 				return nil, status.Errorf(codes.NotFound, "product %s not found", req.GetSku())
 			}
@@ -178,17 +233,25 @@ func (s *server) AdjustStock(ctx context.Context, req *inventoryv1.AdjustStockRe
 			if p.Available+req.GetDelta() > maxStock {
 				return nil, status.Errorf(codes.FailedPrecondition, "adjusting %s by %d exceeds the maximum stock %d", req.GetSku(), req.GetDelta(), maxStock)
 			}
-			p, err = scanProduct(tx.QueryRow(ctx, `UPDATE products SET available = available + $2, adjustments = adjustments + $2
-				WHERE sku = $1 RETURNING `+productColumns, req.GetSku(), req.GetDelta()))
+			var v int64
+			p, v, err = scanProduct(tx.QueryRow(ctx, `UPDATE products SET available = available + $2, adjustments = adjustments + $2,
+				version = version + 1 WHERE sku = $1 RETURNING `+productColumns, req.GetSku(), req.GetDelta()))
 			if err != nil {
 				return nil, err
 			}
+			if err := s.stockChanged(ctx, tx, p.Sku, p.Available, p.Reserved, v); err != nil {
+				return nil, err
+			}
+			version = v
 			return &inventoryv1.AdjustStockResponse{Product: p}, nil
 		})
 		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	if version > 0 {
+		s.stock.put(ctx, resp.GetProduct(), version) // the caller reads its own write
 	}
 	return resp, nil
 }

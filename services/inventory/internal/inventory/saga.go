@@ -77,7 +77,12 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 	reply := &inventoryv1.StockReserved{OrderId: cmd.GetOrderId(), Total: &moneyv1.Money{Currency: validate.Currency}}
 	for _, sku := range skus {
 		p, q := found[sku], want[sku]
-		if _, err := tx.Exec(ctx, `UPDATE products SET available = available - $2, reserved = reserved + $2 WHERE sku = $1`, sku, q); err != nil {
+		var available, reserved, version int64
+		if err := tx.QueryRow(ctx, `UPDATE products SET available = available - $2, reserved = reserved + $2, version = version + 1
+			WHERE sku = $1 RETURNING available, reserved, version`, sku, q).Scan(&available, &reserved, &version); err != nil {
+			return err
+		}
+		if err := s.stockChanged(ctx, tx, sku, available, reserved, version); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO reservations (order_id, sku, quantity, unit_price_minor, state) VALUES ($1, $2, $3, $4, 'RESERVED')`,
@@ -114,10 +119,11 @@ func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitS
 	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `WITH c AS (
+	if err := s.changeStock(ctx, tx, `WITH c AS (
 			UPDATE reservations SET state = 'COMMITTED', update_time = now()
 			WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku, quantity)
-		UPDATE products p SET reserved = p.reserved - c.quantity, sold = p.sold + c.quantity FROM c WHERE p.sku = c.sku`,
+		UPDATE products p SET reserved = p.reserved - c.quantity, sold = p.sold + c.quantity, version = p.version + 1
+		FROM c WHERE p.sku = c.sku RETURNING p.sku, p.available, p.reserved, p.version`,
 		cmd.GetOrderId()); err != nil {
 		return err
 	}
@@ -131,7 +137,7 @@ func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Releas
 	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `WITH r AS (
+	if err := s.changeStock(ctx, tx, `WITH r AS (
 			UPDATE reservations n SET state = 'RELEASED', update_time = now()
 			FROM reservations o
 			WHERE n.order_id = $1 AND o.order_id = n.order_id AND o.sku = n.sku AND o.state IN ('RESERVED', 'COMMITTED')
@@ -139,11 +145,35 @@ func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Releas
 		UPDATE products p SET
 			available = p.available + r.quantity,
 			reserved  = p.reserved - CASE WHEN r.was = 'RESERVED' THEN r.quantity ELSE 0 END,
-			sold      = p.sold - CASE WHEN r.was = 'COMMITTED' THEN r.quantity ELSE 0 END
-		FROM r WHERE p.sku = r.sku`, cmd.GetOrderId()); err != nil {
+			sold      = p.sold - CASE WHEN r.was = 'COMMITTED' THEN r.quantity ELSE 0 END,
+			version   = p.version + 1
+		FROM r WHERE p.sku = r.sku RETURNING p.sku, p.available, p.reserved, p.version`, cmd.GetOrderId()); err != nil {
 		return err
 	}
 	return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockReleased{OrderId: cmd.GetOrderId()})
+}
+
+// changeStock runs an UPDATE of products that returns (sku, available,
+// reserved, version) of every row it changed, and emits their
+// StockChanged events.
+func (s *server) changeStock(ctx context.Context, tx pgx.Tx, sql string, args ...any) error {
+	rows, err := tx.Query(ctx, sql, args...)
+	if err != nil {
+		return err
+	}
+	changed, err := pgx.CollectRows(rows, pgx.RowToStructByPos[struct {
+		SKU                          string
+		Available, Reserved, Version int64
+	}])
+	if err != nil {
+		return err
+	}
+	for _, c := range changed {
+		if err := s.stockChanged(ctx, tx, c.SKU, c.Available, c.Reserved, c.Version); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // addLine returns total + price*quantity, and false if that is negative or

@@ -1,0 +1,116 @@
+package inventory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
+	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
+	"github.com/switchyard/switchyard/platform/cache"
+	"github.com/switchyard/switchyard/platform/consumer"
+	"github.com/switchyard/switchyard/platform/service"
+)
+
+// CacheKeyPrefix is put before a SKU to make its stock cache key: the
+// entry is a Product in protobuf encoding and the version it was read at.
+const CacheKeyPrefix = "switchyard:inventory:product:"
+
+// stockCache serves GetProduct from Redis. It is an aid to reads only:
+// nothing that decides (reservations) reads it. It is fed from three
+// sides, each writing a version only if it is newer than the cached one:
+// the inventory-cache consumer group applying StockChanged, the RPCs that
+// change stock (after their commit, so a caller reads its own write), and
+// the fill after a miss.
+type stockCache struct {
+	c *cache.Cache
+}
+
+// newStockCache opens the cache, registers its metrics and its updater (a
+// consumer group of its own: see the README's "The stock cache").
+func newStockCache(env *service.Env) (*stockCache, error) {
+	c, err := cache.New(cache.Config{URL: env.Config.CacheURL, Prefix: CacheKeyPrefix, Logger: env.Logger})
+	if err != nil {
+		return nil, err
+	}
+	env.Metrics.Registry.MustRegister(c.Collectors()...)
+	sc := &stockCache{c: c}
+	updater, err := env.AddConsumer(CacheGroup, ProductAggregateType)
+	if err != nil {
+		return nil, err
+	}
+	consumer.Handle(updater, sc.apply)
+	env.Go(func(ctx context.Context) error {
+		<-ctx.Done()
+		return c.Close()
+	})
+	return sc, nil
+}
+
+// get returns the product from the cache, or loads it (once per SKU in
+// this process at a time) and fills the cache. A sick Redis never fails it.
+func (sc *stockCache) get(ctx context.Context, sku string, load func(context.Context, string) (*inventoryv1.Product, int64, error)) (*inventoryv1.Product, error) {
+	e, err := sc.c.Get(ctx, sku, func(ctx context.Context) (cache.Entry, error) {
+		p, version, err := load(ctx, sku)
+		if err != nil {
+			return cache.Entry{}, err
+		}
+		b, err := proto.Marshal(p)
+		if err != nil {
+			return cache.Entry{}, fmt.Errorf("encode product %s: %w", sku, err)
+		}
+		return cache.Entry{Version: version, Value: b}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	p := &inventoryv1.Product{}
+	if err := proto.Unmarshal(e.Value, p); err != nil || p.GetSku() != sku {
+		// Not what this service writes: read the database rather than
+		// serve it.
+		p, _, err = load(ctx, sku)
+		return p, err
+	}
+	return p, nil
+}
+
+// put writes a product the caller has just committed at version, unless
+// the cache holds a newer one. A failure is counted and logged by the
+// cache; the updater brings the change anyway.
+func (sc *stockCache) put(ctx context.Context, p *inventoryv1.Product, version int64) {
+	if sc == nil {
+		return
+	}
+	b, err := proto.Marshal(p)
+	if err != nil {
+		return
+	}
+	_, _ = sc.c.Set(ctx, p.GetSku(), cache.Entry{Version: version, Value: b})
+}
+
+// apply writes a StockChanged to the cache unless it holds a newer
+// version. The product's name and price, which never change, come from
+// the database. A failure of Redis is transient: the partition waits for
+// Redis rather than drop the change.
+func (sc *stockCache) apply(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockChanged, md consumer.Metadata) error {
+	p := &inventoryv1.Product{Sku: ev.GetSku(), Price: &moneyv1.Money{}, Available: ev.GetAvailable(), Reserved: ev.GetReserved()}
+	err := tx.QueryRow(ctx, `SELECT name, price_minor, currency FROM products WHERE sku = $1`, ev.GetSku()).
+		Scan(&p.Name, &p.Price.AmountMinor, &p.Price.Currency)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return consumer.Permanent(fmt.Errorf("stock of unknown product %s", ev.GetSku()))
+	}
+	if err != nil {
+		return fmt.Errorf("read product %s: %w", ev.GetSku(), err)
+	}
+	b, err := proto.Marshal(p)
+	if err != nil {
+		return consumer.Permanent(fmt.Errorf("encode product %s: %w", ev.GetSku(), err))
+	}
+	if _, err := sc.c.Apply(ctx, ev.GetSku(), cache.Entry{Version: ev.GetVersion(), Value: b}, md.Time); err != nil {
+		return consumer.Transient(fmt.Errorf("cache stock of %s at version %d: %w", ev.GetSku(), ev.GetVersion(), err))
+	}
+	return nil
+}
