@@ -160,6 +160,8 @@ var renderings = map[string]map[string]any{
 	"external otlp":     {"jaeger": map[string]any{"enabled": false}, "tracing": map[string]any{"enabled": true, "endpoint": "http://otel-collector.observability:4317"}},
 	"redis transport":   {"transport": "redis"},
 	"external redis":    {"transport": "redis", "redis": map[string]any{"enabled": false, "external": map[string]any{"url": "redis://redis.infra:6379"}}},
+	"cache off":         {"cache": map[string]any{"enabled": false}},
+	"external cache":    {"redis": map[string]any{"enabled": false, "external": map[string]any{"url": "redis://redis.infra:6379"}}},
 }
 
 func externalDBs() map[string]any {
@@ -363,6 +365,15 @@ func checkServices(t *testing.T, rendering string, o objects) {
 		if brokers != (transport == "kafka") || redisURL != (transport == "redis") {
 			t.Errorf("%s: SWITCHYARD_KAFKA_BROKERS set=%v, SWITCHYARD_REDIS_URL set=%v on transport %s", n, brokers, redisURL, transport)
 		}
+		// Only inventory caches, in database 1 of the chart's (or the
+		// external) Redis; the transport keeps database 0.
+		cacheURL, cached := env["SWITCHYARD_CACHE_URL"]
+		if wantCache := n == "inventory" && rendering != "cache off"; cached != wantCache {
+			t.Errorf("%s: SWITCHYARD_CACHE_URL set=%v, want %v in rendering %q", n, cached, wantCache, rendering)
+		}
+		if cached && !strings.HasSuffix(cacheURL.Value, ":6379/1") {
+			t.Errorf("%s: SWITCHYARD_CACHE_URL=%q, want database 1 of Redis", n, cacheURL.Value)
+		}
 		_, traced := env["OTEL_EXPORTER_OTLP_ENDPOINT"]
 		if traced == (rendering == "tracing off") {
 			t.Errorf("%s: tracing env present=%v in rendering %q", n, traced, rendering)
@@ -417,17 +428,56 @@ func TestChartLintStrict(t *testing.T) {
 	}
 }
 
+// The stock cache gets the chart's Redis (no eviction, durable settings)
+// by default, also with the Kafka transport; with the cache off and Kafka
+// carrying events, no Redis is deployed.
+func TestCacheRedisRendering(t *testing.T) {
+	for _, tc := range []struct {
+		rendering string
+		wantRedis bool
+	}{
+		{"defaults", true},
+		{"cache off", false},
+		{"external cache", false},
+	} {
+		t.Run(tc.rendering, func(t *testing.T) {
+			manifest, err := render(t, renderings[tc.rendering])
+			if err != nil {
+				t.Fatalf("render: %v", err)
+			}
+			var redis *appsv1.StatefulSet
+			for i, st := range decode(t, manifest).statefulSets {
+				if strings.HasSuffix(st.Name, "-redis") {
+					redis = &decode(t, manifest).statefulSets[i]
+				}
+			}
+			if (redis != nil) != tc.wantRedis {
+				t.Fatalf("Redis StatefulSet rendered=%v, want %v", redis != nil, tc.wantRedis)
+			}
+			if redis == nil {
+				return
+			}
+			args := strings.Join(redis.Spec.Template.Spec.Containers[0].Args, " ")
+			if !strings.Contains(args, "--maxmemory-policy noeviction") {
+				t.Errorf("the cache's Redis may evict keys: args %q", args)
+			}
+		})
+	}
+}
+
 // values.schema.json rejects wrong types, unknown keys and untagged images.
 func TestValuesSchemaRejectsBadValues(t *testing.T) {
 	for name, values := range map[string]map[string]any{
-		"replicas as text":   {"services": map[string]any{"orders": map[string]any{"replicas": "three"}}},
-		"misspelled key":     {"kafka": map[string]any{"enabeld": false}},
-		"unknown outbox":     {"service": map[string]any{"outboxMode": "debezium"}},
-		"latest image":       {"jaeger": map[string]any{"image": map[string]any{"repository": "jaegertracing/jaeger", "tag": "latest"}}},
-		"missing brokers":    {"kafka": map[string]any{"enabled": false}},
-		"missing db secrets": {"postgresql": map[string]any{"enabled": false}},
-		"unknown transport":  {"transport": "nats"},
-		"missing redis url":  {"transport": "redis", "redis": map[string]any{"enabled": false}},
+		"replicas as text":    {"services": map[string]any{"orders": map[string]any{"replicas": "three"}}},
+		"misspelled key":      {"kafka": map[string]any{"enabeld": false}},
+		"unknown outbox":      {"service": map[string]any{"outboxMode": "debezium"}},
+		"latest image":        {"jaeger": map[string]any{"image": map[string]any{"repository": "jaegertracing/jaeger", "tag": "latest"}}},
+		"missing brokers":     {"kafka": map[string]any{"enabled": false}},
+		"missing db secrets":  {"postgresql": map[string]any{"enabled": false}},
+		"unknown transport":   {"transport": "nats"},
+		"missing redis url":   {"transport": "redis", "redis": map[string]any{"enabled": false}},
+		"cache without redis": {"redis": map[string]any{"enabled": false}},
+		"cache as text":       {"cache": "on"},
 	} {
 		if _, err := render(t, values); err == nil {
 			t.Errorf("%s: the chart rendered", name)

@@ -26,12 +26,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ include "switchyard.fullname" . }}-redis
 {{- end -}}
 
-{{/* Whether the chart needs Redis: the transport uses it. */}}
+{{/* Whether the chart needs Redis: the transport or inventory's stock cache uses it. */}}
 {{- define "switchyard.needsRedis" -}}
-{{- if eq .Values.transport "redis" -}}true{{- end -}}
+{{- if or (eq .Values.transport "redis") .Values.cache.enabled -}}true{{- end -}}
 {{- end -}}
 
-{{/* The Redis URL of database db ("0": the transport). */}}
+{{/* The Redis URL of database db ("0": the transport, "1": the stock cache). */}}
 {{- define "switchyard.redisURL" -}}
 {{- $db := index . 1 -}}
 {{- with index . 0 -}}
