@@ -165,6 +165,12 @@ func Run(ctx context.Context, s *stack.Stack, opts Options) (Result, error) {
 		return res, err
 	}
 	defer checker.Close()
+	if url := s.CacheURL(); url != "" {
+		// Every cached stock entry must equal the database too.
+		if err := checker.UseStockCache(url); err != nil {
+			return res, err
+		}
+	}
 	if err := checker.WaitQuiet(ctx, 5*time.Minute); err != nil {
 		return res, err
 	}
