@@ -274,12 +274,12 @@ func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderReque
 		if err != nil {
 			return err
 		}
-		if st.status != "CANCELLED" { // cancelling twice returns the cancelled order
+		if st.status != statusCancelled { // cancelling twice returns the cancelled order
 			reason := req.GetReason()
 			if reason == "" {
 				reason = "cancelled by customer"
 			}
-			if err := s.cancel(ctx, tx, st, ReasonCancelledByCustomer, reason); err != nil {
+			if err := s.apply(ctx, tx, st, happening{input: cancelledByCustomer, reason: reason}); err != nil {
 				return err
 			}
 		}
@@ -328,9 +328,9 @@ type querier interface {
 }
 
 var statuses = map[string]ordersv1.OrderStatus{
-	"PENDING":   ordersv1.OrderStatus_ORDER_STATUS_PENDING,
-	"CONFIRMED": ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED,
-	"CANCELLED": ordersv1.OrderStatus_ORDER_STATUS_CANCELLED,
+	statusPending:   ordersv1.OrderStatus_ORDER_STATUS_PENDING,
+	statusConfirmed: ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED,
+	statusCancelled: ordersv1.OrderStatus_ORDER_STATUS_CANCELLED,
 }
 
 // loadOrder reads an order and its items.

@@ -53,7 +53,7 @@ func lockForEvent(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) 
 	return lockSaga(ctx, tx, orderID)
 }
 
-func (st saga) awaiting(step string) bool { return st.status == "PENDING" && st.step == step }
+func (st saga) awaiting(step string) bool { return st.status == statusPending && st.step == step }
 
 // setStep moves a pending order to its next step with a fresh deadline.
 func (s *server) setStep(ctx context.Context, tx pgx.Tx, orderID, step string) error {
@@ -80,29 +80,24 @@ func (s *server) finish(ctx context.Context, tx pgx.Tx, orderID, status, reason 
 	}
 	s.metrics.observe(status, reason, o.GetUpdateTime().AsTime().Sub(o.GetCreateTime().AsTime()))
 	var event proto.Message = &ordersv1.OrderCancelled{Order: o}
-	if status == "CONFIRMED" {
+	if status == statusConfirmed {
 		event = &ordersv1.OrderConfirmed{Order: o}
 	}
 	return s.emit(ctx, tx, orderID, append(commands, event)...)
 }
 
-// cancel compensates whatever the saga may have done so far and cancels the
-// order. Compensations are safe to send even if the step never happened:
-// each is ordered after its step's command on the order's partition, and
-// participants treat them as no-ops when there is nothing to undo.
-func (s *server) cancel(ctx context.Context, tx pgx.Tx, st saga, reason, note string) error {
-	release := &inventoryv1.ReleaseStock{OrderId: st.orderID, Reason: note}
-	refund := &paymentsv1.RefundPayment{OrderId: st.orderID, Reason: note}
-	var compensations []proto.Message
-	switch {
-	case st.awaiting("RESERVING"):
-		compensations = []proto.Message{release}
-	case st.awaiting("CHARGING"), st.status == "CONFIRMED":
-		compensations = []proto.Message{refund, release}
-	default:
-		return nil // already cancelled
+// apply carries out the saga's decision about h (see decide) in tx.
+func (s *server) apply(ctx context.Context, tx pgx.Tx, st saga, h happening) error {
+	d := decide(st, h)
+	if d.status != "" {
+		return s.finish(ctx, tx, st.orderID, d.status, d.reason, d.commands...)
 	}
-	return s.finish(ctx, tx, st.orderID, "CANCELLED", reason, compensations...)
+	if d.step != "" {
+		if err := s.setStep(ctx, tx, st.orderID, d.step); err != nil {
+			return err
+		}
+	}
+	return s.emit(ctx, tx, st.orderID, d.commands...)
 }
 
 func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockReserved, _ consumer.Metadata) error {
@@ -110,40 +105,32 @@ func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1
 	if err != nil {
 		return err
 	}
-	if !st.awaiting("RESERVING") {
-		// A late reservation for an order already cancelled: give it back.
-		if st.status == "CANCELLED" {
-			return s.emit(ctx, tx, st.orderID, &inventoryv1.ReleaseStock{OrderId: st.orderID, Reason: "late reservation"})
+	total := ev.GetTotal().GetAmountMinor()
+	if st.awaiting(stepReserving) {
+		for _, l := range ev.GetLines() {
+			if _, err := tx.Exec(ctx, `UPDATE order_items SET unit_price_minor = $3 WHERE order_id = $1 AND sku = $2`,
+				st.orderID, l.GetSku(), l.GetUnitPrice().GetAmountMinor()); err != nil {
+				return err
+			}
 		}
-		return nil
-	}
-	for _, l := range ev.GetLines() {
-		if _, err := tx.Exec(ctx, `UPDATE order_items SET unit_price_minor = $3 WHERE order_id = $1 AND sku = $2`,
-			st.orderID, l.GetSku(), l.GetUnitPrice().GetAmountMinor()); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE orders SET total_minor = $2 WHERE order_id = $1`, st.orderID, total); err != nil {
 			return err
 		}
+		if total <= 0 {
+			// Prices are positive, so a reservation always has something to
+			// charge; an order must never confirm for free.
+			return consumer.Permanent(fmt.Errorf("order %s: reserved total %d is not positive", st.orderID, total))
+		}
 	}
-	total := ev.GetTotal().GetAmountMinor()
-	if _, err := tx.Exec(ctx, `UPDATE orders SET total_minor = $2 WHERE order_id = $1`, st.orderID, total); err != nil {
-		return err
-	}
-	if total <= 0 {
-		// Prices are positive, so a reservation always has something to
-		// charge; an order must never confirm for free.
-		return consumer.Permanent(fmt.Errorf("order %s: reserved total %d is not positive", st.orderID, total))
-	}
-	if err := s.setStep(ctx, tx, st.orderID, "CHARGING"); err != nil {
-		return err
-	}
-	return s.emit(ctx, tx, st.orderID, &paymentsv1.ChargePayment{OrderId: st.orderID, CustomerId: st.customerID, Amount: usd(total)})
+	return s.apply(ctx, tx, st, happening{input: stockReserved, total: total})
 }
 
 func (s *server) onStockRejected(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockRejected, _ consumer.Metadata) error {
 	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
-	if err != nil || !st.awaiting("RESERVING") {
-		return err // a late rejection changes nothing: nothing was reserved
+	if err != nil {
+		return err
 	}
-	return s.finish(ctx, tx, st.orderID, "CANCELLED", ev.GetReason())
+	return s.apply(ctx, tx, st, happening{input: stockRejected, reason: ev.GetReason()})
 }
 
 func (s *server) onPaymentCaptured(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentCaptured, _ consumer.Metadata) error {
@@ -151,22 +138,15 @@ func (s *server) onPaymentCaptured(ctx context.Context, tx pgx.Tx, ev *paymentsv
 	if err != nil {
 		return err
 	}
-	switch {
-	case st.awaiting("CHARGING"):
-		return s.finish(ctx, tx, st.orderID, "CONFIRMED", "", &inventoryv1.CommitStock{OrderId: st.orderID})
-	case st.status == "CANCELLED":
-		// A late capture for an order already cancelled: refund it.
-		return s.emit(ctx, tx, st.orderID, &paymentsv1.RefundPayment{OrderId: st.orderID, Reason: "late capture"})
-	}
-	return nil
+	return s.apply(ctx, tx, st, happening{input: paymentCaptured})
 }
 
 func (s *server) onPaymentDeclined(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentDeclined, _ consumer.Metadata) error {
 	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
-	if err != nil || !st.awaiting("CHARGING") {
-		return err // a late decline changes nothing: nothing was charged
+	if err != nil {
+		return err
 	}
-	return s.finish(ctx, tx, st.orderID, "CANCELLED", ev.GetReason(), &inventoryv1.ReleaseStock{OrderId: st.orderID, Reason: ev.GetReason()})
+	return s.apply(ctx, tx, st, happening{input: paymentDeclined, reason: ev.GetReason()})
 }
 
 // sweepDeadlines cancels, with TIMEOUT, orders whose current step has had
@@ -213,7 +193,7 @@ func (s *server) sweepOnce(ctx context.Context) (int, error) {
 				return err
 			}
 			s.env.Logger.Info("saga step timed out; compensating", "order_id", id, "step", st.step)
-			if err := s.cancel(ctx, tx, st, ReasonTimeout, fmt.Sprintf("no reply while %s", st.step)); err != nil {
+			if err := s.apply(ctx, tx, st, happening{input: stepTimedOut, reason: fmt.Sprintf("no reply while %s", st.step)}); err != nil {
 				return err
 			}
 		}
