@@ -23,6 +23,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
@@ -153,7 +154,7 @@ func Run(ctx context.Context, s *stack.Stack, opts Options) (Result, error) {
 	if faultErr != nil {
 		return res, faultErr
 	}
-	fmt.Fprintf(opts.Log, "soak: load stopped (%d orders acknowledged, %d calls failed during faults); waiting for quiet\n", res.Orders, d.failed.Load())
+	fmt.Fprintf(opts.Log, "soak: load stopped (%d orders acknowledged; calls failed during faults: %s); waiting for quiet\n", res.Orders, d.failures())
 
 	tr, err := s.OpenTransport()
 	if err != nil {
@@ -282,13 +283,13 @@ type driver struct {
 	skus     []string
 	placed   []string // acknowledged order ids
 	acked    atomic.Int64
-	failed   atomic.Int64
+	failed   map[string]int // by gRPC code, or "skipped" when too many calls were in flight
 	runID    string
 	sequence atomic.Int64
 }
 
 func dial(s *stack.Stack) (*driver, error) {
-	d := &driver{runID: strings.ToLower(uuid.NewString()[:8])}
+	d := &driver{runID: strings.ToLower(uuid.NewString()[:8]), failed: map[string]int{}}
 	conn := func(service string) (*grpc.ClientConn, error) {
 		c, err := grpc.NewClient(s.Addr(service), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err == nil {
@@ -406,7 +407,7 @@ func (d *driver) load(ctx context.Context, rate int, seed uint64) {
 			select {
 			case sem <- struct{}{}:
 			default:
-				d.failed.Add(1) // the shop is too slow to keep up: skip
+				d.fail("skipped") // the shop is too slow to keep up
 				continue
 			}
 			r := rand.New(rand.NewPCG(rng.Uint64(), rng.Uint64()))
@@ -417,11 +418,32 @@ func (d *driver) load(ctx context.Context, rate int, seed uint64) {
 				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 				defer cancel()
 				if err := op(cctx, r); err != nil {
-					d.failed.Add(1)
+					d.fail(status.Code(err).String())
 				}
 			}()
 		}
 	}
+}
+
+func (d *driver) fail(why string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failed[why]++
+}
+
+// failures lists the failed calls by reason.
+func (d *driver) failures() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.failed) == 0 {
+		return "none"
+	}
+	var parts []string
+	for why, n := range d.failed {
+		parts = append(parts, fmt.Sprintf("%d %s", n, why))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
 
 func (d *driver) pick(rng *rand.Rand, list []string) string {
