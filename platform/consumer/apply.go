@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/transport"
 )
@@ -59,7 +60,7 @@ func (c *Consumer) process(ctx context.Context, cl transport.Claim, msg *transpo
 	}
 
 	parent := propagation.TraceContext{}.Extract(ctx, envelope.TraceCarrier(msg))
-	backoff := c.cfg.Backoff
+	retry := backoff.New(c.cfg.Backoff, c.cfg.MaxBackoff)
 	for attempt := 1; ; attempt++ {
 		md.Attempt = attempt
 		dup, err := c.apply(parent, cl, h, event, md)
@@ -82,12 +83,11 @@ func (c *Consumer) process(ctx context.Context, cl transport.Claim, msg *transpo
 		} else if errors.Is(err, ErrPermanent) || attempt >= c.cfg.MaxAttempts {
 			return c.deadLetter(ctx, cl, msg, err, attempt, log)
 		}
-		log.Warn("handler failed; retrying", "attempt", attempt, "error", err, "retry_in", backoff)
+		log.Warn("handler failed; retrying", "attempt", attempt, "error", err, "retry_in", retry.Next())
 		c.retries.Add(1)
-		if !sleep(ctx, backoff) {
+		if !retry.Wait(ctx) {
 			return false
 		}
-		backoff = min(2*backoff, c.cfg.MaxBackoff)
 	}
 }
 
@@ -112,14 +112,13 @@ func (c *Consumer) unhandled(ctx context.Context, md Metadata, log *slog.Logger)
 		}
 		return true
 	}
-	backoff := c.cfg.Backoff
+	retry := backoff.New(c.cfg.Backoff, c.cfg.MaxBackoff)
 	for {
 		c.held.Add(1)
-		log.Warn("command type unknown to this build; holding the partition until a build that knows it takes over", "retry_in", backoff)
-		if !sleep(ctx, backoff) {
+		log.Warn("command type unknown to this build; holding the partition until a build that knows it takes over", "retry_in", retry.Next())
+		if !retry.Wait(ctx) {
 			return false
 		}
-		backoff = min(2*backoff, c.cfg.MaxBackoff)
 	}
 }
 
@@ -249,7 +248,7 @@ func (c *Consumer) deadLetter(ctx context.Context, cl transport.Claim, msg *tran
 		{Key: HeaderDLQGroup, Value: []byte(c.cfg.Group)},
 		{Key: HeaderDLQAttempts, Value: []byte(strconv.Itoa(attempts))},
 	}
-	backoff := c.cfg.Backoff
+	retry := backoff.New(c.cfg.Backoff, c.cfg.MaxBackoff)
 	for {
 		err := cl.DeadLetter(ctx, msg, extra)
 		if err == nil {
@@ -257,10 +256,9 @@ func (c *Consumer) deadLetter(ctx context.Context, cl transport.Claim, msg *tran
 			log.Error("message dead-lettered", "attempts", attempts, "error", cause)
 			return true
 		}
-		log.Warn("dead-letter send failed; retrying", "error", err, "retry_in", backoff)
-		if !sleep(ctx, backoff) {
+		log.Warn("dead-letter send failed; retrying", "error", err, "retry_in", retry.Next())
+		if !retry.Wait(ctx) {
 			return false
 		}
-		backoff = min(2*backoff, c.cfg.MaxBackoff)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/transport"
 )
@@ -90,7 +91,7 @@ func (c *Consumer) applyRun(ctx context.Context, cl transport.Claim, run []ready
 		}
 		return true
 	}
-	backoff := c.cfg.Backoff
+	retry := backoff.New(c.cfg.Backoff, c.cfg.MaxBackoff)
 	for {
 		applied, dups, err := c.applyTx(ctx, cl, run)
 		if err == nil {
@@ -114,12 +115,11 @@ func (c *Consumer) applyRun(ctx context.Context, cl transport.Claim, run []ready
 			}
 			return true
 		}
-		c.cfg.Logger.Warn("batch failed; retrying", "events", len(run), "error", err, "retry_in", backoff)
+		c.cfg.Logger.Warn("batch failed; retrying", "events", len(run), "error", err, "retry_in", retry.Next())
 		c.retries.Add(1)
-		if !sleep(ctx, backoff) {
+		if !retry.Wait(ctx) {
 			return false
 		}
-		backoff = min(2*backoff, c.cfg.MaxBackoff)
 	}
 }
 

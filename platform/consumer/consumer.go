@@ -53,6 +53,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/transport"
 )
@@ -312,24 +313,23 @@ func (c *Consumer) Lag() []PartitionLag {
 // Run does not give up while ctx lasts.
 func (c *Consumer) Run(ctx context.Context) error {
 	cfg := &c.cfg
-	backoff := cfg.Backoff
+	retry := backoff.New(cfg.Backoff, cfg.MaxBackoff)
 	for {
 		err := Migrate(ctx, cfg.Pool)
 		if err == nil {
 			break
 		}
-		cfg.Logger.Warn("inbox not ready; retrying", "error", err, "retry_in", backoff)
-		if !sleep(ctx, backoff) {
+		cfg.Logger.Warn("inbox not ready; retrying", "error", err, "retry_in", retry.Next())
+		if !retry.Wait(ctx) {
 			return nil
 		}
-		backoff = min(2*backoff, cfg.MaxBackoff)
 	}
 	pruneDone := make(chan struct{})
 	pctx, stopPrune := context.WithCancel(ctx)
 	go func() { defer close(pruneDone); c.pruneLoop(pctx) }()
 	defer func() { stopPrune(); <-pruneDone }()
 
-	backoff = cfg.Backoff
+	retry = backoff.New(cfg.Backoff, cfg.MaxBackoff)
 	for {
 		started := time.Now()
 		err := c.subscribeOnce(ctx)
@@ -337,13 +337,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return nil
 		}
 		if time.Since(started) > time.Minute {
-			backoff = cfg.Backoff
+			retry.Reset()
 		}
-		cfg.Logger.Warn("subscription ended; joining again", "error", err, "retry_in", backoff)
-		if !sleep(ctx, backoff) {
+		cfg.Logger.Warn("subscription ended; joining again", "error", err, "retry_in", retry.Next())
+		if !retry.Wait(ctx) {
 			return nil
 		}
-		backoff = min(2*backoff, cfg.MaxBackoff)
 	}
 }
 
@@ -391,16 +390,5 @@ func (c *Consumer) consumeClaim(cl transport.Claim) {
 			// partition's next owner.
 			return
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

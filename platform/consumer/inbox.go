@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 
+	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/outbox"
 )
 
@@ -38,7 +39,7 @@ func (c *Consumer) pruneLoop(ctx context.Context) {
 		} else if n > 0 {
 			c.cfg.Logger.Info("pruned inbox", "rows", n)
 		}
-		if !sleep(ctx, c.cfg.PruneInterval) {
+		if !backoff.Sleep(ctx, c.cfg.PruneInterval) {
 			return
 		}
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
@@ -130,7 +131,7 @@ func (c *claim) read() {
 	history := true // reading the pending entries
 	after := "0"    // the history read's cursor
 	last := ""      // the last entry handed to consume
-	backoff := 100 * time.Millisecond
+	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for !c.stopped() {
 		c.refreshLag()
 		from := ">"
@@ -160,13 +161,12 @@ func (c *claim) read() {
 			// those already handed out) before new ones.
 			log.Warn("redis read failed; retrying", "err", err)
 			history, after = true, "0"
-			if !c.sleep(backoff) {
+			if !c.sleep(retry.Delay()) {
 				return
 			}
-			backoff = min(2*backoff, 5*time.Second)
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		retry.Reset()
 		if len(entries) == 0 {
 			if history {
 				history = false

@@ -27,6 +27,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/switchyard/switchyard/platform/backoff"
 )
 
 // Notify announces, inside tx, that key changed on channel.
@@ -170,20 +172,17 @@ func (h *Hub) Follow(ctx context.Context, key string, recheck time.Duration, sto
 
 // Run listens until ctx ends, re-establishing the connection after errors.
 func (h *Hub) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		err := h.listen(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		h.logger.Warn("watch: listening connection lost; reconnecting", "channel", h.channel, "error", err)
+		h.logger.Warn("watch: listening connection lost; reconnecting", "channel", h.channel, "error", err, "retry_in", retry.Next())
 		h.wake("", true) // changes may have been missed meanwhile
-		select {
-		case <-ctx.Done():
+		if !retry.Wait(ctx) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 	return nil
 }
