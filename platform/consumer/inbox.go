@@ -4,7 +4,7 @@ import (
 	"context"
 
 	"github.com/switchyard/switchyard/platform/backoff"
-	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/migrate"
 )
 
 // InboxSchema creates the inbox table and the table of partition ownership
@@ -28,8 +28,8 @@ CREATE TABLE IF NOT EXISTS consumer_epochs (
 `
 
 // Migrate creates the inbox tables if they do not exist.
-func Migrate(ctx context.Context, db outbox.Querier) error {
-	return outbox.EnsureTable(ctx, db, "consumer_epochs", InboxSchema)
+func Migrate(ctx context.Context, db migrate.Querier) error {
+	return migrate.EnsureTable(ctx, db, "consumer_epochs", InboxSchema)
 }
 
 func (c *Consumer) pruneLoop(ctx context.Context) {

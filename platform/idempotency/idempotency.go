@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/migrate"
 )
 
 // Schema creates the idempotency_keys table.
@@ -36,13 +36,13 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 `
 
 // Migrate creates the idempotency_keys table if it does not exist.
-func Migrate(ctx context.Context, db outbox.Querier) error {
-	return outbox.EnsureTable(ctx, db, "idempotency_keys", Schema)
+func Migrate(ctx context.Context, db migrate.Querier) error {
+	return migrate.EnsureTable(ctx, db, "idempotency_keys", Schema)
 }
 
 // Prune deletes keys older than retention and returns how many it deleted.
 // The service skeleton runs it periodically.
-func Prune(ctx context.Context, db outbox.Querier, retention time.Duration) (int64, error) {
+func Prune(ctx context.Context, db migrate.Querier, retention time.Duration) (int64, error) {
 	tag, err := db.Exec(ctx, `DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)`, retention.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("idempotency: prune: %w", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/switchyard/switchyard/platform/migrate"
 	"github.com/switchyard/switchyard/platform/outbox"
 )
 
@@ -59,7 +60,7 @@ func (s *cdcSource) prepare(ctx context.Context, cfg *Config) error {
 			return fmt.Errorf("create publication %s: %w", cfg.Publication, err)
 		}
 	}
-	if err := outbox.EnsureTable(ctx, conn, slotsTable, slotsSchema); err != nil {
+	if err := migrate.EnsureTable(ctx, conn, slotsTable, slotsSchema); err != nil {
 		return err
 	}
 	return ensureSlot(ctx, conn, cfg)
