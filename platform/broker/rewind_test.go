@@ -59,7 +59,10 @@ func TestRewindGroup(t *testing.T) {
 			}
 		})
 	}()
-	testkit.WaitFor(t, time.Minute, "the group to consume everything", func() bool { return backlog() == 0 })
+	testkit.WaitFor(t, time.Minute, "the group to consume everything", func() bool {
+		b, err := tr.Backlog(ctx, group, topic) // an error until the group has committed
+		return err == nil && b == 0
+	})
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)
