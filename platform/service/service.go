@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -217,7 +218,13 @@ func (e *Env) addConsumer(group string, aggregateTypes, holdPackages []string) (
 		return nil, fmt.Errorf("consumer group %s: %w", group, err)
 	}
 	e.consumers = append(e.consumers, c)
-	e.topics = append(e.topics, topics...)
+	for _, t := range topics {
+		// Listed once: librdkafka crashes on a CreateTopics that names a
+		// topic twice.
+		if !slices.Contains(e.topics, t) {
+			e.topics = append(e.topics, t)
+		}
+	}
 	return c, nil
 }
 

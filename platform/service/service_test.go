@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/service"
@@ -122,6 +124,12 @@ func start(t *testing.T, dbURL, brokers string) *running {
 // startWith starts the test service with extra environment variables.
 func startWith(t *testing.T, dbURL, brokers string, extra map[string]string) *running {
 	t.Helper()
+	return startSpec(t, spec(), dbURL, brokers, extra)
+}
+
+// startSpec starts a service described by sp.
+func startSpec(t *testing.T, sp service.Spec, dbURL, brokers string, extra map[string]string) *running {
+	t.Helper()
 	env := map[string]string{
 		"SWITCHYARD_DATABASE_URL":     dbURL,
 		"SWITCHYARD_KAFKA_BROKERS":    brokers,
@@ -140,7 +148,7 @@ func startWith(t *testing.T, dbURL, brokers string, extra map[string]string) *ru
 	addr := make(chan net.Addr, 1)
 	r := &running{cancel: cancel, done: make(chan error, 1)}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	go func() { r.done <- service.Run(ctx, spec(), cfg, logger, func(a net.Addr) { addr <- a }) }()
+	go func() { r.done <- service.Run(ctx, sp, cfg, logger, func(a net.Addr) { addr <- a }) }()
 	select {
 	case a := <-addr:
 		r.conn, err = grpc.NewClient(a.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -360,4 +368,39 @@ func TestLoadConfig(t *testing.T) {
 			t.Errorf("LoadConfig error %v does not name %s", err, want)
 		}
 	}
+}
+
+// A group added with Env.AddConsumer reads its own topics, apart from the
+// service's group: each group gets every event of the topics it reads.
+func TestAddConsumerRunsAGroupOfItsOwn(t *testing.T) {
+	db := testkit.Database(t)
+	var own, added atomic.Int64
+	sp := service.Spec{Name: "twogroups", Subscribe: []string{"in"}, Setup: func(env *service.Env) error {
+		consumer.Handle(env.Consumer, func(context.Context, pgx.Tx, *wrapperspb.StringValue, consumer.Metadata) error {
+			own.Add(1)
+			return nil
+		})
+		c, err := env.AddConsumer("twogroups-extra", "in", "extra")
+		if err != nil {
+			return err
+		}
+		consumer.Handle(c, func(context.Context, pgx.Tx, *wrapperspb.StringValue, consumer.Metadata) error {
+			added.Add(1)
+			return nil
+		})
+		return nil
+	}}
+	r := startSpec(t, sp, db, testkit.Kafka(t).Addr(), nil)
+	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return r.status(t) == healthpb.HealthCheckResponse_SERVING })
+	pool := testkit.Pool(t, db)
+	w := outbox.NewWriter(outbox.ModeCDC)
+	for _, aggregate := range []string{"in", "extra"} {
+		err := pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error {
+			return w.Write(context.Background(), tx, outbox.Event{AggregateType: aggregate, AggregateID: "1", Message: wrapperspb.String(aggregate)})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, time.Minute, "both groups to apply their events", func() bool { return own.Load() == 1 && added.Load() == 2 })
 }

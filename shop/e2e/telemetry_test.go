@@ -241,7 +241,7 @@ func TestOneTracePerOrder(t *testing.T) {
 	}
 }
 
-func scrape(t *testing.T, url string) map[string]float64 {
+func scrape(t testing.TB, url string) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
