@@ -154,7 +154,8 @@ func usd(minor int64) *moneyv1.Money { return &moneyv1.Money{Currency: "USD", Am
 
 var ctx = context.Background()
 
-// retry repeats a call while the service is unavailable (restarting).
+// retry repeats a call while the service is unavailable (restarting) or
+// refuses it for overload (orders' admission control), as a client should.
 func retry[T any](t testing.TB, call func() (T, error)) T {
 	t.Helper()
 	deadline := time.Now().Add(90 * time.Second)
@@ -163,7 +164,7 @@ func retry[T any](t testing.TB, call func() (T, error)) T {
 		if err == nil {
 			return v
 		}
-		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+		if c := status.Code(err); (c != codes.Unavailable && c != codes.ResourceExhausted) || time.Now().After(deadline) {
 			t.Fatalf("call failed: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -55,9 +55,11 @@ type Options struct {
 	WatchRecheck time.Duration
 	// MaxPending and MaxPendingAge are admission control: CreateOrder is
 	// refused (RESOURCE_EXHAUSTED with RetryInfo, nothing written) while at
-	// least MaxPending orders are in progress (default 1000) or the oldest
-	// has waited longer than MaxPendingAge (default 10s), rather than
-	// accepted to time out. Negative: off.
+	// least MaxPending orders are in progress (default 100) or the oldest
+	// has waited longer than MaxPendingAge (default 5s), rather than
+	// accepted to time out. Size MaxPending as throughput x the latency an
+	// order may take: past capacity every accepted order queues behind
+	// the pending ones. Negative: off.
 	MaxPending    int
 	MaxPendingAge time.Duration
 }
@@ -103,10 +105,10 @@ func Spec(o Options) service.Spec {
 		o.WatchRecheck = 5 * time.Second
 	}
 	if o.MaxPending == 0 {
-		o.MaxPending = 1000
+		o.MaxPending = 100
 	}
 	if o.MaxPendingAge == 0 {
-		o.MaxPendingAge = 10 * time.Second
+		o.MaxPendingAge = 5 * time.Second
 	}
 	return service.Spec{
 		Name: "orders", Port: 50052, Migrations: migrations, Subscribe: []string{"inventory", "payment"},
