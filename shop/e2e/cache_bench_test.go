@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
@@ -80,9 +82,12 @@ func benchStock(b *testing.B, noCache bool) {
 		}
 		id := c.GetCustomer().GetCustomerId()
 		for {
-			_, err := pay.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: id, Amount: usd(1 << 40), IdempotencyKey: "bench-" + id})
+			_, err := pay.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: id, Amount: usd(100_000_000_000), IdempotencyKey: "bench-" + id})
 			if err == nil {
 				break
+			}
+			if status.Code(err) != codes.NotFound {
+				b.Fatalf("top up: %v", err)
 			}
 			time.Sleep(50 * time.Millisecond) // the account opens once payments consumes the registration
 		}
