@@ -38,9 +38,33 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// Bounds of the Kafka client's buffers, so that a service fits a memory
+// limit: librdkafka's defaults allow a producer queue of 1 GiB and a
+// consumer prefetch of 64 MiB (50 MiB per fetch response), enough to get a
+// 256 MiB pod OOM-killed during a broker outage or a backlog. A service
+// holds at most two producers (the relay's and the dead-letter one) and one
+// consumer, so at most 2*16 + 16 + 8 = 56 MiB of client buffers.
+const (
+	// ProducerQueueKiB bounds a producer's queue of unacknowledged
+	// messages (queue.buffering.max.kbytes); a full queue makes the relay
+	// wait, it never drops an event.
+	ProducerQueueKiB = 16 * 1024
+	// ProducerQueueMessages bounds the same queue in messages
+	// (queue.buffering.max.messages).
+	ProducerQueueMessages = 100000
+	// ConsumerQueueKiB bounds the consumer's prefetched messages
+	// (queued.max.messages.kbytes), across its partitions.
+	ConsumerQueueKiB = 16 * 1024
+	// FetchMaxBytes bounds one fetch response (fetch.max.bytes); it stays
+	// above Kafka's default largest message (1,000,000 bytes), so any event
+	// the outbox accepts can still be fetched.
+	FetchMaxBytes = 8 * 1024 * 1024
+)
+
 // ProducerConfig returns the settings of an idempotent, ordered producer:
 // acks=all, retries forever (message.timeout.ms=0: an outage delays events
-// but never drops or reorders them), and a fatal error instead of a gap.
+// but never drops or reorders them), a fatal error instead of a gap, and a
+// queue bounded by ProducerQueueKiB.
 func (c Config) ProducerConfig(clientID string) *kafka.ConfigMap {
 	m := kafka.ConfigMap{
 		"bootstrap.servers":                     c.Brokers,
@@ -52,7 +76,8 @@ func (c Config) ProducerConfig(clientID string) *kafka.ConfigMap {
 		"max.in.flight.requests.per.connection": 5,
 		"linger.ms":                             2,
 		"batch.num.messages":                    10000,
-		"queue.buffering.max.messages":          200000,
+		"queue.buffering.max.messages":          ProducerQueueMessages,
+		"queue.buffering.max.kbytes":            ProducerQueueKiB,
 		"compression.type":                      "lz4",
 		// Kafka's Java default for keyed messages, which the Redis
 		// transport computes too (transport.Partition).
@@ -69,20 +94,24 @@ func (c Config) ProducerConfig(clientID string) *kafka.ConfigMap {
 
 // ConsumerConfig returns the settings of a group consumer whose offsets are
 // stored by the application only after it has processed a message
-// (enable.auto.offset.store=false) and committed in the background.
+// (enable.auto.offset.store=false) and committed in the background, with
+// its prefetch bounded by ConsumerQueueKiB and FetchMaxBytes.
 func (c Config) ConsumerConfig(group, clientID string) *kafka.ConfigMap {
 	m := kafka.ConfigMap{
-		"bootstrap.servers":        c.Brokers,
-		"group.id":                 group,
-		"client.id":                clientID,
-		"enable.auto.commit":       true,
-		"auto.commit.interval.ms":  1000,
-		"enable.auto.offset.store": false,
-		"auto.offset.reset":        "earliest",
-		"session.timeout.ms":       10000,
-		"heartbeat.interval.ms":    1000,
-		"go.logs.channel.enable":   true,
-		"enable.metrics.push":      false,
+		"bootstrap.servers":          c.Brokers,
+		"group.id":                   group,
+		"client.id":                  clientID,
+		"enable.auto.commit":         true,
+		"auto.commit.interval.ms":    1000,
+		"enable.auto.offset.store":   false,
+		"auto.offset.reset":          "earliest",
+		"session.timeout.ms":         10000,
+		"heartbeat.interval.ms":      1000,
+		"queued.max.messages.kbytes": ConsumerQueueKiB,
+		"queued.min.messages":        10000,
+		"fetch.max.bytes":            FetchMaxBytes,
+		"go.logs.channel.enable":     true,
+		"enable.metrics.push":        false,
 	}
 	for k, v := range c.Extra {
 		m[k] = v

@@ -104,10 +104,15 @@ type Config struct {
 	// WatchDBConns is the size of the watch streams' own connection pool
 	// (SWITCHYARD_WATCH_DB_CONNS, default 4), apart from the pool consumers
 	// and other RPCs use, plus one LISTEN connection per hub.
-	WatchDBConns    int
-	ShutdownTimeout time.Duration // SWITCHYARD_SHUTDOWN_TIMEOUT, default 20s
-	LogLevel        slog.Level    // SWITCHYARD_LOG_LEVEL, default info
-	LogFormat       string        // SWITCHYARD_LOG_FORMAT: json (default) or text
+	WatchDBConns int
+	// DatabaseMaxConns is the size of the service's PostgreSQL pool
+	// (SWITCHYARD_DATABASE_MAX_CONNS, default 16). 0 means the URL's
+	// pool_max_conns, used when the variable is unset and the URL has one.
+	// The outbox relay opens up to 2 connections outside the pool.
+	DatabaseMaxConns int32
+	ShutdownTimeout  time.Duration // SWITCHYARD_SHUTDOWN_TIMEOUT, default 20s
+	LogLevel         slog.Level    // SWITCHYARD_LOG_LEVEL, default info
+	LogFormat        string        // SWITCHYARD_LOG_FORMAT: json (default) or text
 	// CacheURL is the Redis a service may cache reads in
 	// (SWITCHYARD_CACHE_URL, default none: no cache). See package cache.
 	CacheURL string
@@ -138,6 +143,17 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 		errs = append(errs, errors.New("SWITCHYARD_DATABASE_URL is required"))
 	}
 	var err error
+	if v := get("SWITCHYARD_DATABASE_MAX_CONNS", ""); v != "" {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || n < 1 {
+			errs = append(errs, fmt.Errorf("SWITCHYARD_DATABASE_MAX_CONNS: want a positive integer"))
+		}
+		cfg.DatabaseMaxConns = int32(n)
+	} else if !strings.Contains(cfg.DatabaseURL, "pool_max_conns") {
+		// pgxpool's default (max(4, CPUs)) starves a service whose consumer
+		// applies several partitions at once while serving RPCs.
+		cfg.DatabaseMaxConns = 16
+	}
 	if cfg.OutboxMode, err = outbox.ParseMode(get("SWITCHYARD_OUTBOX_MODE", "cdc")); err != nil {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_OUTBOX_MODE: %w", err))
 	}
@@ -297,10 +313,10 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	if err != nil {
 		return fmt.Errorf("SWITCHYARD_DATABASE_URL: %w", err)
 	}
-	if !strings.Contains(cfg.DatabaseURL, "pool_max_conns") {
-		// pgxpool's default (max(4, CPUs)) starves a service whose consumer
-		// applies several partitions at once while serving RPCs.
-		pcfg.MaxConns = 16
+	if cfg.DatabaseMaxConns > 0 {
+		// The variable wins over the URL: it is the budget PostgreSQL's
+		// max_connections was sized for (the chart sets both).
+		pcfg.MaxConns = cfg.DatabaseMaxConns
 	}
 	pcfg.ConnConfig.Tracer = otelpgx.NewTracer() // a span per query, in the caller's trace
 	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)

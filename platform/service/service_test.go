@@ -359,11 +359,26 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.GRPCAddr != ":50052" || cfg.Brokers != "127.0.0.1:19092" || cfg.TopicPrefix != "switchyard." || cfg.OutboxMode != "cdc" {
+	if cfg.GRPCAddr != ":50052" || cfg.Brokers != "127.0.0.1:19092" || cfg.TopicPrefix != "switchyard." || cfg.OutboxMode != "cdc" || cfg.DatabaseMaxConns != 16 {
 		t.Fatalf("defaults: %+v", cfg)
 	}
-	_, err = service.LoadConfig(1, env(map[string]string{"SWITCHYARD_OUTBOX_MODE": "kafka", "SWITCHYARD_TOPIC_PARTITIONS": "0"}))
-	for _, want := range []string{"SWITCHYARD_DATABASE_URL", "SWITCHYARD_OUTBOX_MODE", "SWITCHYARD_TOPIC_PARTITIONS"} {
+	// The pool size: the variable, else the URL's pool_max_conns (0 here:
+	// pgxpool reads it), else 16.
+	for _, c := range []struct {
+		env  map[string]string
+		want int32
+	}{
+		{map[string]string{"SWITCHYARD_DATABASE_URL": "postgres://x/y", "SWITCHYARD_DATABASE_MAX_CONNS": "7"}, 7},
+		{map[string]string{"SWITCHYARD_DATABASE_URL": "postgres://x/y?pool_max_conns=5"}, 0},
+		{map[string]string{"SWITCHYARD_DATABASE_URL": "postgres://x/y?pool_max_conns=5", "SWITCHYARD_DATABASE_MAX_CONNS": "9"}, 9},
+	} {
+		cfg, err := service.LoadConfig(1, env(c.env))
+		if err != nil || cfg.DatabaseMaxConns != c.want {
+			t.Errorf("%v: DatabaseMaxConns %d (%v), want %d", c.env, cfg.DatabaseMaxConns, err, c.want)
+		}
+	}
+	_, err = service.LoadConfig(1, env(map[string]string{"SWITCHYARD_OUTBOX_MODE": "kafka", "SWITCHYARD_TOPIC_PARTITIONS": "0", "SWITCHYARD_DATABASE_MAX_CONNS": "0"}))
+	for _, want := range []string{"SWITCHYARD_DATABASE_URL", "SWITCHYARD_OUTBOX_MODE", "SWITCHYARD_TOPIC_PARTITIONS", "SWITCHYARD_DATABASE_MAX_CONNS"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("LoadConfig error %v does not name %s", err, want)
 		}
