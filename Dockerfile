@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image per service: docker build --build-arg SERVICE=orders -t switchyard-orders:0.1.0 .
 #
 # The Kafka client (confluent-kafka-go) links librdkafka through cgo, so the
@@ -6,7 +5,13 @@
 # static). The binary is built exactly like `make build` builds it
 # (deploy/TestDockerfileBuildsLikeCI keeps the two identical).
 
-ARG GO_VERSION=1.26
+# A full release, at least every go.mod's "go" line: the golang images set
+# GOTOOLCHAIN=local, so an older (say, cached) 1.26.x image would refuse the
+# modules rather than download a toolchain, and offline builds must not
+# download one. deploy/TestDockerfileBuildsOffline checks it. (No
+# "# syntax=" line either: BuildKit would pull that frontend image; its
+# built-in frontend handles the cache mounts below.)
+ARG GO_VERSION=1.26.8
 
 FROM golang:${GO_VERSION}-bookworm AS build
 ARG SERVICE

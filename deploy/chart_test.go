@@ -61,7 +61,7 @@ type objects struct {
 	statefulSets []appsv1.StatefulSet
 	services     []corev1.Service
 	secrets      map[string]corev1.Secret
-	configMaps   map[string]bool
+	configMaps   map[string]corev1.ConfigMap
 	accounts     map[string]bool
 	pdbs         []policyv1.PodDisruptionBudget
 }
@@ -82,7 +82,7 @@ func strict(doc []byte, v any) error {
 
 func decode(t *testing.T, manifest string) objects {
 	t.Helper()
-	o := objects{secrets: map[string]corev1.Secret{}, configMaps: map[string]bool{}, accounts: map[string]bool{}}
+	o := objects{secrets: map[string]corev1.Secret{}, configMaps: map[string]corev1.ConfigMap{}, accounts: map[string]bool{}}
 	for _, doc := range strings.Split(manifest, "\n---") {
 		doc = strings.TrimSpace(doc)
 		if doc == "" || strings.Trim(doc, "-\n ") == "" {
@@ -115,7 +115,7 @@ func decode(t *testing.T, manifest string) objects {
 		case "ConfigMap":
 			var c corev1.ConfigMap
 			err = strict([]byte(doc), &c)
-			o.configMaps[c.Name] = true
+			o.configMaps[c.Name] = c
 		case "ServiceAccount":
 			var a corev1.ServiceAccount
 			err = strict([]byte(doc), &a)
@@ -219,8 +219,19 @@ func TestChartRenderings(t *testing.T) {
 					t.Errorf("%s %s uses missing ServiceAccount %s", p.kind, p.name, p.spec.ServiceAccountName)
 				}
 				for _, v := range p.spec.Volumes {
-					if v.ConfigMap != nil && !o.configMaps[v.ConfigMap.Name] {
-						t.Errorf("%s %s mounts missing ConfigMap %s", p.kind, p.name, v.ConfigMap.Name)
+					if v.ConfigMap != nil {
+						if _, ok := o.configMaps[v.ConfigMap.Name]; !ok {
+							t.Errorf("%s %s mounts missing ConfigMap %s", p.kind, p.name, v.ConfigMap.Name)
+						}
+					}
+					if v.Projected != nil {
+						for _, src := range v.Projected.Sources {
+							if src.Secret != nil {
+								if _, ok := o.secrets[src.Secret.Name]; !ok {
+									t.Errorf("%s %s mounts missing Secret %s", p.kind, p.name, src.Secret.Name)
+								}
+							}
+						}
 					}
 				}
 				for _, c := range p.spec.Containers {

@@ -77,3 +77,104 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/*
+A memory quantity ("512Mi", "1Gi", "300M", "268435456") in whole MiB, for the
+sizing checks below; fails on a form it cannot read rather than guessing.
+*/}}
+{{- define "switchyard.mebibytes" -}}
+{{- $q := toString . -}}
+{{- $n := regexFind "^[0-9]+" $q | int64 -}}
+{{- $unit := trimPrefix (regexFind "^[0-9]+" $q) $q -}}
+{{- if eq $unit "Gi" }}{{ mul $n 1024 }}
+{{- else if eq $unit "Mi" }}{{ $n }}
+{{- else if eq $unit "Ki" }}{{ div $n 1024 }}
+{{- else if eq $unit "G" }}{{ div (mul $n 1000000000) 1048576 }}
+{{- else if eq $unit "M" }}{{ div (mul $n 1000000) 1048576 }}
+{{- else if eq $unit "" }}{{ div $n 1048576 }}
+{{- else }}{{ fail (printf "cannot read the memory quantity %q: use Mi or Gi" $q) }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The PostgreSQL connections the services may open at once: per pod, its pool
+(service.database.maxConns) plus 2 that the outbox relay opens outside the
+pool (its lock or drain connection and a short-lived setup one; the
+replication connection is a WAL sender, counted by max_wal_senders).
+*/}}
+{{- define "switchyard.serviceConnections" -}}
+{{- $total := 0 -}}
+{{- range $name := splitList " " (include "switchyard.serviceNames" .) -}}
+{{- $total = add $total (mul (index $.Values.services $name).replicas (add $.Values.service.database.maxConns 2)) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/* The service pods, each of which may hold a WAL sender for its relay. */}}
+{{- define "switchyard.servicePods" -}}
+{{- $total := 0 -}}
+{{- range $name := splitList " " (include "switchyard.serviceNames" .) -}}
+{{- $total = add $total (index $.Values.services $name).replicas -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/*
+max_connections: the services' connections plus 10 for everything else
+(PostgreSQL's 3 superuser-reserved connections, the role reconciler, an
+operator's psql, a migration run by hand), or postgresql.maxConnections when
+set, which must then cover that sum.
+*/}}
+{{- define "switchyard.maxConnections" -}}
+{{- $need := add (include "switchyard.serviceConnections" . | int) 10 -}}
+{{- $set := .Values.postgresql.maxConnections | int -}}
+{{- if and $set (lt $set $need) -}}
+{{- fail (printf "postgresql.maxConnections=%d cannot fit the services: %d pods x (service.database.maxConns %d + 2 relay connections) + 10 reserved = %d; raise it or lower the pool size or replicas" $set (include "switchyard.servicePods" . | int) (.Values.service.database.maxConns | int) $need) -}}
+{{- end -}}
+{{- max $set $need -}}
+{{- end -}}
+
+{{/*
+The chart's generated database passwords, base64: the one in the cluster
+when there is one (lookup), otherwise a new random one, generated once per
+rendering and shared by every template that needs it (the Secret, and the
+checksum that restarts a service's pods when its password changes).
+*/}}
+{{- define "switchyard.dbPassword" -}}
+{{- $ctx := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- if not (hasKey $ctx.Values "__switchyardPasswords") -}}
+{{- $_ := set $ctx.Values "__switchyardPasswords" dict -}}
+{{- end -}}
+{{- $cache := index $ctx.Values "__switchyardPasswords" -}}
+{{- if not (hasKey $cache $name) -}}
+{{- $existing := lookup "v1" "Secret" $ctx.Release.Namespace (printf "%s-postgres-%s" (include "switchyard.fullname" $ctx) $name) -}}
+{{- if and $existing $existing.data (index $existing.data "password") -}}
+{{- $_ := set $cache $name (index $existing.data "password") -}}
+{{- else -}}
+{{- $_ := set $cache $name (randAlphaNum 32 | b64enc) -}}
+{{- end -}}
+{{- end -}}
+{{- index $cache $name -}}
+{{- end -}}
+
+{{/*
+Fails when a StatefulSet already in the cluster was created with another
+volume size: volumeClaimTemplates cannot change, so Kubernetes would refuse
+the upgrade with a message that does not say what to do.
+*/}}
+{{- define "switchyard.storageGuard" -}}
+{{- $ctx := index . 0 -}}
+{{- $sts := index . 1 -}}
+{{- $key := index . 2 -}}
+{{- $want := index . 3 -}}
+{{- $existing := lookup "apps/v1" "StatefulSet" $ctx.Release.Namespace $sts -}}
+{{- if $existing -}}
+{{- range $existing.spec.volumeClaimTemplates -}}
+{{- $have := .spec.resources.requests.storage -}}
+{{- if and (eq .metadata.name "data") (ne (toString $have) (toString $want)) -}}
+{{- fail (printf "%s cannot change after install: the StatefulSet %s was created with %s (volume claim templates are immutable). Set %s back to %s; to grow the volume, resize the PersistentVolumeClaim data-%s-0 itself if its StorageClass allows expansion (see the README, Run on Kubernetes)" $key $sts $have $key $have $sts) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
