@@ -369,9 +369,9 @@ func postgresSettings(t *testing.T, o objects) map[string]string {
 	return m
 }
 
-// PostgreSQL's max_connections covers every pod's pool (as the pod is told
-// by SWITCHYARD_DATABASE_MAX_CONNS) plus its relay's 2 connections plus
-// reserved ones, max_wal_senders covers a relay per pod, and the chart
+// PostgreSQL's max_connections covers every pod's pools (as the pod is told
+// by SWITCHYARD_DATABASE_MAX_CONNS and SWITCHYARD_WATCH_DB_CONNS) plus the
+// watch LISTEN connection and its relay's 2 connections plus reserved ones, max_wal_senders covers a relay per pod, and the chart
 // refuses a max_connections that cannot fit.
 func TestPostgresConnectionBudget(t *testing.T) {
 	const reserved = 10
@@ -381,7 +381,7 @@ func TestPostgresConnectionBudget(t *testing.T) {
 	}{
 		{"defaults", nil},
 		{"replicas 3", map[string]any{"services": replicas(3)}},
-		{"replicas 3, pool 20", map[string]any{"services": replicas(3), "service": map[string]any{"port": 50051, "metricsPort": 9090, "database": map[string]any{"maxConns": 20}}}},
+		{"replicas 3, pools 20 and 8", map[string]any{"services": replicas(3), "service": map[string]any{"port": 50051, "metricsPort": 9090, "database": map[string]any{"maxConns": 20, "watchConns": 8}}}},
 		{"set by hand", map[string]any{"postgresql": map[string]any{"enabled": true, "maxConnections": 200}}},
 	} {
 		o := mustRender(t, c.values)
@@ -390,16 +390,20 @@ func TestPostgresConnectionBudget(t *testing.T) {
 			if strings.HasSuffix(d.Name, "-jaeger") {
 				continue
 			}
-			v, ok := envOf(d.Spec.Template.Spec.Containers[0])["SWITCHYARD_DATABASE_MAX_CONNS"]
-			if !ok {
-				t.Errorf("%s: %s has no SWITCHYARD_DATABASE_MAX_CONNS: its pool size is not budgeted", c.name, d.Name)
-				continue
+			perPod := 3 // the watch LISTEN connection, the relay's two
+			for _, name := range []string{"SWITCHYARD_DATABASE_MAX_CONNS", "SWITCHYARD_WATCH_DB_CONNS"} {
+				v, ok := envOf(d.Spec.Template.Spec.Containers[0])[name]
+				if !ok {
+					t.Errorf("%s: %s has no %s: its pool size is not budgeted", c.name, d.Name, name)
+					continue
+				}
+				n, err := strconv.Atoi(v.Value)
+				if err != nil || n < 1 {
+					t.Errorf("%s: %s: %s=%q", c.name, d.Name, name, v.Value)
+				}
+				perPod += n
 			}
-			n, err := strconv.Atoi(v.Value)
-			if err != nil || n < 1 {
-				t.Errorf("%s: %s: SWITCHYARD_DATABASE_MAX_CONNS=%q", c.name, d.Name, v.Value)
-			}
-			need += int(*d.Spec.Replicas) * (n + 2)
+			need += int(*d.Spec.Replicas) * perPod
 			pods += int(*d.Spec.Replicas)
 		}
 		s := postgresSettings(t, o)
@@ -413,7 +417,7 @@ func TestPostgresConnectionBudget(t *testing.T) {
 	}
 	for name, values := range map[string]map[string]any{
 		"too few connections": {"services": replicas(3), "postgresql": map[string]any{"enabled": true, "maxConnections": 100}},
-		"pool of 0":           {"service": map[string]any{"port": 50051, "metricsPort": 9090, "database": map[string]any{"maxConns": 0}}},
+		"pool of 0":           {"service": map[string]any{"port": 50051, "metricsPort": 9090, "database": map[string]any{"maxConns": 0, "watchConns": 4}}},
 	} {
 		if _, err := render(t, values); err == nil {
 			t.Errorf("%s: the chart rendered", name)

@@ -98,14 +98,20 @@ sizing checks below; fails on a form it cannot read rather than guessing.
 
 {{/*
 The PostgreSQL connections the services may open at once: per pod, its pool
-(service.database.maxConns) plus 2 that the outbox relay opens outside the
-pool (its lock or drain connection and a short-lived setup one; the
-replication connection is a WAL sender, counted by max_wal_senders).
+(service.database.maxConns), the watch streams' pool
+(service.database.watchConns) and its LISTEN connection, and 2 that the
+outbox relay opens outside the pools (its lock or drain connection and a
+short-lived setup one; the replication connection is a WAL sender, counted
+by max_wal_senders).
 */}}
+{{- define "switchyard.podConnections" -}}
+{{- add .Values.service.database.maxConns .Values.service.database.watchConns 3 -}}
+{{- end -}}
+
 {{- define "switchyard.serviceConnections" -}}
 {{- $total := 0 -}}
 {{- range $name := splitList " " (include "switchyard.serviceNames" .) -}}
-{{- $total = add $total (mul (index $.Values.services $name).replicas (add $.Values.service.database.maxConns 2)) -}}
+{{- $total = add $total (mul (index $.Values.services $name).replicas (include "switchyard.podConnections" $ | int)) -}}
 {{- end -}}
 {{- $total -}}
 {{- end -}}
@@ -129,7 +135,7 @@ set, which must then cover that sum.
 {{- $need := add (include "switchyard.serviceConnections" . | int) 10 -}}
 {{- $set := .Values.postgresql.maxConnections | int -}}
 {{- if and $set (lt $set $need) -}}
-{{- fail (printf "postgresql.maxConnections=%d cannot fit the services: %d pods x (service.database.maxConns %d + 2 relay connections) + 10 reserved = %d; raise it or lower the pool size or replicas" $set (include "switchyard.servicePods" . | int) (.Values.service.database.maxConns | int) $need) -}}
+{{- fail (printf "postgresql.maxConnections=%d cannot fit the services: %d pods x %d connections (service.database.maxConns %d + watchConns %d + 1 LISTEN + 2 relay) + 10 reserved = %d; raise it or lower the pool sizes or replicas" $set (include "switchyard.servicePods" . | int) (include "switchyard.podConnections" . | int) (.Values.service.database.maxConns | int) (.Values.service.database.watchConns | int) $need) -}}
 {{- end -}}
 {{- max $set $need -}}
 {{- end -}}
