@@ -64,6 +64,9 @@ type objects struct {
 	configMaps   map[string]corev1.ConfigMap
 	accounts     map[string]bool
 	pdbs         []policyv1.PodDisruptionBudget
+	// serviceMonitors are custom resources: monitoring_test.go validates
+	// them against the ServiceMonitor CRD's schema.
+	serviceMonitors []map[string]any
 }
 
 // strict decodes YAML into v the way the API server does, case-sensitively,
@@ -124,6 +127,10 @@ func decode(t *testing.T, manifest string) objects {
 			var p policyv1.PodDisruptionBudget
 			err = strict([]byte(doc), &p)
 			o.pdbs = append(o.pdbs, p)
+		case "ServiceMonitor":
+			var m map[string]any
+			err = yaml.Unmarshal([]byte(doc), &m)
+			o.serviceMonitors = append(o.serviceMonitors, m)
 		default:
 			t.Fatalf("unexpected kind %q: add it to the test's decoder", meta.Kind)
 		}
@@ -162,6 +169,7 @@ var renderings = map[string]map[string]any{
 	"external redis":    {"transport": "redis", "redis": map[string]any{"enabled": false, "external": map[string]any{"url": "redis://redis.infra:6379"}}},
 	"cache off":         {"cache": map[string]any{"enabled": false}},
 	"external cache":    {"redis": map[string]any{"enabled": false, "external": map[string]any{"url": "redis://redis.infra:6379"}}},
+	"service monitor":   {"metrics": map[string]any{"serviceMonitor": map[string]any{"enabled": true}, "dashboard": map[string]any{"enabled": false}}},
 }
 
 func externalDBs() map[string]any {
