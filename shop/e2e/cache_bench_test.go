@@ -82,7 +82,7 @@ func benchStock(b *testing.B, noCache bool) {
 		}
 		id := c.GetCustomer().GetCustomerId()
 		for {
-			_, err := pay.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: id, Amount: usd(100_000_000_000), IdempotencyKey: "bench-" + id})
+			_, err := pay.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: id, Amount: usd(1_000_000_000), IdempotencyKey: "bench-" + id})
 			if err == nil {
 				break
 			}
