@@ -180,7 +180,11 @@ func TestConcurrentMissesShareOneLoad(t *testing.T) {
 			}
 		}()
 	}
-	testkit.WaitFor(t, time.Minute, "every reader to miss", func() bool { return f.count(ResultMiss) == readers })
+	// A reader whose Redis read overran its budget on a busy machine is
+	// counted as an error instead of a miss; it joins the load all the same.
+	testkit.WaitFor(t, time.Minute, "every reader to join the load", func() bool {
+		return f.count(ResultMiss)+f.count(ResultError) == readers
+	})
 	close(release)
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
@@ -193,9 +197,12 @@ func TestConcurrentMissesShareOneLoad(t *testing.T) {
 		_, ok, err := f.cache.Peek(context.Background(), "hot")
 		return ok && err == nil
 	})
-	if _, err := f.cache.Get(context.Background(), "hot", load); err != nil || f.count(ResultHit) != 1 {
-		t.Fatalf("read after the fill: %v, hits %v; want one hit", err, f.count(ResultHit))
-	}
+	// After an overrun the cache skips Redis for a moment: wait for a hit.
+	testkit.WaitFor(t, 10*time.Second, "a hit after the fill", func() bool {
+		before := f.count(ResultHit)
+		_, err := f.cache.Get(context.Background(), "hot", load)
+		return err == nil && f.count(ResultHit) == before+1
+	})
 }
 
 // Redis killed or paused (slow): every read still succeeds from the
