@@ -2,7 +2,6 @@ package broker_test
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,22 +20,7 @@ func TestPausedPartitionResumesAfterRebalance(t *testing.T) {
 	ctx := context.Background()
 	tr := testkit.Kafka(t).Transport(2)
 	const topic, group, n = "test.paused", "pauser", 6000
-	if err := tr.EnsureTopics(ctx, topic); err != nil {
-		t.Fatal(err)
-	}
-	pub, err := tr.NewPublisher("test", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
-	for i := range n {
-		if err := pub.Publish(ctx, &transport.Message{Topic: topic, Key: []byte(fmt.Sprint(i)), Value: []byte("x")}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !pub.Flush(time.Minute) {
-		t.Fatal("messages not acknowledged")
-	}
+	fill(t, tr, topic, n)
 
 	// member runs a group member until stop is called; its consume waits
 	// for gate before committing anything.
@@ -96,22 +80,7 @@ func TestPausedPartitionResumesAfterSessionLoss(t *testing.T) {
 	k := testkit.Kafka(t)
 	tr := k.Transport(2)
 	const topic, group, n = "test.lost", "loser", 6000
-	if err := tr.EnsureTopics(ctx, topic); err != nil {
-		t.Fatal(err)
-	}
-	pub, err := tr.NewPublisher("test", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
-	for i := range n {
-		if err := pub.Publish(ctx, &transport.Message{Topic: topic, Key: []byte(fmt.Sprint(i)), Value: []byte("x")}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !pub.Flush(time.Minute) {
-		t.Fatal("messages not acknowledged")
-	}
+	fill(t, tr, topic, n)
 	sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: group, Topics: []string{topic}, RevokeTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/idempotency"
 	"github.com/switchyard/switchyard/platform/migrate"
@@ -489,7 +490,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 // bootstrap waits for the database and the broker, then applies the
 // migrations, prepares the relay and creates the consumed topics.
 func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr transport.Transport) error {
-	backoff := 500 * time.Millisecond
+	retry := backoff.New(500*time.Millisecond, 5*time.Second)
 	for attempt := 1; ; attempt++ {
 		err := func() error {
 			if err := env.Pool.Ping(ctx); err != nil {
@@ -530,13 +531,10 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 		if errors.As(err, &perm) {
 			return perm.error
 		}
-		env.Logger.Warn("not ready yet; retrying", "attempt", attempt, "error", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
+		env.Logger.Warn("not ready yet; retrying", "attempt", attempt, "error", err, "retry_in", retry.Next())
+		if !retry.Wait(ctx) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

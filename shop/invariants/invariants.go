@@ -108,8 +108,9 @@ func (c *Checker) WaitQuiet(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-// subscribers maps each consumer group to the topics it consumes.
-var subscribers = map[string][]string{
+// Subscribers maps each service's consumer group to the topics it
+// consumes.
+var Subscribers = map[string][]string{
 	"orders":        {"switchyard.inventory", "switchyard.payment"},
 	"inventory":     {"switchyard.order"},
 	"payments":      {"switchyard.customer", "switchyard.order"},
@@ -132,7 +133,7 @@ func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 		outboxRows += n
 	}
 	subs := map[string][]string{}
-	for g, topics := range subscribers {
+	for g, topics := range Subscribers {
 		subs[g] = topics
 	}
 	if c.stock != nil {

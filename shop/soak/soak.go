@@ -77,14 +77,6 @@ func (r Result) Summary() string {
 	return fmt.Sprintf("soak: %d orders, %d faults, %d violations", r.Orders, len(r.Faults), len(r.Violations))
 }
 
-// consumers maps each consuming service (its group) to its topics.
-var consumers = map[string][]string{
-	"orders":        {"switchyard.inventory", "switchyard.payment"},
-	"inventory":     {"switchyard.order"},
-	"payments":      {"switchyard.customer", "switchyard.order"},
-	"notifications": {"switchyard.customer", "switchyard.order"},
-}
-
 // Run soaks s. It returns an error when the soak itself could not run (the
 // shop did not come back after a fault, or never became quiet); invariant
 // violations are in the Result.
@@ -223,8 +215,8 @@ func inject(ctx context.Context, s *stack.Stack, kind string, rng *rand.Rand, op
 		s.Resume(f.Target)
 		err = waitAll(ctx, s)
 	case "rewind-group":
-		groups := make([]string, 0, len(consumers))
-		for g := range consumers {
+		groups := make([]string, 0, len(invariants.Subscribers))
+		for g := range invariants.Subscribers {
 			groups = append(groups, g)
 		}
 		sort.Strings(groups)
@@ -234,7 +226,7 @@ func inject(ctx context.Context, s *stack.Stack, kind string, rng *rand.Rand, op
 		s.Stop(f.Target)
 		cfg := broker.Config{Brokers: s.KafkaAddr()}
 		for attempt := 0; ; attempt++ {
-			if err = broker.RewindGroup(ctx, cfg, f.Target, consumers[f.Target]...); err == nil || attempt == 60 || ctx.Err() != nil {
+			if err = broker.RewindGroup(ctx, cfg, f.Target, invariants.Subscribers[f.Target]...); err == nil || attempt == 60 || ctx.Err() != nil {
 				break
 			}
 			time.Sleep(time.Second)
