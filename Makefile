@@ -8,6 +8,9 @@ SHELL := /bin/bash
 BIN     := $(CURDIR)/.bin
 BUF     := $(BIN)/buf
 GRPCURL := $(BIN)/grpcurl
+# golangci-lint has a module of its own (tools/lint) so that its many
+# dependencies never move buf's or grpcurl's versions.
+GOLANGCI_LINT := $(BIN)/golangci-lint
 SERVICES := customers orders inventory payments notifications
 MODULES  := ./gen/go/... ./platform/... ./shop/... $(foreach s,$(SERVICES),./services/$(s)/...)
 # The one way to build a service, here and in the Dockerfile (each service
@@ -29,8 +32,12 @@ $(GRPCURL): tools/go.mod tools/go.sum
 	@mkdir -p $(BIN)
 	GOWORK=off go -C tools build -o $(GRPCURL) github.com/fullstorydev/grpcurl/cmd/grpcurl
 
+$(GOLANGCI_LINT): tools/lint/go.mod tools/lint/go.sum
+	@mkdir -p $(BIN)
+	GOWORK=off go -C tools/lint build -o $(GOLANGCI_LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+
 .PHONY: tools
-tools: $(BUF) $(GRPCURL) ## Build the pinned tools (buf, grpcurl) into .bin/
+tools: $(BUF) $(GRPCURL) $(GOLANGCI_LINT) ## Build the pinned tools (buf, grpcurl, golangci-lint) into .bin/
 
 .PHONY: generate
 generate: $(BUF) ## Regenerate gen/go from proto/
@@ -46,12 +53,14 @@ check-generated: $(BUF) ## Fail if gen/go is stale
 	@echo "generated code is up to date"
 
 .PHONY: lint
-lint: $(BUF) ## buf lint, gofmt and go vet
+lint: $(BUF) $(GOLANGCI_LINT) ## buf lint, gofmt, go vet and golangci-lint (.golangci.yml)
 	$(BUF) lint
 	@unformatted=$$(gofmt -l gen platform services shop deploy); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:" $$unformatted >&2; exit 1; fi
 	go vet $(MODULES)
 	cd deploy && GOWORK=off go vet ./...
+	$(GOLANGCI_LINT) run $(MODULES)
+	cd deploy && GOWORK=off $(GOLANGCI_LINT) run --config ../.golangci.yml ./...
 
 .PHONY: breaking
 breaking: $(BUF) ## buf breaking against the newest v* tag, if any
@@ -65,6 +74,10 @@ test: check-generated lint breaking ## Everything CI checks
 	SWITCHYARD_E2E_TRANSPORT=redis go test $(GOTEST_FLAGS) ./shop/e2e/
 	cd deploy && GOWORK=off go test $(GOTEST_FLAGS) ./...
 	$(MAKE) --no-print-directory soak DURATION=60s
+
+.PHONY: test-short
+test-short: ## Unit tests only, in under a minute (-short skips every test that starts PostgreSQL, a broker, Redis or the shop)
+	go test -short -count=1 $(MODULES)
 
 .PHONY: bench
 bench: ## Relay and consumer benchmarks (see docs/benchmarks.md)

@@ -57,7 +57,7 @@ func startRolesServer(t *testing.T) rolesServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = c.Stop() })
+	t.Cleanup(c.Stop)
 	s := rolesServer{cluster: c, socket: socket}
 	hba := "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
 	if err := os.WriteFile(filepath.Join(dir, "data", "pg_hba.conf"), []byte(hba), 0o600); err != nil {
@@ -126,7 +126,7 @@ func (s rolesServer) runScript(t *testing.T, script string, passwords map[string
 		"SWITCHYARD_SECRETS_DIR="+filepath.Join(dir, "secrets"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%v\n%s", err, out)
+		return fmt.Errorf("%w\n%s", err, out)
 	}
 	return nil
 }

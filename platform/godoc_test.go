@@ -3,10 +3,12 @@ package platform_test
 
 import (
 	"go/ast"
+	"go/doc/comment"
 	"go/parser"
 	"go/token"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -20,24 +22,27 @@ func TestExportedNamesHaveGodoc(t *testing.T) {
 		if err != nil || !d.IsDir() {
 			return err
 		}
-		fset := token.NewFileSet()
-		pkgs, err := parser.ParseDir(fset, path, func(fi os.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, parser.ParseComments)
+		files, _, err := goFiles(path)
 		if err != nil {
 			return err
 		}
-		for name, pkg := range pkgs {
-			hasPkgDoc := false
-			for _, f := range pkg.Files {
-				if f.Doc != nil {
-					hasPkgDoc = true
-				}
-				for _, decl := range f.Decls {
-					missing = append(missing, undocumented(fset, decl)...)
-				}
+		fset := token.NewFileSet()
+		name, hasPkgDoc := "", false
+		for _, file := range files {
+			f, err := parser.ParseFile(fset, file, nil, parser.ParseComments)
+			if err != nil {
+				return err
 			}
-			if !hasPkgDoc {
-				missing = append(missing, "package "+name+" ("+path+")")
+			name = f.Name.Name
+			if f.Doc != nil {
+				hasPkgDoc = true
 			}
+			for _, decl := range f.Decls {
+				missing = append(missing, undocumented(fset, decl)...)
+			}
+		}
+		if name != "" && !hasPkgDoc {
+			missing = append(missing, "package "+name+" ("+path+")")
 		}
 		return nil
 	})
@@ -95,4 +100,106 @@ func exportedRecv(fl *ast.FieldList) bool {
 	}
 	id, ok := t.(*ast.Ident)
 	return ok && id.IsExported()
+}
+
+// Code blocks in package docs that are not Go (shell commands, key
+// layouts), by their first line; every other block must be Go.
+var notGo = map[string]bool{
+	"redis-cli XRANGE switchyard.order:3 - +":                                               true,
+	"g:members:<topic>           ZSET of live members, scored by expiry (ms, server clock)": true,
+}
+
+// Every Go code block in a package doc appears, line for line, in a test
+// file of the same package, so `go test` compiles it and it cannot drift
+// from the API it shows.
+func TestPackageDocExamplesCompile(t *testing.T) {
+	t.Parallel()
+	err := filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		files, testFiles, err := goFiles(path)
+		if err != nil {
+			return err
+		}
+		var blocks, tests []string
+		for _, name := range testFiles {
+			b, err := os.ReadFile(name)
+			if err != nil {
+				return err
+			}
+			tests = append(tests, string(b))
+		}
+		for _, name := range files {
+			f, err := parser.ParseFile(token.NewFileSet(), name, nil, parser.ParseComments|parser.PackageClauseOnly)
+			if err != nil {
+				return err
+			}
+			if f.Doc != nil {
+				blocks = append(blocks, codeBlocks(f.Doc.Text())...)
+			}
+		}
+		for _, block := range blocks {
+			first, _, _ := strings.Cut(block, "\n")
+			switch {
+			case notGo[first]:
+			case !parsesAsGo(block):
+				t.Errorf("%s: package doc code block %q is not Go: fix it, or add its first line to notGo", path, first)
+			case !slices.ContainsFunc(tests, func(src string) bool { return containsLines(src, block) }):
+				t.Errorf("%s: package doc code block %q appears in no test file of the package: copy it into an example there", path, first)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// goFiles returns the Go files of dir: the package's, and its tests.
+func goFiles(dir string) (files, tests []string, err error) {
+	all, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	for _, f := range all {
+		if strings.HasSuffix(f, "_test.go") {
+			tests = append(tests, f)
+		} else {
+			files = append(files, f)
+		}
+	}
+	return files, tests, err
+}
+
+// codeBlocks returns the code blocks of a doc comment's text.
+func codeBlocks(text string) []string {
+	var out []string
+	for _, b := range new(comment.Parser).Parse(text).Content {
+		if c, ok := b.(*comment.Code); ok {
+			out = append(out, c.Text)
+		}
+	}
+	return out
+}
+
+// parsesAsGo reports whether code is a sequence of Go declarations or of
+// statements.
+func parsesAsGo(code string) bool {
+	fset := token.NewFileSet()
+	if _, err := parser.ParseFile(fset, "", "package p\n"+code, 0); err == nil {
+		return true
+	}
+	_, err := parser.ParseFile(fset, "", "package p\nfunc _() {\n"+code+"\n}", 0)
+	return err == nil
+}
+
+// containsLines reports whether the lines of block appear consecutively in
+// src, ignoring indentation.
+func containsLines(src, block string) bool {
+	trim := func(s string) string {
+		lines := strings.Split(strings.TrimSpace(s), "\n")
+		for i, l := range lines {
+			lines[i] = strings.TrimSpace(l)
+		}
+		return "\n" + strings.Join(lines, "\n") + "\n"
+	}
+	return strings.Contains(trim(src), trim(block))
 }

@@ -3,11 +3,11 @@
 //
 //	b := backoff.New(100*time.Millisecond, 5*time.Second)
 //	for {
-//		err := try()
+//		err := try(ctx)
 //		if err == nil {
-//			break
+//			return nil
 //		}
-//		log.Warn("failed; retrying", "error", err, "retry_in", b.Next())
+//		logger.Warn("failed; retrying", "error", err, "retry_in", b.Next())
 //		if !b.Wait(ctx) {
 //			return ctx.Err()
 //		}

@@ -316,7 +316,7 @@ func (c *claim) Commit(_ context.Context, msgs ...*transport.Message) error {
 	if _, err := c.m.kc.StoreOffsets([]kafka.TopicPartition{tp}); err != nil {
 		select {
 		case <-c.closed:
-			return fmt.Errorf("store offset of %s/%d: %w: %v", *c.tp.Topic, c.tp.Partition, transport.ErrFenced, err)
+			return fmt.Errorf("store offset of %s/%d: %w: %w", *c.tp.Topic, c.tp.Partition, transport.ErrFenced, err)
 		default:
 		}
 		return fmt.Errorf("store offset of %s/%d: %w", *c.tp.Topic, c.tp.Partition, err)

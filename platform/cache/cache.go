@@ -25,11 +25,21 @@
 // an event that was lost (a Redis that lost writes, an update dead-lettered)
 // and keeps memory bounded by what is read.
 //
-//	c, _ := cache.New(cache.Config{URL: "redis://127.0.0.1:6379/1", Prefix: "shop:product:"})
+//	c, err := cache.New(cache.Config{URL: "redis://127.0.0.1:6379/1", Prefix: "shop:product:"})
+//	if err != nil {
+//		return err
+//	}
+//	defer c.Close()
+//	// A read: from Redis, or on a miss from the database (and then filled).
 //	e, err := c.Get(ctx, sku, func(ctx context.Context) (cache.Entry, error) {
-//		... // read the row and its version from the database
+//		return readProduct(ctx, sku) // the row and its version
 //	})
-//	wrote, err := c.Set(ctx, sku, cache.Entry{Version: v, Value: b}) // after a commit, or from an event
+//	if err != nil {
+//		return err
+//	}
+//	// After a commit, or from an event: written only if newer than Redis's.
+//	_, err = c.Set(ctx, sku, cache.Entry{Version: e.Version + 1, Value: changed})
+//	return err
 package cache
 
 import (

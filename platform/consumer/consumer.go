@@ -31,11 +31,16 @@
 // empty longer than offsets.retention.minutes, 7 days by default) from
 // re-applying old events when it starts again from the earliest one.
 //
-//	c, _ := consumer.New(consumer.Config{Transport: tr, Group: "payments", Topics: []string{"switchyard.order"}, Pool: pool})
-//	consumer.Handle(c, func(ctx context.Context, tx pgx.Tx, ev *ordersv1.ChargePayment, md consumer.Metadata) error {
-//		... // change tables through tx, write outbox events through tx
+//	c, err := consumer.New(consumer.Config{Transport: tr, Group: "payments", Topics: []string{"switchyard.order"}, Pool: pool})
+//	if err != nil {
+//		return err
+//	}
+//	consumer.Handle(c, func(ctx context.Context, tx pgx.Tx, ev *wrapperspb.StringValue, md consumer.Metadata) error {
+//		// Change tables and write outbox events through tx.
+//		_, err := tx.Exec(ctx, "INSERT INTO seen (event_id, value) VALUES ($1, $2)", md.ID, ev.GetValue())
+//		return err
 //	})
-//	err := c.Run(ctx)
+//	return c.Run(ctx)
 package consumer
 
 import (

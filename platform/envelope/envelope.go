@@ -90,7 +90,7 @@ func Decode(msg *transport.Message) (Metadata, error) {
 	}
 	id, err := uuid.Parse(h[HeaderID])
 	if err != nil {
-		return md, fmt.Errorf("%w: %s = %q: %v", ErrMalformed, HeaderID, h[HeaderID], err)
+		return md, fmt.Errorf("%w: %s = %q: %w", ErrMalformed, HeaderID, h[HeaderID], err)
 	}
 	if h[HeaderType] == "" {
 		return md, fmt.Errorf("%w: no %s header", ErrMalformed, HeaderType)
@@ -101,7 +101,7 @@ func Decode(msg *transport.Message) (Metadata, error) {
 	md = Metadata{ID: id, Source: h[HeaderSource], Type: h[HeaderType], Subject: h[HeaderSubject]}
 	if ts := h[HeaderTime]; ts != "" {
 		if md.Time, err = time.Parse(time.RFC3339Nano, ts); err != nil {
-			return md, fmt.Errorf("%w: %s = %q: %v", ErrMalformed, HeaderTime, ts, err)
+			return md, fmt.Errorf("%w: %s = %q: %w", ErrMalformed, HeaderTime, ts, err)
 		}
 	}
 	return md, nil

@@ -3,7 +3,7 @@
 // and only if the business change that caused it commits.
 //
 //	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-//		if _, err := tx.Exec(ctx, "UPDATE orders SET ..."); err != nil {
+//		if _, err := tx.Exec(ctx, "UPDATE orders SET status = 'CONFIRMED' WHERE id = $1", id); err != nil {
 //			return err
 //		}
 //		return w.Write(ctx, tx, outbox.Event{AggregateType: "order", AggregateID: id, Message: ev})

@@ -270,7 +270,7 @@ func (c *Cluster) start(ctx context.Context, cred *syscall.Credential) error {
 		}
 		select {
 		case <-c.done:
-			return fmt.Errorf("postgres exited during start-up (%v); see %s:\n%s", c.err, logPath, tail(logPath, 20))
+			return fmt.Errorf("postgres exited during start-up (%w); see %s:\n%s", c.err, logPath, tail(logPath, 20))
 		case <-ctx.Done():
 			c.Stop()
 			return ctx.Err()
@@ -312,14 +312,15 @@ func (c *Cluster) CreateDatabase(ctx context.Context, name string) error {
 }
 
 // Stop shuts the server down (fast shutdown: clients disconnected, data
-// flushed) and waits for it to exit.
-func (c *Cluster) Stop() error {
+// flushed; immediate after 30 s) and waits for it to exit. A stopped
+// cluster's Stop does nothing.
+func (c *Cluster) Stop() {
 	if c.cmd == nil || c.cmd.Process == nil {
-		return nil
+		return
 	}
 	select {
 	case <-c.done:
-		return nil
+		return
 	default:
 	}
 	_ = c.cmd.Process.Signal(syscall.SIGINT)
@@ -329,7 +330,6 @@ func (c *Cluster) Stop() error {
 		_ = c.cmd.Process.Signal(syscall.SIGQUIT)
 		<-c.done
 	}
-	return nil
 }
 
 // RestartImmediate stops the server the way a crash does (immediate

@@ -2,15 +2,15 @@
 // configuration from the environment, structured logs, the database pool and
 // migrations, the gRPC server (health, reflection, panic recovery, error
 // mapping), the outbox relay and the inbox consumer, readiness, and graceful
-// shutdown. A service supplies only its domain through [Spec]:
+// shutdown. A service supplies only its domain through [Spec]; its main is
 //
-//	func main() {
-//		service.Main(service.Spec{
-//			Name: "payments", Port: 50054, Migrations: payments.Migrations,
-//			Subscribe: []string{"customer", "order"},
-//			Setup: payments.Setup,
-//		})
-//	}
+//	service.Main(service.Spec{
+//		Name:       "payments",
+//		Port:       50054,
+//		Migrations: migrations, // an fs.FS of *.sql files
+//		Subscribe:  []string{"customer", "order"},
+//		Setup:      setup, // registers the gRPC services and event handlers on the Env
+//	})
 package service
 
 import (

@@ -32,6 +32,7 @@ type Broker struct {
 // test ends.
 func Kafka(t testing.TB) *Broker {
 	t.Helper()
+	SkipShort(t, "a Kafka broker")
 	port, err := pgcluster.FreePort()
 	if err != nil {
 		t.Fatalf("testkit: free port: %v", err)

@@ -24,6 +24,7 @@ type RedisServer struct {
 // "allkeys-lru").
 func Redis(t testing.TB, settings ...string) *RedisServer {
 	t.Helper()
+	SkipShort(t, "redis-server")
 	port, err := pgcluster.FreePort()
 	if err != nil {
 		t.Fatalf("testkit: free port: %v", err)

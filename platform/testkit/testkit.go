@@ -8,7 +8,10 @@
 //
 //	func TestMain(m *testing.M) { testkit.Main(m) }
 //
-// and its tests call [Database] and [Kafka].
+// and its tests call [Database], [Kafka] and [Redis].
+//
+// Under go test -short, every test that asks for PostgreSQL, a broker or
+// Redis is skipped, so `make test-short` runs the unit tests alone.
 package testkit
 
 import (
@@ -38,7 +41,7 @@ var (
 func Main(m *testing.M) {
 	code := m.Run()
 	if cluster != nil {
-		_ = cluster.Stop()
+		cluster.Stop()
 	}
 	if clusterDir != "" {
 		_ = os.RemoveAll(clusterDir)
@@ -50,6 +53,7 @@ func Main(m *testing.M) {
 // use. It fails the test when the server binaries are missing.
 func Cluster(t testing.TB) *pgcluster.Cluster {
 	t.Helper()
+	SkipShort(t, "PostgreSQL")
 	clusterOnce.Do(func() {
 		clusterDir, clusterErr = os.MkdirTemp("", "switchyard-pg-")
 		if clusterErr != nil {
@@ -96,6 +100,15 @@ func randomHex(n int) string {
 		panic(fmt.Sprintf("crypto/rand: %v", err))
 	}
 	return hex.EncodeToString(b)
+}
+
+// SkipShort skips t under go test -short: a test that needs what (a
+// server, processes, a build) is not a unit test.
+func SkipShort(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("needs %s: skipped under -short", what)
+	}
 }
 
 // WaitFor polls cond every 20ms and fails the test if it is still false

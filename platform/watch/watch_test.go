@@ -24,7 +24,8 @@ func TestNotifyWakesSubscribersOnCommitOnly(t *testing.T) {
 	defer unsubA()
 	b, unsubB := hub.Subscribe("b")
 	defer unsubB()
-	go hub.Run(ctx)
+	// Run returns nil: it retries until ctx ends.
+	go func() { _ = hub.Run(ctx) }()
 	drain := func(ch <-chan struct{}) { // the hub wakes everyone once it listens
 		select {
 		case <-ch:

@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -33,6 +34,11 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("e2e: every test runs the whole shop: skipped under -short")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "switchyard-bin-")
 	if err != nil {
 		panic(err)

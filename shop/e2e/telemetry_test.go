@@ -106,7 +106,12 @@ func startCollector(t *testing.T) (*collector, string) {
 	c := &collector{}
 	srv := grpc.NewServer()
 	collectortrace.RegisterTraceServiceServer(srv, c)
-	go srv.Serve(lis)
+	go func() {
+		// Serve returns nil once the cleanup stops it.
+		if err := srv.Serve(lis); err != nil {
+			t.Errorf("OTLP collector: %v", err)
+		}
+	}()
 	t.Cleanup(srv.Stop)
 	return c, lis.Addr().String()
 }

@@ -97,8 +97,11 @@ func (c *Checker) WaitQuiet(ctx context.Context, timeout time.Duration) error {
 		} else {
 			last = ""
 		}
+		if time.Now().After(deadline) && err != nil {
+			return fmt.Errorf("not quiet after %s (state: %s): last error: %w", timeout, state, err)
+		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("not quiet after %s (last error: %v; state: %s)", timeout, err, state)
+			return fmt.Errorf("not quiet after %s (state: %s)", timeout, state)
 		}
 		select {
 		case <-ctx.Done():

@@ -217,7 +217,7 @@ func newBroker(port int, dir string, sync bool) (*kfake.Cluster, error) {
 	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
-		return nil, fmt.Errorf("Kafka broker on port %d: %w", port, err)
+		return nil, fmt.Errorf("start the Kafka broker on port %d: %w", port, err)
 	}
 	return c, nil
 }
@@ -527,8 +527,11 @@ func (s *Stack) WaitServing(ctx context.Context, name string) error {
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
+		if time.Now().After(deadline) && err != nil {
+			return fmt.Errorf("%s did not report SERVING within 2 minutes: %w", name, err)
+		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not report SERVING within 2 minutes (last: %v %v)", name, resp.GetStatus(), err)
+			return fmt.Errorf("%s did not report SERVING within 2 minutes (last: %v)", name, resp.GetStatus())
 		}
 	}
 }
@@ -558,7 +561,7 @@ func (s *Stack) Close() error {
 		s.redis.Shutdown()
 	}
 	if s.Postgres != nil {
-		errs = append(errs, s.Postgres.Stop())
+		s.Postgres.Stop()
 	}
 	return errors.Join(errs...)
 }

@@ -7,6 +7,7 @@ package transporttest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -134,7 +135,7 @@ func (b *Bus) read(t testing.TB, topic, suffix string, timeout time.Duration, do
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			entries, err := rdb.XRange(ctx, stream, next[p], "+").Result()
 			cancel()
-			if err != nil && err != redis.Nil {
+			if err != nil && !errors.Is(err, redis.Nil) {
 				if time.Now().After(deadline) {
 					t.Fatalf("transporttest: XRANGE %s: %v", stream, err)
 				}

@@ -275,7 +275,9 @@ func pgbench(ctx context.Context, pgURL string, clients int) (float64, error) {
 	for sc.Scan() {
 		if m := re.FindStringSubmatch(sc.Text()); m != nil {
 			var tps float64
-			fmt.Sscan(m[1], &tps)
+			if _, err := fmt.Sscan(m[1], &tps); err != nil {
+				return 0, fmt.Errorf("pgbench tps %q: %w", m[1], err)
+			}
 			return tps, nil
 		}
 	}

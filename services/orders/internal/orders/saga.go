@@ -2,6 +2,7 @@ package orders
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -29,7 +30,7 @@ func lockSaga(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) {
 	s := saga{orderID: orderID}
 	err := tx.QueryRow(ctx, `SELECT customer_id::text, status, saga_step, total_minor FROM orders WHERE order_id = $1 FOR UPDATE`, orderID).
 		Scan(&s.customerID, &s.status, &s.step, &s.total)
-	if err == pgx.ErrNoRows {
+	if errors.Is(err, pgx.ErrNoRows) {
 		return s, status.Errorf(codes.NotFound, "order %s not found", orderID)
 	}
 	return s, err
