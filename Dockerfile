@@ -17,13 +17,17 @@ FROM golang:${GO_VERSION}-bookworm AS build
 ARG SERVICE
 RUN test -n "${SERVICE}" || (echo "build with --build-arg SERVICE=<customers|orders|inventory|payments|notifications>" && false)
 WORKDIR /src
-# Module files first, so dependency downloads are cached across code changes.
+# Module files first, so dependency downloads are cached across code changes. services/rules
+# is the shop's rules that several services share: every image copies it,
+# whether its service uses it or not, so there is one list of COPY lines.
 COPY gen/go/go.mod gen/go/go.sum gen/go/
 COPY platform/go.mod platform/go.sum platform/
+COPY services/rules/go.mod services/rules/go.sum services/rules/
 COPY services/${SERVICE}/go.mod services/${SERVICE}/go.sum services/${SERVICE}/
 RUN --mount=type=cache,target=/go/pkg/mod cd services/${SERVICE} && GOWORK=off go mod download
 COPY gen/go gen/go
 COPY platform platform
+COPY services/rules services/rules
 COPY services/${SERVICE} services/${SERVICE}
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     cd services/${SERVICE} && CGO_ENABLED=1 GOWORK=off go build -trimpath -o /out/service ./cmd/${SERVICE}

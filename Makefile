@@ -12,7 +12,7 @@ GRPCURL := $(BIN)/grpcurl
 # dependencies never move buf's or grpcurl's versions.
 GOLANGCI_LINT := $(BIN)/golangci-lint
 SERVICES := customers orders inventory payments notifications
-MODULES  := ./gen/go/... ./platform/... ./shop/... $(foreach s,$(SERVICES),./services/$(s)/...)
+MODULES  := ./gen/go/... ./platform/... ./shop/... ./services/rules/... $(foreach s,$(SERVICES),./services/$(s)/...)
 # The one way to build a service, here and in the Dockerfile (each service
 # module builds on its own, as in the image; deploy/ tests that they match).
 GOBUILD := GOWORK=off go build -trimpath

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -555,7 +556,9 @@ func TestSkaffoldConfig(t *testing.T) {
 }
 
 // The Dockerfile's build command is `make build`'s, and it builds every
-// service.
+// service from what the Dockerfile copies into the image and nothing else,
+// so a module a service needs but the Dockerfile does not copy (a new
+// shared module, say) fails here rather than in docker build.
 func TestDockerfileBuildsLikeCI(t *testing.T) {
 	dockerfile, err := os.ReadFile("../Dockerfile")
 	if err != nil {
@@ -573,13 +576,57 @@ func TestDockerfileBuildsLikeCI(t *testing.T) {
 	if string(docker[1]) != strings.TrimSpace(string(mk[1])) {
 		t.Fatalf("Dockerfile builds with %q, make build with %q", docker[1], mk[1])
 	}
+	copies := regexp.MustCompile(`(?m)^COPY ([^-\n][^\n]*)$`).FindAllSubmatch(dockerfile, -1)
+	if len(copies) == 0 {
+		t.Fatal("the Dockerfile copies nothing from the build context")
+	}
 	args := strings.Fields(string(docker[1]))[1:] // drop GOWORK=off
 	for _, n := range serviceNames {
+		src := t.TempDir() // the image's /src
+		for _, c := range copies {
+			paths := strings.Fields(strings.ReplaceAll(string(c[1]), "${SERVICE}", n))
+			copyInto(t, src, paths[:len(paths)-1], paths[len(paths)-1])
+		}
 		cmd := exec.Command(args[0], append(args[1:], "-o", t.TempDir()+"/"+n, "./cmd/"+n)...)
-		cmd.Dir = "../services/" + n
+		cmd.Dir = filepath.Join(src, "services", n)
 		cmd.Env = append(os.Environ(), "GOWORK=off", "CGO_ENABLED=1")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("%s: %s: %v\n%s", n, strings.Join(cmd.Args, " "), err, out)
+			t.Fatalf("%s, from what the Dockerfile copies: %s: %v\n%s", n, strings.Join(cmd.Args, " "), err, out)
+		}
+	}
+}
+
+// copyInto does what a Dockerfile's COPY srcs... dest does with paths of
+// the repository: a directory's contents go to dest, a file goes into dest
+// when dest ends in a slash, and to dest otherwise; existing files are
+// overwritten.
+func copyInto(t *testing.T, root string, srcs []string, dest string) {
+	t.Helper()
+	for _, s := range srcs {
+		from := filepath.Join("..", s)
+		to := filepath.Join(root, dest)
+		err := filepath.WalkDir(from, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			target := to
+			switch rel, _ := filepath.Rel(from, path); {
+			case rel != ".":
+				target = filepath.Join(to, rel)
+			case strings.HasSuffix(dest, "/"):
+				target = filepath.Join(to, filepath.Base(path))
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				return err
+			}
+			return os.WriteFile(target, b, 0o644)
+		})
+		if err != nil {
+			t.Fatalf("COPY %s %s: %v", s, dest, err)
 		}
 	}
 }

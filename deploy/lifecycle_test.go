@@ -592,7 +592,7 @@ func TestDockerfileBuildsOffline(t *testing.T) {
 	if len(image) < 3 {
 		t.Errorf("GO_VERSION=%s names no patch release: an older cached golang:%s image fails the go.mod check under GOTOOLCHAIN=local", m[1], m[1])
 	}
-	for _, mod := range append([]string{"../gen/go/go.mod", "../platform/go.mod"}, servicesGoMods()...) {
+	for _, mod := range append([]string{"../gen/go/go.mod", "../platform/go.mod", "../services/rules/go.mod"}, servicesGoMods()...) {
 		b, err := os.ReadFile(mod)
 		if err != nil {
 			t.Fatal(err)

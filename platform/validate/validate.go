@@ -1,6 +1,9 @@
 // Package validate collects field-level violations of a request and turns
 // them into one INVALID_ARGUMENT status carrying google.rpc.BadRequest
-// details, so a client learns every bad field at once.
+// details, so a client learns every bad field at once. It holds generic
+// checks only: an application's own rules (the reference shop's currency
+// and SKU format) live in the application and add their violations with
+// [Violations.Add].
 //
 //	var v validate.Violations
 //	v.Email("email", req.GetEmail())
@@ -13,7 +16,6 @@ package validate
 import (
 	"fmt"
 	"net/mail"
-	"regexp"
 	"strings"
 	"unicode/utf8"
 
@@ -22,9 +24,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-// Currency is the one currency the shop accepts.
-const Currency = "USD"
 
 // Violations accumulates field violations; the zero value is ready to use.
 type Violations struct {
@@ -84,33 +83,6 @@ func (v *Violations) Email(field, s string) {
 	addr, err := mail.ParseAddress(s)
 	if len(s) > 254 || err != nil || addr.Address != s || addr.Name != "" || !strings.Contains(s[strings.LastIndex(s, "@")+1:], ".") {
 		v.Add(field, "must be an email address like name@example.com")
-	}
-}
-
-var skuRE = regexp.MustCompile(`^[A-Z0-9_-]{1,64}$`)
-
-// IsSKU reports whether s is 1-64 characters of A-Z 0-9 - _.
-func IsSKU(s string) bool { return skuRE.MatchString(s) }
-
-// SKU checks that s is 1-64 characters of A-Z 0-9 - _.
-func (v *Violations) SKU(field, s string) {
-	if !IsSKU(s) {
-		v.Add(field, "must be 1-64 characters of A-Z 0-9 - _")
-	}
-}
-
-// Money checks a present amount in USD that is not negative (and positive
-// unless allowZero).
-func (v *Violations) Money(field string, present bool, currency string, amountMinor int64, allowZero bool) {
-	switch {
-	case !present:
-		v.Add(field, "is required")
-	case currency != Currency:
-		v.Addf(field+".currency", "must be %q", Currency)
-	case amountMinor < 0:
-		v.Add(field+".amount_minor", "must not be negative")
-	case amountMinor == 0 && !allowZero:
-		v.Add(field+".amount_minor", "must be positive")
 	}
 }
 

@@ -39,15 +39,3 @@ func TestLength(t *testing.T) {
 		}
 	}
 }
-
-func TestIsSKU(t *testing.T) {
-	t.Parallel()
-	for s, want := range map[string]bool{
-		"BOOK-1": true, "A_B": true, strings.Repeat("X", 64): true,
-		"": false, "book": false, "A B": false, "A\x00": false, strings.Repeat("X", 65): false,
-	} {
-		if got := validate.IsSKU(s); got != want {
-			t.Errorf("IsSKU(%q) = %v, want %v", s, got, want)
-		}
-	}
-}

@@ -5,12 +5,14 @@ go 1.26.8
 replace (
 	github.com/switchyard/switchyard/gen/go => ../../gen/go
 	github.com/switchyard/switchyard/platform => ../../platform
+	github.com/switchyard/switchyard/services/rules => ../rules
 )
 
 require (
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/switchyard/switchyard/gen/go v0.0.0-00010101000000-000000000000
 	github.com/switchyard/switchyard/platform v0.0.0-00010101000000-000000000000
+	github.com/switchyard/switchyard/services/rules v0.0.0-00010101000000-000000000000
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 )

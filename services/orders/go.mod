@@ -5,6 +5,7 @@ go 1.26.8
 replace (
 	github.com/switchyard/switchyard/gen/go => ../../gen/go
 	github.com/switchyard/switchyard/platform => ../../platform
+	github.com/switchyard/switchyard/services/rules => ../rules
 )
 
 require (
@@ -13,6 +14,8 @@ require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/switchyard/switchyard/gen/go v0.0.0-00010101000000-000000000000
 	github.com/switchyard/switchyard/platform v0.0.0-00010101000000-000000000000
+	github.com/switchyard/switchyard/services/rules v0.0.0-00010101000000-000000000000
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260928230214-8a89bd6388cc
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 )
@@ -53,5 +56,4 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20260928230214-8a89bd6388cc // indirect
-	google.golang.org/genproto/googleapis/rpc v0.0.0-20260928230214-8a89bd6388cc // indirect
 )

@@ -22,6 +22,7 @@ import (
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/validate"
+	"github.com/switchyard/switchyard/services/rules"
 )
 
 //go:embed migrations/*.sql
@@ -102,9 +103,9 @@ func (s *server) stockChanged(ctx context.Context, tx pgx.Tx, sku string, availa
 
 func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProductRequest) (*inventoryv1.CreateProductResponse, error) {
 	var v validate.Violations
-	v.SKU("sku", req.GetSku())
+	rules.SKU(&v, "sku", req.GetSku())
 	v.Length("name", req.GetName(), 1, 200)
-	v.Money("price", req.GetPrice() != nil, req.GetPrice().GetCurrency(), req.GetPrice().GetAmountMinor(), false)
+	rules.Amount(&v, "price", req.GetPrice())
 	if req.GetPrice().GetAmountMinor() > maxPrice {
 		v.Addf("price.amount_minor", "must be at most %d", int64(maxPrice))
 	}
@@ -136,7 +137,7 @@ func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProdu
 
 func (s *server) GetProduct(ctx context.Context, req *inventoryv1.GetProductRequest) (*inventoryv1.GetProductResponse, error) {
 	var v validate.Violations
-	v.SKU("sku", req.GetSku())
+	rules.SKU(&v, "sku", req.GetSku())
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
@@ -172,7 +173,7 @@ func (s *server) ListProducts(ctx context.Context, req *inventoryv1.ListProducts
 	if t := req.GetPageToken(); t != "" {
 		b, err := base64.RawURLEncoding.DecodeString(t)
 		after = string(b)
-		if err != nil || !validate.IsSKU(after) {
+		if err != nil || !rules.IsSKU(after) {
 			v.Add("page_token", "is not a token returned by ListProducts")
 		}
 	}
@@ -204,7 +205,7 @@ func (s *server) ListProducts(ctx context.Context, req *inventoryv1.ListProducts
 
 func (s *server) AdjustStock(ctx context.Context, req *inventoryv1.AdjustStockRequest) (*inventoryv1.AdjustStockResponse, error) {
 	var v validate.Violations
-	v.SKU("sku", req.GetSku())
+	rules.SKU(&v, "sku", req.GetSku())
 	v.Range("delta", req.GetDelta(), -maxStock, maxStock)
 	if req.GetDelta() == 0 {
 		v.Add("delta", "must not be zero")

@@ -13,7 +13,7 @@ import (
 	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/outbox"
-	"github.com/switchyard/switchyard/platform/validate"
+	"github.com/switchyard/switchyard/services/rules"
 )
 
 // emit writes a saga reply keyed by the order id.
@@ -74,7 +74,7 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 			return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockRejected{OrderId: cmd.GetOrderId(), Reason: ReasonOutOfStock, Sku: sku})
 		}
 	}
-	reply := &inventoryv1.StockReserved{OrderId: cmd.GetOrderId(), Total: &moneyv1.Money{Currency: validate.Currency}}
+	reply := &inventoryv1.StockReserved{OrderId: cmd.GetOrderId(), Total: rules.Money(0)}
 	for _, sku := range skus {
 		p, q := found[sku], want[sku]
 		var available, reserved, version int64

@@ -5,6 +5,7 @@ import (
 
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
+	"github.com/switchyard/switchyard/services/rules"
 )
 
 // Order statuses and saga steps as stored in the orders table.
@@ -64,7 +65,7 @@ func decide(st saga, h happening) decision {
 		switch {
 		case st.awaiting(stepReserving):
 			return decision{step: stepCharging, commands: []proto.Message{
-				&paymentsv1.ChargePayment{OrderId: st.orderID, CustomerId: st.customerID, Amount: usd(h.total)}}}
+				&paymentsv1.ChargePayment{OrderId: st.orderID, CustomerId: st.customerID, Amount: rules.Money(h.total)}}}
 		case st.status == statusCancelled:
 			// A late reservation for an order already cancelled: give it back.
 			return decision{commands: []proto.Message{release("late reservation")}}

@@ -19,7 +19,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
-	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/idempotency"
@@ -27,6 +26,7 @@ import (
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/validate"
 	"github.com/switchyard/switchyard/platform/watch"
+	"github.com/switchyard/switchyard/services/rules"
 )
 
 //go:embed migrations/*.sql
@@ -140,10 +140,6 @@ type server struct {
 	backlog *backlog
 }
 
-func usd(minor int64) *moneyv1.Money {
-	return &moneyv1.Money{Currency: validate.Currency, AmountMinor: minor}
-}
-
 func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderRequest) (*ordersv1.CreateOrderResponse, error) {
 	var v validate.Violations
 	v.UUID("customer_id", req.GetCustomerId())
@@ -157,7 +153,7 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 		seen := map[string]bool{}
 		for i, it := range req.GetItems() {
 			field := "items[" + strconv.Itoa(i) + "]"
-			v.SKU(field+".sku", it.GetSku())
+			rules.SKU(&v, field+".sku", it.GetSku())
 			v.Range(field+".quantity", it.GetQuantity(), 1, 1000)
 			if seen[it.GetSku()] {
 				v.Add(field+".sku", "appears twice; combine the quantities")
@@ -365,7 +361,7 @@ func loadOrders(ctx context.Context, q querier, ids []string) ([]*ordersv1.Order
 			rows.Close()
 			return nil, fmt.Errorf("load orders: %w", err)
 		}
-		o.Status, o.Total, o.CreateTime, o.UpdateTime = statuses[st], usd(total), timestamppb.New(created), timestamppb.New(updated)
+		o.Status, o.Total, o.CreateTime, o.UpdateTime = statuses[st], rules.Money(total), timestamppb.New(created), timestamppb.New(updated)
 		byID[o.OrderId] = o
 	}
 	rows.Close()
@@ -386,7 +382,7 @@ func loadOrders(ctx context.Context, q querier, ids []string) ([]*ordersv1.Order
 			return nil, fmt.Errorf("load order items: %w", err)
 		}
 		if price != nil {
-			it.UnitPrice = usd(*price)
+			it.UnitPrice = rules.Money(*price)
 		}
 		if o := byID[id]; o != nil {
 			o.Items = append(o.Items, it)

@@ -18,7 +18,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
-	moneyv1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/idempotency"
@@ -26,6 +25,7 @@ import (
 	"github.com/switchyard/switchyard/platform/pagetoken"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/validate"
+	"github.com/switchyard/switchyard/services/rules"
 )
 
 //go:embed migrations/*.sql
@@ -65,10 +65,6 @@ type server struct {
 	env *service.Env
 }
 
-func usd(minor int64) *moneyv1.Money {
-	return &moneyv1.Money{Currency: validate.Currency, AmountMinor: minor}
-}
-
 func (s *server) account(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }, customerID string, lock bool) (*paymentsv1.Account, error) {
@@ -84,7 +80,7 @@ func (s *server) account(ctx context.Context, q interface {
 	if err != nil {
 		return nil, fmt.Errorf("read account %s: %w", customerID, err)
 	}
-	return &paymentsv1.Account{CustomerId: customerID, Balance: usd(balance)}, nil
+	return &paymentsv1.Account{CustomerId: customerID, Balance: rules.Money(balance)}, nil
 }
 
 func (s *server) GetAccount(ctx context.Context, req *paymentsv1.GetAccountRequest) (*paymentsv1.GetAccountResponse, error) {
@@ -103,7 +99,7 @@ func (s *server) GetAccount(ctx context.Context, req *paymentsv1.GetAccountReque
 func (s *server) TopUp(ctx context.Context, req *paymentsv1.TopUpRequest) (*paymentsv1.TopUpResponse, error) {
 	var v validate.Violations
 	v.UUID("customer_id", req.GetCustomerId())
-	v.Money("amount", req.GetAmount() != nil, req.GetAmount().GetCurrency(), req.GetAmount().GetAmountMinor(), false)
+	rules.Amount(&v, "amount", req.GetAmount())
 	if req.GetAmount().GetAmountMinor() > maxTopUp {
 		v.Addf("amount.amount_minor", "must be at most %d", maxTopUp)
 	}
@@ -127,7 +123,7 @@ func (s *server) TopUp(ctx context.Context, req *paymentsv1.TopUpRequest) (*paym
 				uuid.New(), req.GetCustomerId(), req.GetAmount().GetAmountMinor()); err != nil {
 				return nil, err
 			}
-			return &paymentsv1.TopUpResponse{Account: &paymentsv1.Account{CustomerId: req.GetCustomerId(), Balance: usd(balance)}}, nil
+			return &paymentsv1.TopUpResponse{Account: &paymentsv1.Account{CustomerId: req.GetCustomerId(), Balance: rules.Money(balance)}}, nil
 		})
 		return err
 	})
@@ -178,7 +174,7 @@ func (s *server) ListPayments(ctx context.Context, req *paymentsv1.ListPaymentsR
 		if err := r.Scan(&id, &p.OrderId, &kind, &amount, &at); err != nil {
 			return nil, err
 		}
-		p.PaymentId, p.Kind, p.Amount, p.CreateTime = id.String(), kinds[kind], usd(amount), timestamppb.New(at)
+		p.PaymentId, p.Kind, p.Amount, p.CreateTime = id.String(), kinds[kind], rules.Money(amount), timestamppb.New(at)
 		return p, nil
 	})
 	if err != nil {
@@ -206,13 +202,13 @@ func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msg proto.
 // charge captures an order's total, or declines it.
 func (s *server) charge(ctx context.Context, tx pgx.Tx, cmd *paymentsv1.ChargePayment, _ consumer.Metadata) error {
 	orderID, customerID, amount := cmd.GetOrderId(), cmd.GetCustomerId(), cmd.GetAmount().GetAmountMinor()
-	if amount <= 0 || cmd.GetAmount().GetCurrency() != validate.Currency {
+	if amount <= 0 || cmd.GetAmount().GetCurrency() != rules.Currency {
 		return consumer.Permanent(fmt.Errorf("order %s: cannot charge %v", orderID, cmd.GetAmount()))
 	}
 	var existing uuid.UUID
 	err := tx.QueryRow(ctx, `SELECT payment_id FROM payments WHERE order_id = $1 AND kind = 'CAPTURE'`, orderID).Scan(&existing)
 	if err == nil { // a repeated command: the first capture stands
-		return s.emit(ctx, tx, orderID, &paymentsv1.PaymentCaptured{OrderId: orderID, CustomerId: customerID, PaymentId: existing.String(), Amount: usd(amount)})
+		return s.emit(ctx, tx, orderID, &paymentsv1.PaymentCaptured{OrderId: orderID, CustomerId: customerID, PaymentId: existing.String(), Amount: rules.Money(amount)})
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return err
@@ -235,7 +231,7 @@ func (s *server) charge(ctx context.Context, tx pgx.Tx, cmd *paymentsv1.ChargePa
 		id, customerID, orderID, amount); err != nil {
 		return err
 	}
-	return s.emit(ctx, tx, orderID, &paymentsv1.PaymentCaptured{OrderId: orderID, CustomerId: customerID, PaymentId: id.String(), Amount: usd(amount)})
+	return s.emit(ctx, tx, orderID, &paymentsv1.PaymentCaptured{OrderId: orderID, CustomerId: customerID, PaymentId: id.String(), Amount: rules.Money(amount)})
 }
 
 // refund returns an order's net capture (captured minus already refunded).
@@ -249,7 +245,7 @@ func (s *server) refund(ctx context.Context, tx pgx.Tx, cmd *paymentsv1.RefundPa
 		FROM payments WHERE order_id = $1`, orderID).Scan(&customerID, &net); err != nil {
 		return err
 	}
-	reply := &paymentsv1.PaymentRefunded{OrderId: orderID, Amount: usd(0)}
+	reply := &paymentsv1.PaymentRefunded{OrderId: orderID, Amount: rules.Money(0)}
 	if customerID != nil {
 		reply.CustomerId = customerID.String()
 	}
@@ -264,7 +260,7 @@ func (s *server) refund(ctx context.Context, tx pgx.Tx, cmd *paymentsv1.RefundPa
 			uuid.New(), *customerID, orderID, net); err != nil {
 			return err
 		}
-		reply.Amount = usd(net)
+		reply.Amount = rules.Money(net)
 	}
 	return s.emit(ctx, tx, orderID, reply)
 }
