@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/envelope"
+	"github.com/switchyard/switchyard/platform/pgerr"
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
@@ -207,33 +206,13 @@ type infraError struct{ error }
 
 func (e infraError) Unwrap() error { return e.error }
 
-// transientStates are the SQLSTATEs (and classes) that say the database was
-// busy, contended or going away, not that the event is wrong.
-var transientStates = map[string]bool{
-	"40001": true, // serialization_failure
-	"40P01": true, // deadlock_detected
-	"55P03": true, // lock_not_available
-	"57014": true, // query_canceled (statement_timeout)
-	"57P01": true, // admin_shutdown
-	"57P02": true, // crash_shutdown
-	"57P03": true, // cannot_connect_now
-	"53300": true, // too_many_connections
-	"53400": true, // configuration_limit_exceeded
-}
-
 // isTransient reports whether err means the database could not be reached,
 // the connection broke, or the transaction lost a race it can win on a
-// retry, as opposed to the handler rejecting the event.
+// retry (see package pgerr), or was marked with [Transient], as opposed to
+// the handler rejecting the event.
 func isTransient(err error) bool {
 	var ie infraError
-	var ce *pgconn.ConnectError
-	var ne net.Error
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return transientStates[pe.Code] || len(pe.Code) == 5 && pe.Code[:2] == "08" // connection_exception
-	}
-	return errors.As(err, &ie) || errors.As(err, &ce) || errors.As(err, &ne) || pgconn.Timeout(err) ||
-		errors.Is(err, pgx.ErrTxClosed)
+	return errors.As(err, &ie) || pgerr.Transient(err)
 }
 
 // deadLetter sends msg to the partition's dead-letter destination with the

@@ -13,13 +13,14 @@ package idempotency
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/platform/grpcerr"
 	"github.com/switchyard/switchyard/platform/migrate"
 )
 
@@ -50,8 +51,9 @@ func Prune(ctx context.Context, db migrate.Querier, retention time.Duration) (in
 	return tag.RowsAffected(), nil
 }
 
-// ErrKeyReused is returned when a key comes back with a different request.
-var ErrKeyReused = errors.New("idempotency key already used with a different request")
+// ErrKeyReused is returned when a key comes back with a different request;
+// it answers INVALID_ARGUMENT, naming the request's idempotency_key field.
+var ErrKeyReused error = grpcerr.New(codes.InvalidArgument, "idempotency_key: already used with a different request")
 
 // Do runs fn once per (scope, key) inside tx and returns its response; with
 // a key seen before it returns the stored response instead. A concurrent

@@ -31,8 +31,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/platform/grpcerr"
 	"github.com/switchyard/switchyard/platform/migrate"
 )
 
@@ -122,9 +124,9 @@ var ErrInvalidEvent = errors.New("invalid outbox event")
 // by [Writer.Write] for an event bigger than the writer's limit
 // ([DefaultMaxEventBytes] unless [WithMaxEventBytes] says otherwise). Nothing
 // of that Write reaches the database, and the caller's transaction must not
-// commit: a service answers such a request with an error (gRPC
-// INVALID_ARGUMENT: the request makes an event too big to carry).
-var ErrEventTooLarge = errors.New("outbox event too large for the transport")
+// commit: a service answers such a request with this error, which answers
+// INVALID_ARGUMENT (the request makes an event too big to carry).
+var ErrEventTooLarge error = grpcerr.New(codes.InvalidArgument, "outbox event too large for the transport")
 
 // DefaultMaxEventBytes is the default limit on an event's size as the
 // transport carries it: payload, key and headers (see [EventSize]). It is

@@ -22,7 +22,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,11 +34,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 
 	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/consumer"
@@ -605,93 +602,6 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
-}
-
-// exempt lists the methods that answer before the service is ready.
-func exempt(method string) bool {
-	return strings.HasPrefix(method, "/grpc.health.v1.Health/") || strings.HasPrefix(method, "/grpc.reflection.")
-}
-
-var errNotReady = status.Error(codes.Unavailable, "service is starting: database or broker not reachable yet")
-
-// observe logs a finished RPC (with its trace id, through ctx) and records
-// its metrics.
-func observe(ctx context.Context, logger *slog.Logger, metrics *telemetry.Metrics, method string, start time.Time, err error) {
-	if exempt(method) {
-		return
-	}
-	code := status.Code(err)
-	d := time.Since(start)
-	metrics.ObserveRPC(method, code, d)
-	level := slog.LevelInfo
-	if code == codes.Internal || code == codes.Unknown {
-		level = slog.LevelError
-	}
-	logger.Log(ctx, level, "rpc", "method", telemetry.ShortMethod(method), "code", code.String(), "duration_ms", float64(d.Microseconds())/1000)
-}
-
-func unaryGuard(ready *atomic.Bool, logger *slog.Logger, metrics *telemetry.Metrics) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-		start := time.Now()
-		defer func() { observe(ctx, logger, metrics, info.FullMethod, start, err) }()
-		if !ready.Load() && !exempt(info.FullMethod) {
-			return nil, errNotReady
-		}
-		defer func() {
-			if r := recover(); r != nil {
-				logger.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-				resp, err = nil, status.Error(codes.Internal, "internal error")
-			}
-		}()
-		resp, err = handler(ctx, req)
-		return resp, toStatus(ctx, err, info.FullMethod, logger)
-	}
-}
-
-func streamGuard(ready *atomic.Bool, logger *slog.Logger, metrics *telemetry.Metrics) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
-		start := time.Now()
-		defer func() { observe(ss.Context(), logger, metrics, info.FullMethod, start, err) }()
-		if !ready.Load() && !exempt(info.FullMethod) {
-			return errNotReady
-		}
-		defer func() {
-			if r := recover(); r != nil {
-				logger.ErrorContext(ss.Context(), "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-				err = status.Error(codes.Internal, "internal error")
-			}
-		}()
-		return toStatus(ss.Context(), handler(srv, ss), info.FullMethod, logger)
-	}
-}
-
-// toStatus maps errors to gRPC statuses at the edge: statuses pass through,
-// known platform errors get their code, anything else is INTERNAL (logged,
-// not leaked).
-func toStatus(ctx context.Context, err error, method string, logger *slog.Logger) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	switch {
-	case errors.Is(err, idempotency.ErrKeyReused):
-		return status.Error(codes.InvalidArgument, "idempotency_key: "+err.Error())
-	case errors.Is(err, outbox.ErrEventTooLarge):
-		// The request would make an event the transport cannot carry.
-		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, watch.ErrStopping):
-		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, watch.ErrTooManyStreams):
-		return status.Error(codes.ResourceExhausted, err.Error())
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, "request cancelled")
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
-	}
-	logger.ErrorContext(ctx, "request failed", "method", method, "error", err)
-	return status.Error(codes.Internal, "internal error")
 }
 
 // pruneIdempotencyKeys deletes expired idempotency keys every tenth of the

@@ -18,7 +18,6 @@ package watch
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -27,8 +26,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc/codes"
 
 	"github.com/switchyard/switchyard/platform/backoff"
+	"github.com/switchyard/switchyard/platform/grpcerr"
 )
 
 // Notify announces, inside tx, that key changed on channel.
@@ -40,9 +41,9 @@ func Notify(ctx context.Context, tx pgx.Tx, channel, key string) error {
 }
 
 // ErrTooManyStreams is returned by Follow when the hub's [Limit] is
-// reached; the service maps it to RESOURCE_EXHAUSTED, so that clients back
-// off or watch through another replica.
-var ErrTooManyStreams = errors.New("too many watch streams on this server; retry later")
+// reached; it answers RESOURCE_EXHAUSTED, so that clients back off or
+// watch through another replica.
+var ErrTooManyStreams error = grpcerr.New(codes.ResourceExhausted, "too many watch streams on this server; retry later")
 
 // Limit bounds the number of streams following at once; share one between
 // the hubs of a process to bound the process.
@@ -137,8 +138,8 @@ func (h *Hub) wake(key string, all bool) {
 }
 
 // ErrStopping is returned by Follow when the server begins to shut down;
-// the service maps it to UNAVAILABLE so that clients watch again elsewhere.
-var ErrStopping = errors.New("server shutting down; watch again")
+// it answers UNAVAILABLE, so that clients watch again elsewhere.
+var ErrStopping error = grpcerr.New(codes.Unavailable, "server shutting down; watch again")
 
 // Follow calls step now and again whenever key may have changed (a
 // notification, or every recheck as a safety net) until step reports done
