@@ -29,6 +29,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
+	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
+	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/platform/redisserver"
@@ -41,12 +46,16 @@ import (
 var Services = []struct {
 	Name string
 	Port int
+	// API is the gRPC service it serves. Its health entry says when the
+	// service is ready, and only this service has it: another process that
+	// took the port first answers NOT_FOUND for it, not SERVING.
+	API string
 }{
-	{"customers", 50051},
-	{"orders", 50052},
-	{"inventory", 50053},
-	{"payments", 50054},
-	{"notifications", 50055},
+	{"customers", 50051, customersv1.CustomerService_ServiceDesc.ServiceName},
+	{"orders", 50052, ordersv1.OrderService_ServiceDesc.ServiceName},
+	{"inventory", 50053, inventoryv1.InventoryService_ServiceDesc.ServiceName},
+	{"payments", 50054, paymentsv1.PaymentService_ServiceDesc.ServiceName},
+	{"notifications", 50055, notificationsv1.NotificationService_ServiceDesc.ServiceName},
 }
 
 // Options configure a stack.
@@ -501,8 +510,19 @@ func (s *Stack) ExitCode(name string) int {
 	}
 }
 
-// WaitServing waits until a service's health check reports SERVING.
+// WaitServing waits until a service's health check reports SERVING for
+// its own gRPC service (Services[].API), so that a port some other server
+// took first is never mistaken for the service.
 func (s *Stack) WaitServing(ctx context.Context, name string) error {
+	api := ""
+	for _, svc := range Services {
+		if svc.Name == name {
+			api = svc.API
+		}
+	}
+	if api == "" {
+		return fmt.Errorf("no service %q in the shop", name)
+	}
 	conn, err := grpc.NewClient(s.Addr(name), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
@@ -512,7 +532,7 @@ func (s *Stack) WaitServing(ctx context.Context, name string) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := client.Check(cctx, &healthpb.HealthCheckRequest{})
+		resp, err := client.Check(cctx, &healthpb.HealthCheckRequest{Service: api})
 		cancel()
 		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
 			return nil

@@ -1,0 +1,49 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// A server that took a service's port first (another stack's, say)
+// answers SERVING for the whole server but knows nothing of the service's
+// API: WaitServing must keep waiting for the service, not take it.
+func TestWaitServingAsksForTheServicesOwnAPI(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	hs := health.NewServer() // SERVING for "" from the start
+	healthpb.RegisterHealthServer(srv, hs)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+
+	const name = "orders"
+	s := &Stack{
+		procs: map[string]*process{name: {done: make(chan struct{})}}, // running
+		ports: map[string]int{name: lis.Addr().(*net.TCPAddr).Port},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.WaitServing(ctx, name); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitServing with a foreign server on the port: %v, want it to wait until the deadline", err)
+	}
+
+	for _, svc := range Services {
+		if svc.Name == name {
+			hs.SetServingStatus(svc.API, healthpb.HealthCheckResponse_SERVING)
+		}
+	}
+	if err := s.WaitServing(context.Background(), name); err != nil {
+		t.Fatalf("WaitServing once the service's API is SERVING: %v", err)
+	}
+}
