@@ -11,10 +11,11 @@
 // Redis is never required: a read that Redis cannot answer within
 // [Config.Timeout] (unreachable, slow, refusing writes) is served by the
 // loader, counted as an error and logged at most once per
-// [Config.LogEvery]. After a failure Redis is left alone for
-// [Config.Cooldown], so a slow Redis costs one timeout per cooldown rather
-// than one per read; then it is tried again, so the cache heals without a
-// restart.
+// [Config.LogEvery]. After [Config.SkipAfter] failures in a row Redis is
+// left alone for [Config.Cooldown], so a sick Redis costs a few timeouts
+// per cooldown rather than one per read, while one slow call on a busy
+// machine costs one read, not a second of them; then it is tried again, so
+// the cache heals without a restart.
 //
 // Concurrent misses of one key in one process share one load (and one
 // fill): the loader runs once, and every caller waits for its result under
@@ -78,7 +79,11 @@ type Config struct {
 	// Timeout bounds every Redis call (default 100ms); there are no
 	// retries, so it bounds what a read can lose to a sick Redis.
 	Timeout time.Duration
-	// Cooldown is how long Redis is skipped after a failure (default 1s).
+	// SkipAfter is how many Redis calls in a row must fail before Redis
+	// is skipped for Cooldown (default 3).
+	SkipAfter int
+	// Cooldown is how long Redis is skipped once it has failed SkipAfter
+	// times in a row (default 1s); then one call tries it again.
 	Cooldown time.Duration
 	// TTL is how long an entry lives without being rewritten (default 10m).
 	TTL time.Duration
@@ -99,6 +104,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 100 * time.Millisecond
+	}
+	if c.SkipAfter <= 0 {
+		c.SkipAfter = 3
 	}
 	if c.Cooldown <= 0 {
 		c.Cooldown = time.Second
@@ -148,6 +156,7 @@ type Cache struct {
 	client *redis.Client
 
 	downUntil atomic.Int64 // unix nanoseconds until which Redis is skipped
+	streak    atomic.Int64 // Redis calls failed in a row
 	lastLog   atomic.Int64 // unix nanoseconds of the last failure log line
 	failures  atomic.Int64 // failures since that line
 
@@ -193,7 +202,7 @@ func New(cfg Config) (*Cache, error) {
 		}, []string{"result"}),
 		age: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "switchyard_cache_update_age_seconds",
-			Help:    "Time from a change's commit to the moment the cache holds it (or a newer version), for updates applied from events.",
+			Help:    "Time from a change's transaction to the moment the cache holds it, recorded once per version by the writer that brought it first.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
 	}, nil
@@ -221,6 +230,9 @@ func (c *Cache) Get(ctx context.Context, key string, load Loader) (Entry, error)
 	result := ResultError
 	if c.usable() {
 		e, ok, err := c.read(ctx, key)
+		if err == nil {
+			c.streak.Store(0)
+		}
 		switch {
 		case err == nil && ok:
 			c.requests.WithLabelValues(ResultHit).Inc()
@@ -270,6 +282,8 @@ func (c *Cache) run(key string, f *flight, load Loader, fill bool) {
 	if fill && f.err == nil && c.usable() {
 		if _, err := c.write(ctx, key, f.entry); err != nil {
 			c.failed("fill", err)
+		} else {
+			c.streak.Store(0)
 		}
 	}
 	c.mu.Lock()
@@ -290,18 +304,24 @@ func (c *Cache) Loading() int {
 // warm the cache may ignore it.
 func (c *Cache) Set(ctx context.Context, key string, e Entry) (bool, error) {
 	wrote, err := c.write(ctx, key, e)
-	if err != nil && ctx.Err() == nil {
+	switch {
+	case err == nil:
+		c.streak.Store(0)
+	case ctx.Err() == nil:
 		c.failed("write", err)
 	}
 	return wrote, err
 }
 
-// Apply is [Cache.Set] for an update from an event: it also records, in
-// switchyard_cache_update_age_seconds, the time since changed (when the
-// change was committed) once Redis holds e or a newer version.
+// Apply is [Cache.Set] for a change made at changed (written by its
+// transaction): if it writes e, it records the time since changed in
+// switchyard_cache_update_age_seconds. A version is recorded once, by
+// whichever writer brings it first (a write-through after the commit, or
+// the event's updater when that failed), so the histogram is how long
+// changes take to reach the cache, not how late a second writer is.
 func (c *Cache) Apply(ctx context.Context, key string, e Entry, changed time.Time) (bool, error) {
 	wrote, err := c.Set(ctx, key, e)
-	if err == nil && !changed.IsZero() {
+	if wrote && !changed.IsZero() {
 		c.age.Observe(time.Since(changed).Seconds())
 	}
 	return wrote, err
@@ -344,15 +364,18 @@ func (c *Cache) write(ctx context.Context, key string, e Entry) (bool, error) {
 	return n == 1, nil
 }
 
-// usable reports whether Redis is to be tried (not cooling down after a
-// failure).
+// usable reports whether Redis is to be tried (not cooling down after
+// failures).
 func (c *Cache) usable() bool { return time.Now().UnixNano() >= c.downUntil.Load() }
 
-// failed starts a cooldown and logs, at most once per LogEvery, how many
-// Redis calls failed since the last line.
+// failed starts a cooldown once SkipAfter calls in a row have failed, and
+// logs, at most once per LogEvery, how many Redis calls failed since the
+// last line.
 func (c *Cache) failed(op string, err error) {
 	now := time.Now()
-	c.downUntil.Store(now.Add(c.cfg.Cooldown).UnixNano())
+	if c.streak.Add(1) >= int64(c.cfg.SkipAfter) {
+		c.downUntil.Store(now.Add(c.cfg.Cooldown).UnixNano())
+	}
 	n := c.failures.Add(1)
 	last := c.lastLog.Load()
 	if now.UnixNano()-last < c.cfg.LogEvery.Nanoseconds() || !c.lastLog.CompareAndSwap(last, now.UnixNano()) {

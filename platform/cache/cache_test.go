@@ -270,3 +270,43 @@ func TestLoadErrorIsReturned(t *testing.T) {
 		t.Fatal("a failed load was cached")
 	}
 }
+
+// One failed Redis call (a timeout on a busy machine, say) does not send
+// the next reads to the database; SkipAfter failures in a row do, for the
+// cooldown. A key of the wrong type makes Redis fail one read on demand.
+func TestRedisSkippedOnlyAfterFailuresInARow(t *testing.T) {
+	f := newFixture(t, Config{SkipAfter: 3, Cooldown: time.Hour})
+	ctx := context.Background()
+	f.put(t, "good", "v")
+	if err := f.redis.Client(t).Set(ctx, "test:bad", "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	good, bad := f.loader("good", nil), func(context.Context) (Entry, error) { return Entry{Version: 1, Value: []byte("x")}, nil }
+	if _, err := f.cache.Get(ctx, "good", good); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the fill", func() bool {
+		_, ok, err := f.cache.Peek(ctx, "good")
+		return ok && err == nil
+	})
+	for round := range 2 { // a success in between starts the count again
+		for range 2 {
+			if _, err := f.cache.Get(ctx, "bad", bad); err != nil {
+				t.Fatal(err)
+			}
+		}
+		hits := f.count(ResultHit)
+		if _, err := f.cache.Get(ctx, "good", good); err != nil || f.count(ResultHit) != hits+1 {
+			t.Fatalf("round %d: after 2 failures in a row the next read was not served by Redis (%v)", round, err)
+		}
+	}
+	for range 3 {
+		if _, err := f.cache.Get(ctx, "bad", bad); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := f.count(ResultError)
+	if _, err := f.cache.Get(ctx, "good", good); err != nil || f.count(ResultError) != errs+1 {
+		t.Fatalf("after 3 failures in a row the next read was not sent to the database (%v)", err)
+	}
+}

@@ -150,12 +150,14 @@ func (c *Consumer) apply(parent context.Context, cl transport.Claim, h handler, 
 	if tag.RowsAffected() == 0 {
 		return true, nil
 	}
+	md.hooks = &afterCommit{}
 	if err := h.apply(ctx, tx, event, md); err != nil {
 		return false, fmt.Errorf("handle %s %s: %w", md.Type, md.ID, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return false, infraError{fmt.Errorf("commit: %w", err)}
 	}
+	md.hooks.run(ctx)
 	return false, nil
 }
 

@@ -167,7 +167,9 @@ func (c *Consumer) applyTx(ctx context.Context, cl transport.Claim, run []ready)
 	if err := rows.Err(); err != nil {
 		return 0, 0, infraError{fmt.Errorf("record in inbox: %w", err)}
 	}
+	hooks := &afterCommit{}
 	for i, r := range run {
+		r.md.hooks = hooks
 		if !fresh[r.md.ID] {
 			dups++
 			continue
@@ -192,6 +194,7 @@ func (c *Consumer) applyTx(ctx context.Context, cl transport.Claim, run []ready)
 	if err := tx.Commit(bctx); err != nil {
 		return 0, 0, infraError{fmt.Errorf("commit: %w", err)}
 	}
+	hooks.run(bctx)
 	return applied, dups, nil
 }
 

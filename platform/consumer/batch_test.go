@@ -2,9 +2,12 @@ package consumer_test
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -46,26 +49,11 @@ func TestBatchesAppliedInOneTransaction(t *testing.T) {
 			}
 			return applyDeposit(ctx, tx, v, md)
 		})
-		h.send(first)
-		select {
-		case <-entered:
-		case <-time.After(time.Minute):
-			t.Fatal("the first deposit never reached the handler")
-		}
 		var rest []deposit
 		for i := 0; i < 150; i++ {
 			rest = append(rest, newDeposit(key, 2))
 		}
-		h.send(rest...)
-		part := transport.Partition([]byte(key), 4)
-		testkit.WaitFor(t, time.Minute, "the rest to be fetched behind the busy worker", func() bool {
-			for _, l := range c.Lag() {
-				if l.Partition == part {
-					return l.Messages == 0
-				}
-			}
-			return false
-		})
+		sendBehind(t, h, c, entered, first, rest)
 		close(release)
 		testkit.WaitFor(t, time.Minute, "every deposit", func() bool { return c.Stats().Processed == 151 })
 		var txs int
@@ -94,25 +82,113 @@ func TestBatchesAppliedInOneTransaction(t *testing.T) {
 		})
 		testkit.WaitFor(t, time.Minute, "the second group to catch up", func() bool { return c2.Stats().Processed == 151 })
 		batch := []deposit{newDeposit(key, 4), newDeposit(key, -1), newDeposit(key, 5)}
-		h.send(blocker)
-		select {
-		case <-entered2:
-		case <-time.After(time.Minute):
-			t.Fatal("the blocker never reached the handler")
-		}
-		h.send(batch...)
-		testkit.WaitFor(t, time.Minute, "the batch to be fetched", func() bool {
-			for _, l := range c2.Lag() {
-				if l.Partition == part {
-					return l.Messages == 0
-				}
-			}
-			return false
-		})
+		sendBehind(t, h, c2, entered2, blocker, batch)
 		close(release2)
 		testkit.WaitFor(t, time.Minute, "the batch around the poison event", func() bool {
 			s := c2.Stats()
 			return s.Processed == 151+3 && s.DeadLettered == 1
 		})
+	})
+}
+
+// Hooks registered with Metadata.AfterCommit run once per applied event,
+// after its transaction committed (its writes are visible to others), and
+// never for an attempt that rolled back: a batch sent back to one event per
+// transaction by a poison event, a handler failing once, the poison event
+// itself.
+func TestAfterCommitHooks(t *testing.T) {
+	eachTransport(t, func(t *testing.T, h *harness) {
+		ctx := context.Background()
+		if _, err := h.pool.Exec(ctx, `CREATE TABLE applied (event uuid PRIMARY KEY)`); err != nil {
+			t.Fatal(err)
+		}
+		const key = "acct-hooks"
+		blocker := newDeposit(key, 1)
+		batch := []deposit{newDeposit(key, 2), newDeposit(key, 3), newDeposit(key, -1), newDeposit(key, 4), newDeposit(key, 5)}
+		flaky := batch[3].id
+		release, entered := make(chan struct{}), make(chan struct{})
+		var mu sync.Mutex
+		ran := map[uuid.UUID]int{}
+		var invisible []uuid.UUID
+		failed := false
+		cfg := h.config("hooks")
+		cfg.MaxAttempts = 2
+		c, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			if md.ID == blocker.id {
+				close(entered)
+				<-release
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO applied VALUES ($1)`, md.ID); err != nil {
+				return err
+			}
+			md.AfterCommit(func(ctx context.Context) {
+				var seen bool
+				if err := h.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM applied WHERE event = $1)`, md.ID).Scan(&seen); err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				ran[md.ID]++
+				if !seen {
+					invisible = append(invisible, md.ID)
+				}
+			})
+			if v.Value < 0 {
+				return consumer.Permanent(errors.New("poison"))
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if md.ID == flaky && !failed && md.Attempt == 1 && len(ran) > 1 {
+				failed = true // once, on its own transaction after the batch fell apart
+				return errors.New("downstream hiccup")
+			}
+			return nil
+		})
+		sendBehind(t, h, c, entered, blocker, batch)
+		close(release)
+		testkit.WaitFor(t, time.Minute, "every event applied or dead-lettered", func() bool {
+			s := c.Stats()
+			return s.Processed == 5 && s.DeadLettered == 1
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		if !failed {
+			t.Fatal("the flaky event never failed on its own transaction: the test did not test a rollback")
+		}
+		for _, d := range append([]deposit{blocker}, batch...) {
+			want := 1
+			if d.amount < 0 {
+				want = 0
+			}
+			if ran[d.id] != want {
+				t.Errorf("deposit of %d: hook ran %d times, want %d", d.amount, ran[d.id], want)
+			}
+		}
+		if len(invisible) > 0 {
+			t.Errorf("hooks of %v ran before their transaction's writes were visible", invisible)
+		}
+	})
+}
+
+// sendBehind sends blocker, waits until the handler holds it (entered is
+// closed), then sends batch and waits until c has fetched all of it behind
+// the busy worker: once the handler lets go, batch is applied as one batch.
+func sendBehind(t *testing.T, h *harness, c *consumer.Consumer, entered <-chan struct{}, blocker deposit, batch []deposit) {
+	t.Helper()
+	h.send(blocker)
+	select {
+	case <-entered:
+	case <-time.After(time.Minute):
+		t.Fatal("the first deposit never reached the handler")
+	}
+	h.send(batch...)
+	part := transport.Partition([]byte(blocker.account), 4)
+	testkit.WaitFor(t, time.Minute, "the batch to be fetched behind the busy worker", func() bool {
+		for _, l := range c.Lag() {
+			if l.Partition == part {
+				return l.Messages == 0
+			}
+		}
+		return false
 	})
 }

@@ -182,6 +182,33 @@ type Metadata struct {
 	Key string
 	// Attempt is 1 on the first try.
 	Attempt int
+
+	hooks *afterCommit // of the transaction applying the event
+}
+
+// AfterCommit runs fn once the transaction that applies the event has
+// committed, with the other hooks of that transaction in the order they
+// were registered; if it rolls back, fn is dropped (the event is applied
+// again and the handler registers anew). It is for work that must not
+// happen unless the change is durable and is repaired by another path if
+// lost: fn runs at most once, is lost if the process stops between the
+// commit and fn, and cannot fail the event. A cache written through after
+// a change, which the change's own events also update, is the example.
+// With a Metadata the consumer did not make, fn never runs.
+func (md Metadata) AfterCommit(fn func(ctx context.Context)) {
+	if md.hooks != nil {
+		md.hooks.fns = append(md.hooks.fns, fn)
+	}
+}
+
+// afterCommit collects the hooks of one transaction.
+type afterCommit struct{ fns []func(context.Context) }
+
+// run calls the hooks; the transaction has committed.
+func (a *afterCommit) run(ctx context.Context) {
+	for _, fn := range a.fns {
+		fn(ctx)
+	}
 }
 
 // Handler applies one decoded event inside tx.

@@ -140,6 +140,8 @@ func benchStock(b *testing.B, noCache bool) {
 	delta := func(k string) float64 { return after[k] - before[k] }
 	hits, misses, errs := delta(`switchyard_cache_requests_total{result="hit"}`), delta(`switchyard_cache_requests_total{result="miss"}`), delta(`switchyard_cache_requests_total{result="error"}`)
 	b.ReportMetric(100*hits/max(1, hits+misses+errs), "hit-%")
+	b.ReportMetric(100*misses/max(1, hits+misses+errs), "miss-%")
+	b.ReportMetric(100*errs/max(1, hits+misses+errs), "error-%")
 	buckets := histogram(before, after, "switchyard_cache_update_age_seconds")
 	b.ReportMetric(1000*quantile(buckets, 0.50), "stale-p50-ms")
 	b.ReportMetric(1000*quantile(buckets, 0.99), "stale-p99-ms")

@@ -77,18 +77,18 @@ func (sc *stockCache) get(ctx context.Context, sku string, load func(context.Con
 	return p, nil
 }
 
-// put writes a product the caller has just committed at version, unless
-// the cache holds a newer one. A failure is counted and logged by the
+// put writes a change the caller has just committed, unless the cache
+// holds the same or a newer version. A failure is counted and logged by the
 // cache; the updater brings the change anyway.
-func (sc *stockCache) put(ctx context.Context, p *inventoryv1.Product, version int64) {
+func (sc *stockCache) put(ctx context.Context, ch change) {
 	if sc == nil {
 		return
 	}
-	b, err := proto.Marshal(p)
+	b, err := proto.Marshal(ch.product)
 	if err != nil {
 		return
 	}
-	_, _ = sc.c.Set(ctx, p.GetSku(), cache.Entry{Version: version, Value: b})
+	_, _ = sc.c.Apply(ctx, ch.product.GetSku(), cache.Entry{Version: ch.version, Value: b}, ch.at)
 }
 
 // apply writes a StockChanged to the cache unless it holds a newer

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
@@ -95,10 +96,22 @@ func scanProduct(row pgx.Row) (*inventoryv1.Product, int64, error) {
 	return p, version, err
 }
 
-// stockChanged writes the StockChanged event of a product's new counters.
-func (s *server) stockChanged(ctx context.Context, tx pgx.Tx, sku string, available, reserved, version int64) error {
-	return s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateType: ProductAggregateType, AggregateID: sku,
-		Message: &inventoryv1.StockChanged{Sku: sku, Available: available, Reserved: reserved, Version: version}})
+// change is a product as a transaction left it: what its StockChanged
+// event says, and what the stock cache is given once the transaction has
+// committed.
+type change struct {
+	product *inventoryv1.Product
+	version int64
+	at      time.Time // when the transaction wrote it
+}
+
+// stockChanged writes the StockChanged event of a product's new counters
+// and returns the change for the cache.
+func (s *server) stockChanged(ctx context.Context, tx pgx.Tx, p *inventoryv1.Product, version int64) (change, error) {
+	ch := change{product: p, version: version, at: time.Now()}
+	err := s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateType: ProductAggregateType, AggregateID: p.GetSku(),
+		Message: &inventoryv1.StockChanged{Sku: p.GetSku(), Available: p.GetAvailable(), Reserved: p.GetReserved(), Version: version}})
+	return ch, err
 }
 
 func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProductRequest) (*inventoryv1.CreateProductResponse, error) {
@@ -113,17 +126,16 @@ func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProdu
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	var p *inventoryv1.Product
-	var version int64
+	var ch change
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
-		var err error
-		p, version, err = scanProduct(tx.QueryRow(ctx, `INSERT INTO products (sku, name, price_minor, currency, initial, available)
+		p, version, err := scanProduct(tx.QueryRow(ctx, `INSERT INTO products (sku, name, price_minor, currency, initial, available)
 			VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT DO NOTHING RETURNING `+productColumns,
 			req.GetSku(), req.GetName(), req.GetPrice().GetAmountMinor(), req.GetPrice().GetCurrency(), req.GetStock()))
 		if err != nil {
 			return err
 		}
-		return s.stockChanged(ctx, tx, p.Sku, p.Available, p.Reserved, version)
+		ch, err = s.stockChanged(ctx, tx, p, version)
+		return err
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Errorf(codes.AlreadyExists, "product %s already exists", req.GetSku())
@@ -131,8 +143,8 @@ func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProdu
 	if err != nil {
 		return nil, fmt.Errorf("create product %s: %w", req.GetSku(), err)
 	}
-	s.stock.put(ctx, p, version)
-	return &inventoryv1.CreateProductResponse{Product: p}, nil
+	s.stock.put(ctx, ch)
+	return &inventoryv1.CreateProductResponse{Product: ch.product}, nil
 }
 
 func (s *server) GetProduct(ctx context.Context, req *inventoryv1.GetProductRequest) (*inventoryv1.GetProductResponse, error) {
@@ -215,10 +227,10 @@ func (s *server) AdjustStock(ctx context.Context, req *inventoryv1.AdjustStockRe
 		return nil, err
 	}
 	var resp *inventoryv1.AdjustStockResponse
-	var version int64 // set when this call changed the stock
+	var ch change // set when this call changed the stock
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		var err error
-		version = 0
+		ch = change{}
 		resp, _, err = idempotency.Do(ctx, tx, "AdjustStock/"+req.GetSku(), req.GetIdempotencyKey(), req, func() (*inventoryv1.AdjustStockResponse, error) {
 			p, _, err := scanProduct(tx.QueryRow(ctx, `SELECT `+productColumns+` FROM products WHERE sku = $1 FOR UPDATE`, req.GetSku()))
 			if errors.Is(err, pgx.ErrNoRows) {
@@ -240,10 +252,9 @@ func (s *server) AdjustStock(ctx context.Context, req *inventoryv1.AdjustStockRe
 			if err != nil {
 				return nil, err
 			}
-			if err := s.stockChanged(ctx, tx, p.Sku, p.Available, p.Reserved, v); err != nil {
+			if ch, err = s.stockChanged(ctx, tx, p, v); err != nil {
 				return nil, err
 			}
-			version = v
 			return &inventoryv1.AdjustStockResponse{Product: p}, nil
 		})
 		return err
@@ -251,8 +262,8 @@ func (s *server) AdjustStock(ctx context.Context, req *inventoryv1.AdjustStockRe
 	if err != nil {
 		return nil, err
 	}
-	if version > 0 {
-		s.stock.put(ctx, resp.GetProduct(), version) // the caller reads its own write
+	if ch.product != nil {
+		s.stock.put(ctx, ch) // the caller reads its own write
 	}
 	return resp, nil
 }

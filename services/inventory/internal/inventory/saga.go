@@ -24,7 +24,7 @@ func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msg proto.
 // reserve reserves every line of an order or none. Rows are locked in SKU
 // order so that concurrent reservations cannot deadlock, and the CHECK
 // constraints make overselling impossible even if this logic were wrong.
-func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReserveStock, _ consumer.Metadata) error {
+func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReserveStock, md consumer.Metadata) error {
 	var done bool
 	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)`, cmd.GetOrderId()).Scan(&done); err != nil {
 		return err
@@ -77,12 +77,12 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 	reply := &inventoryv1.StockReserved{OrderId: cmd.GetOrderId(), Total: rules.Money(0)}
 	for _, sku := range skus {
 		p, q := found[sku], want[sku]
-		var available, reserved, version int64
-		if err := tx.QueryRow(ctx, `UPDATE products SET available = available - $2, reserved = reserved + $2, version = version + 1
-			WHERE sku = $1 RETURNING available, reserved, version`, sku, q).Scan(&available, &reserved, &version); err != nil {
+		changed, version, err := scanProduct(tx.QueryRow(ctx, `UPDATE products SET available = available - $2, reserved = reserved + $2,
+			version = version + 1 WHERE sku = $1 RETURNING `+productColumns, sku, q))
+		if err != nil {
 			return err
 		}
-		if err := s.stockChanged(ctx, tx, sku, available, reserved, version); err != nil {
+		if err := s.stockChangedInSaga(ctx, tx, md, changed, version); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO reservations (order_id, sku, quantity, unit_price_minor, state) VALUES ($1, $2, $3, $4, 'RESERVED')`,
@@ -115,15 +115,15 @@ func lockOrderProducts(ctx context.Context, tx pgx.Tx, orderID string) error {
 }
 
 // commit turns an order's reservation into sold units.
-func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitStock, _ consumer.Metadata) error {
+func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitStock, md consumer.Metadata) error {
 	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
 		return err
 	}
-	if err := s.changeStock(ctx, tx, `WITH c AS (
+	if err := s.changeStock(ctx, tx, md, `WITH c AS (
 			UPDATE reservations SET state = 'COMMITTED', update_time = now()
-			WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku, quantity)
-		UPDATE products p SET reserved = p.reserved - c.quantity, sold = p.sold + c.quantity, version = p.version + 1
-		FROM c WHERE p.sku = c.sku RETURNING p.sku, p.available, p.reserved, p.version`,
+			WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku AS line_sku, quantity AS line_quantity)
+		UPDATE products p SET reserved = p.reserved - c.line_quantity, sold = p.sold + c.line_quantity, version = p.version + 1
+		FROM c WHERE p.sku = c.line_sku RETURNING `+productColumns,
 		cmd.GetOrderId()); err != nil {
 		return err
 	}
@@ -133,45 +133,62 @@ func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitS
 // release returns a reservation to available stock, or restocks the units
 // of a committed one. Releasing twice, or an order never reserved, changes
 // nothing.
-func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReleaseStock, _ consumer.Metadata) error {
+func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReleaseStock, md consumer.Metadata) error {
 	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
 		return err
 	}
-	if err := s.changeStock(ctx, tx, `WITH r AS (
+	if err := s.changeStock(ctx, tx, md, `WITH r AS (
 			UPDATE reservations n SET state = 'RELEASED', update_time = now()
 			FROM reservations o
 			WHERE n.order_id = $1 AND o.order_id = n.order_id AND o.sku = n.sku AND o.state IN ('RESERVED', 'COMMITTED')
-			RETURNING n.sku, n.quantity, o.state AS was)
+			RETURNING n.sku AS line_sku, n.quantity AS line_quantity, o.state AS was)
 		UPDATE products p SET
-			available = p.available + r.quantity,
-			reserved  = p.reserved - CASE WHEN r.was = 'RESERVED' THEN r.quantity ELSE 0 END,
-			sold      = p.sold - CASE WHEN r.was = 'COMMITTED' THEN r.quantity ELSE 0 END,
+			available = p.available + r.line_quantity,
+			reserved  = p.reserved - CASE WHEN r.was = 'RESERVED' THEN r.line_quantity ELSE 0 END,
+			sold      = p.sold - CASE WHEN r.was = 'COMMITTED' THEN r.line_quantity ELSE 0 END,
 			version   = p.version + 1
-		FROM r WHERE p.sku = r.sku RETURNING p.sku, p.available, p.reserved, p.version`, cmd.GetOrderId()); err != nil {
+		FROM r WHERE p.sku = r.line_sku RETURNING `+productColumns, cmd.GetOrderId()); err != nil {
 		return err
 	}
 	return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockReleased{OrderId: cmd.GetOrderId()})
 }
 
-// changeStock runs an UPDATE of products that returns (sku, available,
-// reserved, version) of every row it changed, and emits their
-// StockChanged events.
-func (s *server) changeStock(ctx context.Context, tx pgx.Tx, sql string, args ...any) error {
+// changeStock runs an UPDATE of products that returns productColumns of
+// every row it changed, and emits their StockChanged events.
+func (s *server) changeStock(ctx context.Context, tx pgx.Tx, md consumer.Metadata, sql string, args ...any) error {
 	rows, err := tx.Query(ctx, sql, args...)
 	if err != nil {
 		return err
 	}
-	changed, err := pgx.CollectRows(rows, pgx.RowToStructByPos[struct {
-		SKU                          string
-		Available, Reserved, Version int64
-	}])
+	type row struct {
+		p       *inventoryv1.Product
+		version int64
+	}
+	changed, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
+		p, version, err := scanProduct(r)
+		return row{p, version}, err
+	})
 	if err != nil {
 		return err
 	}
 	for _, c := range changed {
-		if err := s.stockChanged(ctx, tx, c.SKU, c.Available, c.Reserved, c.Version); err != nil {
+		if err := s.stockChangedInSaga(ctx, tx, md, c.p, c.version); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// stockChangedInSaga is stockChanged for a saga step: the step's change
+// goes to the stock cache once its transaction has committed, so reads
+// see it at once rather than when the cache's updater gets to its event.
+func (s *server) stockChangedInSaga(ctx context.Context, tx pgx.Tx, md consumer.Metadata, p *inventoryv1.Product, version int64) error {
+	ch, err := s.stockChanged(ctx, tx, p, version)
+	if err != nil {
+		return err
+	}
+	if s.stock != nil {
+		md.AfterCommit(func(ctx context.Context) { s.stock.put(ctx, ch) })
 	}
 	return nil
 }
