@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/envelope"
+	"github.com/switchyard/switchyard/platform/pgerr"
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
@@ -106,7 +108,11 @@ func (c *Consumer) applyRun(ctx context.Context, cl transport.Claim, run []ready
 		if ctx.Err() != nil || errors.Is(err, errFenced) {
 			return false
 		}
-		if !isTransient(err) {
+		if !isTransient(err) || pgerr.Conflict(err) {
+			// A handler's failure, or a conflict with another transaction
+			// that the same batch would likely meet again: one event per
+			// transaction isolates the first and holds fewer locks in the
+			// second.
 			c.cfg.Logger.Info("batch failed; applying its events one by one", "events", len(run), "error", err)
 			for _, r := range run {
 				if !c.process(ctx, cl, r.msg) || !c.commit(ctx, cl, r.msg) {
@@ -136,7 +142,10 @@ func (c *Consumer) applyTx(ctx context.Context, cl transport.Claim, run []ready)
 		}
 		bspan.End()
 	}()
-	tx, err := c.cfg.Pool.Begin(bctx)
+	// The lock bound is set in the same round trip as BEGIN.
+	tx, err := c.cfg.Pool.BeginTx(bctx, pgx.TxOptions{
+		BeginQuery: fmt.Sprintf("BEGIN; SET LOCAL lock_timeout = %d", c.cfg.BatchLockTimeout.Milliseconds()),
+	})
 	if err != nil {
 		return 0, 0, infraError{fmt.Errorf("begin: %w", err)}
 	}

@@ -192,3 +192,77 @@ func sendBehind(t *testing.T, h *harness, c *consumer.Consumer, entered <-chan s
 		return false
 	})
 }
+
+// A batch that waits for a row lock longer than BatchLockTimeout yields:
+// it rolls back and applies its events one per transaction, which wait as
+// long as they must. Here a transaction of the test holds the row every
+// event of the batch updates; the batch gives up, and the first event's
+// own transaction is then seen waiting in its place.
+func TestBatchYieldsOnLockWait(t *testing.T) {
+	eachTransport(t, func(t *testing.T, h *harness) {
+		ctx := context.Background()
+		if _, err := h.pool.Exec(ctx, `CREATE TABLE txlog (event uuid PRIMARY KEY, txid bigint NOT NULL)`); err != nil {
+			t.Fatal(err)
+		}
+		const key = "acct-locked"
+		if _, err := h.pool.Exec(ctx, `INSERT INTO balances VALUES ($1, 0, 0)`, key); err != nil {
+			t.Fatal(err)
+		}
+		blocker := newDeposit(key, 0)
+		release, entered := make(chan struct{}), make(chan struct{})
+		cfg := h.config("yield")
+		cfg.BatchLockTimeout = 50 * time.Millisecond
+		c, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			if md.ID == blocker.id {
+				close(entered)
+				<-release
+				return nil // touches no row
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO txlog VALUES ($1, txid_current())`, md.ID); err != nil {
+				return err
+			}
+			return applyDeposit(ctx, tx, v, md)
+		})
+		var batch []deposit
+		for range 5 {
+			batch = append(batch, newDeposit(key, 1))
+		}
+		sendBehind(t, h, c, entered, blocker, batch)
+
+		holder, err := h.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer holder.Rollback(ctx)
+		if _, err := holder.Exec(ctx, `SELECT 1 FROM balances WHERE account = $1 FOR UPDATE`, key); err != nil {
+			t.Fatal(err)
+		}
+		close(release)
+		// The batch's transaction waits for the row, then a later one does.
+		var first time.Time
+		testkit.WaitFor(t, time.Minute, "a second transaction to wait for the row after the batch's gave up", func() bool {
+			var started time.Time
+			err := h.pool.QueryRow(ctx, `SELECT xact_start FROM pg_stat_activity
+				WHERE wait_event_type = 'Lock' AND datname = current_database() ORDER BY xact_start LIMIT 1`).Scan(&started)
+			if err != nil {
+				return false // nobody waits yet
+			}
+			if first.IsZero() {
+				first = started
+			}
+			return started.After(first)
+		})
+		if err := holder.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, time.Minute, "every deposit", func() bool { return c.Stats().Processed == 6 })
+		checkBalances(t, h.balances(), map[string][2]int64{key: {5, 5}})
+		var txs int
+		if err := h.pool.QueryRow(ctx, `SELECT count(DISTINCT txid) FROM txlog`).Scan(&txs); err != nil {
+			t.Fatal(err)
+		}
+		if txs != len(batch) {
+			t.Fatalf("after yielding, the batch's %d events took %d transactions, want one each", len(batch), txs)
+		}
+	})
+}

@@ -114,6 +114,15 @@ type Config struct {
 	// one event; a batch that fails is applied again one event per
 	// transaction, so a poison event is still isolated.
 	MaxBatch int
+	// BatchLockTimeout bounds how long a batch of several events waits for
+	// a row lock another transaction holds (default 100ms). A batch holds
+	// the locks of many events at once; when partitions share rows (stock
+	// of the same products, say), batches waiting on each other form
+	// convoys and deadlocks that PostgreSQL breaks only after its
+	// deadlock_timeout (1 s). Past the bound the batch yields: it rolls
+	// back and applies its events one per transaction, which wait as long
+	// as they must.
+	BatchLockTimeout time.Duration
 	// HoldPackages lists protobuf packages (for example
 	// "switchyard.inventory.v1") whose messages are commands addressed to
 	// this group. An event of a type in one of them that this build does
@@ -146,6 +155,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 256
+	}
+	if c.BatchLockTimeout <= 0 {
+		c.BatchLockTimeout = 100 * time.Millisecond
 	}
 	if c.Backoff <= 0 {
 		c.Backoff = 100 * time.Millisecond

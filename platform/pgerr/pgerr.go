@@ -50,6 +50,23 @@ func Unreachable(err error) bool {
 	return errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, pgconn.ErrConnClosed)
 }
 
+// conflictStates are the SQLSTATEs of a transaction that lost a race with
+// another one over rows or locks.
+var conflictStates = map[string]bool{
+	"40001": true, // serialization_failure
+	"40P01": true, // deadlock_detected
+	"55P03": true, // lock_not_available (lock_timeout)
+}
+
+// Conflict reports whether err means the transaction lost a race with
+// another one: a serialization failure, a deadlock, or a lock it waited
+// for longer than lock_timeout. Retrying the same transaction may lose the
+// same race; a smaller one holds fewer locks.
+func Conflict(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && conflictStates[pe.Code]
+}
+
 // Transient reports whether err is [Unreachable], or means the transaction
 // lost a race (serialization failure, deadlock, lock or statement timeout)
 // or ran into a limit that a retry can pass. A PostgreSQL error is judged

@@ -4,15 +4,18 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -94,14 +97,28 @@ func benchStock(b *testing.B, noCache bool) {
 		buyers = append(buyers, id)
 	}
 
-	// Reads alone.
+	// Reads alone, with the CPU they cost: the load generator's own (this
+	// process: gRPC client) and everything else's (the services, Redis,
+	// PostgreSQL), since both share the machine's cores.
+	self0, all0 := cpuTimes(b)
 	lat := readLoad(ctx, inv, skus, 16, 5*time.Second, nil)
+	self1, all1 := cpuTimes(b)
 	b.ReportMetric(float64(len(lat))/5, "reads/s")
+	b.ReportMetric(float64((self1-self0).Microseconds())/float64(max(1, len(lat))), "client-cpu-us/read")
+	b.ReportMetric(float64((all1-all0-(self1-self0)).Microseconds())/float64(max(1, len(lat))), "server-cpu-us/read")
 	b.ReportMetric(ms(lat, 0.50), "p50-ms")
 	b.ReportMetric(ms(lat, 0.99), "p99-ms")
 
 	// The mix: 8 readers and 4 order writers (reads >> writes).
 	before := scrape(b, st.MetricsURL("inventory"))
+	deadlocks := func() float64 {
+		var n float64
+		if err := pgxQueryRow(ctx, st.DatabaseURL("inventory"), `SELECT sum(deadlocks)::float8 FROM pg_stat_database`, &n); err != nil {
+			b.Fatal(err)
+		}
+		return n
+	}
+	deadlocksBefore := deadlocks()
 	var placed int
 	var mu sync.Mutex
 	mix := readLoad(ctx, inv, skus, 8, 10*time.Second, func(stop <-chan struct{}) {
@@ -134,6 +151,8 @@ func benchStock(b *testing.B, noCache bool) {
 	after := scrape(b, st.MetricsURL("inventory"))
 	b.ReportMetric(float64(len(mix))/10, "mix-reads/s")
 	b.ReportMetric(float64(placed)/10, "mix-orders/s")
+	b.ReportMetric(deadlocks()-deadlocksBefore, "mix-deadlocks")
+	b.ReportMetric(after[`switchyard_consumer_retries_total{group="inventory"}`]-before[`switchyard_consumer_retries_total{group="inventory"}`], "mix-saga-retries")
 	if noCache {
 		return
 	}
@@ -230,4 +249,45 @@ func quantile(bs []bucket, q float64) float64 {
 		lo, below = b.le, b.count
 	}
 	return bs[len(bs)-1].le
+}
+
+// pgxQueryRow runs one query on a connection of its own.
+func pgxQueryRow(ctx context.Context, url, sql string, dest ...any) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	return conn.QueryRow(ctx, sql).Scan(dest...)
+}
+
+// cpuTimes returns the CPU time used so far by this process and by the
+// whole machine.
+func cpuTimes(b *testing.B) (self, all time.Duration) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// cpu  user nice system idle iowait irq softirq steal ...: in clock
+	// ticks (USER_HZ, 100 per second on Linux).
+	fields := strings.Fields(strings.SplitN(string(stat), "\n", 2)[0])
+	for i, f := range fields[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		if i > 7 { // guest time is already in user
+			break
+		}
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		all += time.Duration(n) * 10 * time.Millisecond
+	}
+	return self, all
 }
