@@ -11,7 +11,7 @@ GRPCURL := $(BIN)/grpcurl
 # golangci-lint has a module of its own (tools/lint) so that its many
 # dependencies never move buf's or grpcurl's versions.
 GOLANGCI_LINT := $(BIN)/golangci-lint
-SERVICES := customers orders inventory payments notifications
+SERVICES := customers orders inventory payments notifications analytics
 MODULES  := ./gen/go/... ./platform/... ./shop/... ./services/rules/... $(foreach s,$(SERVICES),./services/$(s)/...)
 # The one way to build a service, here and in the Dockerfile (each service
 # module builds on its own, as in the image; deploy/ tests that they match).
@@ -84,7 +84,7 @@ bench: ## Relay and consumer benchmarks (see docs/benchmarks.md)
 	go test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./platform/bench/
 
 .PHONY: build
-build: ## Build the five services and the local runner into .bin/
+build: ## Build the six services and the local runner into .bin/
 	@mkdir -p $(BIN)
 	@for s in $(SERVICES); do (cd services/$$s && $(GOBUILD) -o $(BIN)/$$s ./cmd/$$s) || exit 1; done
 	cd shop && $(GOBUILD) -o $(BIN)/shop ./cmd/shop
@@ -97,7 +97,7 @@ kind-up: ## Create the local kind cluster (deploy/kind/cluster.yaml)
 	kind create cluster --config deploy/kind/cluster.yaml
 
 .PHONY: images
-images: ## Build the five images with docker (and load them into kind)
+images: ## Build the six images with docker (and load them into kind)
 	@for s in $(SERVICES); do docker build --build-arg SERVICE=$$s -t switchyard-$$s:0.1.0 . || exit 1; done
 	@case "$(KUBE_CONTEXT)" in kind-*) for s in $(SERVICES); do kind load docker-image --name switchyard switchyard-$$s:0.1.0 || exit 1; done;; esac
 
@@ -120,5 +120,5 @@ loadgen: ## Drive CreateOrder against a running `make run` (RATE=50 DURATION=20s
 	cd shop && go run ./cmd/loadgen -rate $(or $(RATE),50) -duration $(or $(DURATION),20s) $(if $(PLOT),-plot $(abspath $(PLOT)))
 
 .PHONY: run
-run: build ## Start the whole shop locally (data in .switchyard/; TRANSPORT=redis for Redis Streams; Ctrl-C stops it)
-	@$(BIN)/shop -dir .switchyard -bin $(BIN) -transport $(or $(TRANSPORT),kafka)
+run: build ## Start the whole shop locally (data in .switchyard/; TRANSPORT=redis for Redis Streams; ANALYTICS_INSTANCES=3 for more analytics; Ctrl-C stops it)
+	@$(BIN)/shop -dir .switchyard -bin $(BIN) -transport $(or $(TRANSPORT),kafka) -analytics-instances $(or $(ANALYTICS_INSTANCES),1)

@@ -242,6 +242,54 @@ func (e *Env) addConsumer(group string, aggregateTypes, holdPackages []string) (
 	return c, nil
 }
 
+// NewConsumer returns a consumer of the service's database in a group of
+// its own that the service neither starts nor registers: unlike
+// [Env.AddConsumer], for work that runs on demand, such as a replay into
+// new tables, and must neither share nor disturb the other groups'
+// positions. A new group starts at the earliest retained event. Its topics
+// must be ones the service's consumers read (they are created at
+// bootstrap). tune, if not nil, adjusts the configuration (batch size,
+// inbox retention...). Register handlers, then run it with
+// [Env.RunConsumer].
+func (e *Env) NewConsumer(group string, aggregateTypes []string, tune func(*consumer.Config)) (*consumer.Consumer, error) {
+	topics := make([]string, len(aggregateTypes))
+	for i, a := range aggregateTypes {
+		topics[i] = e.Topic(a)
+	}
+	cfg := consumer.Config{Transport: e.transport, Group: group, Topics: topics, Pool: e.Pool, Logger: e.Logger}
+	if tune != nil {
+		tune(&cfg)
+	}
+	c, err := consumer.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consumer group %s: %w", group, err)
+	}
+	return c, nil
+}
+
+// RunConsumer runs a consumer made by [Env.NewConsumer] until ctx ends
+// (see [consumer.Consumer.Run]); while it runs, its lag is exported as
+// switchyard_consumer_lag_messages with its group.
+func (e *Env) RunConsumer(ctx context.Context, c *consumer.Consumer) error {
+	untrack := e.Metrics.TrackLag(c)
+	defer untrack()
+	return c.Run(ctx)
+}
+
+// Backlog returns how many messages of the aggregate types' topics group
+// has not finished yet (see [transport.Transport.Backlog]).
+func (e *Env) Backlog(ctx context.Context, group string, aggregateTypes ...string) (int64, error) {
+	topics := make([]string, len(aggregateTypes))
+	for i, a := range aggregateTypes {
+		topics[i] = e.Topic(a)
+	}
+	n, err := e.transport.Backlog(ctx, group, topics...)
+	if err != nil {
+		return 0, fmt.Errorf("backlog of group %s: %w", group, err)
+	}
+	return n, nil
+}
+
 // Go runs fn once the service is ready, until shutdown cancels its context.
 // An error it returns stops the service.
 func (e *Env) Go(fn func(ctx context.Context) error) { e.background = append(e.background, fn) }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -27,6 +28,7 @@ type Metrics struct {
 
 	rpcs        *prometheus.CounterVec
 	rpcDuration *prometheus.HistogramVec
+	lag         *lagCollector
 }
 
 // NewMetrics returns a registry with Go runtime, process and gRPC series.
@@ -40,8 +42,9 @@ func NewMetrics() *Metrics {
 			Name: "switchyard_grpc_request_duration_seconds", Help: "gRPC request latency (streams: their whole life), by method.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
 		}, []string{"method"}),
+		lag: &lagCollector{consumers: map[*consumer.Consumer]bool{}},
 	}
-	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.rpcs, m.rpcDuration)
+	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.rpcs, m.rpcDuration, m.lag)
 	return m
 }
 
@@ -96,8 +99,8 @@ func (m *Metrics) RegisterRelay(r *relay.Relay, pool *pgxpool.Pool, slot string)
 	}
 }
 
-// RegisterConsumer exposes a consumer's counters, labelled with its group
-// so that a process can run several.
+// RegisterConsumer exposes a consumer's counters and its lag, labelled
+// with its group so that a process can run several.
 func (m *Metrics) RegisterConsumer(c *consumer.Consumer) {
 	group := prometheus.Labels{"group": c.Group()}
 	counter := func(name, help string, v func(consumer.Stats) uint64) prometheus.Collector {
@@ -112,23 +115,50 @@ func (m *Metrics) RegisterConsumer(c *consumer.Consumer) {
 		counter("switchyard_consumer_events_held_total", "Waits on events of a type this build does not know.", func(s consumer.Stats) uint64 { return s.Held }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_consumer_partitions", Help: "Partitions this member of the group owns.", ConstLabels: group},
 			func() float64 { return float64(c.Stats().Partitions) }),
-		lagCollector{c, prometheus.NewDesc("switchyard_consumer_lag_messages",
-			"Messages of an owned partition not yet delivered to the consumer (-1 when unknown).",
-			[]string{"topic", "partition"}, group)},
 	)
+	m.TrackLag(c)
 }
 
-// lagCollector reads each owned partition's lag at scrape time.
+// TrackLag adds a consumer's partitions to switchyard_consumer_lag_messages
+// (labelled with its group) until the returned function is called: a
+// process may run consumers of several groups, for example a replay's
+// beside its main one, and each group's lag is exported.
+func (m *Metrics) TrackLag(c *consumer.Consumer) (untrack func()) {
+	m.lag.mu.Lock()
+	m.lag.consumers[c] = true
+	m.lag.mu.Unlock()
+	return func() {
+		m.lag.mu.Lock()
+		delete(m.lag.consumers, c)
+		m.lag.mu.Unlock()
+	}
+}
+
+var lagDesc = prometheus.NewDesc("switchyard_consumer_lag_messages",
+	"Messages of an owned partition not yet delivered to the consumer (-1 when unknown).",
+	[]string{"group", "topic", "partition"}, nil)
+
+// lagCollector reads each owned partition's lag at scrape time, for every
+// consumer tracked.
 type lagCollector struct {
-	c    *consumer.Consumer
-	desc *prometheus.Desc
+	mu        sync.Mutex
+	consumers map[*consumer.Consumer]bool
 }
 
-func (l lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
+func (l *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lagDesc }
 
-func (l lagCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, p := range l.c.Lag() {
-		ch <- prometheus.MustNewConstMetric(l.desc, prometheus.GaugeValue, float64(p.Messages), p.Topic, strconv.Itoa(int(p.Partition)))
+func (l *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	l.mu.Lock()
+	cs := make([]*consumer.Consumer, 0, len(l.consumers))
+	for c := range l.consumers {
+		cs = append(cs, c)
+	}
+	l.mu.Unlock()
+	for _, c := range cs {
+		for _, p := range c.Lag() {
+			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(p.Messages),
+				c.Group(), p.Topic, strconv.Itoa(int(p.Partition)))
+		}
 	}
 }
 

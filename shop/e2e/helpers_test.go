@@ -108,12 +108,19 @@ func (s *syncBuffer) tail(n int) string {
 
 func startShop(t *testing.T, env ...string) *shop {
 	t.Helper()
+	return startShopWith(t, nil, env...)
+}
+
+// startShopWith starts the shop with instances[service] processes of a
+// service (default 1).
+func startShopWith(t *testing.T, instances map[string]int, env ...string) *shop {
+	t.Helper()
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	st, err := stack.Start(ctx, stack.Options{
 		Dir: filepath.Join(t.TempDir(), "data"), BinDir: binDir, RandomPorts: true, Env: env, Log: logs,
-		Transport: e2eTransport(),
+		Transport: e2eTransport(), Instances: instances,
 	})
 	if err != nil {
 		t.Fatalf("start the shop: %v\n%s", err, logs.tail(60))

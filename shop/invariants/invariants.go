@@ -1,4 +1,4 @@
-// Package invariants checks the shop's invariants (docs/design.md) across all five
+// Package invariants checks the shop's invariants (docs/design.md) across the services'
 // databases at a quiet point:
 //
 //   - stock: per SKU, initial + adjustments = available + reserved + sold,
@@ -9,7 +9,10 @@
 //     no net charge and no held stock;
 //   - exactly one notification per registration and per terminal order;
 //   - with [Checker.UseStockCache], every entry of inventory's stock cache
-//     equals the database (counters and version).
+//     equals the database (counters and version);
+//   - analytics: its sales, outcomes and customer summaries say what the
+//     orders database says, and every confirmed order has exactly one
+//     score.
 //
 // Use [Checker.WaitQuiet] first: it waits until no order is pending and
 // every consumer group has consumed every published event.
@@ -31,7 +34,7 @@ import (
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
-// Checker reads the five databases and the transport.
+// Checker reads the services' databases and the transport.
 type Checker struct {
 	pools map[string]*pgxpool.Pool
 	tr    transport.Transport
@@ -42,7 +45,7 @@ type Checker struct {
 // database URL, and tr reads the consumer groups' progress.
 func Open(ctx context.Context, url func(service string) string, tr transport.Transport) (*Checker, error) {
 	c := &Checker{pools: map[string]*pgxpool.Pool{}, tr: tr}
-	for _, s := range []string{"customers", "orders", "inventory", "payments", "notifications"} {
+	for _, s := range []string{"customers", "orders", "inventory", "payments", "notifications", "analytics"} {
 		p, err := pgxpool.New(ctx, url(s))
 		if err != nil {
 			c.Close()
@@ -118,6 +121,7 @@ var Subscribers = map[string][]string{
 	"inventory":     {"switchyard.order"},
 	"payments":      {"switchyard.customer", "switchyard.order"},
 	"notifications": {"switchyard.customer", "switchyard.order"},
+	"analytics":     {"switchyard.customer", "switchyard.order"},
 }
 
 // snapshot describes pending orders, waiting outbox rows and each group's
@@ -175,6 +179,9 @@ func (c *Checker) Check(ctx context.Context) error {
 		return err
 	}
 	if err := c.checkNotifications(ctx, add); err != nil {
+		return err
+	}
+	if err := c.checkAnalytics(ctx, add); err != nil {
 		return err
 	}
 	if c.stock != nil {
@@ -420,6 +427,76 @@ func (c *Checker) checkNotifications(ctx context.Context, add func(string, ...an
 			add("order %s: CONFIRMED with %d confirmed and %d cancelled notifications", id, confirmed, cancelled)
 		case st == "CANCELLED" && (cancelled != 1 || confirmed > 1):
 			add("order %s: CANCELLED with %d cancelled and %d confirmed notifications", id, cancelled, confirmed)
+		}
+		return nil
+	})
+}
+
+// checkAnalytics compares analytics' live projections with the orders
+// database, row by row, and its scores with the confirmed orders.
+func (c *Checker) checkAnalytics(ctx context.Context, add func(string, ...any)) error {
+	collect := func(service, sql string) (map[string]string, error) {
+		out := map[string]string{}
+		err := each(ctx, c.pools[service], sql, func(r pgx.Rows) error {
+			var k, v string
+			if err := r.Scan(&k, &v); err != nil {
+				return err
+			}
+			out[k] = v
+			return nil
+		})
+		return out, err
+	}
+	for _, q := range []struct{ what, orders, analytics string }{
+		{"outcome", `SELECT status || '|' || failure_reason, count(*) || '|' || CASE WHEN status = 'CONFIRMED' THEN sum(total_minor) ELSE 0 END
+			FROM orders WHERE status <> 'PENDING' GROUP BY status, failure_reason`,
+			`SELECT outcome || '|' || reason, sum(orders) || '|' || sum(revenue_minor) FROM live.outcomes
+			GROUP BY outcome, reason HAVING sum(orders) <> 0 OR sum(revenue_minor) <> 0`},
+		{"SKU", `SELECT i.sku, sum(i.quantity) || '|' || sum(i.quantity * i.unit_price_minor) FROM order_items i JOIN orders o USING (order_id)
+			WHERE o.status = 'CONFIRMED' GROUP BY i.sku`,
+			`SELECT sku, sum(units) || '|' || sum(revenue_minor) FROM live.sku_sales GROUP BY sku HAVING sum(units) <> 0 OR sum(revenue_minor) <> 0`},
+		{"customer", `SELECT customer_id::text, count(*) FILTER (WHERE status = 'CONFIRMED') || '|' || count(*) FILTER (WHERE status = 'CANCELLED')
+			|| '|' || coalesce(sum(total_minor) FILTER (WHERE status = 'CONFIRMED'), 0) FROM orders WHERE status <> 'PENDING' GROUP BY customer_id`,
+			`SELECT customer_id::text, sum(orders_confirmed) || '|' || sum(orders_cancelled) || '|' || sum(spent_minor) FROM live.customers
+			GROUP BY customer_id HAVING sum(orders_confirmed) <> 0 OR sum(orders_cancelled) <> 0 OR sum(spent_minor) <> 0`},
+	} {
+		want, err := collect("orders", q.orders)
+		if err != nil {
+			return fmt.Errorf("orders by %s: %w", q.what, err)
+		}
+		got, err := collect("analytics", q.analytics)
+		if err != nil {
+			return fmt.Errorf("analytics by %s: %w", q.what, err)
+		}
+		for k, w := range want {
+			if got[k] != w {
+				add("analytics %s %s: %q, orders database says %q", q.what, k, got[k], w)
+			}
+		}
+		for k, g := range got {
+			if _, ok := want[k]; !ok {
+				add("analytics %s %s: %q, orders database has none", q.what, k, g)
+			}
+		}
+	}
+	scored := map[string]bool{}
+	if err := each(ctx, c.pools["analytics"], `SELECT order_id::text FROM order_scores`, func(r pgx.Rows) error {
+		var id string
+		if err := r.Scan(&id); err != nil {
+			return err
+		}
+		scored[id] = true // order_id is the key: at most one score each
+		return nil
+	}); err != nil {
+		return err
+	}
+	return each(ctx, c.pools["orders"], `SELECT order_id::text FROM orders WHERE status = 'CONFIRMED'`, func(r pgx.Rows) error {
+		var id string
+		if err := r.Scan(&id); err != nil {
+			return err
+		}
+		if !scored[id] {
+			add("order %s: CONFIRMED but not scored by analytics", id)
 		}
 		return nil
 	})

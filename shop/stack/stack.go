@@ -1,8 +1,9 @@
 // Package stack runs the whole shop on one machine: a PostgreSQL cluster
 // with one database per service, a Kafka-protocol broker (kfake) with its
 // log on disk, a redis-server (the Redis Streams transport in database 0,
-// append-only file on; inventory's stock cache in database 1), and the five
-// services as separate processes. `make run` uses it with
+// append-only file on; inventory's stock cache in database 1), and the six
+// services as separate processes (analytics possibly as several instances
+// sharing its consumer group). `make run` uses it with
 // the fixed local ports and data in .switchyard/; the end-to-end tests use it
 // with random ports and temporary data.
 package stack
@@ -29,6 +30,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	analyticsv1 "github.com/switchyard/switchyard/gen/go/switchyard/analytics/v1"
 	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
@@ -56,6 +58,32 @@ var Services = []struct {
 	{"inventory", 50053, inventoryv1.InventoryService_ServiceDesc.ServiceName},
 	{"payments", 50054, paymentsv1.PaymentService_ServiceDesc.ServiceName},
 	{"notifications", 50055, notificationsv1.NotificationService_ServiceDesc.ServiceName},
+	{"analytics", 50056, analyticsv1.AnalyticsService_ServiceDesc.ServiceName},
+}
+
+// ExtraInstancePortStep is how far apart the fixed ports of a service's
+// extra instances are: instance k (2, 3, ...) of a service on port P
+// serves gRPC on P+(k-1)*100 and metrics 1000 above that (analytics:
+// 50156/51156, 50256/51256, ...), clear of the other services' ports.
+const ExtraInstancePortStep = 100
+
+// Instance returns the process name of instance k (1-based) of a service:
+// the service's own name for the first, "<name>-<k>" for the others.
+func Instance(service string, k int) string {
+	if k <= 1 {
+		return service
+	}
+	return fmt.Sprintf("%s-%d", service, k)
+}
+
+// serviceOf returns the service an instance name belongs to.
+func serviceOf(instance string) string {
+	for _, svc := range Services {
+		if instance == svc.Name || strings.HasPrefix(instance, svc.Name+"-") {
+			return svc.Name
+		}
+	}
+	return instance
 }
 
 // Options configure a stack.
@@ -63,7 +91,7 @@ type Options struct {
 	// Dir holds the PostgreSQL cluster (Dir/postgres) and the broker's log
 	// (Dir/kafka); both are kept across runs.
 	Dir string
-	// BinDir holds the five service binaries (see Build).
+	// BinDir holds the service binaries (see Build).
 	BinDir string
 	// PostgresPort and KafkaPort: 0 picks free ports.
 	PostgresPort int
@@ -81,6 +109,10 @@ type Options struct {
 	// RedisPort: 0 picks a free port. The server keeps its data in
 	// Dir/redis.
 	RedisPort int
+	// Instances gives the number of processes of a service (default 1);
+	// the extra ones share the first one's database and consumer group
+	// and are named by [Instance].
+	Instances map[string]int
 	// BrokerCommand, if set, runs the Kafka broker as a child process
 	// instead of inside this one, so that it can be killed (the chaos
 	// soak): the command and its arguments, to which the stack appends
@@ -116,7 +148,7 @@ type process struct {
 	done chan struct{}
 }
 
-// Build compiles the five services into binDir the way `make build` and
+// Build compiles the services into binDir the way `make build` and
 // the Dockerfile do: each module on its own (GOWORK=off), -trimpath.
 func Build(ctx context.Context, repoRoot, binDir string) error {
 	for _, s := range Services {
@@ -136,9 +168,16 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		opts.Log = io.Discard
 	}
 	s := &Stack{opts: opts, procs: map[string]*process{}, ports: map[string]int{}, metricPorts: map[string]int{}}
+	var instances []string
 	for _, svc := range Services {
+		for k := 1; k <= max(1, opts.Instances[svc.Name]); k++ {
+			instances = append(instances, Instance(svc.Name, k))
+		}
+	}
+	for _, name := range instances {
 		// gRPC on the documented port, Prometheus /metrics 1000 above it.
-		port, metrics := svc.Port, svc.Port+1000
+		port := Port(name)
+		metrics := port + 1000
 		if opts.RandomPorts {
 			var err error
 			if port, err = pgcluster.FreePort(); err != nil {
@@ -150,11 +189,11 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		} else {
 			for _, p := range []int{port, metrics} {
 				if err := pgcluster.CheckPortFree(p); err != nil {
-					return nil, fmt.Errorf("%s: %w (is another `make run` still running?)", svc.Name, err)
+					return nil, fmt.Errorf("%s: %w (is another `make run` still running?)", name, err)
 				}
 			}
 		}
-		s.ports[svc.Name], s.metricPorts[svc.Name] = port, metrics
+		s.ports[name], s.metricPorts[name] = port, metrics
 	}
 	var err error
 	s.Postgres, err = pgcluster.Start(ctx, pgcluster.Options{
@@ -189,21 +228,21 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		s.Close()
 		return nil, fmt.Errorf("redis-server on port %d: %w", rport, err)
 	}
-	for _, svc := range Services {
-		if err := s.StartService(svc.Name); err != nil {
+	for _, name := range instances {
+		if err := s.StartService(name); err != nil {
 			s.Close()
 			return nil, err
 		}
 	}
-	for _, svc := range Services {
-		err := s.WaitServing(ctx, svc.Name)
+	for _, name := range instances {
+		err := s.WaitServing(ctx, name)
 		// A free port picked earlier can be taken by any other socket
 		// before the service binds it: with random ports, a service that
 		// exits at start gets new ports and another try.
-		for attempt := 1; err != nil && opts.RandomPorts && attempt < 3 && s.exited(svc.Name); attempt++ {
-			if err = s.repickPorts(svc.Name); err == nil {
-				if err = s.StartService(svc.Name); err == nil {
-					err = s.WaitServing(ctx, svc.Name)
+		for attempt := 1; err != nil && opts.RandomPorts && attempt < 3 && s.exited(name); attempt++ {
+			if err = s.repickPorts(name); err == nil {
+				if err = s.StartService(name); err == nil {
+					err = s.WaitServing(ctx, name)
 				}
 			}
 		}
@@ -213,6 +252,25 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		}
 	}
 	return s, nil
+}
+
+// Port returns the fixed gRPC port of an instance (see
+// [ExtraInstancePortStep]); 0 for an unknown name.
+func Port(instance string) int {
+	svc := serviceOf(instance)
+	for _, s := range Services {
+		if s.Name != svc {
+			continue
+		}
+		k := 1
+		if instance != svc {
+			if _, err := fmt.Sscanf(strings.TrimPrefix(instance, svc+"-"), "%d", &k); err != nil {
+				return 0
+			}
+		}
+		return s.Port + (k-1)*ExtraInstancePortStep
+	}
+	return 0
 }
 
 // newBroker starts the in-process broker on port with its log in dir.
@@ -394,19 +452,37 @@ func (s *Stack) Transport() string {
 	return s.opts.Transport
 }
 
-// Addr is a service's gRPC address.
-func (s *Stack) Addr(service string) string { return fmt.Sprintf("127.0.0.1:%d", s.ports[service]) }
+// Addr is a service's (or an instance's) gRPC address.
+func (s *Stack) Addr(service string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr(service)
+}
 
-// MetricsURL is a service's Prometheus endpoint.
+func (s *Stack) addr(service string) string { return fmt.Sprintf("127.0.0.1:%d", s.ports[service]) }
+
+// MetricsURL is a service's (or an instance's) Prometheus endpoint.
 func (s *Stack) MetricsURL(service string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return fmt.Sprintf("http://127.0.0.1:%d/metrics", s.metricPorts[service])
 }
 
 // DatabaseURL is a service's database.
 func (s *Stack) DatabaseURL(service string) string { return s.Postgres.URL(service) }
 
-// StartService starts (or restarts) one service process.
+// StartService starts (or restarts) one service process: a service's
+// name, or an instance name (see [Instance]). An instance not started
+// before gets free ports.
 func (s *Stack) StartService(name string) error {
+	s.mu.Lock()
+	_, known := s.ports[name]
+	s.mu.Unlock()
+	if !known {
+		if err := s.repickPorts(name); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p := s.procs[name]; p != nil {
@@ -416,17 +492,18 @@ func (s *Stack) StartService(name string) error {
 			return fmt.Errorf("%s is already running", name)
 		}
 	}
-	cmd := exec.Command(filepath.Join(s.opts.BinDir, name))
+	svc := serviceOf(name)
+	cmd := exec.Command(filepath.Join(s.opts.BinDir, svc))
 	cmd.Env = append(os.Environ(),
-		"SWITCHYARD_GRPC_ADDR="+s.Addr(name),
+		"SWITCHYARD_GRPC_ADDR="+s.addr(name),
 		fmt.Sprintf("SWITCHYARD_METRICS_ADDR=127.0.0.1:%d", s.metricPorts[name]),
-		"SWITCHYARD_DATABASE_URL="+s.DatabaseURL(name),
+		"SWITCHYARD_DATABASE_URL="+s.DatabaseURL(svc),
 		"SWITCHYARD_KAFKA_BROKERS="+s.kafkaAdr,
 		"SWITCHYARD_TRANSPORT="+s.Transport(),
 		"SWITCHYARD_REDIS_URL="+s.RedisURL(0),
 		"SWITCHYARD_LOG_FORMAT=text",
 	)
-	if name == "inventory" && s.CacheURL() != "" {
+	if svc == "inventory" && s.CacheURL() != "" {
 		cmd.Env = append(cmd.Env, "SWITCHYARD_CACHE_URL="+s.CacheURL())
 	}
 	cmd.Env = append(cmd.Env, s.opts.Env...)
@@ -516,7 +593,7 @@ func (s *Stack) ExitCode(name string) int {
 func (s *Stack) WaitServing(ctx context.Context, name string) error {
 	api := ""
 	for _, svc := range Services {
-		if svc.Name == name {
+		if svc.Name == serviceOf(name) { // an instance's service
 			api = svc.API
 		}
 	}
@@ -590,7 +667,10 @@ func (s *Stack) Close() error {
 func (s *Stack) GrpcurlLines() string {
 	var b strings.Builder
 	for _, svc := range Services {
-		fmt.Fprintf(&b, "  grpcurl -plaintext %s describe   # %s\n", s.Addr(svc.Name), svc.Name)
+		for k := 1; k <= max(1, s.opts.Instances[svc.Name]); k++ {
+			name := Instance(svc.Name, k)
+			fmt.Fprintf(&b, "  grpcurl -plaintext %s describe   # %s\n", s.Addr(name), name)
+		}
 	}
 	return b.String()
 }
