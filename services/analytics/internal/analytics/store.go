@@ -22,7 +22,6 @@ var projectionTables = []string{"applied", "orders", "outcomes", "sku_sales", "c
 // row per customer, touched by nothing else.
 const registrationShard = -1
 
-
 // table names a projection table of schema.
 func table(schema, name string) string { return pgx.Identifier{schema, name}.Sanitize() }
 
