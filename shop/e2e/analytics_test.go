@@ -49,6 +49,10 @@ func TestAnalyticsScalesOut(t *testing.T) {
 	place(30, 60)
 	s.quietAndValid() // includes analytics: projections = orders database, one score per confirmed order
 	s.exactlyOnce(len(ids))
+	s.lagExported(map[string][]string{
+		"orders": {"orders"}, "inventory": {"inventory"}, "payments": {"payments"}, "notifications": {"notifications"},
+		"analytics": {stack.Instance("analytics", 1), stack.Instance("analytics", 3), stack.Instance("analytics", 4)},
+	})
 
 	// The report, read through an instance that joined late, agrees too.
 	conn, err := grpc.NewClient(s.stack.Addr(stack.Instance("analytics", 4)), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -104,6 +108,63 @@ func TestAnalyticsScalesOut(t *testing.T) {
 	})
 	s.quietAndValid()
 	s.exactlyOnce(len(ids))
+}
+
+// lagExported checks that every consumer group exports
+// switchyard_consumer_lag_messages{group,topic,partition} for each
+// partition of its topics, exactly once across the group's instances, and
+// that once quiet none shows messages left to deliver. A partition may
+// read -1 (unknown): a member knows its position in a partition only once
+// it has delivered a message from it (Kafka's Position), so a partition
+// that was never written to, or has had nothing new since it changed
+// hands, stays unknown however long one waits; that it holds nothing
+// undelivered is what the group's backlog, already 0 at a quiet point
+// (WaitQuiet), says.
+func (s *shop) lagExported(groups map[string][]string) {
+	s.t.Helper()
+	topics := map[string]int{"orders": 2, "inventory": 1, "payments": 2, "notifications": 2, "analytics": 2}
+	const partitions = 6 // the broker's and Redis transport's default
+	for group, instances := range groups {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			why := s.lagProblem(group, instances, partitions*topics[group])
+			if why == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				s.t.Fatalf("group %s: after a minute, %s", group, why)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+// lagProblem scrapes the instances of a group and says what is wrong with
+// its lag series, or "" when each of the want partitions is exported by
+// exactly one instance at 0 or -1.
+func (s *shop) lagProblem(group string, instances []string, want int) string {
+	seen := map[string]float64{}
+	owners := map[string]int{}
+	for _, in := range instances {
+		for k, v := range scrape(s.t.(*testing.T), s.stack.MetricsURL(in)) {
+			if strings.HasPrefix(k, "switchyard_consumer_lag_messages{") && strings.Contains(k, `group="`+group+`"`) {
+				seen[k] = v
+				owners[k]++
+			}
+		}
+	}
+	for k, v := range seen {
+		if v > 0 || v < -1 {
+			return fmt.Sprintf("%s = %v", k, v)
+		}
+		if owners[k] > 1 {
+			return fmt.Sprintf("%s is exported by %d instances", k, owners[k])
+		}
+	}
+	if len(seen) != want {
+		return fmt.Sprintf("%d partitions exported, want %d", len(seen), want)
+	}
+	return ""
 }
 
 // exactlyOnce checks that analytics applied each consumed event once: one
