@@ -556,9 +556,10 @@ func TestSkaffoldConfig(t *testing.T) {
 }
 
 // The Dockerfile's build command is `make build`'s, and it builds every
-// service from what the Dockerfile copies into the image and nothing else,
-// so a module a service needs but the Dockerfile does not copy (a new
-// shared module, say) fails here rather than in docker build.
+// service `make build` builds (the chart's and the others, such as
+// analytics) from what the Dockerfile copies into the image and nothing
+// else, so a module a service needs but the Dockerfile does not copy (a
+// new shared module, say) fails here rather than in docker build.
 func TestDockerfileBuildsLikeCI(t *testing.T) {
 	dockerfile, err := os.ReadFile("../Dockerfile")
 	if err != nil {
@@ -581,7 +582,17 @@ func TestDockerfileBuildsLikeCI(t *testing.T) {
 		t.Fatal("the Dockerfile copies nothing from the build context")
 	}
 	args := strings.Fields(string(docker[1]))[1:] // drop GOWORK=off
+	// Every service `make build` builds, not only the chart's.
+	services := regexp.MustCompile(`(?m)^SERVICES\s*:=\s*(.+)$`).FindSubmatch(makefile)
+	if services == nil {
+		t.Fatal("the Makefile has no SERVICES list")
+	}
 	for _, n := range serviceNames {
+		if !strings.Contains(" "+string(services[1])+" ", " "+n+" ") {
+			t.Errorf("make build does not build %s", n)
+		}
+	}
+	for _, n := range strings.Fields(string(services[1])) {
 		src := t.TempDir() // the image's /src
 		for _, c := range copies {
 			paths := strings.Fields(strings.ReplaceAll(string(c[1]), "${SERVICE}", n))
