@@ -101,8 +101,8 @@ func TestKillDuringBurst(t *testing.T) {
 			t.Fatalf("order %s ended %s", id, st)
 		}
 	}
-	if len(all) != 200 {
-		t.Fatalf("%d orders placed, want 200", len(all))
+	if want := 40 * len(stack.Services); len(all) != want {
+		t.Fatalf("%d orders placed, want %d", len(all), want)
 	}
 	s.quietAndValid()
 }
