@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/switchyard/switchyard/platform/broker"
+	"github.com/switchyard/switchyard/platform/kafkaserver"
 	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/platform/transport"
 )
@@ -25,7 +26,7 @@ type Broker struct {
 	dataDir string
 
 	mu      sync.Mutex
-	cluster *kfake.Cluster
+	cluster *kafkaserver.Server
 }
 
 // Kafka starts a single-node broker for this test; it is closed when the
@@ -69,7 +70,7 @@ func (b *Broker) Start() error {
 	var err error
 	// The port may linger briefly after a Stop; retry for a few seconds.
 	for i := 0; i < 50; i++ {
-		b.cluster, err = kfake.NewCluster(
+		b.cluster, err = kafkaserver.Start(
 			kfake.NumBrokers(1),
 			kfake.Ports(b.port),
 			kfake.DataDir(b.dataDir),
@@ -80,7 +81,7 @@ func (b *Broker) Start() error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("start kfake on %s: %w", b.Addr(), err)
+	return fmt.Errorf("kfake on %s: %w", b.Addr(), err)
 }
 
 // StallHeartbeats holds every consumer group heartbeat unanswered (and what

@@ -37,6 +37,7 @@ import (
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/platform/broker"
+	"github.com/switchyard/switchyard/platform/kafkaserver"
 	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/platform/redisserver"
 	"github.com/switchyard/switchyard/platform/redisstream"
@@ -131,7 +132,7 @@ const CacheDB = 1
 type Stack struct {
 	opts     Options
 	Postgres *pgcluster.Cluster
-	broker   *kfake.Cluster
+	broker   *kafkaserver.Server
 	brokerP  *process // the broker's process, with BrokerCommand
 	kport    int
 	kafkaAdr string
@@ -274,7 +275,7 @@ func Port(instance string) int {
 }
 
 // newBroker starts the in-process broker on port with its log in dir.
-func newBroker(port int, dir string, sync bool) (*kfake.Cluster, error) {
+func newBroker(port int, dir string, sync bool) (*kafkaserver.Server, error) {
 	opts := []kfake.Opt{kfake.NumBrokers(1), kfake.Ports(port), kfake.DataDir(dir), kfake.ClusterID("switchyard-local")}
 	if sync {
 		// Acknowledge a produce only once it is on disk: a relay confirms
@@ -282,7 +283,7 @@ func newBroker(port int, dir string, sync bool) (*kfake.Cluster, error) {
 		// must not lose what was acknowledged.
 		opts = append(opts, kfake.SyncWrites())
 	}
-	c, err := kfake.NewCluster(opts...)
+	c, err := kafkaserver.Start(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("start the Kafka broker on port %d: %w", port, err)
 	}
