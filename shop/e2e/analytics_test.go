@@ -37,6 +37,9 @@ func TestAnalyticsScalesOut(t *testing.T) {
 			ids = append(ids, s.order(cust, fmt.Sprintf("scale-%d", i), item(sku, int64(1+i%3))).GetOrderId())
 		}
 	}
+	// The instance killed is one at work: it owns partitions (the group
+	// has formed) and the first orders' events are flowing.
+	s.ownsPartitions(stack.Instance("analytics", 2), "analytics")
 	place(30, 0)
 	s.stack.Kill(stack.Instance("analytics", 2))
 	place(30, 30)
@@ -46,6 +49,9 @@ func TestAnalyticsScalesOut(t *testing.T) {
 	if err := s.stack.WaitServing(ctx, stack.Instance("analytics", 4)); err != nil {
 		t.Fatal(err)
 	}
+	// It joins, most likely while the killed member's session is still
+	// running out, and takes partitions over.
+	s.ownsPartitions(stack.Instance("analytics", 4), "analytics")
 	place(30, 60)
 	s.quietAndValid() // includes analytics: projections = orders database, one score per confirmed order
 	s.exactlyOnce(len(ids))
@@ -108,6 +114,15 @@ func TestAnalyticsScalesOut(t *testing.T) {
 	})
 	s.quietAndValid()
 	s.exactlyOnce(len(ids))
+}
+
+// ownsPartitions waits until an instance's member of group has partitions
+// assigned (switchyard_consumer_partitions).
+func (s *shop) ownsPartitions(instance, group string) {
+	s.t.Helper()
+	testkit.WaitFor(s.t, time.Minute, instance+" to own partitions of group "+group, func() bool {
+		return scrape(s.t, s.stack.MetricsURL(instance))[`switchyard_consumer_partitions{group="`+group+`"}`] > 0
+	})
 }
 
 // lagExported checks that every consumer group exports
