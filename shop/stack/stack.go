@@ -181,10 +181,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		metrics := port + 1000
 		if opts.RandomPorts {
 			var err error
-			if port, err = pgcluster.FreePort(); err != nil {
-				return nil, err
-			}
-			if metrics, err = pgcluster.FreePort(); err != nil {
+			if port, metrics, err = s.freePorts(); err != nil {
 				return nil, err
 			}
 		} else {
@@ -390,11 +387,7 @@ func (s *Stack) exited(name string) bool {
 
 // repickPorts gives a service new free gRPC and metrics ports.
 func (s *Stack) repickPorts(name string) error {
-	port, err := pgcluster.FreePort()
-	if err != nil {
-		return err
-	}
-	metrics, err := pgcluster.FreePort()
+	port, metrics, err := s.freePorts()
 	if err != nil {
 		return err
 	}
@@ -402,6 +395,33 @@ func (s *Stack) repickPorts(name string) error {
 	s.ports[name], s.metricPorts[name] = port, metrics
 	s.mu.Unlock()
 	return nil
+}
+
+// freePorts returns two free ports that no instance of the stack has been
+// given: the system hands a port out again once the listener that found
+// it free is closed, and of two instances given the same port, one could
+// not bind it while the other answered on it.
+func (s *Stack) freePorts() (grpcPort, metricsPort int, err error) {
+	s.mu.Lock()
+	taken := map[int]bool{}
+	for _, ports := range []map[string]int{s.ports, s.metricPorts} {
+		for _, p := range ports {
+			taken[p] = true
+		}
+	}
+	s.mu.Unlock()
+	var picked []int
+	for len(picked) < 2 {
+		p, err := pgcluster.FreePort()
+		if err != nil {
+			return 0, 0, err
+		}
+		if !taken[p] {
+			taken[p] = true
+			picked = append(picked, p)
+		}
+	}
+	return picked[0], picked[1], nil
 }
 
 // pickPort returns want if it is free, or a free port when want is 0.
