@@ -89,6 +89,49 @@ build: ## Build the six services and the local runner into .bin/
 	@for s in $(SERVICES); do (cd services/$$s && $(GOBUILD) -o $(BIN)/$$s ./cmd/$$s) || exit 1; done
 	cd shop && $(GOBUILD) -o $(BIN)/shop ./cmd/shop
 
+# A real Kubernetes control plane, built from the Go module proxy into
+# .bin/k8s/ once (again only when a pinning go.mod changes): kube-apiserver,
+# kube-controller-manager and kube-scheduler (tools/kube), etcd (tools/etcd)
+# and kwok's fake nodes (tools/kwok). deploy/controlplane_test.go runs the
+# chart against it whenever these binaries are present.
+K8S_BIN  := $(BIN)/k8s
+KUBE_CMDS := kube-apiserver kube-controller-manager kube-scheduler
+# Without the version ldflags the server reports v0.0.0 and Helm refuses the
+# chart's kubeVersion; the version is the one tools/kube/go.mod pins.
+KUBE_VERSION = $(shell GOWORK=off go -C tools/kube list -m -f '{{.Version}}' k8s.io/kubernetes)
+KUBE_LDFLAGS = -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+  -X k8s.io/component-base/version.gitMajor=$(word 1,$(subst ., ,$(KUBE_VERSION:v%=%))) \
+  -X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION:v%=%))) \
+  -X k8s.io/component-base/version.gitTreeState=clean
+
+$(addprefix $(K8S_BIN)/,$(KUBE_CMDS)) &: tools/kube/go.mod tools/kube/go.sum
+	@mkdir -p $(K8S_BIN)
+	GOWORK=off CGO_ENABLED=0 go -C tools/kube build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(K8S_BIN)/ $(addprefix k8s.io/kubernetes/cmd/,$(KUBE_CMDS))
+
+$(K8S_BIN)/etcd: tools/etcd/go.mod tools/etcd/go.sum
+	@mkdir -p $(K8S_BIN)
+	GOWORK=off CGO_ENABLED=0 go -C tools/etcd build -trimpath -o $@ go.etcd.io/etcd/server/v3
+
+# kwok needs its stages as configuration: kwokctl's defaults (nodes Ready,
+# with a lease; a scheduled pod Running and Ready; a deleted one gone),
+# taken from the pinned release.
+KWOK_STAGES := node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+  pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete
+
+$(K8S_BIN)/kwok $(K8S_BIN)/kwok-stages.yaml &: tools/kwok/go.mod tools/kwok/go.sum
+	@mkdir -p $(K8S_BIN)
+	GOWORK=off CGO_ENABLED=0 go -C tools/kwok build -trimpath -o $(K8S_BIN)/kwok sigs.k8s.io/kwok/cmd/kwok
+	dir=$$(GOWORK=off go -C tools/kwok list -m -f '{{.Dir}}' sigs.k8s.io/kwok); \
+	for s in $(KWOK_STAGES); do echo "---"; cat "$$dir/kustomize/stage/$$s.yaml"; done > $(K8S_BIN)/kwok-stages.yaml.tmp
+	mv $(K8S_BIN)/kwok-stages.yaml.tmp $(K8S_BIN)/kwok-stages.yaml
+
+.PHONY: control-plane
+control-plane: $(addprefix $(K8S_BIN)/,$(KUBE_CMDS) etcd kwok kwok-stages.yaml) ## Build the Kubernetes control plane for k8s-check into .bin/k8s/
+
+.PHONY: k8s-check
+k8s-check: control-plane ## Install, upgrade, uninstall and reinstall the chart on a real control plane (see README)
+	cd deploy && GOWORK=off SWITCHYARD_K8S_BIN=$(K8S_BIN) go test $(GOTEST_FLAGS) -run 'TestControlPlane' -v .
+
 KUBE_CONTEXT ?= kind-switchyard
 HELM_FLAGS   ?=
 

@@ -3,7 +3,9 @@
 // every object strict-decodes into its k8s.io/api type, cross-references
 // hold, Helm's strict lint passes, the values schema rejects bad values, the
 // kind and skaffold configs parse under their own types, and the Dockerfile
-// builds the services exactly like CI.
+// builds the services exactly like CI. When `make control-plane` has built
+// a Kubernetes control plane into .bin/k8s/, it also runs the chart's
+// lifecycle against it (controlplane_test.go).
 package deploy
 
 import (
