@@ -15,7 +15,7 @@ ARG GO_VERSION=1.26.8
 
 FROM golang:${GO_VERSION}-bookworm AS build
 ARG SERVICE
-RUN test -n "${SERVICE}" || (echo "build with --build-arg SERVICE=<customers|orders|inventory|payments|notifications|analytics>" && false)
+RUN test -n "${SERVICE}" || (echo "build with --build-arg SERVICE=<name>, a service under services/ (make images builds them all)" && false)
 WORKDIR /src
 # Module files first, so dependency downloads are cached across code changes. services/rules
 # is the shop's rules that several services share: every image copies it,

@@ -11,7 +11,10 @@ GRPCURL := $(BIN)/grpcurl
 # golangci-lint has a module of its own (tools/lint) so that its many
 # dependencies never move buf's or grpcurl's versions.
 GOLANGCI_LINT := $(BIN)/golangci-lint
-SERVICES := customers orders inventory payments notifications analytics
+# The services are the modules under services/ with a command of their own
+# name (services/<name>/cmd/<name>); shop/registry lists them with their
+# ports, and its test fails if the two disagree.
+SERVICES := $(sort $(foreach m,$(wildcard services/*/cmd/*/main.go),$(word 2,$(subst /, ,$(m)))))
 MODULES  := ./gen/go/... ./platform/... ./shop/... ./services/rules/... $(foreach s,$(SERVICES),./services/$(s)/...)
 # The one way to build a service, here and in the Dockerfile (each service
 # module builds on its own, as in the image; deploy/ tests that they match).

@@ -9,7 +9,7 @@ import (
 
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
-	"github.com/switchyard/switchyard/shop/stack"
+	"github.com/switchyard/switchyard/shop/registry"
 )
 
 // A participant (payments) stopped past the step deadline: the order is
@@ -69,7 +69,7 @@ func TestKillDuringBurst(t *testing.T) {
 	skus := []string{s.product(100, 40), s.product(250, 1_000)}
 	custs := []string{s.customer(3_000), s.customer(1_000_000), s.customer(50_000)}
 	var all []string
-	for round, victim := range stack.Services {
+	for round, victim := range registry.Services {
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		for w := 0; w < 4; w++ {
@@ -101,7 +101,7 @@ func TestKillDuringBurst(t *testing.T) {
 			t.Fatalf("order %s ended %s", id, st)
 		}
 	}
-	if want := 40 * len(stack.Services); len(all) != want {
+	if want := 40 * len(registry.Services); len(all) != want {
 		t.Fatalf("%d orders placed, want %d", len(all), want)
 	}
 	s.quietAndValid()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/shop/registry"
 	"github.com/switchyard/switchyard/shop/stack"
 )
 
@@ -55,7 +56,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	}
 	defer st.Close()
 	text = script.String()
-	for _, svc := range stack.Services {
+	for _, svc := range registry.Services {
 		addr := fmt.Sprintf("localhost:%d", svc.Port)
 		if !strings.Contains(text, addr) {
 			t.Fatalf("the walkthrough never calls %s on %s", svc.Name, addr)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/shop/registry"
 )
 
 // span is what the test's OTLP receiver keeps of an exported span.
@@ -289,18 +290,18 @@ func TestMetricsMove(t *testing.T) {
 	cust, sku := s.customer(100_000), s.product(100, 1_000)
 	s.quietAndValid()
 	before := map[string]map[string]float64{}
-	for _, svc := range []string{"customers", "orders", "inventory", "payments", "notifications"} {
-		m := scrape(t, s.stack.MetricsURL(svc))
-		before[svc] = m
+	for _, svc := range registry.Services {
+		m := scrape(t, s.stack.MetricsURL(svc.Name))
+		before[svc.Name] = m
 		want := []string{"switchyard_relay_events_published_total", "switchyard_relay_failures_total", "switchyard_relay_slot_lag_bytes",
 			"switchyard_relay_oldest_unpublished_age_seconds", "switchyard_relay_active"}
-		if svc != "customers" {
+		if len(svc.Consumes) > 0 {
 			want = append(want, "switchyard_consumer_events_processed_total", "switchyard_consumer_duplicates_skipped_total",
 				"switchyard_consumer_retries_total", "switchyard_consumer_dead_lettered_total")
 		}
 		for _, name := range want {
 			if _, ok := sum(m, name); !ok {
-				t.Errorf("%s does not serve %s", svc, name)
+				t.Errorf("%s does not serve %s", svc.Name, name)
 			}
 		}
 	}
@@ -361,7 +362,7 @@ func TestMetricsMove(t *testing.T) {
 	})
 
 	// Once quiet, every relay's lag returns to zero.
-	for _, svc := range []string{"customers", "orders", "inventory", "payments", "notifications"} {
+	for _, svc := range registry.Names() {
 		testkit.WaitFor(t, time.Minute, svc+"'s relay lag (bytes and oldest unpublished age) to return to 0", func() bool {
 			m := scrape(t, s.stack.MetricsURL(svc))
 			lag, _ := sum(m, "switchyard_relay_slot_lag_bytes")

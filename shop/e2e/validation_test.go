@@ -17,6 +17,7 @@ import (
 	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
+	"github.com/switchyard/switchyard/shop/registry"
 )
 
 // Every bad input named in docs/design.md gets INVALID_ARGUMENT with a
@@ -314,7 +315,7 @@ func contains(list []string, s string) bool {
 func (s *shop) fingerprint() string {
 	s.t.Helper()
 	var parts []string
-	for _, svc := range []string{"customers", "orders", "inventory", "payments", "notifications"} {
+	for _, svc := range registry.Names() {
 		pool := s.check.Pool(svc)
 		rows, err := pool.Query(ctx, `SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename`)
 		if err != nil {

@@ -32,6 +32,7 @@ import (
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	"github.com/switchyard/switchyard/platform/cache"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/shop/registry"
 )
 
 // Checker reads the services' databases and the transport.
@@ -45,7 +46,7 @@ type Checker struct {
 // database URL, and tr reads the consumer groups' progress.
 func Open(ctx context.Context, url func(service string) string, tr transport.Transport) (*Checker, error) {
 	c := &Checker{pools: map[string]*pgxpool.Pool{}, tr: tr}
-	for _, s := range []string{"customers", "orders", "inventory", "payments", "notifications", "analytics"} {
+	for _, s := range registry.Names() {
 		p, err := pgxpool.New(ctx, url(s))
 		if err != nil {
 			c.Close()
@@ -114,16 +115,6 @@ func (c *Checker) WaitQuiet(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-// Subscribers maps each service's consumer group to the topics it
-// consumes.
-var Subscribers = map[string][]string{
-	"orders":        {"switchyard.inventory", "switchyard.payment"},
-	"inventory":     {"switchyard.order"},
-	"payments":      {"switchyard.customer", "switchyard.order"},
-	"notifications": {"switchyard.customer", "switchyard.order"},
-	"analytics":     {"switchyard.customer", "switchyard.order"},
-}
-
 // snapshot describes pending orders, waiting outbox rows and each group's
 // backlog; quiet means none.
 func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
@@ -140,8 +131,10 @@ func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 		outboxRows += n
 	}
 	subs := map[string][]string{}
-	for g, topics := range Subscribers {
-		subs[g] = topics
+	for _, svc := range registry.Services {
+		if len(svc.Consumes) > 0 {
+			subs[svc.Name] = svc.Consumes
+		}
 	}
 	if c.stock != nil {
 		subs["inventory-cache"] = []string{"switchyard.product"}

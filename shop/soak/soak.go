@@ -32,6 +32,7 @@ import (
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/shop/invariants"
+	"github.com/switchyard/switchyard/shop/registry"
 	"github.com/switchyard/switchyard/shop/stack"
 )
 
@@ -189,7 +190,7 @@ func inject(ctx context.Context, s *stack.Stack, kind string, rng *rand.Rand, op
 	var err error
 	switch kind {
 	case "kill-service":
-		f.Target = stack.Services[rng.IntN(len(stack.Services))].Name
+		f.Target = registry.Services[rng.IntN(len(registry.Services))].Name
 		s.Kill(f.Target)
 		err = restart(ctx, s, f.Target)
 	case "kill-broker":
@@ -206,7 +207,7 @@ func inject(ctx context.Context, s *stack.Stack, kind string, rng *rand.Rand, op
 			err = waitAll(ctx, s)
 		}
 	case "pause-service":
-		f.Target = stack.Services[rng.IntN(len(stack.Services))].Name
+		f.Target = registry.Services[rng.IntN(len(registry.Services))].Name
 		s.Pause(f.Target)
 		select {
 		case <-ctx.Done():
@@ -215,18 +216,20 @@ func inject(ctx context.Context, s *stack.Stack, kind string, rng *rand.Rand, op
 		s.Resume(f.Target)
 		err = waitAll(ctx, s)
 	case "rewind-group":
-		groups := make([]string, 0, len(invariants.Subscribers))
-		for g := range invariants.Subscribers {
-			groups = append(groups, g)
+		var consumers []registry.Service
+		for _, svc := range registry.Services {
+			if len(svc.Consumes) > 0 {
+				consumers = append(consumers, svc)
+			}
 		}
-		sort.Strings(groups)
-		f.Target = groups[rng.IntN(len(groups))]
+		group := consumers[rng.IntN(len(consumers))]
+		f.Target = group.Name
 		// Kafka rewinds only a group without members: stop the service,
 		// rewind once its member has left, start it again.
 		s.Stop(f.Target)
 		cfg := broker.Config{Brokers: s.KafkaAddr()}
 		for attempt := 0; ; attempt++ {
-			if err = broker.RewindGroup(ctx, cfg, f.Target, invariants.Subscribers[f.Target]...); err == nil || attempt == 60 || ctx.Err() != nil {
+			if err = broker.RewindGroup(ctx, cfg, f.Target, group.Consumes...); err == nil || attempt == 60 || ctx.Err() != nil {
 				break
 			}
 			time.Sleep(time.Second)
@@ -254,7 +257,7 @@ func restart(ctx context.Context, s *stack.Stack, name string) error {
 
 // waitAll waits until every service reports SERVING.
 func waitAll(ctx context.Context, s *stack.Stack) error {
-	for _, svc := range stack.Services {
+	for _, svc := range registry.Services {
 		if err := s.WaitServing(ctx, svc.Name); err != nil {
 			return err
 		}
@@ -289,7 +292,7 @@ func dial(s *stack.Stack) (*driver, error) {
 		}
 		return c, err
 	}
-	for _, svc := range stack.Services {
+	for _, svc := range registry.Services {
 		c, err := conn(svc.Name)
 		if err != nil {
 			d.close()

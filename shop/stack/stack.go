@@ -30,37 +30,14 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	analyticsv1 "github.com/switchyard/switchyard/gen/go/switchyard/analytics/v1"
-	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
-	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
-	notificationsv1 "github.com/switchyard/switchyard/gen/go/switchyard/notifications/v1"
-	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
-	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/kafkaserver"
 	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/platform/redisserver"
 	"github.com/switchyard/switchyard/platform/redisstream"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/shop/registry"
 )
-
-// Services lists the shop's services with their documented ports, in start
-// order.
-var Services = []struct {
-	Name string
-	Port int
-	// API is the gRPC service it serves. Its health entry says when the
-	// service is ready, and only this service has it: another process that
-	// took the port first answers NOT_FOUND for it, not SERVING.
-	API string
-}{
-	{"customers", 50051, customersv1.CustomerService_ServiceDesc.ServiceName},
-	{"orders", 50052, ordersv1.OrderService_ServiceDesc.ServiceName},
-	{"inventory", 50053, inventoryv1.InventoryService_ServiceDesc.ServiceName},
-	{"payments", 50054, paymentsv1.PaymentService_ServiceDesc.ServiceName},
-	{"notifications", 50055, notificationsv1.NotificationService_ServiceDesc.ServiceName},
-	{"analytics", 50056, analyticsv1.AnalyticsService_ServiceDesc.ServiceName},
-}
 
 // ExtraInstancePortStep is how far apart the fixed ports of a service's
 // extra instances are: instance k (2, 3, ...) of a service on port P
@@ -79,7 +56,7 @@ func Instance(service string, k int) string {
 
 // serviceOf returns the service an instance name belongs to.
 func serviceOf(instance string) string {
-	for _, svc := range Services {
+	for _, svc := range registry.Services {
 		if instance == svc.Name || strings.HasPrefix(instance, svc.Name+"-") {
 			return svc.Name
 		}
@@ -152,7 +129,7 @@ type process struct {
 // Build compiles the services into binDir the way `make build` and
 // the Dockerfile do: each module on its own (GOWORK=off), -trimpath.
 func Build(ctx context.Context, repoRoot, binDir string) error {
-	for _, s := range Services {
+	for _, s := range registry.Services {
 		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(binDir, s.Name), "./cmd/"+s.Name)
 		cmd.Dir = filepath.Join(repoRoot, "services", s.Name)
 		cmd.Env = append(os.Environ(), "GOWORK=off")
@@ -170,7 +147,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	s := &Stack{opts: opts, procs: map[string]*process{}, ports: map[string]int{}, metricPorts: map[string]int{}}
 	var instances []string
-	for _, svc := range Services {
+	for _, svc := range registry.Services {
 		for k := 1; k <= max(1, opts.Instances[svc.Name]); k++ {
 			instances = append(instances, Instance(svc.Name, k))
 		}
@@ -200,7 +177,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	if err != nil {
 		return nil, fmt.Errorf("PostgreSQL: %w", err)
 	}
-	for _, svc := range Services {
+	for _, svc := range registry.Services {
 		if err := s.Postgres.CreateDatabase(ctx, svc.Name); err != nil {
 			s.Close()
 			return nil, err
@@ -255,20 +232,17 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 // Port returns the fixed gRPC port of an instance (see
 // [ExtraInstancePortStep]); 0 for an unknown name.
 func Port(instance string) int {
-	svc := serviceOf(instance)
-	for _, s := range Services {
-		if s.Name != svc {
-			continue
-		}
-		k := 1
-		if instance != svc {
-			if _, err := fmt.Sscanf(strings.TrimPrefix(instance, svc+"-"), "%d", &k); err != nil {
-				return 0
-			}
-		}
-		return s.Port + (k-1)*ExtraInstancePortStep
+	svc, ok := registry.Lookup(serviceOf(instance))
+	if !ok {
+		return 0
 	}
-	return 0
+	k := 1
+	if instance != svc.Name {
+		if _, err := fmt.Sscanf(strings.TrimPrefix(instance, svc.Name+"-"), "%d", &k); err != nil {
+			return 0
+		}
+	}
+	return svc.Port + (k-1)*ExtraInstancePortStep
 }
 
 // newBroker starts the in-process broker on port with its log in dir.
@@ -609,16 +583,11 @@ func (s *Stack) ExitCode(name string) int {
 }
 
 // WaitServing waits until a service's health check reports SERVING for
-// its own gRPC service (Services[].API), so that a port some other server
-// took first is never mistaken for the service.
+// its own gRPC service (registry.Service.API), so that a port some other
+// server took first is never mistaken for the service.
 func (s *Stack) WaitServing(ctx context.Context, name string) error {
-	api := ""
-	for _, svc := range Services {
-		if svc.Name == serviceOf(name) { // an instance's service
-			api = svc.API
-		}
-	}
-	if api == "" {
+	svc, ok := registry.Lookup(serviceOf(name)) // an instance's service
+	if !ok {
 		return fmt.Errorf("no service %q in the shop", name)
 	}
 	conn, err := grpc.NewClient(s.Addr(name), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -630,7 +599,7 @@ func (s *Stack) WaitServing(ctx context.Context, name string) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := client.Check(cctx, &healthpb.HealthCheckRequest{Service: api})
+		resp, err := client.Check(cctx, &healthpb.HealthCheckRequest{Service: svc.API})
 		cancel()
 		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
 			return nil
@@ -687,7 +656,7 @@ func (s *Stack) Close() error {
 // GrpcurlLines returns ready-to-paste grpcurl commands for this stack.
 func (s *Stack) GrpcurlLines() string {
 	var b strings.Builder
-	for _, svc := range Services {
+	for _, svc := range registry.Services {
 		for k := 1; k <= max(1, s.opts.Instances[svc.Name]); k++ {
 			name := Instance(svc.Name, k)
 			fmt.Fprintf(&b, "  grpcurl -plaintext %s describe   # %s\n", s.Addr(name), name)

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/switchyard/switchyard/shop/registry"
 )
 
 // A server that took a service's port first (another stack's, say)
@@ -38,11 +40,8 @@ func TestWaitServingAsksForTheServicesOwnAPI(t *testing.T) {
 		t.Fatalf("WaitServing with a foreign server on the port: %v, want it to wait until the deadline", err)
 	}
 
-	for _, svc := range Services {
-		if svc.Name == name {
-			hs.SetServingStatus(svc.API, healthpb.HealthCheckResponse_SERVING)
-		}
-	}
+	svc, _ := registry.Lookup(name)
+	hs.SetServingStatus(svc.API, healthpb.HealthCheckResponse_SERVING)
 	if err := s.WaitServing(context.Background(), name); err != nil {
 		t.Fatalf("WaitServing once the service's API is SERVING: %v", err)
 	}
