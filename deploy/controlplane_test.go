@@ -524,7 +524,7 @@ func (cp *controlPlane) checkRenderings(t *testing.T) {
 				if gvk.Kind == "ServiceAccount" {
 					opts.DryRun = nil
 				}
-				if _, err := r.Create(ctx, obj, opts); err != nil && !(opts.DryRun == nil && apierrors.IsAlreadyExists(err)) {
+				if _, err := r.Create(ctx, obj, opts); err != nil && (opts.DryRun != nil || !apierrors.IsAlreadyExists(err)) {
 					t.Errorf("%s %s: %v", gvk.Kind, obj.GetName(), err)
 				}
 				for _, warning := range w.take() {
