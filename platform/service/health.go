@@ -1,0 +1,89 @@
+package service
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// LivenessService is the health service name that reports SERVING for as
+// long as the process runs (for liveness probes); the empty name and each
+// gRPC service's name report readiness.
+const LivenessService = "liveness"
+
+// RelayHealthService is the health service name that reports whether the
+// outbox relay publishes: NOT_SERVING while it is stuck (see
+// [relay.Relay.Check]), with a log line saying why. It is kept apart from
+// readiness on purpose: a stuck relay loses nothing (events wait in the
+// outbox), and taking the RPCs down with it would turn a delay into an
+// outage. Alert on it, or on the metric switchyard_relay_stuck.
+const RelayHealthService = "relay"
+
+// healthProbes keeps the health statuses in line with the service's
+// dependencies: readiness follows the reachability of the database and the
+// broker, the relay status follows [relay.Relay.Check].
+type healthProbes struct {
+	database, broker func(context.Context) error
+	relay            func() error
+	setReady         func(healthpb.HealthCheckResponse_ServingStatus)
+	setRelay         func(healthpb.HealthCheckResponse_ServingStatus)
+
+	ready, relayOK bool // the statuses last set
+	checked        bool // whether any were set
+}
+
+// loop probes every two seconds until ctx ends.
+func (h *healthProbes) loop(ctx context.Context, logger *slog.Logger) error {
+	for {
+		h.probe(ctx, logger)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// probe checks once and sets the statuses that changed, logging why.
+func (h *healthProbes) probe(ctx context.Context, logger *slog.Logger) {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	dbErr := h.database(cctx)
+	cancel()
+	cctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+	brokerErr := h.broker(cctx)
+	cancel()
+	relayErr := h.relay()
+	first := !h.checked
+	h.checked = true
+	if ready := dbErr == nil && brokerErr == nil; first || ready != h.ready {
+		h.ready = ready
+		if ready {
+			h.setReady(healthpb.HealthCheckResponse_SERVING)
+			logger.Info("health: SERVING")
+		} else {
+			h.setReady(healthpb.HealthCheckResponse_NOT_SERVING)
+			logger.Warn("health: NOT_SERVING", "database_error", errString(dbErr), "broker_error", errString(brokerErr))
+		}
+	}
+	if ok := relayErr == nil; first || ok != h.relayOK {
+		h.relayOK = ok
+		if ok {
+			h.setRelay(healthpb.HealthCheckResponse_SERVING)
+			if !first {
+				logger.Info("health: relay publishes again")
+			}
+		} else {
+			h.setRelay(healthpb.HealthCheckResponse_NOT_SERVING)
+			logger.Error("health: relay NOT_SERVING: events are not reaching the broker", "error", relayErr)
+		}
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
