@@ -1,20 +1,27 @@
 package deploy
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"k8s.io/apiextensions-apiserver/pkg/apis/apiextensions"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	structuralschema "k8s.io/apiextensions-apiserver/pkg/apiserver/schema"
+	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/pruning"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/validation"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	celconfig "k8s.io/apiserver/pkg/apis/cel"
 	"sigs.k8s.io/yaml"
 )
 
@@ -108,8 +115,10 @@ func TestDashboardQueriesExportedSeries(t *testing.T) {
 }
 
 // crdValidator validates objects as the API server does for the CRD in
-// file: its OpenAPI schema, and no field the schema does not know (which
-// the server would silently prune).
+// file: the object's apiVersion and kind must be ones the CRD serves, and
+// then, with that version's schema, its OpenAPI validation, its
+// x-kubernetes-validations (CEL) rules, and no field the schema does not
+// know (which the server would silently prune).
 func crdValidator(t *testing.T, file string) func(obj map[string]any) []string {
 	t.Helper()
 	b, err := os.ReadFile(file)
@@ -118,29 +127,64 @@ func crdValidator(t *testing.T, file string) func(obj map[string]any) []string {
 	}
 	var crd apiextensionsv1.CustomResourceDefinition
 	if err := yaml.Unmarshal(b, &crd); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s: %v", file, err)
 	}
-	var internal apiextensions.JSONSchemaProps
-	if err := apiextensionsv1.Convert_v1_JSONSchemaProps_To_apiextensions_JSONSchemaProps(crd.Spec.Versions[0].Schema.OpenAPIV3Schema, &internal, nil); err != nil {
-		t.Fatal(err)
+	type schemas struct {
+		validator  validation.SchemaValidator
+		structural *structuralschema.Structural
+		cel        *cel.Validator // nil when the version has no CEL rules
 	}
-	validator, _, err := validation.NewSchemaValidator(&internal)
-	if err != nil {
-		t.Fatal(err)
+	served := map[string]schemas{} // by apiVersion
+	for _, v := range crd.Spec.Versions {
+		if !v.Served || v.Schema == nil {
+			continue
+		}
+		var internal apiextensions.JSONSchemaProps
+		if err := apiextensionsv1.Convert_v1_JSONSchemaProps_To_apiextensions_JSONSchemaProps(v.Schema.OpenAPIV3Schema, &internal, nil); err != nil {
+			t.Fatalf("%s %s: %v", file, v.Name, err)
+		}
+		validator, _, err := validation.NewSchemaValidator(&internal)
+		if err != nil {
+			t.Fatalf("%s %s: %v", file, v.Name, err)
+		}
+		structural, err := structuralschema.NewStructural(&internal)
+		if err != nil {
+			t.Fatalf("%s %s: %v", file, v.Name, err)
+		}
+		served[crd.Spec.Group+"/"+v.Name] = schemas{validator, structural, cel.NewValidator(structural, true, celconfig.PerCallLimit)}
 	}
-	structural, err := structuralschema.NewStructural(&internal)
-	if err != nil {
-		t.Fatal(err)
+	if len(served) == 0 {
+		t.Fatalf("%s serves no version with a schema", file)
 	}
 	return func(obj map[string]any) []string {
+		apiVersion, _ := obj["apiVersion"].(string)
+		kind, _ := obj["kind"].(string)
+		s, ok := served[apiVersion]
+		if !ok || kind != crd.Spec.Names.Kind {
+			return []string{fmt.Sprintf("apiVersion %q kind %q: the CRD %s serves kind %s in %v", apiVersion, kind, crd.Name, crd.Spec.Names.Kind, slices.Sorted(maps.Keys(served)))}
+		}
+		// A copy as the API server decodes JSON (whole numbers as int64,
+		// which CEL and pruning expect), so the caller's object stays as
+		// it was.
+		j, err := json.Marshal(obj)
+		if err != nil {
+			return []string{err.Error()}
+		}
+		var copied map[string]any
+		if err := utiljson.Unmarshal(j, &copied); err != nil {
+			return []string{err.Error()}
+		}
 		var problems []string
-		for _, e := range validation.ValidateCustomResource(field.NewPath(""), obj, validator) {
+		for _, e := range validation.ValidateCustomResource(field.NewPath(""), copied, s.validator) {
 			problems = append(problems, e.Error())
 		}
-		copied := map[string]any{}
-		j, _ := json.Marshal(obj)
-		_ = json.Unmarshal(j, &copied)
-		for _, p := range pruning.PruneWithOptions(copied, structural, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true}) {
+		if s.cel != nil {
+			errs, _ := s.cel.Validate(context.Background(), field.NewPath(""), s.structural, copied, nil, celconfig.RuntimeCELCostBudget)
+			for _, e := range errs {
+				problems = append(problems, e.Error())
+			}
+		}
+		for _, p := range pruning.PruneWithOptions(copied, s.structural, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true}) {
 			problems = append(problems, "unknown field "+p)
 		}
 		return problems
@@ -149,7 +193,7 @@ func crdValidator(t *testing.T, file string) func(obj map[string]any) []string {
 
 // With metrics.serviceMonitor.enabled, the ServiceMonitor is valid under
 // the Prometheus Operator's own CRD schema (shipped in testdata/), selects
-// exactly the five services' Services and scrapes their metrics port; the
+// exactly the six services' Services and scrapes their metrics port; the
 // pods carry prometheus.io/* annotations naming that port.
 func TestServiceMonitorAndScrapeAnnotations(t *testing.T) {
 	validate := crdValidator(t, "testdata/servicemonitors.monitoring.coreos.com.yaml")
@@ -202,7 +246,7 @@ func TestServiceMonitorAndScrapeAnnotations(t *testing.T) {
 		}
 	}
 	if len(selected) != len(serviceNames) {
-		t.Errorf("the ServiceMonitor selects %v, want the five services", selected)
+		t.Errorf("the ServiceMonitor selects %v, want the six services", selected)
 	}
 	if strings.Join(spec.Spec.PodTargetLabels, ",") != "app.kubernetes.io/name" {
 		t.Errorf("podTargetLabels %v: the dashboard groups by app_kubernetes_io_name", spec.Spec.PodTargetLabels)
