@@ -26,6 +26,7 @@ import (
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/lint/support"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	k8sjson "sigs.k8s.io/json"
@@ -35,7 +36,7 @@ import (
 
 const chartPath = "../charts/switchyard"
 
-var serviceNames = []string{"customers", "orders", "inventory", "payments", "notifications"}
+var serviceNames = []string{"customers", "orders", "inventory", "payments", "notifications", "analytics"}
 
 // render installs the chart client-side (no cluster) with values.
 func render(t *testing.T, values map[string]any) (string, error) {
@@ -68,9 +69,12 @@ type objects struct {
 	configMaps   map[string]corev1.ConfigMap
 	accounts     map[string]bool
 	pdbs         []policyv1.PodDisruptionBudget
-	// serviceMonitors are custom resources: monitoring_test.go validates
-	// them against the ServiceMonitor CRD's schema.
+	hpas         []autoscalingv2.HorizontalPodAutoscaler
+	// serviceMonitors and scaledObjects are custom resources:
+	// monitoring_test.go and autoscaling_test.go validate them against
+	// their CRDs' schemas.
 	serviceMonitors []map[string]any
+	scaledObjects   []map[string]any
 }
 
 // strict decodes YAML into v the way the API server does, case-sensitively,
@@ -131,10 +135,18 @@ func decode(t *testing.T, manifest string) objects {
 			var p policyv1.PodDisruptionBudget
 			err = strict([]byte(doc), &p)
 			o.pdbs = append(o.pdbs, p)
+		case "HorizontalPodAutoscaler":
+			var h autoscalingv2.HorizontalPodAutoscaler
+			err = strict([]byte(doc), &h)
+			o.hpas = append(o.hpas, h)
 		case "ServiceMonitor":
 			var m map[string]any
 			err = yaml.Unmarshal([]byte(doc), &m)
 			o.serviceMonitors = append(o.serviceMonitors, m)
+		case "ScaledObject":
+			var m map[string]any
+			err = yaml.Unmarshal([]byte(doc), &m)
+			o.scaledObjects = append(o.scaledObjects, m)
 		default:
 			t.Fatalf("unexpected kind %q: add it to the test's decoder", meta.Kind)
 		}
@@ -174,6 +186,10 @@ var renderings = map[string]map[string]any{
 	"cache off":         {"cache": map[string]any{"enabled": false}},
 	"external cache":    {"redis": map[string]any{"enabled": false, "external": map[string]any{"url": "redis://redis.infra:6379"}}},
 	"service monitor":   {"metrics": map[string]any{"serviceMonitor": map[string]any{"enabled": true}, "dashboard": map[string]any{"enabled": false}}},
+	// analytics on KEDA instead of its default CPU HPA, and on fixed
+	// replicas with no autoscaler (autoscaling_test.go checks each).
+	"analytics keda":           analyticsValues(map[string]any{"keda": map[string]any{"enabled": true}}),
+	"analytics fixed replicas": {"analytics": map[string]any{"autoscaling": map[string]any{"enabled": false}}, "services": map[string]any{"analytics": map[string]any{"replicas": 2}}},
 }
 
 func externalDBs() map[string]any {
@@ -345,7 +361,7 @@ func TestRedisTransportRendering(t *testing.T) {
 	}
 }
 
-// checkServices asserts what every rendering promises for the five services.
+// checkServices asserts what every rendering promises for the six services.
 func checkServices(t *testing.T, rendering string, o objects) {
 	t.Helper()
 	byName := map[string]appsv1.Deployment{}
@@ -397,15 +413,22 @@ func checkServices(t *testing.T, rendering string, o objects) {
 		if cached && !strings.HasSuffix(cacheURL.Value, ":6379/1") {
 			t.Errorf("%s: SWITCHYARD_CACHE_URL=%q, want database 1 of Redis", n, cacheURL.Value)
 		}
+		// Whoever creates a topic first sets its retention, so every
+		// service is told it; only analytics has scoring work.
+		if _, ok := env["SWITCHYARD_TOPIC_RETENTION"]; !ok {
+			t.Errorf("%s: no SWITCHYARD_TOPIC_RETENTION", n)
+		}
+		if _, ok := env["SWITCHYARD_ANALYTICS_WORK"]; ok != (n == "analytics") {
+			t.Errorf("%s: SWITCHYARD_ANALYTICS_WORK set=%v", n, ok)
+		}
 		_, traced := env["OTEL_EXPORTER_OTLP_ENDPOINT"]
 		if traced == (rendering == "tracing off") {
 			t.Errorf("%s: tracing env present=%v in rendering %q", n, traced, rendering)
 		}
 	}
-	wantPDBs := 0
-	if rendering == "replicas 3" {
-		wantPDBs = 5
-	}
+	// replicas 3 gives each service but analytics, whose HPA owns its
+	// count from minReplicas 1, a PodDisruptionBudget.
+	wantPDBs := map[string]int{"replicas 3": 5, "analytics fixed replicas": 1}[rendering]
 	if len(o.pdbs) != wantPDBs {
 		t.Errorf("%d PodDisruptionBudgets, want %d", len(o.pdbs), wantPDBs)
 	}
@@ -524,7 +547,7 @@ func TestKindConfig(t *testing.T) {
 }
 
 // skaffold.yaml parses strictly under skaffold's own (latest) schema types,
-// builds the five images and deploys the chart.
+// builds the six images and deploys the chart.
 func TestSkaffoldConfig(t *testing.T) {
 	b, err := os.ReadFile("../skaffold.yaml")
 	if err != nil {

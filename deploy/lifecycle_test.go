@@ -369,12 +369,44 @@ func postgresSettings(t *testing.T, o objects) map[string]string {
 	return m
 }
 
+// connectionNeed is what o's service pods may open to PostgreSQL at most,
+// as each is told by SWITCHYARD_DATABASE_MAX_CONNS and
+// SWITCHYARD_WATCH_DB_CONNS, plus the watch LISTEN connection, the relay's
+// two and 10 reserved; and how many service pods (relays) there may be.
+// An autoscaled Deployment counts with its autoscaler's maximum.
+func connectionNeed(t *testing.T, o objects) (need, pods int) {
+	t.Helper()
+	const reserved = 10
+	need = reserved
+	for _, d := range o.deployments {
+		if strings.HasSuffix(d.Name, "-jaeger") {
+			continue
+		}
+		perPod := 3 // the watch LISTEN connection, the relay's two
+		for _, name := range []string{"SWITCHYARD_DATABASE_MAX_CONNS", "SWITCHYARD_WATCH_DB_CONNS"} {
+			v, ok := envOf(d.Spec.Template.Spec.Containers[0])[name]
+			if !ok {
+				t.Errorf("%s has no %s: its pool size is not budgeted", d.Name, name)
+				continue
+			}
+			n, err := strconv.Atoi(v.Value)
+			if err != nil || n < 1 {
+				t.Errorf("%s: %s=%q", d.Name, name, v.Value)
+			}
+			perPod += n
+		}
+		replicas := o.scaledReplicas(t, d)
+		need += replicas * perPod
+		pods += replicas
+	}
+	return need, pods
+}
+
 // PostgreSQL's max_connections covers every pod's pools (as the pod is told
 // by SWITCHYARD_DATABASE_MAX_CONNS and SWITCHYARD_WATCH_DB_CONNS) plus the
 // watch LISTEN connection and its relay's 2 connections plus reserved ones, max_wal_senders covers a relay per pod, and the chart
 // refuses a max_connections that cannot fit.
 func TestPostgresConnectionBudget(t *testing.T) {
-	const reserved = 10
 	for _, c := range []struct {
 		name   string
 		values map[string]any
@@ -383,29 +415,11 @@ func TestPostgresConnectionBudget(t *testing.T) {
 		{"replicas 3", map[string]any{"services": replicas(3)}},
 		{"replicas 3, pools 20 and 8", map[string]any{"services": replicas(3), "service": map[string]any{"port": 50051, "metricsPort": 9090, "database": map[string]any{"maxConns": 20, "watchConns": 8}}}},
 		{"set by hand", map[string]any{"postgresql": map[string]any{"enabled": true, "maxConnections": 200}}},
+		{"analytics autoscaled to 6", analyticsValues(map[string]any{"maxReplicas": 6})},
+		{"analytics on KEDA up to 6", analyticsValues(map[string]any{"maxReplicas": 6, "keda": map[string]any{"enabled": true}})},
 	} {
 		o := mustRender(t, c.values)
-		need, pods := reserved, 0
-		for _, d := range o.deployments {
-			if strings.HasSuffix(d.Name, "-jaeger") {
-				continue
-			}
-			perPod := 3 // the watch LISTEN connection, the relay's two
-			for _, name := range []string{"SWITCHYARD_DATABASE_MAX_CONNS", "SWITCHYARD_WATCH_DB_CONNS"} {
-				v, ok := envOf(d.Spec.Template.Spec.Containers[0])[name]
-				if !ok {
-					t.Errorf("%s: %s has no %s: its pool size is not budgeted", c.name, d.Name, name)
-					continue
-				}
-				n, err := strconv.Atoi(v.Value)
-				if err != nil || n < 1 {
-					t.Errorf("%s: %s: %s=%q", c.name, d.Name, name, v.Value)
-				}
-				perPod += n
-			}
-			need += int(*d.Spec.Replicas) * perPod
-			pods += int(*d.Spec.Replicas)
-		}
+		need, pods := connectionNeed(t, o)
 		s := postgresSettings(t, o)
 		maxConns, err := strconv.Atoi(s["max_connections"])
 		if err != nil || maxConns < need {
@@ -418,6 +432,8 @@ func TestPostgresConnectionBudget(t *testing.T) {
 	for name, values := range map[string]map[string]any{
 		"too few connections": {"services": replicas(3), "postgresql": map[string]any{"enabled": true, "maxConnections": 100}},
 		"pool of 0":           {"service": map[string]any{"port": 50051, "metricsPort": 9090, "database": map[string]any{"maxConns": 0, "watchConns": 4}}},
+		// Enough for one analytics pod, not for the three its HPA may run.
+		"too few for analytics' maxReplicas": {"postgresql": map[string]any{"enabled": true, "maxConnections": 120}},
 	} {
 		if _, err := render(t, values); err == nil {
 			t.Errorf("%s: the chart rendered", name)

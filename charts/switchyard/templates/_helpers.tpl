@@ -1,6 +1,6 @@
-{{/* The five services, in a fixed order. */}}
+{{/* The six services, in a fixed order (NOTES numbers their ports by it). */}}
 {{- define "switchyard.serviceNames" -}}
-customers orders inventory payments notifications
+customers orders inventory payments notifications analytics
 {{- end -}}
 
 {{- define "switchyard.fullname" -}}
@@ -111,7 +111,7 @@ by max_wal_senders).
 {{- define "switchyard.serviceConnections" -}}
 {{- $total := 0 -}}
 {{- range $name := splitList " " (include "switchyard.serviceNames" .) -}}
-{{- $total = add $total (mul (index $.Values.services $name).replicas (include "switchyard.podConnections" $ | int)) -}}
+{{- $total = add $total (mul (include "switchyard.maxReplicas" (list $ $name) | int) (include "switchyard.podConnections" $ | int)) -}}
 {{- end -}}
 {{- $total -}}
 {{- end -}}
@@ -120,9 +120,81 @@ by max_wal_senders).
 {{- define "switchyard.servicePods" -}}
 {{- $total := 0 -}}
 {{- range $name := splitList " " (include "switchyard.serviceNames" .) -}}
-{{- $total = add $total (index $.Values.services $name).replicas -}}
+{{- $total = add $total (include "switchyard.maxReplicas" (list $ $name) | int) -}}
 {{- end -}}
 {{- $total -}}
+{{- end -}}
+
+{{/*
+Whether the chart scales analytics (an HPA or, with keda.enabled, a KEDA
+ScaledObject) rather than setting its replicas.
+*/}}
+{{- define "switchyard.analyticsAutoscaled" -}}
+{{- if .Values.analytics.autoscaling.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The most pods service (list ctx name) may run: its replicas, or for an
+autoscaled analytics its maxReplicas. The connection and WAL sender budgets
+are sized for it.
+*/}}
+{{- define "switchyard.maxReplicas" -}}
+{{- $ctx := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- if and (eq $name "analytics") (include "switchyard.analyticsAutoscaled" $ctx) -}}
+{{- $ctx.Values.analytics.autoscaling.maxReplicas -}}
+{{- else -}}
+{{- (index $ctx.Values.services $name).replicas -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The fewest pods service (list ctx name) runs: what decides whether it gets a
+PodDisruptionBudget (minAvailable 1 on a single pod would block every node
+drain).
+*/}}
+{{- define "switchyard.minReplicas" -}}
+{{- $ctx := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- if and (eq $name "analytics") (include "switchyard.analyticsAutoscaled" $ctx) -}}
+{{- $ctx.Values.analytics.autoscaling.minReplicas -}}
+{{- else -}}
+{{- (index $ctx.Values.services $name).replicas -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Refuses analytics settings the schema cannot see across keys. The
+partition ceiling: analytics' instances share one consumer group, and a
+group gives each partition to one member, so past service.topicPartitions
+an instance gets no partition and only costs a pod and its connections.
+*/}}
+{{- define "switchyard.checkAnalytics" -}}
+{{- $a := .Values.analytics.autoscaling -}}
+{{- $partitions := .Values.service.topicPartitions | int -}}
+{{- if include "switchyard.analyticsAutoscaled" . -}}
+{{- if gt ($a.maxReplicas | int) $partitions -}}
+{{- fail (printf "analytics.autoscaling.maxReplicas=%d exceeds service.topicPartitions=%d: analytics' instances share one consumer group, which gives each partition to one instance, so instances past the partition count get no work. Lower maxReplicas or raise service.topicPartitions (before the topics exist)" ($a.maxReplicas | int) $partitions) -}}
+{{- end -}}
+{{- if gt ($a.minReplicas | int) ($a.maxReplicas | int) -}}
+{{- fail (printf "analytics.autoscaling.minReplicas=%d exceeds maxReplicas=%d" ($a.minReplicas | int) ($a.maxReplicas | int)) -}}
+{{- end -}}
+{{- if and $a.keda.enabled (eq .Values.transport "redis") -}}
+{{- fail "analytics.autoscaling.keda.enabled needs transport=kafka: the Redis transport keeps one stream per partition with leases of its own, which KEDA's redis-streams scaler cannot read as the group's lag. Use the CPU HPA (analytics.autoscaling.keda.enabled=false) with transport=redis" -}}
+{{- end -}}
+{{- $svc := .Values.services.analytics -}}
+{{- $resources := $svc.resources | default .Values.service.resources -}}
+{{- if and (not $a.keda.enabled) (not (and $resources.requests $resources.requests.cpu)) -}}
+{{- fail "the analytics HPA scales on CPU utilization, a percentage of the pods' CPU request: set services.analytics.resources.requests.cpu (or service.resources.requests.cpu)" -}}
+{{- end -}}
+{{- else -}}
+{{- if $a.keda.enabled -}}
+{{- fail "analytics.autoscaling.keda.enabled needs analytics.autoscaling.enabled=true (KEDA is one way of autoscaling, in place of the CPU HPA)" -}}
+{{- end -}}
+{{- if gt (.Values.services.analytics.replicas | int) $partitions -}}
+{{- fail (printf "services.analytics.replicas=%d exceeds service.topicPartitions=%d: analytics' instances share one consumer group, which gives each partition to one instance, so instances past the partition count get no work. Lower the replicas or raise service.topicPartitions (before the topics exist)" (.Values.services.analytics.replicas | int) $partitions) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
