@@ -214,6 +214,10 @@ var externalHosts = map[string]bool{"kafka-0.kafka.infra": true, "kafka-1.kafka.
 var hostRE = regexp.MustCompile(`^(?:[a-z+]+://)?(?:[^@/]*@)?([a-z0-9.-]+):[0-9]+`)
 
 func TestChartRenderings(t *testing.T) {
+	// Custom resources have no k8s.io/api type: their CRDs' schemas judge
+	// them instead.
+	validateServiceMonitor := crdValidator(t, "testdata/servicemonitors.monitoring.coreos.com.yaml")
+	validateScaledObject := crdValidator(t, kedaCRD(t))
 	for name, values := range renderings {
 		t.Run(name, func(t *testing.T) {
 			manifest, err := render(t, values)
@@ -221,6 +225,16 @@ func TestChartRenderings(t *testing.T) {
 				t.Fatalf("render: %v", err)
 			}
 			o := decode(t, manifest)
+			for _, m := range o.serviceMonitors {
+				for _, p := range validateServiceMonitor(m) {
+					t.Errorf("ServiceMonitor: %s", p)
+				}
+			}
+			for _, m := range o.scaledObjects {
+				for _, p := range validateScaledObject(m) {
+					t.Errorf("ScaledObject: %s", p)
+				}
+			}
 			pods := o.pods()
 			services := map[string]bool{}
 			for _, s := range o.services {
