@@ -461,7 +461,8 @@ func (w *warnings) take() []string {
 // valid and admitted without a warning, and every pod its workloads would
 // create is admitted under the restricted Pod Security Standard. The
 // ServiceAccounts are created for real, since a pod is admitted only once
-// its ServiceAccount exists; the ServiceMonitor CRD too, from testdata/.
+// its ServiceAccount exists; the ServiceMonitor CRD too, from testdata/,
+// and KEDA's ScaledObject CRD, from the module tools/keda pins.
 func (cp *controlPlane) checkRenderings(t *testing.T) {
 	const ns = "dry-run"
 	cp.createNamespace(t, ns)
@@ -477,19 +478,21 @@ func (cp *controlPlane) checkRenderings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	crd := readObject(t, "testdata/servicemonitors.monitoring.coreos.com.yaml")
 	crds := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-	if _, err := dyn.Resource(crds).Create(ctx, crd, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create the ServiceMonitor CRD: %v", err)
-	}
-	group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
-	kind, _, _ := unstructured.NestedString(crd.Object, "spec", "names", "kind")
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(client.Discovery()))
-	cp.poll(t, time.Minute, "the ServiceMonitor CRD to be served", func(ctx context.Context) (bool, error) {
-		mapper.Reset()
-		_, err := mapper.RESTMapping(schema.GroupKind{Group: group, Kind: kind})
-		return err == nil, err
-	})
+	for _, file := range []string{"testdata/servicemonitors.monitoring.coreos.com.yaml", kedaCRD(t)} {
+		crd := readObject(t, file)
+		if _, err := dyn.Resource(crds).Create(ctx, crd, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create the CRD %s: %v", crd.GetName(), err)
+		}
+		group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
+		kind, _, _ := unstructured.NestedString(crd.Object, "spec", "names", "kind")
+		cp.poll(t, time.Minute, "the CRD "+crd.GetName()+" to be served", func(ctx context.Context) (bool, error) {
+			mapper.Reset()
+			_, err := mapper.RESTMapping(schema.GroupKind{Group: group, Kind: kind})
+			return err == nil, err
+		})
+	}
 
 	names := make([]string, 0, len(renderings))
 	for name := range renderings {
