@@ -120,6 +120,10 @@ var aggregateTypeRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`)
 // ErrInvalidEvent is returned (wrapped) for an event that cannot be written.
 var ErrInvalidEvent = errors.New("invalid outbox event")
 
+// ErrNoRelay is returned (wrapped) by a writer made with [NoRelay]: the
+// service said it emits no events, so nothing would publish them.
+var ErrNoRelay = errors.New("this service has no outbox relay")
+
 // ErrEventTooLarge is returned (wrapped, with the event's size and the limit)
 // by [Writer.Write] for an event bigger than the writer's limit
 // ([DefaultMaxEventBytes] unless [WithMaxEventBytes] says otherwise). Nothing
@@ -154,6 +158,7 @@ func EventSize(payload int, aggregateID, typ, traceContext string) int {
 type Writer struct {
 	mode     Mode
 	maxBytes int
+	refuse   error // set by NoRelay
 }
 
 // WriterOption configures a [Writer].
@@ -185,6 +190,14 @@ func NewWriter(mode Mode, opts ...WriterOption) *Writer {
 	return w
 }
 
+// NoRelay returns a writer that writes nothing and fails every non-empty
+// Write with [ErrNoRelay], naming service: the writer of a service that
+// declared it emits no events, so that an event written by mistake fails
+// its transaction instead of waiting in a table no relay reads.
+func NoRelay(service string) *Writer {
+	return &Writer{refuse: fmt.Errorf("%w: %s declares no events (service.Spec.Emits)", ErrNoRelay, service)}
+}
+
 // MaxEventBytes returns the largest event size the writer accepts.
 func (w *Writer) MaxEventBytes() int { return w.maxBytes }
 
@@ -195,6 +208,9 @@ func (w *Writer) MaxEventBytes() int { return w.maxBytes }
 func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 	if len(events) == 0 {
 		return nil
+	}
+	if w.refuse != nil {
+		return w.refuse
 	}
 	spanContext := EncodeTraceContext(ctx)
 	batch := &pgx.Batch{}

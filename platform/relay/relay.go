@@ -121,7 +121,7 @@ func (c *Config) setDefaults() error {
 		c.Source = "/switchyard/" + pcfg.Database
 	}
 	if c.Slot == "" {
-		c.Slot = slotName(pcfg.Database)
+		c.Slot = SlotName(pcfg.Database)
 	}
 	if c.Publication == "" {
 		c.Publication = "switchyard_outbox"
@@ -260,9 +260,10 @@ func dropPoolParams(params map[string]string) {
 	}
 }
 
-// slotName derives a valid slot name (lower-case letters, digits and
-// underscores, at most 63 bytes) from a database name.
-func slotName(database string) string {
+// SlotName is the replication slot a cdc relay of database reads unless
+// Config.Slot says otherwise: a valid slot name (lower-case letters, digits
+// and underscores, at most 63 bytes) derived from the database's name.
+func SlotName(database string) string {
 	var b strings.Builder
 	b.WriteString("switchyard_")
 	for _, r := range strings.ToLower(database) {

@@ -21,6 +21,7 @@ func runPayments() {
 		Port:       50054,
 		Migrations: migrations, // an fs.FS of *.sql files
 		Subscribe:  []string{"customer", "order"},
+		Emits:      true,  // it writes events, so it gets an outbox relay
 		Setup:      setup, // registers the gRPC services and event handlers on the Env
 	})
 }

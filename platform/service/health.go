@@ -26,7 +26,7 @@ const RelayHealthService = "relay"
 // broker, the relay status follows [relay.Relay.Check].
 type healthProbes struct {
 	database, broker func(context.Context) error
-	relay            func() error
+	relay            func() error // nil without a relay
 	setReady         func(healthpb.HealthCheckResponse_ServingStatus)
 	setRelay         func(healthpb.HealthCheckResponse_ServingStatus)
 
@@ -54,7 +54,6 @@ func (h *healthProbes) probe(ctx context.Context, logger *slog.Logger) {
 	cctx, cancel = context.WithTimeout(ctx, 2*time.Second)
 	brokerErr := h.broker(cctx)
 	cancel()
-	relayErr := h.relay()
 	first := !h.checked
 	h.checked = true
 	if ready := dbErr == nil && brokerErr == nil; first || ready != h.ready {
@@ -67,6 +66,10 @@ func (h *healthProbes) probe(ctx context.Context, logger *slog.Logger) {
 			logger.Warn("health: NOT_SERVING", "database_error", errString(dbErr), "broker_error", errString(brokerErr))
 		}
 	}
+	if h.relay == nil {
+		return
+	}
+	relayErr := h.relay()
 	if ok := relayErr == nil; first || ok != h.relayOK {
 		h.relayOK = ok
 		if ok {

@@ -9,6 +9,7 @@
 //		Port:       50054,
 //		Migrations: migrations, // an fs.FS of *.sql files
 //		Subscribe:  []string{"customer", "order"},
+//		Emits:      true, // it writes events, so it gets an outbox relay
 //		Setup:      setup, // registers the gRPC services and event handlers on the Env
 //	})
 package service
@@ -57,6 +58,11 @@ type Spec struct {
 	Migrations fs.FS
 	// Subscribe lists the aggregate types whose topics the service consumes.
 	Subscribe []string
+	// Emits says the service writes events (Env.Outbox). Only then does it
+	// get an outbox table and a relay, and in cdc mode a replication slot:
+	// a slot that no relay reads would keep the database's WAL for ever.
+	// Without it, Env.Outbox fails every write with outbox.ErrNoRelay.
+	Emits bool
 	// Setup registers the gRPC services and event handlers and may start
 	// background loops with [Env.Go]. It runs before the server listens.
 	Setup func(env *Env) error
@@ -148,7 +154,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	reflection.Register(server)
 
 	env := &Env{
-		Name: spec.Name, Config: cfg, Pool: pool, Outbox: outbox.NewWriter(cfg.OutboxMode),
+		Name: spec.Name, Config: cfg, Pool: pool, Outbox: outbox.NoRelay(spec.Name),
 		Server: server, Logger: logger, Metrics: metrics, stopping: make(chan struct{}), transport: tr,
 		watchPool: watchPool, watchLimit: watch.NewLimit(cfg.WatchMaxStreams),
 	}
@@ -159,17 +165,22 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 			return err
 		}
 	}
-	rl, err := relay.New(relay.Config{
-		Mode: cfg.OutboxMode, DatabaseURL: cfg.DatabaseURL, Transport: tr,
-		TopicPrefix: cfg.TopicPrefix, Source: "/switchyard/" + spec.Name, Logger: logger,
-	})
-	if err != nil {
-		return err
+	var rl *relay.Relay // nil when the service emits nothing
+	if spec.Emits {
+		env.Outbox = outbox.NewWriter(cfg.OutboxMode)
+		if rl, err = relay.New(relay.Config{
+			Mode: cfg.OutboxMode, DatabaseURL: cfg.DatabaseURL, Transport: tr,
+			TopicPrefix: cfg.TopicPrefix, Source: "/switchyard/" + spec.Name, Logger: logger,
+		}); err != nil {
+			return err
+		}
 	}
 	if err := spec.Setup(env); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
-	metrics.RegisterRelay(rl, pool, rl.Slot())
+	if rl != nil {
+		metrics.RegisterRelay(rl, pool, rl.Slot())
+	}
 	if rs, ok := tr.(*redisstream.Transport); ok {
 		metrics.RegisterRedis(rs)
 	}
@@ -193,7 +204,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		}
 	}
 	setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
-	healthSrv.SetServingStatus(RelayHealthService, healthpb.HealthCheckResponse_NOT_SERVING)
+	if rl != nil {
+		healthSrv.SetServingStatus(RelayHealthService, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
 	// "liveness" is SERVING while the process runs: a liveness probe must
 	// not restart a service just because its database is down.
 	healthSrv.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
@@ -238,7 +251,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 			return err
 		}
 		ready.Store(true)
-		start("relay", rl.Run)
+		if rl != nil {
+			start("relay", rl.Run)
+		}
 		for _, c := range env.consumers {
 			start("consumer "+c.Group(), c.Run)
 		}
@@ -249,9 +264,12 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 			return pruneIdempotencyKeys(ctx, pool, cfg.IdempotencyRetention, logger)
 		})
 		probes := healthProbes{
-			database: pool.Ping, broker: tr.Check, relay: rl.Check,
+			database: pool.Ping, broker: tr.Check,
 			setReady: setHealth,
-			setRelay: func(s healthpb.HealthCheckResponse_ServingStatus) { healthSrv.SetServingStatus(RelayHealthService, s) },
+		}
+		if rl != nil {
+			probes.relay = rl.Check
+			probes.setRelay = func(s healthpb.HealthCheckResponse_ServingStatus) { healthSrv.SetServingStatus(RelayHealthService, s) }
 		}
 		start("health", func(ctx context.Context) error { return probes.loop(ctx, logger) })
 		logger.Info("ready")
@@ -286,6 +304,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 
 // bootstrap waits for the database and the broker, then applies the
 // migrations, prepares the relay and creates the consumed topics.
+// rl is nil for a service that emits nothing.
 func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr transport.Transport) error {
 	retry := backoff.New(500*time.Millisecond, 5*time.Second)
 	for attempt := 1; ; attempt++ {
@@ -307,7 +326,9 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 					env.Logger.Info("applied migrations", "migrations", applied)
 				}
 			}
-			if err := rl.Prepare(ctx); err != nil {
+			if rl == nil {
+				warnOrphanSlot(ctx, env)
+			} else if err := rl.Prepare(ctx); err != nil {
 				// Neither fixes itself: an operator must act (the errors say how).
 				if errors.Is(err, relay.ErrLogicalReplicationOff) || errors.Is(err, relay.ErrSlotLost) {
 					return permanentErr{err}
@@ -336,6 +357,21 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 }
 
 type permanentErr struct{ error }
+
+// warnOrphanSlot logs, for a service that emits nothing, the replication
+// slot an earlier version made for its relay: no one reads it any more, so
+// it keeps the cluster's WAL from being recycled. Dropping it is left to an
+// operator, who can tell whether anything unpublished is left in it.
+func warnOrphanSlot(ctx context.Context, env *Env) {
+	slot := relay.SlotName(env.Pool.Config().ConnConfig.Database)
+	var exists bool
+	err := env.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1)`, slot).Scan(&exists)
+	if err != nil || !exists {
+		return // a failed look is retried by nothing: it only ever logs
+	}
+	env.Logger.Warn("replication slot left by an earlier version retains WAL; this service emits no events: drop it",
+		"slot", slot, "sql", fmt.Sprintf("SELECT pg_drop_replication_slot('%s')", slot))
+}
 
 // pruneIdempotencyKeys deletes expired idempotency keys every tenth of the
 // retention (at most hourly) until ctx ends; failures are logged and retried.

@@ -103,7 +103,7 @@ func unary(name string, fn func(context.Context) (any, error)) func(any, context
 }
 
 func spec() service.Spec {
-	return service.Spec{Name: "test", Setup: func(env *service.Env) error {
+	return service.Spec{Name: "test", Emits: true, Setup: func(env *service.Env) error {
 		env.Server.RegisterService(testDesc(env), impl{})
 		return nil
 	}}
@@ -389,6 +389,41 @@ func TestLoadConfig(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("LoadConfig error %v does not name %s", err, want)
 		}
+	}
+}
+
+// A service that declares no events gets no relay: no replication slot
+// keeps WAL for it, no outbox table, no relay health entry, and an event
+// written by mistake fails its transaction rather than waiting for ever.
+func TestServiceThatEmitsNothingHasNoRelay(t *testing.T) {
+	t.Parallel()
+	db := testkit.Database(t)
+	var env *service.Env
+	sp := service.Spec{Name: "silent", Setup: func(e *service.Env) error {
+		env = e
+		e.Server.RegisterService(testDesc(e), impl{})
+		return nil
+	}}
+	r := startSpec(t, sp, db, testkit.Kafka(t).Addr(), nil)
+	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return r.status(t) == healthpb.HealthCheckResponse_SERVING })
+
+	if _, err := r.health.Check(context.Background(), &healthpb.HealthCheckRequest{Service: service.RelayHealthService}); status.Code(err) != codes.NotFound {
+		t.Errorf("relay health of a service without a relay: %v, want NOT_FOUND", err)
+	}
+	pool := testkit.Pool(t, db)
+	var slots int
+	var outboxTable *string
+	if err := pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()), to_regclass('outbox')::text`).Scan(&slots, &outboxTable); err != nil {
+		t.Fatal(err)
+	}
+	if slots != 0 || outboxTable != nil {
+		t.Errorf("%d replication slots and outbox table %v, want none", slots, outboxTable)
+	}
+	err := pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error {
+		return env.Outbox.Write(context.Background(), tx, outbox.Event{AggregateType: "test", AggregateID: "1", Message: wrapperspb.String("x")})
+	})
+	if !errors.Is(err, outbox.ErrNoRelay) || !strings.Contains(err.Error(), "silent") {
+		t.Errorf("Outbox.Write: %v, want ErrNoRelay naming the service", err)
 	}
 }
 

@@ -123,9 +123,12 @@ func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 		return "", false, err
 	}
 	outboxRows := 0
-	for _, p := range c.pools {
+	for _, svc := range registry.Services {
+		if !svc.Emits {
+			continue // no outbox
+		}
 		var n int
-		if err := p.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil {
+		if err := c.pools[svc.Name].QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil {
 			return "", false, err
 		}
 		outboxRows += n

@@ -31,16 +31,19 @@ type Service struct {
 	// Consumes lists the topics its consumer group reads (with the default
 	// topic prefix); none for a service that only emits.
 	Consumes []string
+	// Emits says it writes events (service.Spec.Emits): only then does it
+	// have an outbox and a relay.
+	Emits bool
 }
 
 // Services lists the shop's services in start order.
 var Services = []Service{
-	{Name: "customers", Port: 50051, API: customersv1.CustomerService_ServiceDesc.ServiceName},
-	{Name: "orders", Port: 50052, API: ordersv1.OrderService_ServiceDesc.ServiceName,
+	{Name: "customers", Port: 50051, API: customersv1.CustomerService_ServiceDesc.ServiceName, Emits: true},
+	{Name: "orders", Port: 50052, API: ordersv1.OrderService_ServiceDesc.ServiceName, Emits: true,
 		Consumes: []string{"switchyard.inventory", "switchyard.payment"}},
-	{Name: "inventory", Port: 50053, API: inventoryv1.InventoryService_ServiceDesc.ServiceName,
+	{Name: "inventory", Port: 50053, API: inventoryv1.InventoryService_ServiceDesc.ServiceName, Emits: true,
 		Consumes: []string{"switchyard.order"}},
-	{Name: "payments", Port: 50054, API: paymentsv1.PaymentService_ServiceDesc.ServiceName,
+	{Name: "payments", Port: 50054, API: paymentsv1.PaymentService_ServiceDesc.ServiceName, Emits: true,
 		Consumes: []string{"switchyard.customer", "switchyard.order"}},
 	{Name: "notifications", Port: 50055, API: notificationsv1.NotificationService_ServiceDesc.ServiceName,
 		Consumes: []string{"switchyard.customer", "switchyard.order"}},

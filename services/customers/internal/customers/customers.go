@@ -25,7 +25,7 @@ var migrations embed.FS
 
 // Spec describes the customers service.
 func Spec() service.Spec {
-	return service.Spec{Name: "customers", Port: 50051, Migrations: migrations, Setup: Setup}
+	return service.Spec{Name: "customers", Port: 50051, Migrations: migrations, Emits: true, Setup: Setup}
 }
 
 // Setup registers the CustomerService.

@@ -60,7 +60,7 @@ const maxPrice = 1_000_000_000_000
 // Spec describes the inventory service: it consumes the order saga's
 // commands.
 func Spec() service.Spec {
-	return service.Spec{Name: "inventory", Port: 50053, Migrations: migrations, Subscribe: []string{"order"}, Setup: Setup}
+	return service.Spec{Name: "inventory", Port: 50053, Migrations: migrations, Emits: true, Subscribe: []string{"order"}, Setup: Setup}
 }
 
 // Setup registers the InventoryService and the saga command handlers and,

@@ -111,7 +111,7 @@ func Spec(o Options) service.Spec {
 		o.MaxPendingAge = 5 * time.Second
 	}
 	return service.Spec{
-		Name: "orders", Port: 50052, Migrations: migrations, Subscribe: []string{"inventory", "payment"},
+		Name: "orders", Port: 50052, Migrations: migrations, Emits: true, Subscribe: []string{"inventory", "payment"},
 		Setup: func(env *service.Env) error {
 			s := &server{env: env, opts: o, changes: env.WatchHub(changeChannel), metrics: newSagaMetrics(), backlog: newBacklog()}
 			env.Metrics.Registry.MustRegister(s.metrics.outcomes, s.metrics.duration)

@@ -47,7 +47,7 @@ const maxTopUp = 1_000_000_000
 // Spec describes the payments service: it opens accounts for new customers
 // and consumes the order saga's commands.
 func Spec() service.Spec {
-	return service.Spec{Name: "payments", Port: 50054, Migrations: migrations, Subscribe: []string{"customer", "order"}, Setup: Setup}
+	return service.Spec{Name: "payments", Port: 50054, Migrations: migrations, Emits: true, Subscribe: []string{"customer", "order"}, Setup: Setup}
 }
 
 // Setup registers the PaymentService and the event handlers.
