@@ -432,7 +432,7 @@ func TestServiceThatEmitsNothingHasNoRelay(t *testing.T) {
 func TestAddConsumerRunsAGroupOfItsOwn(t *testing.T) {
 	db := testkit.Database(t)
 	var own, added atomic.Int64
-	sp := service.Spec{Name: "twogroups", Subscribe: []string{"in"}, Setup: func(env *service.Env) error {
+	sp := service.Spec{Name: "twogroups", Emits: true, Subscribe: []string{"in"}, Setup: func(env *service.Env) error {
 		consumer.Handle(env.Consumer, func(context.Context, pgx.Tx, *wrapperspb.StringValue, consumer.Metadata) error {
 			own.Add(1)
 			return nil
