@@ -15,7 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
+	"sort"
 	"strings"
 	"testing"
 
@@ -36,7 +36,25 @@ import (
 
 const chartPath = "../charts/switchyard"
 
-var serviceNames = []string{"customers", "orders", "inventory", "payments", "notifications", "analytics"}
+// serviceNames are the shop's services as the Makefile and the Dockerfile
+// find them: the modules under services/ with a command of their own name
+// (services/<name>/cmd/<name>). Every test here checks the chart and
+// skaffold against them, so a service missing from the chart's values
+// fails here.
+var serviceNames = func() []string {
+	mains, err := filepath.Glob("../services/*/cmd/*/main.go")
+	if err != nil {
+		panic(err)
+	}
+	var names []string
+	for _, m := range mains {
+		parts := strings.Split(filepath.ToSlash(m), "/") // .. services <name> cmd <name> main.go
+		if parts[2] == parts[4] {
+			names = append(names, parts[2])
+		}
+	}
+	return names
+}()
 
 // render installs the chart client-side (no cluster) with values.
 func render(t *testing.T, values map[string]any) (string, error) {
@@ -545,6 +563,30 @@ func TestValuesSchemaRejectsBadValues(t *testing.T) {
 	}
 }
 
+// The chart's values name exactly the services there are, so a new service
+// that forgot its chart values, or a chart entry left behind by a removed
+// service, fails here.
+func TestChartValuesListEveryService(t *testing.T) {
+	values, err := chartutil.ReadValuesFile(chartPath + "/values.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	services, err := values.Table("services")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chart []string
+	for name := range services {
+		chart = append(chart, name)
+	}
+	sort.Strings(chart)
+	want := append([]string(nil), serviceNames...)
+	sort.Strings(want)
+	if strings.Join(chart, " ") != strings.Join(want, " ") {
+		t.Errorf("values.yaml services: %v; services/<name>/cmd/<name>: %v", chart, want)
+	}
+}
+
 // The kind cluster config parses strictly under kind's own types.
 func TestKindConfig(t *testing.T) {
 	b, err := os.ReadFile("kind/cluster.yaml")
@@ -596,8 +638,7 @@ func TestSkaffoldConfig(t *testing.T) {
 }
 
 // The Dockerfile's build command is `make build`'s, and it builds every
-// service `make build` builds (the chart's and the others, such as
-// analytics) from what the Dockerfile copies into the image and nothing
+// service `make build` builds from what the Dockerfile copies into the image and nothing
 // else, so a module a service needs but the Dockerfile does not copy (a
 // new shared module, say) fails here rather than in docker build.
 func TestDockerfileBuildsLikeCI(t *testing.T) {
@@ -622,12 +663,9 @@ func TestDockerfileBuildsLikeCI(t *testing.T) {
 		t.Fatal("the Dockerfile copies nothing from the build context")
 	}
 	args := strings.Fields(string(docker[1]))[1:] // drop GOWORK=off
-	// Every service `make build` builds, not only the chart's.
-	services := serviceDirs(t)
-	for _, n := range serviceNames {
-		if !slices.Contains(services, n) {
-			t.Errorf("make build does not build %s: no services/%s/cmd/%s", n, n, n)
-		}
+	services := serviceNames
+	if len(services) == 0 {
+		t.Fatal("no services/<name>/cmd/<name>/main.go")
 	}
 	for _, n := range services {
 		src := t.TempDir() // the image's /src
@@ -642,27 +680,6 @@ func TestDockerfileBuildsLikeCI(t *testing.T) {
 			t.Fatalf("%s, from what the Dockerfile copies: %s: %v\n%s", n, strings.Join(cmd.Args, " "), err, out)
 		}
 	}
-}
-
-// serviceDirs returns the services as the Makefile finds them: the modules
-// under services/ with a command of their own name.
-func serviceDirs(t *testing.T) []string {
-	t.Helper()
-	mains, err := filepath.Glob("../services/*/cmd/*/main.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, m := range mains {
-		parts := strings.Split(filepath.ToSlash(m), "/") // .. services <name> cmd <name> main.go
-		if parts[2] == parts[4] {
-			names = append(names, parts[2])
-		}
-	}
-	if len(names) == 0 {
-		t.Fatal("no services/<name>/cmd/<name>/main.go")
-	}
-	return names
 }
 
 // copyInto does what a Dockerfile's COPY srcs... dest does with paths of

@@ -1,6 +1,6 @@
-{{/* The six services, in a fixed order (NOTES numbers their ports by it). */}}
+{{/* The services: the keys of .Values.services, in alphabetical order. */}}
 {{- define "switchyard.serviceNames" -}}
-customers orders inventory payments notifications analytics
+{{- keys .Values.services | sortAlpha | join " " -}}
 {{- end -}}
 
 {{- define "switchyard.fullname" -}}
