@@ -36,9 +36,12 @@ var subscribed = []string{"customer", "order"}
 
 // Options tune the service.
 type Options struct {
-	// Work is the CPU time the scoring of one confirmed order costs
+	// Work is the time the scoring of one confirmed order costs
 	// (SWITCHYARD_ANALYTICS_WORK, default 20ms; 0 turns the work off).
 	Work time.Duration
+	// WorkKind is what that time is spent on (SWITCHYARD_ANALYTICS_WORK_KIND,
+	// default WorkCPU).
+	WorkKind WorkKind
 	// RebuildPoll is how often each instance looks at the running rebuild:
 	// to join or leave its replay, record its progress and swap it in
 	// (default 1s).
@@ -48,15 +51,23 @@ type Options struct {
 // DefaultWork is the default cost of scoring one order.
 const DefaultWork = 20 * time.Millisecond
 
-// OptionsFromEnv reads SWITCHYARD_ANALYTICS_WORK.
+// OptionsFromEnv reads SWITCHYARD_ANALYTICS_WORK and
+// SWITCHYARD_ANALYTICS_WORK_KIND.
 func OptionsFromEnv(getenv func(string) string) (Options, error) {
-	o := Options{Work: DefaultWork}
+	o := Options{Work: DefaultWork, WorkKind: WorkCPU}
 	if v := getenv("SWITCHYARD_ANALYTICS_WORK"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {
 			return o, fmt.Errorf("SWITCHYARD_ANALYTICS_WORK=%q: want a duration such as 20ms (0 for none)", v)
 		}
 		o.Work = d
+	}
+	if v := getenv("SWITCHYARD_ANALYTICS_WORK_KIND"); v != "" {
+		k, err := ParseWorkKind(v)
+		if err != nil {
+			return o, fmt.Errorf("SWITCHYARD_ANALYTICS_WORK_KIND: %w", err)
+		}
+		o.WorkKind = k
 	}
 	return o, nil
 }
@@ -77,7 +88,7 @@ func setup(env *service.Env, o Options) error {
 	r := &rebuilder{env: env, poll: o.RebuildPoll}
 	analyticsv1.RegisterAnalyticsServiceServer(env.Server, s)
 	s.rebuilds = r
-	live := &liveHandlers{work: o.Work}
+	live := &liveHandlers{work: o.Work, kind: o.WorkKind}
 	consumer.Handle(env.Consumer, live.registered)
 	consumer.Handle(env.Consumer, live.confirmed)
 	consumer.Handle(env.Consumer, live.cancelled)
@@ -89,7 +100,10 @@ func setup(env *service.Env, o Options) error {
 // confirmed orders and update the live projections, and, while a rebuild
 // runs, its new projections too (events it has already replayed are
 // skipped there).
-type liveHandlers struct{ work time.Duration }
+type liveHandlers struct {
+	work time.Duration
+	kind WorkKind
+}
 
 // targets returns the schemas an event of the live group goes to: live,
 // and a running rebuild's from its from_time on. The rebuild's row is
@@ -141,7 +155,7 @@ func (h *liveHandlers) confirmed(ctx context.Context, tx pgx.Tx, ev *ordersv1.Or
 	}
 	if !scored {
 		f := c.apply(OrderFact{})
-		score := Score(f.Lines, f.TotalMinor, h.work)
+		score := Score(f.Lines, f.TotalMinor, h.kind, h.work)
 		if _, err := tx.Exec(ctx, `INSERT INTO order_scores (order_id, customer_id, score, event_id) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (order_id) DO NOTHING`, c.orderID, o.GetCustomerId(), score, md.ID); err != nil {
 			return fmt.Errorf("store score of %s: %w", c.orderID, err)

@@ -3,18 +3,49 @@ package analytics
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"sync"
 	"time"
 )
 
+// WorkKind is what the scoring step spends its time on. The two kinds
+// scale differently: CPU work is bounded by the cores of the machines the
+// instances run on, waiting by how many orders are scored at once (one
+// per partition), so the benchmarks measure both.
+type WorkKind string
+
+// Kinds of work.
+const (
+	// WorkCPU is real CPU work, standing in for a model evaluated in
+	// process (the default).
+	WorkCPU WorkKind = "cpu"
+	// WorkWait is a pause of the same duration, standing in for a call to
+	// an external scoring service: the instance's CPU is idle meanwhile.
+	WorkWait WorkKind = "wait"
+)
+
+// ParseWorkKind parses "cpu" or "wait".
+func ParseWorkKind(s string) (WorkKind, error) {
+	switch k := WorkKind(s); k {
+	case WorkCPU, WorkWait:
+		return k, nil
+	}
+	return "", fmt.Errorf("%q is not a kind of work: want %q (CPU work) or %q (a wait, as for an external call)", s, WorkCPU, WorkWait)
+}
+
 // Score is the heavy per-order step. Its value is a deterministic function
 // of the order (so a redelivery or another instance would compute the
-// same); its cost is real CPU work, a hash chain as long as the configured
-// duration of work takes on this machine, standing in for a model that
-// takes that long to evaluate.
-func Score(lines []Line, totalMinor int64, work time.Duration) int32 {
-	burn(work)
+// same); its cost is work of the given kind: CPU work, a hash chain as long
+// as the configured duration of work takes on this machine, standing in
+// for a model that takes that long to evaluate, or a wait as long,
+// standing in for a call to a service that does.
+func Score(lines []Line, totalMinor int64, kind WorkKind, work time.Duration) int32 {
+	if kind == WorkWait {
+		time.Sleep(work)
+	} else {
+		burn(work)
+	}
 	return scoreValue(lines, totalMinor)
 }
 
