@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -65,21 +66,41 @@ func scoreValue(lines []Line, totalMinor int64) int32 {
 }
 
 // hashesPerMillisecond is how many chain steps this machine does per
-// millisecond of CPU, measured once.
+// millisecond of CPU, measured once on the CPU time of the measuring
+// thread: measured on the wall clock, a probe that shares the cores with
+// a busy start (other processes, the rest of this one) counts fewer steps,
+// and every order's work would be that much smaller for the life of the
+// process.
 var hashesPerMillisecond = sync.OnceValue(func() float64 {
 	const probe = 20 * time.Millisecond
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	spent := cpuClock()
 	var sum [32]byte
 	n := 0
-	start := time.Now()
-	for time.Since(start) < probe {
+	for spent() < probe {
 		for range 256 {
 			sum = sha256.Sum256(sum[:])
 		}
 		n += 256
 	}
 	_ = sum
-	return float64(n) / (float64(time.Since(start)) / float64(time.Millisecond))
+	return float64(n) / (float64(spent()) / float64(time.Millisecond))
 })
+
+// cpuClock returns a function that tells the CPU time the calling thread
+// has used since cpuClock was called, or the wall time where the thread's
+// CPU time cannot be read. The caller keeps to its thread.
+func cpuClock() func() time.Duration {
+	if start, ok := threadCPU(); ok {
+		return func() time.Duration {
+			now, _ := threadCPU()
+			return now - start
+		}
+	}
+	start := time.Now()
+	return func() time.Duration { return time.Since(start) }
+}
 
 // burn spends about work of CPU: a fixed number of hash steps, calibrated
 // once, so that the work per order is the same however busy the machine

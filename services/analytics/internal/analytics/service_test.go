@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sort"
 	"testing"
 	"time"
@@ -31,12 +32,20 @@ import (
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
-func TestMain(m *testing.M) { testkit.Main(m) }
+func TestMain(m *testing.M) {
+	// The scoring benchmark runs analytics instances as processes of this
+	// binary (see benchInstance).
+	if os.Getenv(benchInstanceEnv) != "" {
+		runBenchInstance()
+		return
+	}
+	testkit.Main(m)
+}
 
 // harness is a database and a broker, with analytics instances run
 // in-process on them and events published as the other services would.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	db      string
 	pool    *pgxpool.Pool
 	broker  *testkit.Broker
@@ -45,11 +54,14 @@ type harness struct {
 	model   model
 	events  int // published, duplicates not counted
 	confirm []string
+	// opts are the options of the instances start runs.
+	opts Options
 }
 
-func newHarness(t *testing.T, env map[string]string) *harness {
+func newHarness(t testing.TB, env map[string]string) *harness {
 	t.Helper()
-	h := &harness{t: t, db: testkit.Database(t), broker: testkit.Kafka(t), env: env, model: newModel()}
+	h := &harness{t: t, db: testkit.Database(t), broker: testkit.Kafka(t), env: env, model: newModel(),
+		opts: Options{Work: time.Millisecond, RebuildPoll: 200 * time.Millisecond}}
 	h.pool = testkit.Pool(t, h.db)
 	tr := h.broker.Transport(6)
 	var err error
@@ -86,7 +98,7 @@ func (h *harness) start() *instance {
 	addr := make(chan net.Addr, 1)
 	done := make(chan error, 1)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	spec := Spec(Options{Work: time.Millisecond, RebuildPoll: 200 * time.Millisecond})
+	spec := Spec(h.opts)
 	go func() { done <- service.Run(ctx, spec, cfg, logger, func(a net.Addr) { addr <- a }) }()
 	var conn *grpc.ClientConn
 	select {
