@@ -150,8 +150,11 @@ func (c *Consumer) apply(parent context.Context, cl transport.Claim, h handler, 
 	if tag.RowsAffected() == 0 {
 		return true, nil
 	}
-	md.hooks = &afterCommit{}
+	md.hooks = &txHooks{}
 	if err := h.apply(ctx, tx, event, md); err != nil {
+		return false, fmt.Errorf("handle %s %s: %w", md.Type, md.ID, err)
+	}
+	if err := md.hooks.flush(ctx, tx); err != nil {
 		return false, fmt.Errorf("handle %s %s: %w", md.Type, md.ID, err)
 	}
 	if err := tx.Commit(ctx); err != nil {

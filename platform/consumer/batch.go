@@ -176,7 +176,7 @@ func (c *Consumer) applyTx(ctx context.Context, cl transport.Claim, run []ready)
 	if err := rows.Err(); err != nil {
 		return 0, 0, infraError{fmt.Errorf("record in inbox: %w", err)}
 	}
-	hooks := &afterCommit{}
+	hooks := &txHooks{}
 	for i, r := range run {
 		r.md.hooks = hooks
 		if !fresh[r.md.ID] {
@@ -199,6 +199,9 @@ func (c *Consumer) applyTx(ctx context.Context, cl transport.Claim, run []ready)
 			span.End()
 		}
 		applied++
+	}
+	if err := hooks.flush(bctx, tx); err != nil {
+		return 0, 0, fmt.Errorf("handle batch of %d events: %w", len(run), err)
 	}
 	if err := tx.Commit(bctx); err != nil {
 		return 0, 0, infraError{fmt.Errorf("commit: %w", err)}

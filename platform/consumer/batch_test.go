@@ -266,3 +266,81 @@ func TestBatchYieldsOnLockWait(t *testing.T) {
 		}
 	})
 }
+
+// Handlers of a batch gather their changes with consumer.Gather and one
+// flush per transaction writes them in one statement; when a poison event
+// sends the batch back to one event per transaction, each of those has a
+// flush of its own and nothing of the rolled-back batch's flush stays.
+func TestGatherFlushesOncePerTransaction(t *testing.T) {
+	if _, err := consumer.Gather(consumer.Metadata{}, "k", func() *[]uuid.UUID { return nil }, nil); !errors.Is(err, consumer.ErrNoTransaction) {
+		t.Errorf("Gather with a Metadata of no transaction: %v, want ErrNoTransaction", err)
+	}
+	flush := func(ctx context.Context, tx pgx.Tx, ids *[]uuid.UUID) error {
+		_, err := tx.Exec(ctx, `INSERT INTO gathered SELECT id, txid_current(), cardinality($1::uuid[]) FROM unnest($1::uuid[]) AS id`, *ids)
+		return err
+	}
+	for _, tc := range []struct {
+		name    string
+		amounts []int64 // a negative amount is a poison event
+		wantTxs int     // transactions of the batch's applied events
+	}{
+		{"batch", []int64{1, 2, 3, 4}, 1},
+		{"batch with a poison event", []int64{5, -1, 6}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			eachTransport(t, func(t *testing.T, h *harness) {
+				ctx := context.Background()
+				if _, err := h.pool.Exec(ctx, `CREATE TABLE gathered (event uuid PRIMARY KEY, txid bigint NOT NULL, flushed int NOT NULL)`); err != nil {
+					t.Fatal(err)
+				}
+				const key = "acct-gather"
+				blocker := newDeposit(key, 1)
+				release, entered := make(chan struct{}), make(chan struct{})
+				cfg := h.config("gather")
+				cfg.MaxAttempts = 1
+				c, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+					if md.ID == blocker.id {
+						close(entered)
+						<-release
+					}
+					ids, err := consumer.Gather(md, "ids", func() *[]uuid.UUID { return new([]uuid.UUID) }, flush)
+					if err != nil {
+						return err
+					}
+					*ids = append(*ids, md.ID)
+					if v.Value < 0 {
+						return consumer.Permanent(errors.New("poison"))
+					}
+					return nil
+				})
+				var batch []deposit
+				for _, a := range tc.amounts {
+					batch = append(batch, newDeposit(key, a))
+				}
+				sendBehind(t, h, c, entered, blocker, batch)
+				close(release)
+				testkit.WaitFor(t, time.Minute, "every event applied or dead-lettered", func() bool {
+					s := c.Stats()
+					return s.Processed+s.DeadLettered == uint64(1+len(batch))
+				})
+				var ids []uuid.UUID
+				for _, d := range batch {
+					if d.amount > 0 {
+						ids = append(ids, d.id)
+					}
+				}
+				var rows, txs, flushedAlone int
+				if err := h.pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT txid), count(*) FILTER (WHERE flushed = 1)
+					FROM gathered WHERE event = ANY($1)`, ids).Scan(&rows, &txs, &flushedAlone); err != nil {
+					t.Fatal(err)
+				}
+				if rows != len(ids) || txs != tc.wantTxs {
+					t.Errorf("%d of %d events written by %d transactions, want all by %d", rows, len(ids), txs, tc.wantTxs)
+				}
+				if tc.wantTxs == 1 && flushedAlone != 0 {
+					t.Errorf("%d events flushed alone, want every one in the batch's flush", flushedAlone)
+				}
+			})
+		})
+	}
+}

@@ -87,7 +87,7 @@ type Metadata struct {
 	// Attempt is 1 on the first try.
 	Attempt int
 
-	hooks *afterCommit // of the transaction applying the event
+	hooks *txHooks // of the transaction applying the event
 }
 
 // AfterCommit runs fn once the transaction that applies the event has
@@ -101,16 +101,64 @@ type Metadata struct {
 // With a Metadata the consumer did not make, fn never runs.
 func (md Metadata) AfterCommit(fn func(ctx context.Context)) {
 	if md.hooks != nil {
-		md.hooks.fns = append(md.hooks.fns, fn)
+		md.hooks.after = append(md.hooks.after, fn)
 	}
 }
 
-// afterCommit collects the hooks of one transaction.
-type afterCommit struct{ fns []func(context.Context) }
+// ErrNoTransaction is returned by [Gather] for a Metadata the consumer
+// did not make: there is no transaction to gather in.
+var ErrNoTransaction = errors.New("consumer: Gather needs the Metadata of an event being applied")
 
-// run calls the hooks; the transaction has committed.
-func (a *afterCommit) run(ctx context.Context) {
-	for _, fn := range a.fns {
+// Gather lets the handlers of a batch write its changes together, in a
+// few statements instead of a few per event. It returns the value kept
+// under key by the transaction applying the event, made by newValue on
+// the transaction's first call with that key; flush, given with that
+// first call, runs once with the value after the transaction's last
+// handler and before its commit, in the order the keys were first used.
+// A handler adds its event's change to the value; flush writes them.
+//
+// flush is part of the transaction: its error fails it like a handler's
+// (a failed batch is applied again one event per transaction, each with
+// a flush of its own), and nothing of it stays if the transaction rolls
+// back. The value must not outlive the transaction.
+func Gather[T any](md Metadata, key any, newValue func() *T, flush func(ctx context.Context, tx pgx.Tx, v *T) error) (*T, error) {
+	h := md.hooks
+	if h == nil {
+		return nil, ErrNoTransaction
+	}
+	if v, ok := h.gathered[key]; ok {
+		return v.(*T), nil
+	}
+	v := newValue()
+	if h.gathered == nil {
+		h.gathered = map[any]any{}
+	}
+	h.gathered[key] = v
+	h.before = append(h.before, func(ctx context.Context, tx pgx.Tx) error { return flush(ctx, tx, v) })
+	return v, nil
+}
+
+// txHooks collects the hooks of one transaction.
+type txHooks struct {
+	gathered map[any]any // Gather's values by key
+	before   []func(context.Context, pgx.Tx) error
+	after    []func(context.Context)
+}
+
+// flush runs the Gather flushes; the handlers are done, the transaction
+// not yet committed.
+func (h *txHooks) flush(ctx context.Context, tx pgx.Tx) error {
+	for _, fn := range h.before {
+		if err := fn(ctx, tx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// run calls the AfterCommit hooks; the transaction has committed.
+func (h *txHooks) run(ctx context.Context) {
+	for _, fn := range h.after {
 		fn(ctx)
 	}
 }
