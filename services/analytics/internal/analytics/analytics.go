@@ -136,7 +136,7 @@ func (h *liveHandlers) registered(ctx context.Context, tx pgx.Tx, ev *customersv
 		return err
 	}
 	for _, s := range schemas {
-		if err := projectRegistration(ctx, tx, s, md.ID.String(), id); err != nil {
+		if err := project(ctx, tx, s, []change{{eventID: md.ID.String(), customerID: id}}); err != nil {
 			return err
 		}
 	}
@@ -178,7 +178,7 @@ func (h *liveHandlers) project(ctx context.Context, tx pgx.Tx, md consumer.Metad
 		return err
 	}
 	for _, s := range schemas {
-		if err := projectOrder(ctx, tx, s, c); err != nil {
+		if err := project(ctx, tx, s, []change{{eventID: c.eventID, order: &c}}); err != nil {
 			return err
 		}
 	}

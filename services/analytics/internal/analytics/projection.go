@@ -1,7 +1,5 @@
 package analytics
 
-import "sort"
-
 // The projections are kept as pure decisions (this file) applied by SQL
 // (store.go). What an order contributes depends only on the set of its
 // events seen so far, never on their order: a rebuild receives an order's
@@ -124,15 +122,4 @@ func (d *Delta) contribute(f OrderFact, sign int64) {
 		d.Outcomes[k] = o
 		d.Customer.Cancelled += sign
 	}
-}
-
-// sortedSKUs returns the delta's SKU lines in SKU order (a fixed lock
-// order keeps concurrent writers from deadlocking).
-func (d Delta) sortedSKUs() []Line {
-	out := make([]Line, 0, len(d.SKUs))
-	for _, l := range d.SKUs {
-		out = append(out, l)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].SKU < out[j].SKU })
-	return out
 }

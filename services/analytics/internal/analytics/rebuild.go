@@ -42,7 +42,8 @@ import (
 //     applied across the swap.
 //
 // Events are applied in the consumer's batches: up to replayBatch events
-// that have arrived on a partition in one transaction.
+// that have arrived on a partition in one transaction, gathered by the
+// handlers and written together before the commit (consumer.Gather).
 
 // replayBatch bounds the events one replay transaction applies.
 const replayBatch = 1000
@@ -241,61 +242,79 @@ func (r *rebuilder) swap(ctx context.Context, b rebuildRow) error {
 }
 
 // replayHandlers apply events for a rebuild's group: projections only.
+// Each handler only decodes its event; the events of a transaction (a
+// batch of up to replayBatch) are applied together before it commits, in
+// a fixed number of statements (see project).
 type replayHandlers struct{ rebuild uuid.UUID }
 
-// target returns the rebuild's schema if the event belongs in it, locking
-// the rebuild's row FOR KEY SHARE (see swap); "" once it is over or for
-// events before its from_time.
-func (h replayHandlers) target(ctx context.Context, tx pgx.Tx, md consumer.Metadata) (string, error) {
+// replayed is what one replay transaction has gathered.
+type replayed struct {
+	changes []change
+	times   []time.Time // each event's time, for from_time
+}
+
+func (h replayHandlers) gather(md consumer.Metadata, c change) error {
+	g, err := consumer.Gather(md, h.rebuild, func() *replayed { return &replayed{} }, h.flush)
+	if err != nil {
+		return err
+	}
+	g.changes = append(g.changes, c)
+	g.times = append(g.times, md.Time)
+	return nil
+}
+
+// flush applies what the transaction gathered to the rebuild's schema,
+// if the rebuild still runs: the rebuild's row is read FOR KEY SHARE, so
+// a swap waits for this transaction (see swap). Events before the
+// rebuild's from_time are left out.
+func (h replayHandlers) flush(ctx context.Context, tx pgx.Tx, g *replayed) error {
 	var schema string
 	var from *time.Time
 	err := tx.QueryRow(ctx, `SELECT schema_name, from_time FROM rebuilds WHERE rebuild_id = $1 AND state = 'RUNNING' FOR KEY SHARE`, h.rebuild).
 		Scan(&schema, &from)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return "", nil
+		return nil // over: swapped in or failed
 	case err != nil:
-		return "", fmt.Errorf("read rebuild %s: %w", h.rebuild, err)
-	case from != nil && md.Time.Before(*from):
-		return "", nil
+		return fmt.Errorf("read rebuild %s: %w", h.rebuild, err)
 	}
-	return schema, nil
+	changes := g.changes
+	if from != nil {
+		changes = nil
+		for i, c := range g.changes {
+			if !g.times[i].Before(*from) {
+				changes = append(changes, c)
+			}
+		}
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	return project(ctx, tx, schema, changes)
 }
 
-func (h replayHandlers) registered(ctx context.Context, tx pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
+func (h replayHandlers) registered(_ context.Context, _ pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
 	id, err := eventUUID(ev.GetCustomer().GetCustomerId(), "customer_id")
 	if err != nil {
 		return err
 	}
-	schema, err := h.target(ctx, tx, md)
-	if err != nil || schema == "" {
-		return err
-	}
-	return projectRegistration(ctx, tx, schema, md.ID.String(), id)
+	return h.gather(md, change{eventID: md.ID.String(), customerID: id})
 }
 
-func (h replayHandlers) confirmed(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderConfirmed, md consumer.Metadata) error {
+func (h replayHandlers) confirmed(_ context.Context, _ pgx.Tx, ev *ordersv1.OrderConfirmed, md consumer.Metadata) error {
 	c, _, err := confirmation(ev, md)
 	if err != nil {
 		return err
 	}
-	return h.project(ctx, tx, md, c)
+	return h.gather(md, change{eventID: c.eventID, order: &c})
 }
 
-func (h replayHandlers) cancelled(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderCancelled, md consumer.Metadata) error {
+func (h replayHandlers) cancelled(_ context.Context, _ pgx.Tx, ev *ordersv1.OrderCancelled, md consumer.Metadata) error {
 	c, err := cancellation(ev, md)
 	if err != nil {
 		return err
 	}
-	return h.project(ctx, tx, md, c)
-}
-
-func (h replayHandlers) project(ctx context.Context, tx pgx.Tx, md consumer.Metadata, c orderChange) error {
-	schema, err := h.target(ctx, tx, md)
-	if err != nil || schema == "" {
-		return err
-	}
-	return projectOrder(ctx, tx, schema, c)
+	return h.gather(md, change{eventID: c.eventID, order: &c})
 }
 
 // errRetentionExceeded is returned for a from_time older than what the
