@@ -376,23 +376,24 @@ func waitSettled(t testing.TB, procs []*benchProcess, partitions int) {
 	var since time.Time
 	testkit.WaitFor(t, 2*time.Minute, "the analytics instances to split the partitions", func() bool {
 		owners := map[int]int{}
-		split := ""
-		for i, p := range procs {
+		split, owning := "", 0
+		for _, p := range procs {
 			owned := p.ownedPartitions()
-			if len(owned) == 0 && i < partitions {
-				last = ""
-				return false
+			if len(owned) > 0 {
+				owning++
 			}
 			for _, n := range owned {
 				owners[n]++
 			}
 			split += fmt.Sprint(owned)
 		}
+		settled := owning == min(len(procs), partitions)
 		for n := range partitions {
-			if owners[n] != 1 {
-				last = ""
-				return false
-			}
+			settled = settled && owners[n] == 1
+		}
+		if !settled {
+			last = ""
+			return false
 		}
 		if split != last {
 			last, since = split, time.Now()
