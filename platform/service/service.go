@@ -9,7 +9,7 @@
 //		Port:       50054,
 //		Migrations: migrations, // an fs.FS of *.sql files
 //		Subscribe:  []string{"customer", "order"},
-//		Emits:      true, // it writes events, so it gets an outbox relay
+//		Emits:      true,  // it writes events, so it gets an outbox relay
 //		Setup:      setup, // registers the gRPC services and event handlers on the Env
 //	})
 package service
