@@ -169,7 +169,8 @@ func (t *Transport) Backlog(ctx context.Context, group string, topics ...string)
 	if err != nil {
 		return 0, fmt.Errorf("kafka metadata: %w", err)
 	}
-	ends := map[string]int64{}
+	type marks struct{ low, high int64 }
+	ends := map[string]marks{}
 	var tps []kafka.TopicPartition
 	for _, topic := range topics {
 		tm, ok := md.Topics[topic]
@@ -177,11 +178,11 @@ func (t *Transport) Backlog(ctx context.Context, group string, topics ...string)
 			continue
 		}
 		for _, p := range tm.Partitions {
-			_, high, err := cons.QueryWatermarkOffsets(topic, p.ID, 5000)
+			low, high, err := cons.QueryWatermarkOffsets(topic, p.ID, 5000)
 			if err != nil {
 				return 0, fmt.Errorf("watermarks of %s/%d: %w", topic, p.ID, err)
 			}
-			ends[fmt.Sprintf("%s/%d", topic, p.ID)] = high
+			ends[fmt.Sprintf("%s/%d", topic, p.ID)] = marks{low, high}
 			tps = append(tps, kafka.TopicPartition{Topic: &tm.Topic, Partition: p.ID})
 		}
 	}
@@ -195,12 +196,19 @@ func (t *Transport) Backlog(ctx context.Context, group string, topics ...string)
 	var backlog int64
 	for _, r := range res.ConsumerGroupsTopicPartitions {
 		for _, tp := range r.Partitions {
-			committed := int64(0)
-			if tp.Offset >= 0 {
-				committed = int64(tp.Offset)
-			}
-			backlog += ends[fmt.Sprintf("%s/%d", *tp.Topic, tp.Partition)] - committed
+			m := ends[fmt.Sprintf("%s/%d", *tp.Topic, tp.Partition)]
+			backlog += partitionBacklog(m.low, m.high, int64(tp.Offset))
 		}
 	}
 	return backlog, nil
+}
+
+// partitionBacklog is what a group has left to read in a partition holding
+// offsets low to high-1, given its committed offset (negative: none). What
+// retention deleted is not left to read: a group without a commit starts
+// at low (the consumers reset to the earliest retained), and one whose
+// commit fell behind low resumes there. Counting from 0 instead would
+// report a backlog, for ever, in a partition whose events all expired.
+func partitionBacklog(low, high, committed int64) int64 {
+	return max(0, high-max(committed, low))
 }

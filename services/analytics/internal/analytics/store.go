@@ -114,10 +114,21 @@ func markApplied(ctx context.Context, tx pgx.Tx, schema string, changes []change
 // loadFacts reads and locks the facts of the changes' orders (in order_id
 // order, so that two transactions lock them in the same order); orders
 // not seen yet are absent.
+//
+// FOR UPDATE locks only rows that exist, so first a transaction lock per
+// order, taken in order_id order: two transactions that both meet an order
+// for the first time (during a rebuild, the replay and the live group both
+// write the new tables) would otherwise each start from nothing, and the
+// later commit would overwrite the earlier's row, counting the order both
+// ways. With the lock the second waits, then reads the first's row.
 func loadFacts(ctx context.Context, tx pgx.Tx, schema string, orders []*orderChange) (map[string]OrderFact, error) {
 	ids := make([]string, len(orders))
 	for i, c := range orders {
 		ids[i] = c.orderID
+	}
+	// Volatile functions in the select list run after ORDER BY, in its order.
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1 || o::text, 0)) FROM unnest($2::uuid[]) AS o ORDER BY o`, schema, ids); err != nil {
+		return nil, fmt.Errorf("lock %d orders of %s: %w", len(ids), schema, err)
 	}
 	rows, err := tx.Query(ctx, `SELECT order_id::text, customer_id::text, confirmed, cancelled, reason, lines, total_minor FROM `+table(schema, "orders")+`
 		WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE`, ids)
