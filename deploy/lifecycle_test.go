@@ -251,7 +251,7 @@ func mebibytes(t *testing.T, c corev1.Container) int64 {
 // store that cannot fit.
 func TestJaegerStoreFitsItsLimit(t *testing.T) {
 	// What a shop trace takes in Jaeger's memory store: an order's trace
-	// has a few hundred spans (five services, a span per query) of well
+	// has a few hundred spans (six services, a span per query) of well
 	// under 1 KiB each.
 	const traceKiB = 128
 	for _, c := range []struct {

@@ -1,4 +1,4 @@
-// Package e2e drives the shop end to end: five service processes backed by
+// Package e2e drives the shop end to end: six service processes backed by
 // real PostgreSQL and a Kafka-protocol broker, exercised through gRPC.
 package e2e
 

@@ -30,7 +30,7 @@ func wantFinal(t *testing.T, o *ordersv1.Order, st ordersv1.OrderStatus, reason 
 }
 
 // The saga's outcomes, each on its own customer and products, on one shop;
-// then every invariant across all five databases.
+// then every invariant across all six databases.
 func TestSaga(t *testing.T) {
 	// Outcome counts must not depend on how loaded the machine is: a step
 	// deadline is tested on its own (TestTimeoutAndLateReply).

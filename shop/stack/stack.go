@@ -45,6 +45,10 @@ import (
 // 50156/51156, 50256/51256, ...), clear of the other services' ports.
 const ExtraInstancePortStep = 100
 
+// MaxInstances is the most processes of one service a stack runs: the
+// eleventh's fixed gRPC port would be the first's metrics port.
+const MaxInstances = 1000 / ExtraInstancePortStep
+
 // Instance returns the process name of instance k (1-based) of a service:
 // the service's own name for the first, "<name>-<k>" for the others.
 func Instance(service string, k int) string {
@@ -148,6 +152,9 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	s := &Stack{opts: opts, procs: map[string]*process{}, ports: map[string]int{}, metricPorts: map[string]int{}}
 	var instances []string
 	for _, svc := range registry.Services {
+		if n := opts.Instances[svc.Name]; n > MaxInstances {
+			return nil, fmt.Errorf("%d instances of %s: at most %d (their fixed ports would collide)", n, svc.Name, MaxInstances)
+		}
 		for k := 1; k <= max(1, opts.Instances[svc.Name]); k++ {
 			instances = append(instances, Instance(svc.Name, k))
 		}

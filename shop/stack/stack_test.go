@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,5 +45,15 @@ func TestWaitServingAsksForTheServicesOwnAPI(t *testing.T) {
 	hs.SetServingStatus(svc.API, healthpb.HealthCheckResponse_SERVING)
 	if err := s.WaitServing(context.Background(), name); err != nil {
 		t.Fatalf("WaitServing once the service's API is SERVING: %v", err)
+	}
+}
+
+// More instances than the fixed ports allow are refused before anything
+// starts.
+func TestTooManyInstances(t *testing.T) {
+	t.Parallel()
+	_, err := Start(context.Background(), Options{Dir: t.TempDir(), Instances: map[string]int{"analytics": MaxInstances + 1}})
+	if err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("Start with %d instances: %v, want a refusal", MaxInstances+1, err)
 	}
 }

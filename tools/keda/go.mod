@@ -1,5 +1,5 @@
 // KEDA's CustomResourceDefinitions for the deploy tests
-// (deploy/keda_test.go validates the chart's ScaledObject against
+// (deploy/autoscaling_test.go validates the chart's ScaledObject against
 // config/crd/bases/keda.sh_scaledobjects.yaml of this module). Nothing here
 // is built: the module is only downloaded, and its own module so that
 // KEDA's many dependencies stay out of deploy/.
