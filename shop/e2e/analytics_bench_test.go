@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
+	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
+	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
+	"github.com/switchyard/switchyard/shop/registry"
+	"github.com/switchyard/switchyard/shop/stack"
+)
+
+// BenchmarkOrderLatencyAnalytics measures CreateOrder to a terminal state
+// (WatchOrder) for orders offered at a steady 20 per second, with analytics
+// running as shipped, stopped, and far behind (each order a 500 ms wait on
+// 6 partitions: at most 12 scored per second of the 20 offered, so its
+// backlog grows all along). The saga never waits for analytics, so the
+// three should agree; the analytics-backlog metric shows how far behind it
+// was when the last order ended. Run it with
+//
+//	go test -run '^$' -bench OrderLatencyAnalytics -benchtime 1x ./shop/e2e/
+func BenchmarkOrderLatencyAnalytics(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		env  []string
+		stop bool
+	}{
+		{"running", nil, false},
+		{"stopped", nil, true},
+		{"behind", []string{"SWITCHYARD_ANALYTICS_WORK=500ms", "SWITCHYARD_ANALYTICS_WORK_KIND=wait"}, false},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
+			for range b.N {
+				benchOrderLatency(b, mode.env, mode.stop)
+			}
+		})
+	}
+}
+
+func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
+	const (
+		rate   = 20
+		orders = 300
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	st, err := stack.Start(ctx, stack.Options{Dir: filepath.Join(b.TempDir(), "data"), BinDir: binDir, RandomPorts: true,
+		Transport: e2eTransport(), Env: env})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	if stopAnalytics {
+		st.Stop("analytics")
+	}
+	dial := func(name string) *grpc.ClientConn {
+		c, err := grpc.NewClient(st.Addr(name), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return c
+	}
+	inv := inventoryv1.NewInventoryServiceClient(dial("inventory"))
+	ord := ordersv1.NewOrderServiceClient(dial("orders"))
+	custs := customersv1.NewCustomerServiceClient(dial("customers"))
+	pay := paymentsv1.NewPaymentServiceClient(dial("payments"))
+
+	if _, err := inv.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: "LAT-1", Name: "Latency", Price: usd(100), Stock: 1_000_000}); err != nil {
+		b.Fatal(err)
+	}
+	c, err := custs.RegisterCustomer(ctx, &customersv1.RegisterCustomerRequest{Email: "latency@example.com", Name: "Bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	buyer := c.GetCustomer().GetCustomerId()
+	for {
+		_, err := pay.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: buyer, Amount: usd(1_000_000_000), IdempotencyKey: "latency-top-up"})
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.NotFound {
+			b.Fatalf("top up: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // the account opens once payments consumes the registration
+	}
+
+	// Each order in its own goroutine, started on the tick, so a slow one
+	// never delays the next (an open-loop load).
+	var (
+		mu        sync.Mutex
+		lat       []time.Duration
+		confirmed int
+		wg        sync.WaitGroup
+	)
+	tick := time.NewTicker(time.Second / rate)
+	defer tick.Stop()
+	for i := range orders {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			resp, err := ord.CreateOrder(ctx, &ordersv1.CreateOrderRequest{CustomerId: buyer,
+				Items: []*ordersv1.CreateOrderItem{item("LAT-1", 1)}, IdempotencyKey: fmt.Sprintf("latency-%d", i)})
+			if err != nil {
+				b.Errorf("CreateOrder: %v", err)
+				return
+			}
+			stream, err := ord.WatchOrder(ctx, &ordersv1.WatchOrderRequest{OrderId: resp.GetOrder().GetOrderId()})
+			if err != nil {
+				b.Errorf("WatchOrder: %v", err)
+				return
+			}
+			for {
+				m, err := stream.Recv()
+				if err != nil {
+					b.Errorf("WatchOrder: %v", err)
+					return
+				}
+				if s := m.GetOrder().GetStatus(); s != ordersv1.OrderStatus_ORDER_STATUS_PENDING {
+					mu.Lock()
+					lat = append(lat, time.Since(start))
+					if s == ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED {
+						confirmed++
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+
+	tr, err := st.OpenTransport()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	svc, _ := registry.Lookup("analytics")
+	backlog, err := tr.Backlog(ctx, "analytics", svc.Consumes...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(ms(lat, 0.50), "p50-ms")
+	b.ReportMetric(ms(lat, 0.99), "p99-ms")
+	b.ReportMetric(float64(confirmed), "confirmed")
+	b.ReportMetric(float64(backlog), "analytics-backlog")
+}
