@@ -131,16 +131,7 @@ func (h *liveHandlers) registered(ctx context.Context, tx pgx.Tx, ev *customersv
 	if err != nil {
 		return err
 	}
-	schemas, err := targets(ctx, tx, md)
-	if err != nil {
-		return err
-	}
-	for _, s := range schemas {
-		if err := project(ctx, tx, s, []change{{eventID: md.ID.String(), customerID: id}}); err != nil {
-			return err
-		}
-	}
-	return nil
+	return gatherLive(ctx, tx, md, change{eventID: md.ID.String(), customerID: id})
 }
 
 func (h *liveHandlers) confirmed(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderConfirmed, md consumer.Metadata) error {
@@ -173,14 +164,31 @@ func (h *liveHandlers) cancelled(ctx context.Context, tx pgx.Tx, ev *ordersv1.Or
 }
 
 func (h *liveHandlers) project(ctx context.Context, tx pgx.Tx, md consumer.Metadata, c orderChange) error {
+	return gatherLive(ctx, tx, md, change{eventID: c.eventID, order: &c})
+}
+
+// liveSchemaKey keys a live transaction's gathered changes for one schema.
+type liveSchemaKey string
+
+// gatherLive adds an event's change to what its transaction projects into
+// each target schema, in one go after its last handler (consumer.Gather):
+// so a batch takes the projections' row locks only at its end, after every
+// order in it was scored, and a rebuild's replay, writing the same new
+// tables, does not wait out a whole batch of scoring for them.
+func gatherLive(ctx context.Context, tx pgx.Tx, md consumer.Metadata, c change) error {
 	schemas, err := targets(ctx, tx, md)
 	if err != nil {
 		return err
 	}
-	for _, s := range schemas {
-		if err := project(ctx, tx, s, []change{{eventID: c.eventID, order: &c}}); err != nil {
+	for _, schema := range schemas {
+		g, err := consumer.Gather(md, liveSchemaKey(schema), func() *[]change { return &[]change{} },
+			func(ctx context.Context, tx pgx.Tx, changes *[]change) error {
+				return project(ctx, tx, schema, *changes)
+			})
+		if err != nil {
 			return err
 		}
+		*g = append(*g, c)
 	}
 	return nil
 }

@@ -45,7 +45,8 @@ type orderChange struct {
 // project applies changes, in order, to schema's projections, each event
 // once (schema's ledger, applied, skips those it has seen), in a fixed
 // number of statements however many there are: the replay applies a
-// batch of up to replayBatch events at a time, the live group one.
+// batch of up to replayBatch events at a time, the live group what one
+// transaction of its consumer gathered.
 func project(ctx context.Context, tx pgx.Tx, schema string, changes []change) error {
 	fresh, err := markApplied(ctx, tx, schema, changes)
 	if err != nil {
