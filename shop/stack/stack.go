@@ -190,23 +190,17 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			return nil, err
 		}
 	}
-	kport, err := pickPort(opts.KafkaPort, "Kafka broker")
-	if err != nil {
+	if _, err := startOnPort(opts.KafkaPort, "Kafka broker", func(port int) error {
+		s.kport, s.kafkaAdr = port, fmt.Sprintf("127.0.0.1:%d", port)
+		return s.StartBroker()
+	}); err != nil {
 		s.Close()
 		return nil, err
 	}
-	s.kport = kport
-	s.kafkaAdr = fmt.Sprintf("127.0.0.1:%d", kport)
-	if err := s.StartBroker(); err != nil {
-		s.Close()
-		return nil, err
-	}
-	rport, err := pickPort(opts.RedisPort, "redis-server")
-	if err != nil {
-		s.Close()
-		return nil, err
-	}
-	if s.redis, err = redisserver.Start(redisserver.Options{Dir: filepath.Join(opts.Dir, "redis"), Port: rport}); err != nil {
+	if rport, err := startOnPort(opts.RedisPort, "redis-server", func(port int) (err error) {
+		s.redis, err = redisserver.Start(redisserver.Options{Dir: filepath.Join(opts.Dir, "redis"), Port: port})
+		return err
+	}); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("redis-server on port %d: %w", rport, err)
 	}
@@ -403,6 +397,29 @@ func (s *Stack) freePorts() (grpcPort, metricsPort int, err error) {
 		}
 	}
 	return picked[0], picked[1], nil
+}
+
+// startOnPort starts a server with start on port want or, when want is 0,
+// on a free port, and returns the port. A port picked free can be taken by
+// another socket (another test's stack) before the server binds it: then
+// it picks another and starts again, up to three times.
+func startOnPort(want int, what string, start func(port int) error) (int, error) {
+	for attempt := 1; ; attempt++ {
+		port, err := pickPort(want, what)
+		if err != nil {
+			return 0, err
+		}
+		err = start(port)
+		if err == nil || want != 0 || attempt == 3 || !addrInUse(err) {
+			return port, err
+		}
+	}
+}
+
+// addrInUse reports whether err says a port was taken, from the kernel or
+// in a server's own words (redis-server logs "Address already in use").
+func addrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(strings.ToLower(err.Error()), "address already in use")
 }
 
 // pickPort returns want if it is free, or a free port when want is 0.

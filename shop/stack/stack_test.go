@@ -3,8 +3,10 @@ package stack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/shop/registry"
 )
 
@@ -55,5 +58,32 @@ func TestTooManyInstances(t *testing.T) {
 	_, err := Start(context.Background(), Options{Dir: t.TempDir(), Instances: map[string]int{"analytics": MaxInstances + 1}})
 	if err == nil || !strings.Contains(err.Error(), "at most") {
 		t.Fatalf("Start with %d instances: %v, want a refusal", MaxInstances+1, err)
+	}
+}
+
+// A random port taken before the server binds it is replaced by another
+// (tests run stacks side by side); a fixed port is not.
+func TestStartOnPortRetriesATakenRandomPort(t *testing.T) {
+	t.Parallel()
+	taken := fmt.Errorf("listen tcp: bind: %w", syscall.EADDRINUSE)
+	var tried []int
+	port, err := startOnPort(0, "test server", func(p int) error {
+		tried = append(tried, p)
+		if len(tried) == 1 {
+			return taken
+		}
+		return nil
+	})
+	if err != nil || len(tried) != 2 || port != tried[1] {
+		t.Fatalf("random port: got %d, %v after trying %v; want the second pick", port, err, tried)
+	}
+
+	tried = nil
+	fixed, err := pgcluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := startOnPort(fixed, "test server", func(p int) error { tried = append(tried, p); return taken }); !errors.Is(err, syscall.EADDRINUSE) || len(tried) != 1 {
+		t.Fatalf("fixed port: %v after trying %v; want one try and its error", err, tried)
 	}
 }
