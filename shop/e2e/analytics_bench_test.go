@@ -8,15 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
-
-	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
-	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/shop/registry"
 	"github.com/switchyard/switchyard/shop/stack"
 )
@@ -64,37 +57,12 @@ func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
 	if stopAnalytics {
 		st.Stop("analytics")
 	}
-	dial := func(name string) *grpc.ClientConn {
-		c, err := grpc.NewClient(st.Addr(name), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { c.Close() })
-		return c
-	}
-	inv := inventoryv1.NewInventoryServiceClient(dial("inventory"))
-	ord := ordersv1.NewOrderServiceClient(dial("orders"))
-	custs := customersv1.NewCustomerServiceClient(dial("customers"))
-	pay := paymentsv1.NewPaymentServiceClient(dial("payments"))
-
+	inv := inventoryv1.NewInventoryServiceClient(benchDial(b, st, "inventory"))
+	ord := ordersv1.NewOrderServiceClient(benchDial(b, st, "orders"))
 	if _, err := inv.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: "LAT-1", Name: "Latency", Price: usd(100), Stock: 1_000_000}); err != nil {
 		b.Fatal(err)
 	}
-	c, err := custs.RegisterCustomer(ctx, &customersv1.RegisterCustomerRequest{Email: "latency@example.com", Name: "Bench"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	buyer := c.GetCustomer().GetCustomerId()
-	for {
-		_, err := pay.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: buyer, Amount: usd(1_000_000_000), IdempotencyKey: "latency-top-up"})
-		if err == nil {
-			break
-		}
-		if status.Code(err) != codes.NotFound {
-			b.Fatalf("top up: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond) // the account opens once payments consumes the registration
-	}
+	buyer := benchBuyer(ctx, b, st, "latency@example.com")
 
 	// Each order in its own goroutine, started on the tick, so a slow one
 	// never delays the next (an open-loop load).

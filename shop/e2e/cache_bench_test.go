@@ -16,15 +16,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
-	customersv1 "github.com/switchyard/switchyard/gen/go/switchyard/customers/v1"
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
-	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/shop/stack"
 )
 
@@ -57,18 +51,8 @@ func benchStock(b *testing.B, noCache bool) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	dial := func(name string) *grpc.ClientConn {
-		c, err := grpc.NewClient(st.Addr(name), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { c.Close() })
-		return c
-	}
-	inv := inventoryv1.NewInventoryServiceClient(dial("inventory"))
-	orders := ordersv1.NewOrderServiceClient(dial("orders"))
-	custs := customersv1.NewCustomerServiceClient(dial("customers"))
-	pay := paymentsv1.NewPaymentServiceClient(dial("payments"))
+	inv := inventoryv1.NewInventoryServiceClient(benchDial(b, st, "inventory"))
+	orders := ordersv1.NewOrderServiceClient(benchDial(b, st, "orders"))
 
 	skus := make([]string, 20)
 	for i := range skus {
@@ -79,22 +63,7 @@ func benchStock(b *testing.B, noCache bool) {
 	}
 	var buyers []string
 	for i := range 4 {
-		c, err := custs.RegisterCustomer(ctx, &customersv1.RegisterCustomerRequest{Email: fmt.Sprintf("bench%d@example.com", i), Name: "Bench"})
-		if err != nil {
-			b.Fatal(err)
-		}
-		id := c.GetCustomer().GetCustomerId()
-		for {
-			_, err := pay.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: id, Amount: usd(1_000_000_000), IdempotencyKey: "bench-" + id})
-			if err == nil {
-				break
-			}
-			if status.Code(err) != codes.NotFound {
-				b.Fatalf("top up: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond) // the account opens once payments consumes the registration
-		}
-		buyers = append(buyers, id)
+		buyers = append(buyers, benchBuyer(ctx, b, st, fmt.Sprintf("bench%d@example.com", i)))
 	}
 
 	// Reads alone, with the CPU they cost: the load generator's own (this
