@@ -10,15 +10,21 @@ import (
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
-// Config configures a consumer. Transport, Group, Topics and Pool are
-// required.
+// Config configures a consumer. Transport, Group and Pool are required,
+// and Topics or TopicPrefix.
 type Config struct {
 	// Transport is where events are read (Kafka or Redis Streams).
 	Transport transport.Transport
 	// Group is the consumer group; it also scopes the inbox.
 	Group string
-	// Topics to subscribe to.
+	// Topics to subscribe to, in addition to those TopicPrefix derives.
 	Topics []string
+	// TopicPrefix, when set, subscribes the consumer to the topic of the
+	// aggregate each handled event type declares (option
+	// (switchyard.event.v1.aggregate), see package eventpb): TopicPrefix +
+	// aggregate, so a handler and the topic its events come on cannot
+	// disagree. See [Consumer.Topics].
+	TopicPrefix string
 	// Pool is the database the handlers change.
 	Pool *pgxpool.Pool
 	// MaxAttempts is how often a failing message is tried before it goes to
@@ -77,8 +83,8 @@ func (c *Config) setDefaults() error {
 		return errors.New("consumer: Transport is required")
 	case c.Group == "":
 		return errors.New("consumer: Group is required")
-	case len(c.Topics) == 0:
-		return errors.New("consumer: Topics is required")
+	case len(c.Topics) == 0 && c.TopicPrefix == "":
+		return errors.New("consumer: Topics or TopicPrefix is required")
 	case c.Pool == nil:
 		return errors.New("consumer: Pool is required")
 	}

@@ -47,6 +47,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -58,6 +59,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/envelope"
+	"github.com/switchyard/switchyard/platform/eventpb"
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
@@ -167,8 +169,9 @@ func (h *txHooks) run(ctx context.Context) {
 type Handler[T proto.Message] func(ctx context.Context, tx pgx.Tx, msg T, md Metadata) error
 
 type handler struct {
-	newMsg func() proto.Message
-	apply  func(ctx context.Context, tx pgx.Tx, msg proto.Message, md Metadata) error
+	aggregate string // declared by the event type, if it does
+	newMsg    func() proto.Message
+	apply     func(ctx context.Context, tx pgx.Tx, msg proto.Message, md Metadata) error
 }
 
 // Consumer applies events from a transport to a database exactly once in
@@ -244,11 +247,39 @@ func Handle[T proto.Message](c *Consumer, h Handler[T]) {
 	var zero T
 	mt := zero.ProtoReflect().Type()
 	c.handlers[mt.Descriptor().FullName()] = handler{
-		newMsg: func() proto.Message { return mt.New().Interface() },
+		aggregate: eventpb.Aggregate(mt.Descriptor()),
+		newMsg:    func() proto.Message { return mt.New().Interface() },
 		apply: func(ctx context.Context, tx pgx.Tx, msg proto.Message, md Metadata) error {
 			return h(ctx, tx, msg.(T), md)
 		},
 	}
+}
+
+// Topics returns the topics the consumer reads: [Config.Topics] and, with
+// [Config.TopicPrefix], the topic of each aggregate its handlers' event types
+// declare. It is complete once the handlers are registered.
+func (c *Consumer) Topics() []string {
+	topics := slices.Clone(c.cfg.Topics)
+	if c.cfg.TopicPrefix != "" {
+		for _, h := range c.handlers {
+			if h.aggregate != "" {
+				topics = append(topics, c.cfg.TopicPrefix+h.aggregate)
+			}
+		}
+	}
+	slices.Sort(topics)
+	return slices.Compact(topics)
+}
+
+// Handles returns the full names of the event types handlers are
+// registered for, sorted.
+func (c *Consumer) Handles() []string {
+	names := make([]string, 0, len(c.handlers))
+	for name := range c.handlers {
+		names = append(names, string(name))
+	}
+	slices.Sort(names)
+	return names
 }
 
 // Group returns the consumer group.
@@ -297,6 +328,9 @@ func (c *Consumer) Lag() []PartitionLag {
 // Run does not give up while ctx lasts.
 func (c *Consumer) Run(ctx context.Context) error {
 	cfg := &c.cfg
+	if len(c.Topics()) == 0 {
+		return fmt.Errorf("consumer %s: no topics: its handled event types declare no aggregate and Config.Topics is empty", cfg.Group)
+	}
 	retry := backoff.New(cfg.Backoff, cfg.MaxBackoff)
 	for {
 		err := Migrate(ctx, cfg.Pool)
@@ -333,7 +367,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 func (c *Consumer) subscribeOnce(ctx context.Context) error {
 	sub, err := c.cfg.Transport.NewSubscriber(transport.SubscriberConfig{
 		Group:         c.cfg.Group,
-		Topics:        c.cfg.Topics,
+		Topics:        c.Topics(),
 		RevokeTimeout: c.cfg.RevokeTimeout,
 		// A batch is one transaction; a partition taken away finishes its
 		// current batch before it goes.

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/platform/eventpb"
 	"github.com/switchyard/switchyard/platform/grpcerr"
 	"github.com/switchyard/switchyard/platform/migrate"
 )
@@ -92,7 +93,9 @@ func Migrate(ctx context.Context, db migrate.Querier) error {
 type Event struct {
 	// AggregateType names the kind of entity ("order"); the relay routes
 	// the event to the topic <prefix><AggregateType>. Letters, digits,
-	// '.', '_' and '-' only.
+	// '.', '_' and '-' only. Leave it empty when the message declares its
+	// aggregate (option (switchyard.event.v1.aggregate), see package
+	// eventpb): the declared one is used, and one given here must match it.
 	AggregateType string
 	// AggregateID identifies the entity; it becomes the Kafka key, so all
 	// events of one aggregate keep their order.
@@ -215,7 +218,7 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 	spanContext := EncodeTraceContext(ctx)
 	batch := &pgx.Batch{}
 	for _, ev := range events {
-		if err := validate(ev); err != nil {
+		if err := resolve(&ev); err != nil {
 			return err
 		}
 		payload, err := proto.Marshal(ev.Message)
@@ -248,10 +251,21 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 	return nil
 }
 
-func validate(ev Event) error {
-	switch {
-	case ev.Message == nil:
+// resolve fills in the aggregate type the message declares and validates
+// the event.
+func resolve(ev *Event) error {
+	if ev.Message == nil {
 		return fmt.Errorf("%w: nil message", ErrInvalidEvent)
+	}
+	declared := eventpb.Aggregate(ev.Message.ProtoReflect().Descriptor())
+	switch {
+	case declared == "":
+	case ev.AggregateType == "":
+		ev.AggregateType = declared
+	case ev.AggregateType != declared:
+		return fmt.Errorf("%w: %s declares aggregate %q, not %q", ErrInvalidEvent, proto.MessageName(ev.Message), declared, ev.AggregateType)
+	}
+	switch {
 	case !aggregateTypeRE.MatchString(ev.AggregateType):
 		return fmt.Errorf("%w: aggregate type %q must be 1-200 of [a-zA-Z0-9._-]", ErrInvalidEvent, ev.AggregateType)
 	case ev.AggregateID == "":

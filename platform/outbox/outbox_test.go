@@ -3,6 +3,7 @@ package outbox_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/switchyard/switchyard/platform/internal/testpb"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/testkit"
 )
@@ -68,6 +70,33 @@ func TestWriteModes(t *testing.T) {
 	}
 }
 
+// A message that declares its aggregate needs none in the Event.
+func TestAggregateDeclaredByTheMessage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testkit.Pool(t, testkit.Database(t))
+	if err := outbox.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	w := outbox.NewWriter(outbox.ModePoll)
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return w.Write(ctx, tx,
+			outbox.Event{AggregateID: "go", Message: &testpb.Word{Text: "go"}},
+			outbox.Event{AggregateType: "count", AggregateID: "go", Message: &testpb.WordCounted{Text: "go", Count: 1}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, "SELECT aggregatetype FROM outbox ORDER BY type")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || !slices.Equal(got, []string{"word", "count"}) {
+		t.Fatalf("aggregate types %v (%v), want [word count]", got, err)
+	}
+}
+
 func TestInvalidEventsRejected(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -81,6 +110,7 @@ func TestInvalidEventsRejected(t *testing.T) {
 		"empty aggregate id": {AggregateType: "order", Message: wrapperspb.String("x")},
 		"bad topic chars":    {AggregateType: "order/../x", AggregateID: "1", Message: wrapperspb.String("x")},
 		"empty type":         {AggregateID: "1", Message: wrapperspb.String("x")},
+		"another aggregate than the message declares": {AggregateType: "order", AggregateID: "go", Message: &testpb.Word{Text: "go"}},
 	} {
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			// A valid event first: the invalid one must fail the whole write.

@@ -23,7 +23,7 @@ type Env struct {
 	Pool     *pgxpool.Pool      // its database
 	Outbox   *outbox.Writer     // writes events in the caller's transaction
 	Server   *grpc.Server       // register gRPC services here
-	Consumer *consumer.Consumer // register event handlers here; nil when Spec.Subscribe is empty
+	Consumer *consumer.Consumer // register event handlers here; it reads the topics of their events' aggregates and runs if it has any
 	Logger   *slog.Logger       // structured logs carrying the service name (and trace ids, given a context)
 	Metrics  *telemetry.Metrics // register the service's own Prometheus series on Metrics.Registry
 
@@ -32,15 +32,16 @@ type Env struct {
 	watchPool  *pgxpool.Pool
 	watchLimit *watch.Limit
 	transport  transport.Transport
-	consumers  []*consumer.Consumer // Consumer first, if any
-	topics     []string             // what the consumers read, created at bootstrap
+	consumers  []*consumer.Consumer // Consumer first
+	topics     []string             // what the consumers read, created at bootstrap (set after Setup)
 }
 
 // Topic returns the topic of an aggregate type.
 func (e *Env) Topic(aggregateType string) string { return e.Config.TopicPrefix + aggregateType }
 
 // AddConsumer returns a consumer of a group of its own reading the topics
-// of aggregateTypes, for work whose progress must not be tied to the
+// of the aggregates its handled event types declare (and of
+// aggregateTypes, for types that declare none), for work whose progress must not be tied to the
 // service's own group: a projection or a cache that can be rebuilt by
 // resetting its group's offsets, which must never replay the service's
 // commands. Its topics are created at bootstrap, it starts with the
@@ -57,24 +58,44 @@ func (e *Env) addConsumer(group string, aggregateTypes, holdPackages []string) (
 	for i, a := range aggregateTypes {
 		topics[i] = e.Topic(a)
 	}
-	c, err := consumer.New(consumer.Config{Transport: e.transport, Group: group, Topics: topics, Pool: e.Pool, Logger: e.Logger,
-		HoldPackages: holdPackages})
+	c, err := consumer.New(consumer.Config{Transport: e.transport, Group: group, Topics: topics, TopicPrefix: e.Config.TopicPrefix,
+		Pool: e.Pool, Logger: e.Logger, HoldPackages: holdPackages})
 	if err != nil {
 		return nil, fmt.Errorf("consumer group %s: %w", group, err)
 	}
 	e.consumers = append(e.consumers, c)
-	for _, t := range topics {
-		// Listed once: librdkafka crashes on a CreateTopics that names a
-		// topic twice.
-		if !slices.Contains(e.topics, t) {
-			e.topics = append(e.topics, t)
-		}
-	}
 	return c, nil
 }
 
+// settleConsumers runs after Setup, once every handler is registered: it
+// drops the service's own consumer if nothing was registered on it, fails
+// for a consumer with nothing to read, and collects the topics to create.
+func (e *Env) settleConsumers() error {
+	var keep []*consumer.Consumer
+	for _, c := range e.consumers {
+		if c == e.Consumer && len(c.Handles()) == 0 && len(c.Topics()) == 0 {
+			continue
+		}
+		if len(c.Topics()) == 0 {
+			return fmt.Errorf("consumer group %s handles %v, whose types declare no aggregate (option (switchyard.event.v1.aggregate)): declare it, or list the aggregates in Spec.Subscribe", c.Group(), c.Handles())
+		}
+		keep = append(keep, c)
+		for _, t := range c.Topics() {
+			// Listed once: librdkafka crashes on a CreateTopics that names
+			// a topic twice.
+			if !slices.Contains(e.topics, t) {
+				e.topics = append(e.topics, t)
+			}
+		}
+	}
+	e.consumers = keep
+	return nil
+}
+
 // NewConsumer returns a consumer of the service's database in a group of
-// its own that the service neither starts nor registers: unlike
+// its own, reading the topics of its handled event types' aggregates (and
+// of aggregateTypes, for types that declare none), that the service
+// neither starts nor registers: unlike
 // [Env.AddConsumer], for work that runs on demand, such as a replay into
 // new tables, and must neither share nor disturb the other groups'
 // positions. A new group starts at the earliest retained event. Its topics
@@ -87,7 +108,7 @@ func (e *Env) NewConsumer(group string, aggregateTypes []string, tune func(*cons
 	for i, a := range aggregateTypes {
 		topics[i] = e.Topic(a)
 	}
-	cfg := consumer.Config{Transport: e.transport, Group: group, Topics: topics, Pool: e.Pool, Logger: e.Logger}
+	cfg := consumer.Config{Transport: e.transport, Group: group, Topics: topics, TopicPrefix: e.Config.TopicPrefix, Pool: e.Pool, Logger: e.Logger}
 	if tune != nil {
 		tune(&cfg)
 	}
@@ -107,16 +128,12 @@ func (e *Env) RunConsumer(ctx context.Context, c *consumer.Consumer) error {
 	return c.Run(ctx)
 }
 
-// Backlog returns how many messages of the aggregate types' topics group
-// has not finished yet (see [transport.Transport.Backlog]).
-func (e *Env) Backlog(ctx context.Context, group string, aggregateTypes ...string) (int64, error) {
-	topics := make([]string, len(aggregateTypes))
-	for i, a := range aggregateTypes {
-		topics[i] = e.Topic(a)
-	}
-	n, err := e.transport.Backlog(ctx, group, topics...)
+// Backlog returns how many messages of the topics c reads its group has
+// not finished yet (see [transport.Transport.Backlog]).
+func (e *Env) Backlog(ctx context.Context, c *consumer.Consumer) (int64, error) {
+	n, err := e.transport.Backlog(ctx, c.Group(), c.Topics()...)
 	if err != nil {
-		return 0, fmt.Errorf("backlog of group %s: %w", group, err)
+		return 0, fmt.Errorf("backlog of group %s: %w", c.Group(), err)
 	}
 	return n, nil
 }

@@ -20,9 +20,8 @@ func runPayments() {
 		Name:       "payments",
 		Port:       50054,
 		Migrations: migrations, // an fs.FS of *.sql files
-		Subscribe:  []string{"customer", "order"},
-		Emits:      true,  // it writes events, so it gets an outbox relay
-		Setup:      setup, // registers the gRPC services and event handlers on the Env
+		Emits:      true,       // it writes events, so it gets an outbox relay
+		Setup:      setup,      // registers the gRPC services and event handlers on the Env
 	})
 }
 

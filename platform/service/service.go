@@ -2,15 +2,16 @@
 // configuration from the environment, structured logs, the database pool and
 // migrations, the gRPC server (health, reflection, panic recovery, error
 // mapping), the outbox relay and the inbox consumer, readiness, and graceful
-// shutdown. A service supplies only its domain through [Spec]; its main is
+// shutdown. A service supplies only its domain through [Spec]; its consumer
+// reads the topics of the events its handlers take (each event message
+// declares its aggregate, see package eventpb). Its main is
 //
 //	service.Main(service.Spec{
 //		Name:       "payments",
 //		Port:       50054,
 //		Migrations: migrations, // an fs.FS of *.sql files
-//		Subscribe:  []string{"customer", "order"},
-//		Emits:      true,  // it writes events, so it gets an outbox relay
-//		Setup:      setup, // registers the gRPC services and event handlers on the Env
+//		Emits:      true,       // it writes events, so it gets an outbox relay
+//		Setup:      setup,      // registers the gRPC services and event handlers on the Env
 //	})
 package service
 
@@ -56,7 +57,12 @@ type Spec struct {
 	Port int
 	// Migrations holds the service's *.sql migrations (see package migrate).
 	Migrations fs.FS
-	// Subscribe lists the aggregate types whose topics the service consumes.
+	// Subscribe lists aggregate types whose topics the service's consumer
+	// reads beyond those it finds by itself: it reads the topic of the
+	// aggregate each handled event type declares (option
+	// (switchyard.event.v1.aggregate), see package eventpb). Only event
+	// types that declare none, such as the well-known wrapper types, need
+	// their aggregate listed here.
 	Subscribe []string
 	// Emits says the service writes events (Env.Outbox). Only then does it
 	// get an outbox table and a relay, and in cdc mode a replication slot:
@@ -158,12 +164,10 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		Server: server, Logger: logger, Metrics: metrics, stopping: make(chan struct{}), transport: tr,
 		watchPool: watchPool, watchLimit: watch.NewLimit(cfg.WatchMaxStreams),
 	}
-	if len(spec.Subscribe) > 0 {
-		// Commands addressed to a service live in its own package.
-		env.Consumer, err = env.addConsumer(spec.Name, spec.Subscribe, []string{"switchyard." + spec.Name + ".v1"})
-		if err != nil {
-			return err
-		}
+	// Commands addressed to a service live in its own package.
+	env.Consumer, err = env.addConsumer(spec.Name, spec.Subscribe, []string{"switchyard." + spec.Name + ".v1"})
+	if err != nil {
+		return err
 	}
 	var rl *relay.Relay // nil when the service emits nothing
 	if spec.Emits {
@@ -176,6 +180,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		}
 	}
 	if err := spec.Setup(env); err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	if err := env.settleConsumers(); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
 	if rl != nil {

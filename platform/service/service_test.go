@@ -461,3 +461,25 @@ func TestAddConsumerRunsAGroupOfItsOwn(t *testing.T) {
 	}
 	testkit.WaitFor(t, time.Minute, "both groups to apply their events", func() bool { return own.Load() == 1 && added.Load() == 2 })
 }
+
+// A handler whose event type declares no aggregate, with no Spec.Subscribe
+// to say where such events come from, stops the service at start with an
+// error that says so, rather than a consumer that never reads anything.
+func TestHandlerWithoutAggregateFailsStart(t *testing.T) {
+	t.Parallel()
+	sp := service.Spec{Name: "lost", Setup: func(env *service.Env) error {
+		consumer.Handle(env.Consumer, func(context.Context, pgx.Tx, *wrapperspb.StringValue, consumer.Metadata) error { return nil })
+		return nil
+	}}
+	env := map[string]string{"SWITCHYARD_DATABASE_URL": testkit.Database(t), "SWITCHYARD_GRPC_ADDR": "127.0.0.1:0", "SWITCHYARD_METRICS_ADDR": "127.0.0.1:0"}
+	cfg, err := service.LoadConfig(0, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = service.Run(ctx, sp, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err == nil || !strings.Contains(err.Error(), "google.protobuf.StringValue") || !strings.Contains(err.Error(), "Spec.Subscribe") {
+		t.Fatalf("Run = %v, want an error naming the type and Spec.Subscribe", err)
+	}
+}

@@ -13,9 +13,9 @@
 // With a service that counts words and emits each new count:
 //
 //	svc := servicetest.Start(t, counter(), nil)
-//	res := svc.Apply("word", "go", wrapperspb.String("go"))
-//	count := servicetest.Emitted[*wrapperspb.Int64Value](t, res) // the event it emitted
-//	row := res.Inserted("counts")[0].Row                         // the row it wrote: row["n"] == "1"
+//	res := svc.Apply("go", &testpb.Word{Text: "go"})
+//	counted := servicetest.Emitted[*testpb.WordCounted](t, res) // the event it emitted
+//	row := res.Inserted("counts")[0].Row                        // the row it wrote: row["n"] == "1"
 //
 // The service's gRPC API is reachable through [Service.Conn], its database
 // through [Service.Pool].
@@ -45,6 +45,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/envelope"
+	"github.com/switchyard/switchyard/platform/eventpb"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/testkit"
@@ -226,24 +227,24 @@ func (r Result) emittedTypes() string {
 	return "[" + strings.Join(names, ", ") + "]"
 }
 
-// Apply publishes ev as an event of aggregateType keyed by key, as the
-// producing service's relay would (CloudEvents headers, a new event id),
-// waits until the service has applied it or dead-lettered it, and returns
-// what the applying transaction changed. Apply one event at a time: events
-// published together may be applied in one transaction.
-func (s *Service) Apply(aggregateType, key string, ev proto.Message) Result {
+// Apply publishes ev keyed by key, on the topic of the aggregate its type
+// declares, as the producing service's relay would (CloudEvents headers, a
+// new event id), waits until the service has applied it or dead-lettered
+// it, and returns what the applying transaction changed. Apply one event at
+// a time: events published together may be applied in one transaction.
+func (s *Service) Apply(key string, ev proto.Message) Result {
 	s.t.Helper()
-	id := s.Publish(aggregateType, key, ev)
-	return s.Await(aggregateType, id)
+	return s.Await(s.Publish(key, ev))
 }
 
-// Publish publishes ev as an event of aggregateType keyed by key and
-// returns its id once the broker has acknowledged it, without waiting for
-// the service: [Service.Await] waits for it.
-func (s *Service) Publish(aggregateType, key string, ev proto.Message) uuid.UUID {
+// Publish publishes ev keyed by key and returns its id once the broker has
+// acknowledged it, without waiting for the service: [Service.Await] waits
+// for it.
+func (s *Service) Publish(key string, ev proto.Message) Published {
 	s.t.Helper()
-	if !slices.Contains(s.spec.Subscribe, aggregateType) {
-		s.t.Fatalf("servicetest: %s does not subscribe to %q events (Spec.Subscribe: %v)", s.spec.Name, aggregateType, s.spec.Subscribe)
+	aggregateType := eventpb.Aggregate(ev.ProtoReflect().Descriptor())
+	if aggregateType == "" {
+		s.t.Fatalf("servicetest: %s declares no aggregate (option (switchyard.event.v1.aggregate))", proto.MessageName(ev))
 	}
 	payload, err := proto.Marshal(ev)
 	if err != nil {
@@ -265,15 +266,25 @@ func (s *Service) Publish(aggregateType, key string, ev proto.Message) uuid.UUID
 	case <-time.After(Timeout):
 		s.t.Fatalf("servicetest: publish not acknowledged within %s", Timeout)
 	}
-	return id
+	return Published{ID: id, Topic: topicPrefix + aggregateType}
 }
 
-// Await waits until the event id of aggregateType (from [Service.Publish])
-// has been applied or dead-lettered and returns what it changed.
-func (s *Service) Await(aggregateType string, id uuid.UUID) Result {
+// Published is an event [Service.Publish] sent.
+type Published struct {
+	// ID is its event id (ce_id).
+	ID uuid.UUID
+	// Topic is where it was sent.
+	Topic string
+}
+
+// Await waits until the published event has been applied or dead-lettered
+// and returns what it changed.
+func (s *Service) Await(p Published) Result {
 	s.t.Helper()
+	id := p.ID
 	res := Result{EventID: id}
-	testkit.WaitFor(s.t, Timeout, fmt.Sprintf("%s to apply or dead-letter event %s", s.spec.Name, id), func() bool {
+	what := fmt.Sprintf("%s to apply or dead-letter event %s from %s (does one of its handlers take it?)", s.spec.Name, id, p.Topic)
+	testkit.WaitFor(s.t, Timeout, what, func() bool {
 		if err := s.readSlot(); err != nil {
 			s.t.Fatalf("servicetest: %v", err)
 		}
@@ -282,7 +293,7 @@ func (s *Service) Await(aggregateType string, id uuid.UUID) Result {
 			delete(s.pending, xid)
 			return true
 		}
-		res.DeadLettered = s.deadLettered(envelope.DLQTopic(topicPrefix+aggregateType), id)
+		res.DeadLettered = s.deadLettered(envelope.DLQTopic(p.Topic), id)
 		return res.DeadLettered != ""
 	})
 	return res

@@ -30,10 +30,6 @@ import (
 //go:embed migrations/*.sql
 var migrations embed.FS
 
-// subscribed are the aggregate types analytics reads, in its own group and
-// in a rebuild's.
-var subscribed = []string{"customer", "order"}
-
 // Options tune the service.
 type Options struct {
 	// Work is the time the scoring of one confirmed order costs
@@ -79,7 +75,7 @@ func Spec(o Options) service.Spec {
 	if o.RebuildPoll <= 0 {
 		o.RebuildPoll = time.Second
 	}
-	return service.Spec{Name: "analytics", Port: 50056, Migrations: migrations, Subscribe: subscribed,
+	return service.Spec{Name: "analytics", Port: 50056, Migrations: migrations,
 		Setup: func(env *service.Env) error { return setup(env, o) }}
 }
 

@@ -97,9 +97,10 @@ type rebuilder struct {
 
 // replay is this instance's member of a rebuild's consumer group.
 type replay struct {
-	id   uuid.UUID
-	stop context.CancelFunc
-	done chan struct{}
+	id       uuid.UUID
+	consumer *consumer.Consumer
+	stop     context.CancelFunc
+	done     chan struct{}
 }
 
 // run follows the running rebuild until ctx ends.
@@ -134,7 +135,7 @@ func (r *rebuilder) step(ctx context.Context) error {
 			return err
 		}
 	}
-	backlog, err := r.env.Backlog(ctx, b.group, subscribed...)
+	backlog, err := r.env.Backlog(ctx, r.current.consumer)
 	if err != nil {
 		return err
 	}
@@ -154,7 +155,7 @@ func (r *rebuilder) step(ctx context.Context) error {
 
 // join starts this instance's member of the rebuild's replay group.
 func (r *rebuilder) join(ctx context.Context, b rebuildRow) error {
-	c, err := r.env.NewConsumer(b.group, subscribed, func(cfg *consumer.Config) {
+	c, err := r.env.NewConsumer(b.group, nil, func(cfg *consumer.Config) {
 		cfg.MaxBatch = replayBatch
 		cfg.InboxRetention = forever
 	})
@@ -166,7 +167,7 @@ func (r *rebuilder) join(ctx context.Context, b rebuildRow) error {
 	consumer.Handle(c, h.confirmed)
 	consumer.Handle(c, h.cancelled)
 	cctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	rp := &replay{id: b.id, stop: stop, done: make(chan struct{})}
+	rp := &replay{id: b.id, consumer: c, stop: stop, done: make(chan struct{})}
 	go func() {
 		defer close(rp.done)
 		if err := r.env.RunConsumer(cctx, c); err != nil {

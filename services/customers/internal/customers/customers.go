@@ -34,9 +34,6 @@ func Setup(env *service.Env) error {
 	return nil
 }
 
-// AggregateType is the aggregate type (and topic suffix) of customer events.
-const AggregateType = "customer"
-
 type server struct {
 	customersv1.UnimplementedCustomerServiceServer
 	env *service.Env
@@ -62,8 +59,8 @@ func (s *server) RegisterCustomer(ctx context.Context, req *customersv1.Register
 		}
 		c.CreateTime = timestamppb.New(created)
 		return s.env.Outbox.Write(ctx, tx, outbox.Event{
-			AggregateType: AggregateType, AggregateID: c.CustomerId,
-			Message: &customersv1.CustomerRegistered{Customer: c},
+			AggregateID: c.CustomerId,
+			Message:     &customersv1.CustomerRegistered{Customer: c},
 		})
 	})
 	if err != nil {

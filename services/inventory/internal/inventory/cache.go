@@ -38,7 +38,7 @@ func newStockCache(env *service.Env) (*stockCache, error) {
 	}
 	env.Metrics.Registry.MustRegister(c.Collectors()...)
 	sc := &stockCache{c: c}
-	updater, err := env.AddConsumer(CacheGroup, ProductAggregateType)
+	updater, err := env.AddConsumer(CacheGroup)
 	if err != nil {
 		return nil, err
 	}

@@ -29,14 +29,6 @@ import (
 //go:embed migrations/*.sql
 var migrations embed.FS
 
-// AggregateType is the aggregate type of inventory's saga replies (keyed by
-// order id).
-const AggregateType = "inventory"
-
-// ProductAggregateType is the aggregate type of StockChanged events (keyed
-// by SKU): their topic is the stock cache's feed.
-const ProductAggregateType = "product"
-
 // CacheGroup is the consumer group that applies StockChanged to the stock
 // cache.
 const CacheGroup = "inventory-cache"
@@ -60,7 +52,7 @@ const maxPrice = 1_000_000_000_000
 // Spec describes the inventory service: it consumes the order saga's
 // commands.
 func Spec() service.Spec {
-	return service.Spec{Name: "inventory", Port: 50053, Migrations: migrations, Emits: true, Subscribe: []string{"order"}, Setup: Setup}
+	return service.Spec{Name: "inventory", Port: 50053, Migrations: migrations, Emits: true, Setup: Setup}
 }
 
 // Setup registers the InventoryService and the saga command handlers and,
@@ -109,7 +101,7 @@ type change struct {
 // and returns the change for the cache.
 func (s *server) stockChanged(ctx context.Context, tx pgx.Tx, p *inventoryv1.Product, version int64) (change, error) {
 	ch := change{product: p, version: version, at: time.Now()}
-	err := s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateType: ProductAggregateType, AggregateID: p.GetSku(),
+	err := s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateID: p.GetSku(),
 		Message: &inventoryv1.StockChanged{Sku: p.GetSku(), Available: p.GetAvailable(), Reserved: p.GetReserved(), Version: version}})
 	return ch, err
 }

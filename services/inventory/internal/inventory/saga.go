@@ -18,7 +18,7 @@ import (
 
 // emit writes a saga reply keyed by the order id.
 func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msg proto.Message) error {
-	return s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateType: AggregateType, AggregateID: orderID, Message: msg})
+	return s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateID: orderID, Message: msg})
 }
 
 // reserve reserves every line of an order or none. Rows are locked in SKU

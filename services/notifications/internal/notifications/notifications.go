@@ -45,7 +45,7 @@ const changeChannel = "switchyard_notification_created"
 
 // Spec describes the notifications service.
 func Spec() service.Spec {
-	return service.Spec{Name: "notifications", Port: 50055, Migrations: migrations, Subscribe: []string{"customer", "order"}, Setup: Setup}
+	return service.Spec{Name: "notifications", Port: 50055, Migrations: migrations, Setup: Setup}
 }
 
 // Setup registers the NotificationService and the event handlers.

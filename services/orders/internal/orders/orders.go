@@ -32,11 +32,6 @@ import (
 //go:embed migrations/*.sql
 var migrations embed.FS
 
-// AggregateType is the aggregate type of everything orders emits: saga
-// commands and order events, keyed by order id so that each order's messages
-// keep their order.
-const AggregateType = "order"
-
 // Failure reasons of a cancelled order that orders itself decides.
 const (
 	ReasonCancelledByCustomer = "CANCELLED_BY_CUSTOMER"
@@ -111,7 +106,7 @@ func Spec(o Options) service.Spec {
 		o.MaxPendingAge = 5 * time.Second
 	}
 	return service.Spec{
-		Name: "orders", Port: 50052, Migrations: migrations, Emits: true, Subscribe: []string{"inventory", "payment"},
+		Name: "orders", Port: 50052, Migrations: migrations, Emits: true,
 		Setup: func(env *service.Env) error {
 			s := &server{env: env, opts: o, changes: env.WatchHub(changeChannel), metrics: newSagaMetrics(), backlog: newBacklog()}
 			env.Metrics.Registry.MustRegister(s.metrics.outcomes, s.metrics.duration)

@@ -37,9 +37,12 @@ func lockSaga(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) {
 }
 
 func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msgs ...proto.Message) error {
+	// Everything orders emits, saga commands and order events, declares
+	// the aggregate "order": keyed by order id, each order's messages keep
+	// their order.
 	events := make([]outbox.Event, len(msgs))
 	for i, m := range msgs {
-		events[i] = outbox.Event{AggregateType: AggregateType, AggregateID: orderID, Message: m}
+		events[i] = outbox.Event{AggregateID: orderID, Message: m}
 	}
 	return s.env.Outbox.Write(ctx, tx, events...)
 }

@@ -31,10 +31,6 @@ import (
 //go:embed migrations/*.sql
 var migrations embed.FS
 
-// AggregateType is the aggregate type of payments' saga replies (keyed by
-// order id).
-const AggregateType = "payment"
-
 // Decline reasons in PaymentDeclined.
 const (
 	ReasonInsufficientFunds = "INSUFFICIENT_FUNDS"
@@ -47,7 +43,7 @@ const maxTopUp = 1_000_000_000
 // Spec describes the payments service: it opens accounts for new customers
 // and consumes the order saga's commands.
 func Spec() service.Spec {
-	return service.Spec{Name: "payments", Port: 50054, Migrations: migrations, Emits: true, Subscribe: []string{"customer", "order"}, Setup: Setup}
+	return service.Spec{Name: "payments", Port: 50054, Migrations: migrations, Emits: true, Setup: Setup}
 }
 
 // Setup registers the PaymentService and the event handlers.
@@ -196,7 +192,7 @@ func (s *server) openAccount(ctx context.Context, tx pgx.Tx, ev *customersv1.Cus
 }
 
 func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msg proto.Message) error {
-	return s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateType: AggregateType, AggregateID: orderID, Message: msg})
+	return s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateID: orderID, Message: msg})
 }
 
 // charge captures an order's total, or declines it.

@@ -25,7 +25,7 @@ func TestSagaCommands(t *testing.T) {
 	client := paymentsv1.NewPaymentServiceClient(svc.Conn)
 
 	customer := uuid.NewString()
-	opened := svc.Apply("customer", customer, &customersv1.CustomerRegistered{Customer: &customersv1.Customer{CustomerId: customer}})
+	opened := svc.Apply(customer, &customersv1.CustomerRegistered{Customer: &customersv1.Customer{CustomerId: customer}})
 	if acct := opened.Inserted("accounts"); len(acct) != 1 || acct[0].Row["customer_id"] != customer || acct[0].Row["balance_minor"] != "0" {
 		t.Fatalf("CustomerRegistered wrote %+v, want an empty account", opened.Writes)
 	}
@@ -33,7 +33,7 @@ func TestSagaCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	charge := func(order string, amount *moneyv1.Money) servicetest.Result {
-		return svc.Apply("order", order, &paymentsv1.ChargePayment{OrderId: order, CustomerId: customer, Amount: amount})
+		return svc.Apply(order, &paymentsv1.ChargePayment{OrderId: order, CustomerId: customer, Amount: amount})
 	}
 
 	order := uuid.NewString()
@@ -51,8 +51,8 @@ func TestSagaCommands(t *testing.T) {
 		if ins := res.Inserted("payments"); len(ins) != 1 || ins[0].Row["kind"] != "CAPTURE" || ins[0].Row["payment_id"] != paymentID {
 			t.Errorf("payments rows %+v, want the capture %s", ins, paymentID)
 		}
-		if e := res.Emitted[0]; e.AggregateType != payments.AggregateType || e.AggregateID != order {
-			t.Errorf("reply emitted as %s/%s, want %s/%s", e.AggregateType, e.AggregateID, payments.AggregateType, order)
+		if e := res.Emitted[0]; e.AggregateType != "payment" || e.AggregateID != order {
+			t.Errorf("reply emitted as %s/%s, want payment/%s", e.AggregateType, e.AggregateID, order)
 		}
 	})
 	t.Run("a repeated charge replies with the first capture and takes nothing", func(t *testing.T) {
@@ -75,7 +75,7 @@ func TestSagaCommands(t *testing.T) {
 	})
 	t.Run("a charge without an account is declined", func(t *testing.T) {
 		o := uuid.NewString()
-		res := svc.Apply("order", o, &paymentsv1.ChargePayment{OrderId: o, CustomerId: uuid.NewString(), Amount: rules.Money(1)})
+		res := svc.Apply(o, &paymentsv1.ChargePayment{OrderId: o, CustomerId: uuid.NewString(), Amount: rules.Money(1)})
 		if got := servicetest.Emitted[*paymentsv1.PaymentDeclined](t, res); got.GetReason() != payments.ReasonAccountNotFound {
 			t.Errorf("declined with %q, want %q", got.GetReason(), payments.ReasonAccountNotFound)
 		}
@@ -87,7 +87,7 @@ func TestSagaCommands(t *testing.T) {
 		}
 	})
 	t.Run("refund returns the net capture once", func(t *testing.T) {
-		res := svc.Apply("order", order, &paymentsv1.RefundPayment{OrderId: order, Reason: "CANCELLED_BY_CUSTOMER"})
+		res := svc.Apply(order, &paymentsv1.RefundPayment{OrderId: order, Reason: "CANCELLED_BY_CUSTOMER"})
 		if got := servicetest.Emitted[*paymentsv1.PaymentRefunded](t, res); got.GetAmount().GetAmountMinor() != 300 || got.GetCustomerId() != customer {
 			t.Errorf("refunded %v, want 300 to %s", got, customer)
 		}
@@ -98,7 +98,7 @@ func TestSagaCommands(t *testing.T) {
 			t.Errorf("payments rows %+v, want a refund of 300", ins)
 		}
 
-		again := svc.Apply("order", order, &paymentsv1.RefundPayment{OrderId: order})
+		again := svc.Apply(order, &paymentsv1.RefundPayment{OrderId: order})
 		if got := servicetest.Emitted[*paymentsv1.PaymentRefunded](t, again); got.GetAmount().GetAmountMinor() != 0 {
 			t.Errorf("second refund returned %v, want 0", got.GetAmount())
 		}
@@ -108,7 +108,7 @@ func TestSagaCommands(t *testing.T) {
 	})
 	t.Run("refund of an order never charged confirms with zero", func(t *testing.T) {
 		o := uuid.NewString()
-		res := svc.Apply("order", o, &paymentsv1.RefundPayment{OrderId: o})
+		res := svc.Apply(o, &paymentsv1.RefundPayment{OrderId: o})
 		if got := servicetest.Emitted[*paymentsv1.PaymentRefunded](t, res); got.GetAmount().GetAmountMinor() != 0 || got.GetCustomerId() != "" {
 			t.Errorf("refunded %v, want zero to no one", got)
 		}

@@ -7,6 +7,7 @@
 package customersv1
 
 import (
+	_ "github.com/switchyard/switchyard/platform/eventpb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -70,9 +71,9 @@ var File_switchyard_customers_v1_events_proto protoreflect.FileDescriptor
 
 const file_switchyard_customers_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"$switchyard/customers/v1/events.proto\x12\x17switchyard.customers.v1\x1a'switchyard/customers/v1/customers.proto\"S\n" +
+	"$switchyard/customers/v1/events.proto\x12\x17switchyard.customers.v1\x1a'switchyard/customers/v1/customers.proto\x1a\x1fswitchyard/event/v1/event.proto\"a\n" +
 	"\x12CustomerRegistered\x12=\n" +
-	"\bcustomer\x18\x01 \x01(\v2!.switchyard.customers.v1.CustomerR\bcustomerB\xf5\x01\n" +
+	"\bcustomer\x18\x01 \x01(\v2!.switchyard.customers.v1.CustomerR\bcustomer:\f\xc2\xf3\x18\bcustomerB\xf5\x01\n" +
 	"\x1bcom.switchyard.customers.v1B\vEventsProtoP\x01ZKgithub.com/switchyard/switchyard/gen/go/switchyard/customers/v1;customersv1\xa2\x02\x03SCX\xaa\x02\x17Switchyard.Customers.V1\xca\x02\x17Switchyard\\Customers\\V1\xe2\x02#Switchyard\\Customers\\V1\\GPBMetadata\xea\x02\x19Switchyard::Customers::V1b\x06proto3"
 
 var (

@@ -8,6 +8,7 @@ package inventoryv1
 
 import (
 	v1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
+	_ "github.com/switchyard/switchyard/platform/eventpb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -525,37 +526,37 @@ var File_switchyard_inventory_v1_events_proto protoreflect.FileDescriptor
 
 const file_switchyard_inventory_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"$switchyard/inventory/v1/events.proto\x12\x17switchyard.inventory.v1\x1a\x1fswitchyard/money/v1/money.proto\"t\n" +
+	"$switchyard/inventory/v1/events.proto\x12\x17switchyard.inventory.v1\x1a\x1fswitchyard/event/v1/event.proto\x1a\x1fswitchyard/money/v1/money.proto\"t\n" +
 	"\tStockLine\x12\x10\n" +
 	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1a\n" +
 	"\bquantity\x18\x02 \x01(\x03R\bquantity\x129\n" +
 	"\n" +
-	"unit_price\x18\x03 \x01(\v2\x1a.switchyard.money.v1.MoneyR\tunitPrice\"c\n" +
+	"unit_price\x18\x03 \x01(\v2\x1a.switchyard.money.v1.MoneyR\tunitPrice\"n\n" +
 	"\fReserveStock\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x128\n" +
-	"\x05lines\x18\x02 \x03(\v2\".switchyard.inventory.v1.StockLineR\x05lines\"A\n" +
+	"\x05lines\x18\x02 \x03(\v2\".switchyard.inventory.v1.StockLineR\x05lines:\t\xc2\xf3\x18\x05order\"L\n" +
 	"\fReleaseStock\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"(\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason:\t\xc2\xf3\x18\x05order\"3\n" +
 	"\vCommitStock\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\"\x96\x01\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId:\t\xc2\xf3\x18\x05order\"\xa5\x01\n" +
 	"\rStockReserved\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x128\n" +
 	"\x05lines\x18\x02 \x03(\v2\".switchyard.inventory.v1.StockLineR\x05lines\x120\n" +
-	"\x05total\x18\x03 \x01(\v2\x1a.switchyard.money.v1.MoneyR\x05total\"T\n" +
+	"\x05total\x18\x03 \x01(\v2\x1a.switchyard.money.v1.MoneyR\x05total:\r\xc2\xf3\x18\tinventory\"c\n" +
 	"\rStockRejected\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x10\n" +
-	"\x03sku\x18\x03 \x01(\tR\x03sku\"*\n" +
+	"\x03sku\x18\x03 \x01(\tR\x03sku:\r\xc2\xf3\x18\tinventory\"9\n" +
 	"\rStockReleased\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\"+\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId:\r\xc2\xf3\x18\tinventory\":\n" +
 	"\x0eStockCommitted\x12\x19\n" +
-	"\border_id\x18\x01 \x01(\tR\aorderId\"t\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId:\r\xc2\xf3\x18\tinventory\"\x81\x01\n" +
 	"\fStockChanged\x12\x10\n" +
 	"\x03sku\x18\x01 \x01(\tR\x03sku\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\x03R\tavailable\x12\x1a\n" +
 	"\breserved\x18\x03 \x01(\x03R\breserved\x12\x18\n" +
-	"\aversion\x18\x04 \x01(\x03R\aversionB\xf5\x01\n" +
+	"\aversion\x18\x04 \x01(\x03R\aversion:\v\xc2\xf3\x18\aproductB\xf5\x01\n" +
 	"\x1bcom.switchyard.inventory.v1B\vEventsProtoP\x01ZKgithub.com/switchyard/switchyard/gen/go/switchyard/inventory/v1;inventoryv1\xa2\x02\x03SIX\xaa\x02\x17Switchyard.Inventory.V1\xca\x02\x17Switchyard\\Inventory\\V1\xe2\x02#Switchyard\\Inventory\\V1\\GPBMetadata\xea\x02\x19Switchyard::Inventory::V1b\x06proto3"
 
 var (

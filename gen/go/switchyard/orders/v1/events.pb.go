@@ -7,6 +7,7 @@
 package ordersv1
 
 import (
+	_ "github.com/switchyard/switchyard/platform/eventpb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -115,11 +116,11 @@ var File_switchyard_orders_v1_events_proto protoreflect.FileDescriptor
 
 const file_switchyard_orders_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"!switchyard/orders/v1/events.proto\x12\x14switchyard.orders.v1\x1a!switchyard/orders/v1/orders.proto\"C\n" +
+	"!switchyard/orders/v1/events.proto\x12\x14switchyard.orders.v1\x1a\x1fswitchyard/event/v1/event.proto\x1a!switchyard/orders/v1/orders.proto\"N\n" +
 	"\x0eOrderConfirmed\x121\n" +
-	"\x05order\x18\x01 \x01(\v2\x1b.switchyard.orders.v1.OrderR\x05order\"C\n" +
+	"\x05order\x18\x01 \x01(\v2\x1b.switchyard.orders.v1.OrderR\x05order:\t\xc2\xf3\x18\x05order\"N\n" +
 	"\x0eOrderCancelled\x121\n" +
-	"\x05order\x18\x01 \x01(\v2\x1b.switchyard.orders.v1.OrderR\x05orderB\xe0\x01\n" +
+	"\x05order\x18\x01 \x01(\v2\x1b.switchyard.orders.v1.OrderR\x05order:\t\xc2\xf3\x18\x05orderB\xe0\x01\n" +
 	"\x18com.switchyard.orders.v1B\vEventsProtoP\x01ZEgithub.com/switchyard/switchyard/gen/go/switchyard/orders/v1;ordersv1\xa2\x02\x03SOX\xaa\x02\x14Switchyard.Orders.V1\xca\x02\x14Switchyard\\Orders\\V1\xe2\x02 Switchyard\\Orders\\V1\\GPBMetadata\xea\x02\x16Switchyard::Orders::V1b\x06proto3"
 
 var (

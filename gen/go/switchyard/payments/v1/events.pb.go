@@ -8,6 +8,7 @@ package paymentsv1
 
 import (
 	v1 "github.com/switchyard/switchyard/gen/go/switchyard/money/v1"
+	_ "github.com/switchyard/switchyard/platform/eventpb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -333,32 +334,32 @@ var File_switchyard_payments_v1_events_proto protoreflect.FileDescriptor
 
 const file_switchyard_payments_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"#switchyard/payments/v1/events.proto\x12\x16switchyard.payments.v1\x1a\x1fswitchyard/money/v1/money.proto\"\x7f\n" +
+	"#switchyard/payments/v1/events.proto\x12\x16switchyard.payments.v1\x1a\x1fswitchyard/event/v1/event.proto\x1a\x1fswitchyard/money/v1/money.proto\"\x8a\x01\n" +
 	"\rChargePayment\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x1f\n" +
 	"\vcustomer_id\x18\x02 \x01(\tR\n" +
 	"customerId\x122\n" +
-	"\x06amount\x18\x03 \x01(\v2\x1a.switchyard.money.v1.MoneyR\x06amount\"B\n" +
+	"\x06amount\x18\x03 \x01(\v2\x1a.switchyard.money.v1.MoneyR\x06amount:\t\xc2\xf3\x18\x05order\"M\n" +
 	"\rRefundPayment\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xa0\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason:\t\xc2\xf3\x18\x05order\"\xad\x01\n" +
 	"\x0fPaymentCaptured\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x1f\n" +
 	"\vcustomer_id\x18\x02 \x01(\tR\n" +
 	"customerId\x12\x1d\n" +
 	"\n" +
 	"payment_id\x18\x03 \x01(\tR\tpaymentId\x122\n" +
-	"\x06amount\x18\x04 \x01(\v2\x1a.switchyard.money.v1.MoneyR\x06amount\"e\n" +
+	"\x06amount\x18\x04 \x01(\v2\x1a.switchyard.money.v1.MoneyR\x06amount:\v\xc2\xf3\x18\apayment\"r\n" +
 	"\x0fPaymentDeclined\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x1f\n" +
 	"\vcustomer_id\x18\x02 \x01(\tR\n" +
 	"customerId\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x81\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason:\v\xc2\xf3\x18\apayment\"\x8e\x01\n" +
 	"\x0fPaymentRefunded\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x1f\n" +
 	"\vcustomer_id\x18\x02 \x01(\tR\n" +
 	"customerId\x122\n" +
-	"\x06amount\x18\x03 \x01(\v2\x1a.switchyard.money.v1.MoneyR\x06amountB\xee\x01\n" +
+	"\x06amount\x18\x03 \x01(\v2\x1a.switchyard.money.v1.MoneyR\x06amount:\v\xc2\xf3\x18\apaymentB\xee\x01\n" +
 	"\x1acom.switchyard.payments.v1B\vEventsProtoP\x01ZIgithub.com/switchyard/switchyard/gen/go/switchyard/payments/v1;paymentsv1\xa2\x02\x03SPX\xaa\x02\x16Switchyard.Payments.V1\xca\x02\x16Switchyard\\Payments\\V1\xe2\x02\"Switchyard\\Payments\\V1\\GPBMetadata\xea\x02\x18Switchyard::Payments::V1b\x06proto3"
 
 var (
