@@ -212,11 +212,29 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 	if len(events) == 0 {
 		return nil
 	}
+	batch := &pgx.Batch{}
+	if err := w.Queue(ctx, batch, events...); err != nil {
+		return err
+	}
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("outbox: write %d event(s): %w", len(events), err)
+	}
+	return nil
+}
+
+// Queue adds the statements that write events to batch, for a caller that
+// sends them in one round trip with its own statements (in a transaction:
+// the events must commit with the change). It validates like
+// [Writer.Write] and queues nothing if any event is refused.
+func (w *Writer) Queue(ctx context.Context, batch *pgx.Batch, events ...Event) error {
+	if len(events) == 0 {
+		return nil
+	}
 	if w.refuse != nil {
 		return w.refuse
 	}
 	spanContext := EncodeTraceContext(ctx)
-	batch := &pgx.Batch{}
+	queued := &pgx.Batch{}
 	for _, ev := range events {
 		if err := resolve(&ev); err != nil {
 			return err
@@ -238,16 +256,14 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 		if spanContext != "" {
 			tsc = &spanContext
 		}
-		batch.Queue(`INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, tracingspancontext)
+		queued.Queue(`INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, tracingspancontext)
 			VALUES ($1, $2, $3, $4, $5, $6)`,
 			id, ev.AggregateType, ev.AggregateID, typ, payload, tsc)
 		if w.mode == ModeCDC {
-			batch.Queue(`DELETE FROM outbox WHERE id = $1`, id)
+			queued.Queue(`DELETE FROM outbox WHERE id = $1`, id)
 		}
 	}
-	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
-		return fmt.Errorf("outbox: write %d event(s): %w", len(events), err)
-	}
+	batch.QueuedQueries = append(batch.QueuedQueries, queued.QueuedQueries...)
 	return nil
 }
 

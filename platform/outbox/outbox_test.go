@@ -204,3 +204,38 @@ func TestEventTooLargeRejected(t *testing.T) {
 		t.Fatalf("%d business rows (%v), want only the 2 accepted transactions' rows", n, err)
 	}
 }
+
+// Queue puts the events' statements in the caller's batch, after its own:
+// one round trip writes both; a refused event queues nothing.
+func TestQueueInTheCallersBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testkit.Pool(t, testkit.Database(t))
+	if err := outbox.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE words (w text)`); err != nil {
+		t.Fatal(err)
+	}
+	w := outbox.NewWriter(outbox.ModePoll)
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO words VALUES ('go')`)
+	if err := w.Queue(ctx, b, outbox.Event{AggregateID: "go", Message: &testpb.Word{Text: "go"}},
+		outbox.Event{AggregateType: "elsewhere", AggregateID: "go", Message: &testpb.Word{Text: "go"}}); !errors.Is(err, outbox.ErrInvalidEvent) {
+		t.Fatalf("Queue with a refused event = %v, want ErrInvalidEvent", err)
+	}
+	if b.Len() != 1 {
+		t.Fatalf("a refused Queue left %d statements in the batch, want the caller's 1", b.Len())
+	}
+	if err := w.Queue(ctx, b, outbox.Event{AggregateID: "go", Message: &testpb.Word{Text: "go"}}); err != nil {
+		t.Fatal(err)
+	}
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, b).Close() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var words, events int
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM words), (SELECT count(*) FROM outbox WHERE aggregatetype = 'word')`).Scan(&words, &events); err != nil || words != 1 || events != 1 {
+		t.Fatalf("%d words and %d events (%v), want 1 and 1", words, events, err)
+	}
+}

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5/multitracer"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
@@ -128,7 +129,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		// max_connections was sized for (the chart sets both).
 		pcfg.MaxConns = cfg.DatabaseMaxConns
 	}
-	pcfg.ConnConfig.Tracer = otelpgx.NewTracer() // a span per query, in the caller's trace
+	metrics := telemetry.NewMetrics()
+	// A span per query, in the caller's trace, and a count of round trips.
+	pcfg.ConnConfig.Tracer = multitracer.New(otelpgx.NewTracer(), metrics.DBTracer())
 	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
@@ -149,7 +152,6 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	defer tr.Close()
 
 	var ready atomic.Bool
-	metrics := telemetry.NewMetrics()
 	healthSrv := health.NewServer()
 	server := grpc.NewServer(
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),

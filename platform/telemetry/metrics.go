@@ -29,6 +29,7 @@ type Metrics struct {
 	rpcs        *prometheus.CounterVec
 	rpcDuration *prometheus.HistogramVec
 	lag         *lagCollector
+	db          *roundTrips
 }
 
 // NewMetrics returns a registry with Go runtime, process and gRPC series.
@@ -43,8 +44,12 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
 		}, []string{"method"}),
 		lag: &lagCollector{consumers: map[*consumer.Consumer]bool{}},
+		db: &roundTrips{total: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_db_round_trips_total",
+			Help: "Round trips to PostgreSQL through the service's pools: one per statement sent alone (BEGIN and COMMIT included), one per batch or COPY.",
+		})},
 	}
-	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.rpcs, m.rpcDuration, m.lag)
+	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.rpcs, m.rpcDuration, m.lag, m.db.total)
 	return m
 }
 

@@ -34,11 +34,20 @@ import (
 
 // Notify announces, inside tx, that key changed on channel.
 func Notify(ctx context.Context, tx pgx.Tx, channel, key string) error {
-	if _, err := tx.Exec(ctx, "SELECT pg_notify($1, $2)", channel, key); err != nil {
+	if _, err := tx.Exec(ctx, notifySQL, channel, key); err != nil {
 		return fmt.Errorf("notify %s %s: %w", channel, key, err)
 	}
 	return nil
 }
+
+// QueueNotify adds [Notify]'s statement to batch, for a writer that sends
+// its statements in one round trip (the batch must run in the writing
+// transaction).
+func QueueNotify(batch *pgx.Batch, channel, key string) {
+	batch.Queue(notifySQL, channel, key)
+}
+
+const notifySQL = "SELECT pg_notify($1, $2)"
 
 // ErrTooManyStreams is returned by Follow when the hub's [Limit] is
 // reached; it answers RESOURCE_EXHAUSTED, so that clients back off or

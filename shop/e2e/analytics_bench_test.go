@@ -63,6 +63,7 @@ func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
 		b.Fatal(err)
 	}
 	buyer := benchBuyer(ctx, b, st, "latency@example.com")
+	dbBefore := dbCost(ctx, b, st)
 
 	// Each order in its own goroutine, started on the tick, so a slow one
 	// never delays the next (an open-loop load).
@@ -110,6 +111,7 @@ func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
 		}()
 	}
 	wg.Wait()
+	dbAfter := dbCost(ctx, b, st)
 
 	tr, err := st.OpenTransport()
 	if err != nil {
@@ -125,4 +127,43 @@ func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
 	b.ReportMetric(ms(lat, 0.99), "p99-ms")
 	b.ReportMetric(float64(confirmed), "confirmed")
 	b.ReportMetric(float64(backlog), "analytics-backlog")
+	// What an order costs the databases: round trips of the saga's
+	// services (orders, inventory, payments) and transactions committed in
+	// their databases, per order. Background work (relay, sweeps, probes)
+	// during the run is included.
+	for _, svc := range []string{"orders", "inventory", "payments"} {
+		b.ReportMetric((dbAfter[svc].roundTrips-dbBefore[svc].roundTrips)/orders, svc+"-round-trips/order")
+	}
+	var trips, xacts float64
+	for svc := range dbAfter {
+		trips += dbAfter[svc].roundTrips - dbBefore[svc].roundTrips
+		xacts += dbAfter[svc].xacts - dbBefore[svc].xacts
+	}
+	b.ReportMetric(trips/orders, "saga-round-trips/order")
+	b.ReportMetric(xacts/orders, "saga-xacts/order")
+}
+
+// dbUse is a service's use of its database so far.
+type dbUse struct{ roundTrips, xacts float64 }
+
+// dbCost reads, for the saga's services, the round trips their pools made
+// (switchyard_db_round_trips_total) and the transactions their databases
+// committed (pg_stat_database, which includes those of the relay's and
+// the benchmark's own connections).
+func dbCost(ctx context.Context, b *testing.B, st *stack.Stack) map[string]dbUse {
+	b.Helper()
+	out := map[string]dbUse{}
+	for _, svc := range []string{"orders", "inventory", "payments"} {
+		var u dbUse
+		u.roundTrips, _ = sum(scrape(b, st.MetricsURL(svc)), "switchyard_db_round_trips_total")
+		var xacts int64
+		// Sessions report their commits to pg_stat_database about once a
+		// second: over the 15 s of orders, the last second's lag is noise.
+		if err := pgxQueryRow(ctx, st.DatabaseURL(svc), `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`, &xacts); err != nil {
+			b.Fatal(err)
+		}
+		u.xacts = float64(xacts)
+		out[svc] = u
+	}
+	return out
 }

@@ -335,6 +335,7 @@ func TestMetricsMove(t *testing.T) {
 	rose("notifications", "switchyard_consumer_events_processed_total", 30)
 	rose("orders", "switchyard_grpc_requests_total", 30)
 	rose("orders", "switchyard_saga_outcomes_total", 30)
+	rose("payments", "switchyard_db_round_trips_total", 30*3) // BEGIN, the capture, COMMIT at the least
 	if v, _ := sum(after["orders"], `switchyard_saga_outcomes_total{reason="",status="CONFIRMED"}`); v < 30 {
 		t.Errorf("saga outcomes CONFIRMED = %v, want >= 30", v)
 	}
