@@ -101,9 +101,13 @@ type change struct {
 // and returns the change for the cache.
 func (s *server) stockChanged(ctx context.Context, tx pgx.Tx, p *inventoryv1.Product, version int64) (change, error) {
 	ch := change{product: p, version: version, at: time.Now()}
-	err := s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateID: p.GetSku(),
-		Message: &inventoryv1.StockChanged{Sku: p.GetSku(), Available: p.GetAvailable(), Reserved: p.GetReserved(), Version: version}})
-	return ch, err
+	return ch, s.env.Outbox.Write(ctx, tx, stockChangedEvent(p, version))
+}
+
+// stockChangedEvent is the StockChanged event of a product at a version.
+func stockChangedEvent(p *inventoryv1.Product, version int64) outbox.Event {
+	return outbox.Event{AggregateID: p.GetSku(),
+		Message: &inventoryv1.StockChanged{Sku: p.GetSku(), Available: p.GetAvailable(), Reserved: p.GetReserved(), Version: version}}
 }
 
 func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProductRequest) (*inventoryv1.CreateProductResponse, error) {

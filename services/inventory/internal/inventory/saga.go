@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
@@ -18,7 +19,7 @@ import (
 
 // emit writes a saga reply keyed by the order id.
 func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msg proto.Message) error {
-	return s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateID: orderID, Message: msg})
+	return s.reply(ctx, tx, &pgx.Batch{}, orderID, msg)
 }
 
 // reserve reserves every line of an order or none. Rows are locked in SKU
@@ -75,20 +76,11 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 		}
 	}
 	reply := &inventoryv1.StockReserved{OrderId: cmd.GetOrderId(), Total: rules.Money(0)}
-	for _, sku := range skus {
+	quantities := make([]int64, len(skus))
+	prices := make([]int64, len(skus))
+	for i, sku := range skus {
 		p, q := found[sku], want[sku]
-		changed, version, err := scanProduct(tx.QueryRow(ctx, `UPDATE products SET available = available - $2, reserved = reserved + $2,
-			version = version + 1 WHERE sku = $1 RETURNING `+productColumns, sku, q))
-		if err != nil {
-			return err
-		}
-		if err := s.stockChangedInSaga(ctx, tx, md, changed, version); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO reservations (order_id, sku, quantity, unit_price_minor, state) VALUES ($1, $2, $3, $4, 'RESERVED')`,
-			cmd.GetOrderId(), sku, q, p.price); err != nil {
-			return err
-		}
+		quantities[i], prices[i] = q, p.price
 		reply.Lines = append(reply.Lines, &inventoryv1.StockLine{Sku: sku, Quantity: q, UnitPrice: &moneyv1.Money{Currency: p.currency, AmountMinor: p.price}})
 		total, ok := addLine(reply.Total.AmountMinor, p.price, q)
 		if !ok {
@@ -99,7 +91,28 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 		}
 		reply.Total.AmountMinor = total
 	}
-	return s.emit(ctx, tx, cmd.GetOrderId(), reply)
+	// Every line's reservation and stock change in one statement; their
+	// StockChanged events and the reply in one more round trip.
+	b := &pgx.Batch{}
+	if err := s.changeStock(ctx, tx, b, md, `WITH l AS (
+			SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS l(line_sku, line_quantity, line_price)),
+		r AS (INSERT INTO reservations (order_id, sku, quantity, unit_price_minor, state)
+			SELECT $1, line_sku, line_quantity, line_price, 'RESERVED' FROM l)
+		UPDATE products p SET available = p.available - l.line_quantity, reserved = p.reserved + l.line_quantity, version = p.version + 1
+		FROM l WHERE p.sku = l.line_sku RETURNING `+productColumns,
+		cmd.GetOrderId(), skus, quantities, prices); err != nil {
+		return err
+	}
+	return s.reply(ctx, tx, b, cmd.GetOrderId(), reply)
+}
+
+// reply sends b, the step's StockChanged events, with the saga reply
+// keyed by the order id: one round trip.
+func (s *server) reply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, orderID string, msg proto.Message) error {
+	if err := s.env.Outbox.Queue(ctx, b, outbox.Event{AggregateID: orderID, Message: msg}); err != nil {
+		return err
+	}
+	return tx.SendBatch(ctx, b).Close()
 }
 
 // lockOrderProducts locks the products of an order's reservations in SKU
@@ -119,7 +132,8 @@ func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitS
 	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
 		return err
 	}
-	if err := s.changeStock(ctx, tx, md, `WITH c AS (
+	b := &pgx.Batch{}
+	if err := s.changeStock(ctx, tx, b, md, `WITH c AS (
 			UPDATE reservations SET state = 'COMMITTED', update_time = now()
 			WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku AS line_sku, quantity AS line_quantity)
 		UPDATE products p SET reserved = p.reserved - c.line_quantity, sold = p.sold + c.line_quantity, version = p.version + 1
@@ -127,7 +141,7 @@ func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitS
 		cmd.GetOrderId()); err != nil {
 		return err
 	}
-	return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockCommitted{OrderId: cmd.GetOrderId()})
+	return s.reply(ctx, tx, b, cmd.GetOrderId(), &inventoryv1.StockCommitted{OrderId: cmd.GetOrderId()})
 }
 
 // release returns a reservation to available stock, or restocks the units
@@ -137,7 +151,8 @@ func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Releas
 	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
 		return err
 	}
-	if err := s.changeStock(ctx, tx, md, `WITH r AS (
+	b := &pgx.Batch{}
+	if err := s.changeStock(ctx, tx, b, md, `WITH r AS (
 			UPDATE reservations n SET state = 'RELEASED', update_time = now()
 			FROM reservations o
 			WHERE n.order_id = $1 AND o.order_id = n.order_id AND o.sku = n.sku AND o.state IN ('RESERVED', 'COMMITTED')
@@ -150,12 +165,12 @@ func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Releas
 		FROM r WHERE p.sku = r.line_sku RETURNING `+productColumns, cmd.GetOrderId()); err != nil {
 		return err
 	}
-	return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockReleased{OrderId: cmd.GetOrderId()})
+	return s.reply(ctx, tx, b, cmd.GetOrderId(), &inventoryv1.StockReleased{OrderId: cmd.GetOrderId()})
 }
 
 // changeStock runs an UPDATE of products that returns productColumns of
-// every row it changed, and emits their StockChanged events.
-func (s *server) changeStock(ctx context.Context, tx pgx.Tx, md consumer.Metadata, sql string, args ...any) error {
+// every row it changed, and queues their StockChanged events in b.
+func (s *server) changeStock(ctx context.Context, tx pgx.Tx, b *pgx.Batch, md consumer.Metadata, sql string, args ...any) error {
 	rows, err := tx.Query(ctx, sql, args...)
 	if err != nil {
 		return err
@@ -172,22 +187,23 @@ func (s *server) changeStock(ctx context.Context, tx pgx.Tx, md consumer.Metadat
 		return err
 	}
 	for _, c := range changed {
-		if err := s.stockChangedInSaga(ctx, tx, md, c.p, c.version); err != nil {
+		if err := s.queueStockChanged(ctx, b, md, c.p, c.version); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// stockChangedInSaga is stockChanged for a saga step: the step's change
-// goes to the stock cache once its transaction has committed, so reads
-// see it at once rather than when the cache's updater gets to its event.
-func (s *server) stockChangedInSaga(ctx context.Context, tx pgx.Tx, md consumer.Metadata, p *inventoryv1.Product, version int64) error {
-	ch, err := s.stockChanged(ctx, tx, p, version)
-	if err != nil {
+// queueStockChanged is stockChanged for a saga step, queued in b: the
+// step's change goes to the stock cache once its transaction has
+// committed, so reads see it at once rather than when the cache's updater
+// gets to its event.
+func (s *server) queueStockChanged(ctx context.Context, b *pgx.Batch, md consumer.Metadata, p *inventoryv1.Product, version int64) error {
+	if err := s.env.Outbox.Queue(ctx, b, stockChangedEvent(p, version)); err != nil {
 		return err
 	}
 	if s.stock != nil {
+		ch := change{product: p, version: version, at: time.Now()}
 		md.AfterCommit(func(ctx context.Context) { s.stock.put(ctx, ch) })
 	}
 	return nil

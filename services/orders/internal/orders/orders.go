@@ -272,7 +272,7 @@ func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderReque
 			if reason == "" {
 				reason = "cancelled by customer"
 			}
-			if err := s.apply(ctx, tx, st, happening{input: cancelledByCustomer, reason: reason}); err != nil {
+			if err := s.apply(ctx, tx, nil, st, happening{input: cancelledByCustomer, reason: reason}); err != nil {
 				return err
 			}
 		}
@@ -318,6 +318,7 @@ func (s *server) WatchOrder(req *ordersv1.WatchOrderRequest, stream ordersv1.Ord
 type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 var statuses = map[string]ordersv1.OrderStatus{
@@ -335,15 +336,32 @@ func loadOrder(ctx context.Context, q querier, id string) (*ordersv1.Order, erro
 	return orders[0], nil
 }
 
-// loadOrders reads orders and their items in two queries, in the order of
-// ids; a missing id is NOT_FOUND.
+// loadOrders reads orders and their items in one round trip, in the order
+// of ids; a missing id is NOT_FOUND.
 func loadOrders(ctx context.Context, q querier, ids []string) ([]*ordersv1.Order, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	byID := make(map[string]*ordersv1.Order, len(ids))
-	rows, err := q.Query(ctx, `SELECT order_id::text, customer_id::text, status, failure_reason, total_minor, create_time, update_time
+	return sendAndLoad(ctx, q, &pgx.Batch{}, ids)
+}
+
+// sendAndLoad sends b's statements followed by the reads of loadOrders, in
+// one round trip, and returns the orders as b left them.
+func sendAndLoad(ctx context.Context, q querier, b *pgx.Batch, ids []string) ([]*ordersv1.Order, error) {
+	prior := b.Len()
+	b.Queue(`SELECT order_id::text, customer_id::text, status, failure_reason, total_minor, create_time, update_time
 		FROM orders WHERE order_id = ANY($1::uuid[])`, ids)
+	b.Queue(`SELECT order_id::text, sku, quantity, unit_price_minor FROM order_items
+		WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, line`, ids)
+	br := q.SendBatch(ctx, b)
+	defer br.Close()
+	for range prior {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
+	}
+	byID := make(map[string]*ordersv1.Order, len(ids))
+	rows, err := br.Query()
 	if err != nil {
 		return nil, fmt.Errorf("load orders: %w", err)
 	}
@@ -363,8 +381,7 @@ func loadOrders(ctx context.Context, q querier, ids []string) ([]*ordersv1.Order
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("load orders: %w", err)
 	}
-	rows, err = q.Query(ctx, `SELECT order_id::text, sku, quantity, unit_price_minor FROM order_items
-		WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, line`, ids)
+	rows, err = br.Query()
 	if err != nil {
 		return nil, fmt.Errorf("load order items: %w", err)
 	}
@@ -386,6 +403,9 @@ func loadOrders(ctx context.Context, q querier, ids []string) ([]*ordersv1.Order
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("load order items: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("load orders: %w", err)
 	}
 	out := make([]*ordersv1.Order, len(ids))
 	for i, id := range ids {

@@ -37,14 +37,18 @@ func lockSaga(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) {
 }
 
 func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msgs ...proto.Message) error {
-	// Everything orders emits, saga commands and order events, declares
-	// the aggregate "order": keyed by order id, each order's messages keep
-	// their order.
-	events := make([]outbox.Event, len(msgs))
+	return s.env.Outbox.Write(ctx, tx, events(orderID, msgs)...)
+}
+
+// events wraps an order's messages for the outbox. Everything orders
+// emits, saga commands and order events, declares the aggregate "order":
+// keyed by order id, each order's messages keep their order.
+func events(orderID string, msgs []proto.Message) []outbox.Event {
+	out := make([]outbox.Event, len(msgs))
 	for i, m := range msgs {
-		events[i] = outbox.Event{AggregateID: orderID, Message: m}
+		out[i] = outbox.Event{AggregateID: orderID, Message: m}
 	}
-	return s.env.Outbox.Write(ctx, tx, events...)
+	return out
 }
 
 // lockForEvent locks the order an event is about. An order not found is
@@ -59,29 +63,26 @@ func lockForEvent(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) 
 
 func (st saga) awaiting(step string) bool { return st.status == statusPending && st.step == step }
 
-// setStep moves a pending order to its next step with a fresh deadline.
-func (s *server) setStep(ctx context.Context, tx pgx.Tx, orderID, step string) error {
-	if _, err := tx.Exec(ctx, `UPDATE orders SET saga_step = $2, saga_deadline = now() + make_interval(secs => $3),
-		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, step, s.opts.StepTimeout.Seconds()); err != nil {
-		return err
-	}
-	return watch.Notify(ctx, tx, changeChannel, orderID)
+// queueStep queues the move of a pending order to its next step, with a
+// fresh deadline.
+func (s *server) queueStep(b *pgx.Batch, orderID, step string) {
+	b.Queue(`UPDATE orders SET saga_step = $2, saga_deadline = now() + make_interval(secs => $3),
+		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, step, s.opts.StepTimeout.Seconds())
+	watch.QueueNotify(b, changeChannel, orderID)
 }
 
 // finish makes an order terminal and emits OrderConfirmed or OrderCancelled
-// after the given commands.
-func (s *server) finish(ctx context.Context, tx pgx.Tx, orderID, status, reason string, commands ...proto.Message) error {
-	if _, err := tx.Exec(ctx, `UPDATE orders SET status = $2, failure_reason = $3, saga_step = 'DONE', saga_deadline = NULL,
-		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, status, reason); err != nil {
-		return err
-	}
-	if err := watch.Notify(ctx, tx, changeChannel, orderID); err != nil {
-		return err
-	}
-	o, err := loadOrder(ctx, tx, orderID)
+// after the given commands: b's statements, the update and the read of the
+// order go in one round trip, the events in a second.
+func (s *server) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, orderID, status, reason string, commands ...proto.Message) error {
+	b.Queue(`UPDATE orders SET status = $2, failure_reason = $3, saga_step = 'DONE', saga_deadline = NULL,
+		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, status, reason)
+	watch.QueueNotify(b, changeChannel, orderID)
+	orders, err := sendAndLoad(ctx, tx, b, []string{orderID})
 	if err != nil {
 		return err
 	}
+	o := orders[0]
 	s.metrics.observe(status, reason, o.GetUpdateTime().AsTime().Sub(o.GetCreateTime().AsTime()))
 	var event proto.Message = &ordersv1.OrderCancelled{Order: o}
 	if status == statusConfirmed {
@@ -90,18 +91,27 @@ func (s *server) finish(ctx context.Context, tx pgx.Tx, orderID, status, reason 
 	return s.emit(ctx, tx, orderID, append(commands, event)...)
 }
 
-// apply carries out the saga's decision about h (see decide) in tx.
-func (s *server) apply(ctx context.Context, tx pgx.Tx, st saga, h happening) error {
+// apply carries out the saga's decision about h (see decide) in tx, after
+// the statements the caller queued in b (nil for none): a step that does
+// not end the order is one round trip.
+func (s *server) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, st saga, h happening) error {
+	if b == nil {
+		b = &pgx.Batch{}
+	}
 	d := decide(st, h)
 	if d.status != "" {
-		return s.finish(ctx, tx, st.orderID, d.status, d.reason, d.commands...)
+		return s.finish(ctx, tx, b, st.orderID, d.status, d.reason, d.commands...)
 	}
 	if d.step != "" {
-		if err := s.setStep(ctx, tx, st.orderID, d.step); err != nil {
-			return err
-		}
+		s.queueStep(b, st.orderID, d.step)
 	}
-	return s.emit(ctx, tx, st.orderID, d.commands...)
+	if err := s.env.Outbox.Queue(ctx, b, events(st.orderID, d.commands)...); err != nil {
+		return err
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return tx.SendBatch(ctx, b).Close()
 }
 
 func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockReserved, _ consumer.Metadata) error {
@@ -110,23 +120,24 @@ func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1
 		return err
 	}
 	total := ev.GetTotal().GetAmountMinor()
+	b := &pgx.Batch{}
 	if st.awaiting(stepReserving) {
-		for _, l := range ev.GetLines() {
-			if _, err := tx.Exec(ctx, `UPDATE order_items SET unit_price_minor = $3 WHERE order_id = $1 AND sku = $2`,
-				st.orderID, l.GetSku(), l.GetUnitPrice().GetAmountMinor()); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.Exec(ctx, `UPDATE orders SET total_minor = $2 WHERE order_id = $1`, st.orderID, total); err != nil {
-			return err
-		}
 		if total <= 0 {
 			// Prices are positive, so a reservation always has something to
 			// charge; an order must never confirm for free.
 			return consumer.Permanent(fmt.Errorf("order %s: reserved total %d is not positive", st.orderID, total))
 		}
+		skus := make([]string, len(ev.GetLines()))
+		prices := make([]int64, len(ev.GetLines()))
+		for i, l := range ev.GetLines() {
+			skus[i], prices[i] = l.GetSku(), l.GetUnitPrice().GetAmountMinor()
+		}
+		// The prices and the total go in the same round trip as the step.
+		b.Queue(`UPDATE order_items i SET unit_price_minor = l.price FROM unnest($2::text[], $3::bigint[]) AS l(sku, price)
+			WHERE i.order_id = $1 AND i.sku = l.sku`, st.orderID, skus, prices)
+		b.Queue(`UPDATE orders SET total_minor = $2 WHERE order_id = $1`, st.orderID, total)
 	}
-	return s.apply(ctx, tx, st, happening{input: stockReserved, total: total})
+	return s.apply(ctx, tx, b, st, happening{input: stockReserved, total: total})
 }
 
 func (s *server) onStockRejected(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockRejected, _ consumer.Metadata) error {
@@ -134,7 +145,7 @@ func (s *server) onStockRejected(ctx context.Context, tx pgx.Tx, ev *inventoryv1
 	if err != nil {
 		return err
 	}
-	return s.apply(ctx, tx, st, happening{input: stockRejected, reason: ev.GetReason()})
+	return s.apply(ctx, tx, nil, st, happening{input: stockRejected, reason: ev.GetReason()})
 }
 
 func (s *server) onPaymentCaptured(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentCaptured, _ consumer.Metadata) error {
@@ -142,7 +153,7 @@ func (s *server) onPaymentCaptured(ctx context.Context, tx pgx.Tx, ev *paymentsv
 	if err != nil {
 		return err
 	}
-	return s.apply(ctx, tx, st, happening{input: paymentCaptured})
+	return s.apply(ctx, tx, nil, st, happening{input: paymentCaptured})
 }
 
 func (s *server) onPaymentDeclined(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentDeclined, _ consumer.Metadata) error {
@@ -150,7 +161,7 @@ func (s *server) onPaymentDeclined(ctx context.Context, tx pgx.Tx, ev *paymentsv
 	if err != nil {
 		return err
 	}
-	return s.apply(ctx, tx, st, happening{input: paymentDeclined, reason: ev.GetReason()})
+	return s.apply(ctx, tx, nil, st, happening{input: paymentDeclined, reason: ev.GetReason()})
 }
 
 // sweepDeadlines cancels, with TIMEOUT, orders whose current step has had
@@ -197,7 +208,7 @@ func (s *server) sweepOnce(ctx context.Context) (int, error) {
 				return err
 			}
 			s.env.Logger.Info("saga step timed out; compensating", "order_id", id, "step", st.step)
-			if err := s.apply(ctx, tx, st, happening{input: stepTimedOut, reason: fmt.Sprintf("no reply while %s", st.step)}); err != nil {
+			if err := s.apply(ctx, tx, nil, st, happening{input: stepTimedOut, reason: fmt.Sprintf("no reply while %s", st.step)}); err != nil {
 				return err
 			}
 		}

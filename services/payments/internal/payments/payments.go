@@ -191,8 +191,9 @@ func (s *server) openAccount(ctx context.Context, tx pgx.Tx, ev *customersv1.Cus
 	return err
 }
 
-func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msg proto.Message) error {
-	return s.env.Outbox.Write(ctx, tx, outbox.Event{AggregateID: orderID, Message: msg})
+// emit writes a saga reply keyed by the order id.
+func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, reply proto.Message) error {
+	return s.send(ctx, tx, &pgx.Batch{}, orderID, reply)
 }
 
 // charge captures an order's total, or declines it.
@@ -219,15 +220,22 @@ func (s *server) charge(ctx context.Context, tx pgx.Tx, cmd *paymentsv1.ChargePa
 	if acct.GetBalance().GetAmountMinor() < amount {
 		return s.emit(ctx, tx, orderID, &paymentsv1.PaymentDeclined{OrderId: orderID, CustomerId: customerID, Reason: ReasonInsufficientFunds})
 	}
+	// The debit, its record and the reply in one round trip.
 	id := uuid.New()
-	if _, err := tx.Exec(ctx, `UPDATE accounts SET balance_minor = balance_minor - $2 WHERE customer_id = $1`, customerID, amount); err != nil {
+	b := &pgx.Batch{}
+	b.Queue(`UPDATE accounts SET balance_minor = balance_minor - $2 WHERE customer_id = $1`, customerID, amount)
+	b.Queue(`INSERT INTO payments (payment_id, customer_id, order_id, kind, amount_minor) VALUES ($1, $2, $3, 'CAPTURE', $4)`,
+		id, customerID, orderID, amount)
+	return s.send(ctx, tx, b, orderID, &paymentsv1.PaymentCaptured{OrderId: orderID, CustomerId: customerID, PaymentId: id.String(), Amount: rules.Money(amount)})
+}
+
+// send sends b's statements with a saga reply keyed by the order id: one
+// round trip.
+func (s *server) send(ctx context.Context, tx pgx.Tx, b *pgx.Batch, orderID string, reply proto.Message) error {
+	if err := s.env.Outbox.Queue(ctx, b, outbox.Event{AggregateID: orderID, Message: reply}); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO payments (payment_id, customer_id, order_id, kind, amount_minor) VALUES ($1, $2, $3, 'CAPTURE', $4)`,
-		id, customerID, orderID, amount); err != nil {
-		return err
-	}
-	return s.emit(ctx, tx, orderID, &paymentsv1.PaymentCaptured{OrderId: orderID, CustomerId: customerID, PaymentId: id.String(), Amount: rules.Money(amount)})
+	return tx.SendBatch(ctx, b).Close()
 }
 
 // refund returns an order's net capture (captured minus already refunded).
@@ -245,18 +253,15 @@ func (s *server) refund(ctx context.Context, tx pgx.Tx, cmd *paymentsv1.RefundPa
 	if customerID != nil {
 		reply.CustomerId = customerID.String()
 	}
+	b := &pgx.Batch{}
 	if net > 0 {
 		if _, err := s.account(ctx, tx, customerID.String(), true); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE accounts SET balance_minor = balance_minor + $2 WHERE customer_id = $1`, *customerID, net); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO payments (payment_id, customer_id, order_id, kind, amount_minor) VALUES ($1, $2, $3, 'REFUND', $4)`,
-			uuid.New(), *customerID, orderID, net); err != nil {
-			return err
-		}
+		b.Queue(`UPDATE accounts SET balance_minor = balance_minor + $2 WHERE customer_id = $1`, *customerID, net)
+		b.Queue(`INSERT INTO payments (payment_id, customer_id, order_id, kind, amount_minor) VALUES ($1, $2, $3, 'REFUND', $4)`,
+			uuid.New(), *customerID, orderID, net)
 		reply.Amount = rules.Money(net)
 	}
-	return s.emit(ctx, tx, orderID, reply)
+	return s.send(ctx, tx, b, orderID, reply)
 }
