@@ -77,26 +77,28 @@ func asScaledObject(t *testing.T, m map[string]any) scaledObject {
 	return so
 }
 
-// analyticsTopics are the topics analytics consumes: its Spec's Subscribe
-// list (aggregate types), read from its source so that a new subscription
-// it adds reaches the KEDA triggers or fails here.
+// analyticsTopics are the topics analytics consumes, as the shop's
+// registry lists them (shop/registry, which an end-to-end test checks
+// against the topics the running service's group reads), so that a new
+// subscription reaches the KEDA triggers or fails here.
 func analyticsTopics(t *testing.T, prefix string) []string {
 	t.Helper()
-	b, err := os.ReadFile("../services/analytics/internal/analytics/analytics.go")
+	b, err := os.ReadFile("../shop/registry/registry.go")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^var subscribed = \[\]string\{([^}]*)\}`).FindSubmatch(b)
+	m := regexp.MustCompile(`(?s)\{Name: "analytics",[^}]*Consumes: \[\]string\{([^}]*)\}`).FindSubmatch(b)
 	if m == nil {
-		t.Fatal("analytics.go has no `var subscribed = []string{...}`: where does analytics list its topics now?")
+		t.Fatal("shop/registry/registry.go has no analytics entry with `Consumes: []string{...}`: where does the registry list its topics now?")
 	}
 	var topics []string
 	for _, q := range strings.Split(string(m[1]), ",") {
-		a, err := strconv.Unquote(strings.TrimSpace(q))
+		topic, err := strconv.Unquote(strings.TrimSpace(q))
 		if err != nil {
-			t.Fatalf("subscribed: %q: %v", q, err)
+			t.Fatalf("analytics Consumes: %q: %v", q, err)
 		}
-		topics = append(topics, prefix+a)
+		// The registry lists them with the default prefix.
+		topics = append(topics, prefix+strings.TrimPrefix(topic, "switchyard."))
 	}
 	slices.Sort(topics)
 	return topics

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -54,8 +55,10 @@ func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
 		b.Fatal(err)
 	}
 	defer st.Close()
+	var stopped []string
 	if stopAnalytics {
 		st.Stop("analytics")
+		stopped = append(stopped, "analytics")
 	}
 	inv := inventoryv1.NewInventoryServiceClient(benchDial(b, st, "inventory"))
 	ord := ordersv1.NewOrderServiceClient(benchDial(b, st, "orders"))
@@ -63,7 +66,7 @@ func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
 		b.Fatal(err)
 	}
 	buyer := benchBuyer(ctx, b, st, "latency@example.com")
-	dbBefore := dbCost(ctx, b, st)
+	before := useSoFar(ctx, b, st, stopped...)
 
 	// Each order in its own goroutine, started on the tick, so a slow one
 	// never delays the next (an open-loop load).
@@ -111,7 +114,7 @@ func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
 		}()
 	}
 	wg.Wait()
-	dbAfter := dbCost(ctx, b, st)
+	after := useSoFar(ctx, b, st, stopped...)
 
 	tr, err := st.OpenTransport()
 	if err != nil {
@@ -127,43 +130,77 @@ func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
 	b.ReportMetric(ms(lat, 0.99), "p99-ms")
 	b.ReportMetric(float64(confirmed), "confirmed")
 	b.ReportMetric(float64(backlog), "analytics-backlog")
-	// What an order costs the databases: round trips of the saga's
-	// services (orders, inventory, payments) and transactions committed in
-	// their databases, per order. Background work (relay, sweeps, probes)
-	// during the run is included.
-	for _, svc := range []string{"orders", "inventory", "payments"} {
-		b.ReportMetric((dbAfter[svc].roundTrips-dbBefore[svc].roundTrips)/orders, svc+"-round-trips/order")
-	}
-	var trips, xacts float64
-	for svc := range dbAfter {
-		trips += dbAfter[svc].roundTrips - dbBefore[svc].roundTrips
-		xacts += dbAfter[svc].xacts - dbBefore[svc].xacts
-	}
-	b.ReportMetric(trips/orders, "saga-round-trips/order")
-	b.ReportMetric(xacts/orders, "saga-xacts/order")
+	reportCost(b, before, after, orders)
 }
 
-// dbUse is a service's use of its database so far.
-type dbUse struct{ roundTrips, xacts float64 }
+// usage is what the shop has used so far.
+type usage struct {
+	// roundTrips and xacts are, for the saga's services, the round trips
+	// their pools made (switchyard_db_round_trips_total) and the
+	// transactions their databases committed (pg_stat_database, which also
+	// counts the relay's and the benchmark's own connections).
+	roundTrips, xacts map[string]float64
+	// cpu is each service's CPU time (process_cpu_seconds_total).
+	cpu map[string]float64
+	// self and all are this process's CPU (the gRPC clients and the
+	// in-process broker) and the whole machine's.
+	self, all time.Duration
+}
 
-// dbCost reads, for the saga's services, the round trips their pools made
-// (switchyard_db_round_trips_total) and the transactions their databases
-// committed (pg_stat_database, which includes those of the relay's and
-// the benchmark's own connections).
-func dbCost(ctx context.Context, b *testing.B, st *stack.Stack) map[string]dbUse {
+var sagaServices = []string{"orders", "inventory", "payments"}
+
+// useSoFar reads what the shop has used so far; stopped services are
+// skipped.
+func useSoFar(ctx context.Context, b *testing.B, st *stack.Stack, stopped ...string) usage {
 	b.Helper()
-	out := map[string]dbUse{}
-	for _, svc := range []string{"orders", "inventory", "payments"} {
-		var u dbUse
-		u.roundTrips, _ = sum(scrape(b, st.MetricsURL(svc)), "switchyard_db_round_trips_total")
+	u := usage{roundTrips: map[string]float64{}, xacts: map[string]float64{}, cpu: map[string]float64{}}
+	for _, svc := range registry.Services {
+		if slices.Contains(stopped, svc.Name) {
+			continue
+		}
+		m := scrape(b, st.MetricsURL(svc.Name))
+		u.cpu[svc.Name], _ = sum(m, "process_cpu_seconds_total")
+		if !slices.Contains(sagaServices, svc.Name) {
+			continue
+		}
+		u.roundTrips[svc.Name], _ = sum(m, "switchyard_db_round_trips_total")
 		var xacts int64
 		// Sessions report their commits to pg_stat_database about once a
 		// second: over the 15 s of orders, the last second's lag is noise.
-		if err := pgxQueryRow(ctx, st.DatabaseURL(svc), `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`, &xacts); err != nil {
+		if err := pgxQueryRow(ctx, st.DatabaseURL(svc.Name), `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`, &xacts); err != nil {
 			b.Fatal(err)
 		}
-		u.xacts = float64(xacts)
-		out[svc] = u
+		u.xacts[svc.Name] = float64(xacts)
 	}
-	return out
+	u.self, u.all = cpuTimes(b)
+	return u
+}
+
+// reportCost reports what each of n orders cost between before and after:
+// round trips and transactions of the saga's services, and CPU
+// milliseconds of each service, of this process (clients and broker), and
+// of the rest of the machine (PostgreSQL, Redis). Background work during
+// the run (relays, probes, the WatchOrder streams) is included.
+func reportCost(b *testing.B, before, after usage, n float64) {
+	var trips, xacts float64
+	for _, svc := range sagaServices {
+		d := after.roundTrips[svc] - before.roundTrips[svc]
+		trips += d
+		xacts += after.xacts[svc] - before.xacts[svc]
+		b.ReportMetric(d/n, svc+"-round-trips/order")
+	}
+	b.ReportMetric(trips/n, "saga-round-trips/order")
+	b.ReportMetric(xacts/n, "saga-xacts/order")
+	var services float64
+	for svc := range after.cpu {
+		d := (after.cpu[svc] - before.cpu[svc]) * 1000
+		services += d
+		b.ReportMetric(d/n, svc+"-cpu-ms/order")
+	}
+	self := float64(after.self-before.self) / float64(time.Millisecond)
+	all := float64(after.all-before.all) / float64(time.Millisecond)
+	b.ReportMetric(services/n, "services-cpu-ms/order")
+	b.ReportMetric(self/n, "clients+broker-cpu-ms/order")
+	b.ReportMetric((all-services-self)/n, "postgres+other-cpu-ms/order")
+	b.ReportMetric(all/n, "machine-cpu-ms/order")
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -247,6 +248,24 @@ func TestOneTracePerOrder(t *testing.T) {
 	}
 }
 
+// groupTopics returns the topics of group's switchyard_consumer_lag_messages
+// series in m: those whose partitions the group's member owns, sorted.
+func groupTopics(m map[string]float64, group string) []string {
+	var topics []string
+	for k := range m {
+		if !strings.HasPrefix(k, "switchyard_consumer_lag_messages{") || !strings.Contains(k, `group="`+group+`"`) {
+			continue
+		}
+		_, rest, _ := strings.Cut(k, `topic="`)
+		topic, _, _ := strings.Cut(rest, `"`)
+		if !slices.Contains(topics, topic) {
+			topics = append(topics, topic)
+		}
+	}
+	slices.Sort(topics)
+	return topics
+}
+
 func scrape(t testing.TB, url string) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -289,6 +308,16 @@ func TestMetricsMove(t *testing.T) {
 	s := startShop(t)
 	cust, sku := s.customer(100_000), s.product(100, 1_000)
 	s.quietAndValid()
+	// The registry's Consumes (which the invariant checker and the chart's
+	// KEDA triggers use) is what each service's own group really reads:
+	// its handlers' event types decide that, not a list.
+	for _, svc := range registry.Services {
+		var got []string
+		testkit.WaitFor(t, time.Minute, svc.Name+"'s group to read exactly its registry Consumes ["+strings.Join(svc.Consumes, ", ")+"]", func() bool {
+			got = groupTopics(scrape(t, s.stack.MetricsURL(svc.Name)), svc.Name)
+			return slices.Equal(got, svc.Consumes)
+		})
+	}
 	before := map[string]map[string]float64{}
 	for _, svc := range registry.Services {
 		m := scrape(t, s.stack.MetricsURL(svc.Name))
