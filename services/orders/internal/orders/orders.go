@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
@@ -167,27 +168,30 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 		var err error
 		resp, _, err = idempotency.Do(ctx, tx, "CreateOrder/"+req.GetCustomerId(), req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
 			id := uuid.NewString()
-			if _, err := tx.Exec(ctx, `INSERT INTO orders (order_id, customer_id, status, saga_step, saga_deadline)
-				VALUES ($1, $2, 'PENDING', 'RESERVING', now() + make_interval(secs => $3))`,
-				id, req.GetCustomerId(), s.opts.StepTimeout.Seconds()); err != nil {
-				return nil, err
-			}
 			cmd := &inventoryv1.ReserveStock{OrderId: id}
+			skus := make([]string, len(req.GetItems()))
+			quantities := make([]int64, len(req.GetItems()))
 			for i, it := range req.GetItems() {
-				if _, err := tx.Exec(ctx, `INSERT INTO order_items (order_id, line, sku, quantity) VALUES ($1, $2, $3, $4)`,
-					id, i, it.GetSku(), it.GetQuantity()); err != nil {
-					return nil, err
-				}
+				skus[i], quantities[i] = it.GetSku(), it.GetQuantity()
 				cmd.Lines = append(cmd.Lines, &inventoryv1.StockLine{Sku: it.GetSku(), Quantity: it.GetQuantity()})
 			}
-			if err := s.emit(ctx, tx, id, cmd); err != nil {
+			// The order, its lines, its first command and the read of the
+			// order as stored: one round trip.
+			b := &pgx.Batch{}
+			b.Queue(`INSERT INTO orders (order_id, customer_id, status, saga_step, saga_deadline)
+				VALUES ($1, $2, 'PENDING', 'RESERVING', now() + make_interval(secs => $3))`,
+				id, req.GetCustomerId(), s.opts.StepTimeout.Seconds())
+			b.Queue(`INSERT INTO order_items (order_id, line, sku, quantity)
+				SELECT $1, l.n - 1, l.sku, l.quantity FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS l(sku, quantity, n)`,
+				id, skus, quantities)
+			if err := s.env.Outbox.Queue(ctx, b, events(id, []proto.Message{cmd})...); err != nil {
 				return nil, err
 			}
-			o, err := loadOrder(ctx, tx, id)
+			orders, err := sendAndLoad(ctx, tx, b, []string{id})
 			if err != nil {
 				return nil, err
 			}
-			return &ordersv1.CreateOrderResponse{Order: o}, nil
+			return &ordersv1.CreateOrderResponse{Order: orders[0]}, nil
 		})
 		return err
 	})
