@@ -7,7 +7,6 @@ import (
 	"cmp"
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -296,22 +295,16 @@ func (s *server) WatchOrder(req *ordersv1.WatchOrderRequest, stream ordersv1.Ord
 		return err
 	}
 	ctx := stream.Context()
-	var version int64 = -1
+	var last *ordersv1.Order
 	return s.changes.Follow(ctx, req.GetOrderId(), s.opts.WatchRecheck, s.env.Stopping(), func() (bool, error) {
-		var current int64
+		// One round trip per wake-up: the order as it is now, sent if it
+		// differs from what the stream last sent.
 		db := s.changes.DB() // not env.Pool: streams must not take the consumers' connections
-		err := db.QueryRow(ctx, `SELECT version FROM orders WHERE order_id = $1`, req.GetOrderId()).Scan(&current)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return false, status.Errorf(codes.NotFound, "order %s not found", req.GetOrderId())
-		}
-		if err != nil || current == version {
-			return false, err
-		}
-		version = current
 		o, err := loadOrder(ctx, db, req.GetOrderId())
-		if err != nil {
+		if err != nil || proto.Equal(o, last) {
 			return false, err
 		}
+		last = o
 		if err := stream.Send(&ordersv1.WatchOrderResponse{Order: o}); err != nil {
 			return false, err
 		}
