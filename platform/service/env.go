@@ -77,7 +77,7 @@ func (e *Env) settleConsumers() error {
 			continue
 		}
 		if len(c.Topics()) == 0 {
-			return fmt.Errorf("consumer group %s handles %v, whose types declare no aggregate (option (switchyard.event.v1.aggregate)): declare it, or list the aggregates in Spec.Subscribe", c.Group(), c.Handles())
+			return fmt.Errorf("consumer group %s handles %v, whose types declare no aggregate (option (switchyard.event.v1.aggregate)): declare it, or name the aggregates (Spec.Subscribe for the service's own group, the aggregateTypes of AddConsumer or NewConsumer for others)", c.Group(), c.Handles())
 		}
 		keep = append(keep, c)
 		for _, t := range c.Topics() {
