@@ -135,18 +135,25 @@ const (
 	ResultError = "error" // Redis failed or is cooling down after a failure: loaded
 )
 
-// setIfNewer writes the entry only if the key holds no version or an older
-// one. KEYS[1] key; ARGV version, value, ttl in milliseconds. Returns 1 if
-// it wrote, 0 if the cached version is the same or newer. Redis 7.0
-// commands only.
+// setIfNewer writes each entry only if its key holds no version or an
+// older one. KEYS the keys; ARGV[1] the ttl in milliseconds, then a
+// version and a value per key. Returns, per key, 1 if it wrote and 0 if the
+// cached version is the same or newer. One run is one round trip for any
+// number of keys (all in one Redis, not a cluster). Redis 7.0 commands only.
 var setIfNewer = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'v')
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then
-  return 0
+local wrote = {}
+for i, key in ipairs(KEYS) do
+  local v = ARGV[2*i]
+  local cur = redis.call('HGET', key, 'v')
+  if cur and tonumber(cur) >= tonumber(v) then
+    wrote[i] = 0
+  else
+    redis.call('HSET', key, 'v', v, 'd', ARGV[2*i+1])
+    redis.call('PEXPIRE', key, ARGV[1])
+    wrote[i] = 1
+  end
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+return wrote
 `)
 
 // Cache is a versioned read-through cache in Redis. It is safe for
@@ -202,7 +209,7 @@ func New(cfg Config) (*Cache, error) {
 		}, []string{"result"}),
 		age: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "switchyard_cache_update_age_seconds",
-			Help:    "Time from a change's transaction to the moment the cache holds it, recorded once per version by the writer that brought it first.",
+			Help:    "Time from a change's commit to the moment the cache holds it, recorded once per version by the writer that brought it first.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
 	}, nil
@@ -280,7 +287,7 @@ func (c *Cache) run(key string, f *flight, load Loader, fill bool) {
 	// and lost a race with an update leaves the update in place. Misses
 	// meanwhile still join this flight rather than load again.
 	if fill && f.err == nil && c.usable() {
-		if _, err := c.write(ctx, key, f.entry); err != nil {
+		if _, err := c.write(ctx, []Update{{Key: key, Entry: f.entry}}); err != nil {
 			c.failed("fill", err)
 		} else {
 			c.streak.Store(0)
@@ -303,26 +310,55 @@ func (c *Cache) Loading() int {
 // Redis is returned (and counted for the cooldown); callers that only
 // warm the cache may ignore it.
 func (c *Cache) Set(ctx context.Context, key string, e Entry) (bool, error) {
-	wrote, err := c.write(ctx, key, e)
+	n, err := c.set(ctx, []Update{{Key: key, Entry: e}}, time.Time{})
+	return n == 1, err
+}
+
+// Update is a key's entry, for [Cache.ApplyAll].
+type Update struct {
+	Key   string
+	Entry Entry
+}
+
+// Apply is [Cache.Set] for a change committed at changed: if it writes e,
+// it records the time since changed in switchyard_cache_update_age_seconds.
+// A writer that does not know the commit's time passes an earlier one
+// (an event's, taken in its transaction), which overstates the age.
+// A version is recorded once, by whichever writer brings it first (a
+// write-through after the commit, or the event's updater when that failed),
+// so the histogram is how long changes take to reach the cache, not how
+// late a second writer is.
+func (c *Cache) Apply(ctx context.Context, key string, e Entry, changed time.Time) (bool, error) {
+	n, err := c.set(ctx, []Update{{Key: key, Entry: e}}, changed)
+	return n == 1, err
+}
+
+// ApplyAll is [Cache.Apply] for the changes of one transaction, in one
+// round trip to Redis: each is written unless its key holds the same or a
+// newer version. It returns how many it wrote.
+func (c *Cache) ApplyAll(ctx context.Context, updates []Update, changed time.Time) (int, error) {
+	return c.set(ctx, updates, changed)
+}
+
+// set writes updates newer than what Redis holds, counts a failure for
+// the cooldown and records the age of what it wrote since changed (unless
+// zero).
+func (c *Cache) set(ctx context.Context, updates []Update, changed time.Time) (int, error) {
+	if len(updates) == 0 {
+		return 0, nil
+	}
+	wrote, err := c.write(ctx, updates)
 	switch {
 	case err == nil:
 		c.streak.Store(0)
 	case ctx.Err() == nil:
 		c.failed("write", err)
 	}
-	return wrote, err
-}
-
-// Apply is [Cache.Set] for a change made at changed (written by its
-// transaction): if it writes e, it records the time since changed in
-// switchyard_cache_update_age_seconds. A version is recorded once, by
-// whichever writer brings it first (a write-through after the commit, or
-// the event's updater when that failed), so the histogram is how long
-// changes take to reach the cache, not how late a second writer is.
-func (c *Cache) Apply(ctx context.Context, key string, e Entry, changed time.Time) (bool, error) {
-	wrote, err := c.Set(ctx, key, e)
-	if wrote && !changed.IsZero() {
-		c.age.Observe(time.Since(changed).Seconds())
+	if wrote > 0 && !changed.IsZero() {
+		age := time.Since(changed).Seconds()
+		for range wrote {
+			c.age.Observe(age)
+		}
 	}
 	return wrote, err
 }
@@ -353,15 +389,26 @@ func (c *Cache) read(ctx context.Context, key string) (Entry, bool, error) {
 	return Entry{Version: version, Value: []byte(d)}, true, nil
 }
 
-// write runs setIfNewer.
-func (c *Cache) write(ctx context.Context, key string, e Entry) (bool, error) {
+// write runs setIfNewer and returns how many entries it wrote.
+func (c *Cache) write(ctx context.Context, updates []Update) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	n, err := setIfNewer.Run(ctx, c.client, []string{c.cfg.Prefix + key}, e.Version, e.Value, c.cfg.TTL.Milliseconds()).Int()
-	if err != nil {
-		return false, err
+	keys := make([]string, len(updates))
+	args := make([]any, 1, 1+2*len(updates))
+	args[0] = c.cfg.TTL.Milliseconds()
+	for i, u := range updates {
+		keys[i] = c.cfg.Prefix + u.Key
+		args = append(args, u.Entry.Version, u.Entry.Value)
 	}
-	return n == 1, nil
+	res, err := setIfNewer.Run(ctx, c.client, keys, args...).Int64Slice()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, w := range res {
+		n += int(w)
+	}
+	return n, nil
 }
 
 // usable reports whether Redis is to be tried (not cooling down after

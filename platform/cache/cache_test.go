@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/switchyard/switchyard/platform/testkit"
 )
@@ -155,6 +156,48 @@ func TestSetKeepsTheNewestVersion(t *testing.T) {
 				t.Fatalf("cached %d %q, want %d", e.Version, e.Value, tc.want)
 			}
 		})
+	}
+}
+
+// ApplyAll writes each key's entry only if it is newer than the cached
+// one, keys independently of each other in one call, and records the age
+// of each entry it wrote and of none it skipped.
+func TestApplyAllWritesEachKeyIfNewer(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	for _, k := range []string{"a", "b"} {
+		if _, err := f.cache.Set(ctx, k, Entry{Version: 5, Value: []byte("5")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := func(v int64) Entry { return Entry{Version: v, Value: []byte(strconv.FormatInt(v, 10))} }
+	n, err := f.cache.ApplyAll(ctx, []Update{
+		{"a", entry(6)}, // newer: written
+		{"b", entry(4)}, // older: skipped
+		{"c", entry(1)}, // absent: written
+		{"c", entry(2)}, // the same key again, newer: written
+		{"c", entry(2)}, // and the same version again: skipped
+	}, time.Now().Add(-time.Second))
+	if err != nil || n != 3 {
+		t.Fatalf("ApplyAll = %d, %v; want 3 written", n, err)
+	}
+	for k, want := range map[string]int64{"a": 6, "b": 5, "c": 2} {
+		if e := f.peek(t, k); e.Version != want || string(e.Value) != strconv.FormatInt(want, 10) {
+			t.Errorf("%s cached %d %q, want %d", k, e.Version, e.Value, want)
+		}
+	}
+	if got := testutil.CollectAndCount(f.cache.age); got != 1 {
+		t.Fatalf("age series: %d, want 1", got)
+	}
+	var m dto.Metric
+	if err := f.cache.age.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if h := m.GetHistogram(); h.GetSampleCount() != 3 || h.GetSampleSum() < 3 {
+		t.Fatalf("age histogram: %d samples summing to %.3fs, want 3 of at least 1s each", h.GetSampleCount(), h.GetSampleSum())
+	}
+	if n, err := f.cache.ApplyAll(ctx, nil, time.Now()); n != 0 || err != nil {
+		t.Fatalf("ApplyAll of nothing = %d, %v", n, err)
 	}
 }
 

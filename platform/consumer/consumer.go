@@ -118,6 +118,9 @@ var ErrNoTransaction = errors.New("consumer: Gather needs the Metadata of an eve
 // first call, runs once with the value after the transaction's last
 // handler and before its commit, in the order the keys were first used.
 // A handler adds its event's change to the value; flush writes them.
+// flush may be nil when the value is written elsewhere, for example by an
+// [Metadata.AfterCommit] hook that newValue registers (once per
+// transaction, for all its events).
 //
 // flush is part of the transaction: its error fails it like a handler's
 // (a failed batch is applied again one event per transaction, each with
@@ -136,7 +139,9 @@ func Gather[T any](md Metadata, key any, newValue func() *T, flush func(ctx cont
 		h.gathered = map[any]any{}
 	}
 	h.gathered[key] = v
-	h.before = append(h.before, func(ctx context.Context, tx pgx.Tx) error { return flush(ctx, tx, v) })
+	if flush != nil {
+		h.before = append(h.before, func(ctx context.Context, tx pgx.Tx) error { return flush(ctx, tx, v) })
+	}
 	return v, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
@@ -77,18 +78,22 @@ func (sc *stockCache) get(ctx context.Context, sku string, load func(context.Con
 	return p, nil
 }
 
-// put writes a change the caller has just committed, unless the cache
-// holds the same or a newer version. A failure is counted and logged by the
-// cache; the updater brings the change anyway.
-func (sc *stockCache) put(ctx context.Context, ch change) {
+// put writes changes the caller committed at committed, in one round trip,
+// each unless the cache holds the same or a newer version. A failure is
+// counted and logged by the cache; the updater brings the changes anyway.
+func (sc *stockCache) put(ctx context.Context, committed time.Time, changes ...change) {
 	if sc == nil {
 		return
 	}
-	b, err := proto.Marshal(ch.product)
-	if err != nil {
-		return
+	updates := make([]cache.Update, 0, len(changes))
+	for _, ch := range changes {
+		b, err := proto.Marshal(ch.product)
+		if err != nil {
+			continue // the updater writes it, or says why it cannot
+		}
+		updates = append(updates, cache.Update{Key: ch.product.GetSku(), Entry: cache.Entry{Version: ch.version, Value: b}})
 	}
-	_, _ = sc.c.Apply(ctx, ch.product.GetSku(), cache.Entry{Version: ch.version, Value: b}, ch.at)
+	_, _ = sc.c.ApplyAll(ctx, updates, committed)
 }
 
 // apply writes a StockChanged to the cache unless it holds a newer

@@ -94,13 +94,12 @@ func scanProduct(row pgx.Row) (*inventoryv1.Product, int64, error) {
 type change struct {
 	product *inventoryv1.Product
 	version int64
-	at      time.Time // when the transaction wrote it
 }
 
 // stockChanged writes the StockChanged event of a product's new counters
 // and returns the change for the cache.
 func (s *server) stockChanged(ctx context.Context, tx pgx.Tx, p *inventoryv1.Product, version int64) (change, error) {
-	ch := change{product: p, version: version, at: time.Now()}
+	ch := change{product: p, version: version}
 	return ch, s.env.Outbox.Write(ctx, tx, stockChangedEvent(p, version))
 }
 
@@ -139,7 +138,7 @@ func (s *server) CreateProduct(ctx context.Context, req *inventoryv1.CreateProdu
 	if err != nil {
 		return nil, fmt.Errorf("create product %s: %w", req.GetSku(), err)
 	}
-	s.stock.put(ctx, ch)
+	s.stock.put(ctx, time.Now(), ch)
 	return &inventoryv1.CreateProductResponse{Product: ch.product}, nil
 }
 
@@ -259,7 +258,7 @@ func (s *server) AdjustStock(ctx context.Context, req *inventoryv1.AdjustStockRe
 		return nil, err
 	}
 	if ch.product != nil {
-		s.stock.put(ctx, ch) // the caller reads its own write
+		s.stock.put(ctx, time.Now(), ch) // the caller reads its own write
 	}
 	return resp, nil
 }

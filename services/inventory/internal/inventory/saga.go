@@ -175,37 +175,45 @@ func (s *server) changeStock(ctx context.Context, tx pgx.Tx, b *pgx.Batch, md co
 	if err != nil {
 		return err
 	}
-	type row struct {
-		p       *inventoryv1.Product
-		version int64
-	}
-	changed, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
+	changed, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (change, error) {
 		p, version, err := scanProduct(r)
-		return row{p, version}, err
+		return change{p, version}, err
 	})
 	if err != nil {
 		return err
 	}
-	for _, c := range changed {
-		if err := s.queueStockChanged(ctx, b, md, c.p, c.version); err != nil {
+	for _, ch := range changed {
+		if err := s.queueStockChanged(ctx, b, md, ch); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// queueStockChanged is stockChanged for a saga step, queued in b: the
-// step's change goes to the stock cache once its transaction has
-// committed, so reads see it at once rather than when the cache's updater
-// gets to its event.
-func (s *server) queueStockChanged(ctx context.Context, b *pgx.Batch, md consumer.Metadata, p *inventoryv1.Product, version int64) error {
-	if err := s.env.Outbox.Queue(ctx, b, stockChangedEvent(p, version)); err != nil {
+// cacheWrites is the key under which a transaction gathers its changes for
+// the stock cache.
+type cacheWrites struct{}
+
+// queueStockChanged is stockChanged for a saga step, queued in b. The
+// changes of the step's transaction (of every event in its batch) go to
+// the stock cache together once it has committed, so reads see them at
+// once rather than when the cache's updater gets to their events.
+func (s *server) queueStockChanged(ctx context.Context, b *pgx.Batch, md consumer.Metadata, ch change) error {
+	if err := s.env.Outbox.Queue(ctx, b, stockChangedEvent(ch.product, ch.version)); err != nil {
 		return err
 	}
-	if s.stock != nil {
-		ch := change{product: p, version: version, at: time.Now()}
-		md.AfterCommit(func(ctx context.Context) { s.stock.put(ctx, ch) })
+	if s.stock == nil {
+		return nil
 	}
+	pending, err := consumer.Gather(md, cacheWrites{}, func() *[]change {
+		v := &[]change{}
+		md.AfterCommit(func(ctx context.Context) { s.stock.put(ctx, time.Now(), *v...) })
+		return v
+	}, nil)
+	if err != nil {
+		return err
+	}
+	*pending = append(*pending, ch)
 	return nil
 }
 
