@@ -21,6 +21,14 @@
 // fill): the loader runs once, and every caller waits for its result under
 // its own context.
 //
+// With [Config.Local] the process also keeps what it read from Redis, and
+// Redis reports every change of a key under the prefix to it (CLIENT
+// TRACKING in broadcast mode, on a connection of its own), which drops the
+// key's entry: most reads then cost no round trip, and a change is seen
+// once its report has arrived. While that connection is not known to be
+// up, nothing is kept; an entry is never served for longer than
+// [Config.LocalTTL].
+//
 // Entries expire after [Config.TTL]. The expiry is a backstop, not the way
 // entries are kept current: it bounds how long a value can stay wrong after
 // an event that was lost (a Redis that lost writes, an update dead-lettered)
@@ -96,6 +104,26 @@ type Config struct {
 	LogEvery time.Duration
 	// Logger receives the cache's logs (default slog.Default()).
 	Logger *slog.Logger
+
+	// Local keeps what reads find in Redis in the process as well, so that
+	// most reads cost no round trip. Redis reports every change of a key
+	// under Prefix to the process (CLIENT TRACKING in broadcast mode, on a
+	// connection of its own), which then drops its entry; while that
+	// connection is down nothing is kept. A change made elsewhere is seen
+	// here once its report has arrived, normally well under a millisecond
+	// after Redis applied it; one made through this cache, at once.
+	Local bool
+	// LocalTTL is the longest an entry is served from the process (default
+	// 1s): the backstop for a report lost on a connection not yet known
+	// to be broken.
+	LocalTTL time.Duration
+	// LocalMax bounds the entries kept in the process (default 10,000);
+	// when it is reached they are dropped and kept anew.
+	LocalMax int
+	// LocalPing is how long the report connection may be silent before it
+	// is pinged; silent for another LocalPing it is taken as broken
+	// (default 1s).
+	LocalPing time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -122,6 +150,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.LocalTTL <= 0 {
+		c.LocalTTL = time.Second
+	}
+	if c.LocalMax <= 0 {
+		c.LocalMax = 10_000
+	}
+	if c.LocalPing <= 0 {
+		c.LocalPing = time.Second
 	}
 	c.Logger = c.Logger.With("component", "cache")
 	return nil
@@ -172,6 +209,10 @@ type Cache struct {
 
 	requests *prometheus.CounterVec
 	age      prometheus.Histogram
+
+	local     *local             // nil unless Config.Local
+	stopLocal context.CancelFunc // stops its listener
+	listening chan struct{}      // closed when the listener has stopped
 }
 
 // flight is one shared load of a key.
@@ -199,7 +240,7 @@ func New(cfg Config) (*Cache, error) {
 	opts.WriteTimeout = cfg.Timeout
 	opts.PoolTimeout = cfg.Timeout
 	opts.ContextTimeoutEnabled = true
-	return &Cache{
+	c := &Cache{
 		cfg:     cfg,
 		client:  redis.NewClient(opts),
 		flights: map[string]*flight{},
@@ -212,11 +253,27 @@ func New(cfg Config) (*Cache, error) {
 			Help:    "Time from a change's commit to the moment the cache holds it, recorded once per version by the writer that brought it first.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
-	}, nil
+	}
+	if cfg.Local {
+		c.local = newLocal(cfg.Prefix, cfg.LocalTTL, cfg.LocalMax)
+		ctx, cancel := context.WithCancel(context.Background())
+		c.stopLocal, c.listening = cancel, make(chan struct{})
+		go func() {
+			defer close(c.listening)
+			c.local.listen(ctx, opts, cfg.LocalPing)
+		}()
+	}
+	return c, nil
 }
 
 // Close closes the connections to Redis.
-func (c *Cache) Close() error { return c.client.Close() }
+func (c *Cache) Close() error {
+	if c.local != nil {
+		c.stopLocal()
+		<-c.listening
+	}
+	return c.client.Close()
+}
 
 // Collectors returns the cache's Prometheus series, to register once per
 // process: switchyard_cache_requests_total{result} and
@@ -234,8 +291,13 @@ func (c *Cache) Collectors() []prometheus.Collector {
 // Redis is never returned: the entry comes from load. Errors of load are
 // returned as they are.
 func (c *Cache) Get(ctx context.Context, key string, load Loader) (Entry, error) {
+	if e, ok := c.local.get(key); ok {
+		c.requests.WithLabelValues(ResultHit).Inc()
+		return e, nil
+	}
 	result := ResultError
 	if c.usable() {
+		g := c.local.generation()
 		e, ok, err := c.read(ctx, key)
 		if err == nil {
 			c.streak.Store(0)
@@ -243,6 +305,7 @@ func (c *Cache) Get(ctx context.Context, key string, load Loader) (Entry, error)
 		switch {
 		case err == nil && ok:
 			c.requests.WithLabelValues(ResultHit).Inc()
+			c.local.put(key, e, g)
 			return e, nil
 		case err == nil:
 			result = ResultMiss
@@ -316,7 +379,9 @@ func (c *Cache) Set(ctx context.Context, key string, e Entry) (bool, error) {
 
 // Update is a key's entry, for [Cache.ApplyAll].
 type Update struct {
-	Key   string
+	// Key is the key without the prefix, as given to Get.
+	Key string
+	// Entry is what to write, if newer than what Redis holds.
 	Entry Entry
 }
 
@@ -401,6 +466,9 @@ func (c *Cache) write(ctx context.Context, updates []Update) (int, error) {
 		args = append(args, u.Entry.Version, u.Entry.Value)
 	}
 	res, err := setIfNewer.Run(ctx, c.client, keys, args...).Int64Slice()
+	// Whatever Redis did, this process reads its own writes from Redis
+	// from now on rather than wait for the report of the change.
+	c.local.drop(keys...)
 	if err != nil {
 		return 0, err
 	}

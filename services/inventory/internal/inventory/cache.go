@@ -33,7 +33,7 @@ type stockCache struct {
 // newStockCache opens the cache, registers its metrics and its updater (a
 // consumer group of its own: see the README's "The stock cache").
 func newStockCache(env *service.Env) (*stockCache, error) {
-	c, err := cache.New(cache.Config{URL: env.Config.CacheURL, Prefix: CacheKeyPrefix, Logger: env.Logger})
+	c, err := cache.New(cache.Config{URL: env.Config.CacheURL, Prefix: CacheKeyPrefix, Logger: env.Logger, Local: true})
 	if err != nil {
 		return nil, err
 	}
