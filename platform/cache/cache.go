@@ -25,9 +25,10 @@
 // Redis reports every change of a key under the prefix to it (CLIENT
 // TRACKING in broadcast mode, on a connection of its own), which drops the
 // key's entry: most reads then cost no round trip, and a change is seen
-// once its report has arrived. While that connection is not known to be
-// up, nothing is kept; an entry is never served for longer than
-// [Config.LocalTTL].
+// once its report has arrived. Once that connection is known to be broken
+// (at once when it fails, after two [Config.LocalPing] intervals when it
+// falls silent), everything kept is forgotten and nothing is kept until it
+// is back; an entry is never served for longer than [Config.LocalTTL].
 //
 // Entries expire after [Config.TTL]. The expiry is a backstop, not the way
 // entries are kept current: it bounds how long a value can stay wrong after
@@ -107,11 +108,12 @@ type Config struct {
 
 	// Local keeps what reads find in Redis in the process as well, so that
 	// most reads cost no round trip. Redis reports every change of a key
-	// under Prefix to the process (CLIENT TRACKING in broadcast mode, on a
-	// connection of its own), which then drops its entry; while that
-	// connection is down nothing is kept. A change made elsewhere is seen
-	// here once its report has arrived, normally well under a millisecond
-	// after Redis applied it; one made through this cache, at once.
+	// under Prefix (in any database) to the process (CLIENT TRACKING in
+	// broadcast mode, on a connection of its own), which then drops its
+	// entry; once that connection is known to be broken, nothing is kept
+	// until it is back. A change made elsewhere is seen here once its
+	// report has arrived, normally well under a millisecond after Redis
+	// applied it; one made through this cache, at once.
 	Local bool
 	// LocalTTL is the longest an entry is served from the process (default
 	// 1s): the backstop for a report lost on a connection not yet known
@@ -167,7 +169,7 @@ func (c *Config) setDefaults() error {
 // Results of a read, the values of the "result" label of
 // switchyard_cache_requests_total.
 const (
-	ResultHit   = "hit"   // served from Redis
+	ResultHit   = "hit"   // served from Redis, or from the process's copy (Config.Local)
 	ResultMiss  = "miss"  // not in Redis: loaded, and filled
 	ResultError = "error" // Redis failed or is cooling down after a failure: loaded
 )
@@ -246,7 +248,7 @@ func New(cfg Config) (*Cache, error) {
 		flights: map[string]*flight{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_cache_requests_total",
-			Help: "Cache reads by result: hit (from Redis), miss (loaded and filled), error (Redis failed or cooling down: loaded).",
+			Help: "Cache reads by result: hit (from Redis or the process's copy), miss (loaded and filled), error (Redis failed or cooling down: loaded).",
 		}, []string{"result"}),
 		age: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "switchyard_cache_update_age_seconds",

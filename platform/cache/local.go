@@ -120,16 +120,17 @@ func (l *local) size() int {
 
 // listen receives invalidations from Redis until ctx is done, reconnecting
 // after any failure (the entries are forgotten, since invalidations may
-// have been lost). opts is the cache's client's; the connection is its
-// own, in RESP2, subscribed to the invalidation channel and redirecting
-// its own tracking there, set up again on every connect. A connection
-// silent for a ping interval is pinged; silent for another, it is taken
-// as lost.
+// have been lost). opts is the cache's client's, so that dialling and
+// setting up a connection are bounded by its Timeout; the connection is
+// its own, in RESP2, subscribed to the invalidation channel and
+// redirecting its own tracking there, set up again on every connect. A
+// connection silent for a ping interval is pinged; silent for another, it
+// is taken as lost. (go-redis dials again before it returns a broken
+// connection's error, so entries can still be kept for up to one dial and
+// set-up after a loss: LocalTTL bounds that too.)
 func (l *local) listen(ctx context.Context, opts *redis.Options, ping time.Duration) {
 	o := *opts
 	o.Protocol = 2
-	o.PoolSize = 1
-	o.ReadTimeout = -1 // the receive loop sets its own
 	o.OnConnect = func(ctx context.Context, cn *redis.Conn) error {
 		id, err := cn.ClientID(ctx).Result()
 		if err != nil {
@@ -158,8 +159,10 @@ func (l *local) listen(ctx context.Context, opts *redis.Options, ping time.Durat
 // whether it was subscribed at all.
 func (l *local) receive(ctx context.Context, ps *redis.PubSub, ping time.Duration) (subscribed bool) {
 	defer ps.Close()
+	// A receive waits on the socket, not on ctx: closing ps ends it.
+	defer context.AfterFunc(ctx, func() { _ = ps.Close() })()
 	pinged := false
-	for {
+	for ctx.Err() == nil {
 		msg, err := ps.ReceiveTimeout(ctx, ping)
 		var nerr interface{ Timeout() bool }
 		switch {
@@ -183,11 +186,11 @@ func (l *local) receive(ctx context.Context, ps *redis.PubSub, ping time.Duratio
 				subscribed = true
 			}
 		case *redis.Message:
-			if m.PayloadSlice != nil {
-				l.drop(m.PayloadSlice...)
-			} else {
-				l.reset() // a flush: every key
-			}
+			// A flush is reported with a null payload, which go-redis
+			// cannot decode: the receive fails, and everything is
+			// forgotten as after any failure.
+			l.drop(m.PayloadSlice...)
 		}
 	}
+	return subscribed
 }

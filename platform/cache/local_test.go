@@ -190,3 +190,38 @@ func TestLocalForgetsWhileRedisIsAway(t *testing.T) {
 		return err == nil && e.Version == want.Version && f.cache.local.live.Load() && f.cache.local.size() == 1
 	})
 }
+
+// Close returns while invalidations keep arriving: the listener does not
+// wait for a quiet connection to notice it is asked to stop.
+func TestCloseWhileInvalidationsFlow(t *testing.T) {
+	f := localFixture(t)
+	other, err := New(Config{URL: f.redis.URL(), Prefix: "test:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	stop := make(chan struct{})
+	writing := make(chan struct{})
+	go func() {
+		defer close(writing)
+		for v := int64(1); ; v++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = other.Set(context.Background(), "k", Entry{Version: v, Value: []byte("v")})
+		}
+	}()
+	defer func() { close(stop); <-writing }()
+	closed := make(chan error, 1)
+	go func() { closed <- f.cache.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second): // a hang, not a measurement
+		t.Fatal("Close did not return while invalidations flowed")
+	}
+}
