@@ -11,6 +11,7 @@ import (
 
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/shop/registry"
 	"github.com/switchyard/switchyard/shop/stack"
 )
@@ -172,7 +173,7 @@ func useSoFar(ctx context.Context, b *testing.B, st *stack.Stack, stopped ...str
 		}
 		u.xacts[svc.Name] = float64(xacts)
 	}
-	u.self, u.all = cpuTimes(b)
+	u.self, u.all = testkit.CPU(b)
 	return u
 }
 

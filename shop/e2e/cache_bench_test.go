@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/shop/stack"
 )
 
@@ -71,9 +70,9 @@ func benchStock(b *testing.B, noCache bool) {
 	// Reads alone, with the CPU they cost: the load generator's own (this
 	// process: gRPC client) and everything else's (the services, Redis,
 	// PostgreSQL), since both share the machine's cores.
-	self0, all0 := cpuTimes(b)
+	self0, all0 := testkit.CPU(b)
 	lat := readLoad(ctx, getProducts(inv, skus), 16, 5*time.Second, nil)
-	self1, all1 := cpuTimes(b)
+	self1, all1 := testkit.CPU(b)
 	b.ReportMetric(float64(len(lat))/5, "reads/s")
 	b.ReportMetric(float64((self1-self0).Microseconds())/float64(max(1, len(lat))), "client-cpu-us/read")
 	b.ReportMetric(float64((all1-all0-(self1-self0)).Microseconds())/float64(max(1, len(lat))), "server-cpu-us/read")
@@ -86,12 +85,12 @@ func benchStock(b *testing.B, noCache bool) {
 	// has). No read through this server can be faster, so it bounds what
 	// any cache can gain over the database here.
 	health := healthpb.NewHealthClient(benchDial(b, st, "inventory"))
-	self0, all0 = cpuTimes(b)
+	self0, all0 = testkit.CPU(b)
 	lat = readLoad(ctx, func(ctx context.Context, _ int) error {
 		_, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
 		return err
 	}, 16, 5*time.Second, nil)
-	self1, all1 = cpuTimes(b)
+	self1, all1 = testkit.CPU(b)
 	b.ReportMetric(float64(len(lat))/5, "floor-calls/s")
 	b.ReportMetric(float64((self1-self0).Microseconds())/float64(max(1, len(lat))), "floor-client-cpu-us/call")
 	b.ReportMetric(float64((all1-all0-(self1-self0)).Microseconds())/float64(max(1, len(lat))), "floor-server-cpu-us/call")
@@ -255,35 +254,4 @@ func pgxQueryRow(ctx context.Context, url, sql string, dest ...any) error {
 	}
 	defer conn.Close(ctx)
 	return conn.QueryRow(ctx, sql).Scan(dest...)
-}
-
-// cpuTimes returns the CPU time used so far by this process and by the
-// whole machine.
-func cpuTimes(b *testing.B) (self, all time.Duration) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	stat, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		b.Fatal(err)
-	}
-	// cpu  user nice system idle iowait irq softirq steal ...: in clock
-	// ticks (USER_HZ, 100 per second on Linux).
-	fields := strings.Fields(strings.SplitN(string(stat), "\n", 2)[0])
-	for i, f := range fields[1:] {
-		if i == 3 || i == 4 { // idle, iowait
-			continue
-		}
-		if i > 7 { // guest time is already in user
-			break
-		}
-		n, err := strconv.ParseInt(f, 10, 64)
-		if err != nil {
-			b.Fatal(err)
-		}
-		all += time.Duration(n) * 10 * time.Millisecond
-	}
-	return self, all
 }

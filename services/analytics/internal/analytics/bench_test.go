@@ -121,7 +121,7 @@ func benchScoring(b *testing.B, c scoringCase) {
 	}
 	h.prefill(b, confirmedOrders(n))
 	b.StartTimer()
-	cpu0, busy0 := procsCPU(b, procs), machineBusy(b)
+	cpu0, busy0 := procsCPU(b, procs), machine(b)
 	start := time.Now()
 	for _, p := range procs {
 		p.signal(b, syscall.SIGCONT)
@@ -138,7 +138,7 @@ func benchScoring(b *testing.B, c scoringCase) {
 		}
 	}
 	elapsed := time.Since(start)
-	cpu, busy := procsCPU(b, procs)-cpu0, machineBusy(b)-busy0
+	cpu, busy := procsCPU(b, procs)-cpu0, machine(b)-busy0
 	b.StopTimer()
 	rate := float64(n) / elapsed.Seconds()
 	b.ReportMetric(rate, "orders/s")
@@ -153,6 +153,12 @@ func benchScoring(b *testing.B, c scoringCase) {
 	for _, p := range procs {
 		p.stop(b)
 	}
+}
+
+// machine is the CPU time all cores have spent busy so far.
+func machine(b *testing.B) time.Duration {
+	_, m := testkit.CPU(b)
+	return m
 }
 
 // clockTick is the unit of CPU times in /proc (USER_HZ, 100 on Linux).
@@ -179,29 +185,6 @@ func procsCPU(t testing.TB, procs []*benchProcess) time.Duration {
 		}
 	}
 	return total
-}
-
-// machineBusy returns the CPU time all cores have spent busy (not idle or
-// waiting for I/O) since boot.
-func machineBusy(t testing.TB) time.Duration {
-	t.Helper()
-	raw, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	line, _, _ := strings.Cut(string(raw), "\n")
-	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal
-	var busy int64
-	for i, s := range f[1:min(len(f), 9)] {
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			t.Fatalf("/proc/stat: %v", err)
-		}
-		if i != 3 && i != 4 {
-			busy += n
-		}
-	}
-	return time.Duration(busy) * clockTick
 }
 
 // confirmedOrders returns n OrderConfirmed events of 1 to 3 units over 20
