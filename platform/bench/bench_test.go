@@ -11,8 +11,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -150,7 +153,7 @@ func BenchmarkRelayDrain(b *testing.B) {
 func drain(b *testing.B, kind string, mode outbox.Mode) {
 	const n = 100000
 	var total, self, rest time.Duration
-	var allocs uint64
+	var allocs, syscalls uint64
 	var ms runtime.MemStats
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -161,6 +164,7 @@ func drain(b *testing.B, kind string, mode outbox.Mode) {
 		done := make(chan struct{})
 		runtime.ReadMemStats(&ms)
 		allocs -= ms.Mallocs
+		syscalls -= ioSyscalls(b)
 		self0, machine0 := testkit.CPU(b)
 		b.StartTimer()
 		start := time.Now()
@@ -173,6 +177,7 @@ func drain(b *testing.B, kind string, mode outbox.Mode) {
 		self1, machine1 := testkit.CPU(b)
 		runtime.ReadMemStats(&ms)
 		allocs += ms.Mallocs
+		syscalls += ioSyscalls(b)
 		self += self1 - self0
 		rest += (machine1 - machine0) - (self1 - self0)
 		cancel()
@@ -185,8 +190,30 @@ func drain(b *testing.B, kind string, mode outbox.Mode) {
 	// and CPU in the rest of the machine (PostgreSQL's walsender, and the
 	// broker when it is a process of its own).
 	b.ReportMetric(float64(allocs)/events, "allocs/event")
+	b.ReportMetric(float64(syscalls)/events, "io-syscalls/event")
 	b.ReportMetric(float64(self.Nanoseconds())/1000/events, "process-cpu-us/event")
 	b.ReportMetric(float64(rest.Nanoseconds())/1000/events, "rest-cpu-us/event")
+}
+
+// ioSyscalls returns how many read and write system calls (of any kind:
+// sockets, pipes, files) this process has made so far.
+func ioSyscalls(b *testing.B) uint64 {
+	raw, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n uint64
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		k, v, _ := strings.Cut(line, ": ")
+		if k == "syscr" || k == "syscw" {
+			c, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				b.Fatalf("/proc/self/io: %v", err)
+			}
+			n += c
+		}
+	}
+	return n
 }
 
 // discardKind names the transport that acknowledges and drops everything.

@@ -46,25 +46,62 @@ func DLQTopic(topic string) string { return topic + ".dlq" }
 // CloudEvents source (for example "/switchyard/orders"); trace holds the
 // traceparent/tracestate to send (usually the relay's producer span).
 func Encode(prefix, source string, rec outbox.Record, trace propagation.MapCarrier) *transport.Message {
-	headers := []transport.Header{
-		{Key: HeaderSpecVersion, Value: []byte(SpecVersion)},
-		{Key: HeaderID, Value: []byte(rec.ID.String())},
-		{Key: HeaderSource, Value: []byte(source)},
-		{Key: HeaderType, Value: []byte(rec.Type)},
-		{Key: HeaderTime, Value: []byte(rec.CreatedAt.UTC().Format(time.RFC3339Nano))},
-		{Key: HeaderSubject, Value: []byte(rec.AggregateID)},
-		{Key: HeaderContentType, Value: []byte(ContentType)},
+	// The header values and the key share one buffer: a relay encodes
+	// every event, and a backlog is many of them.
+	traceparent, tracestate := trace[HeaderTraceparent], trace[HeaderTracestate]
+	buf := make([]byte, 0, len(SpecVersion)+36+len(source)+len(rec.Type)+len(time.RFC3339Nano)+
+		2*len(rec.AggregateID)+len(ContentType)+len(traceparent)+len(tracestate))
+	headers := make([]transport.Header, 0, 9)
+	// add appends the header whose value was appended to buf from start.
+	// (Should buf grow, earlier values stay valid in the old array.)
+	add := func(key string, start int) {
+		headers = append(headers, transport.Header{Key: key, Value: buf[start:len(buf):len(buf)]})
 	}
-	for _, k := range []string{HeaderTraceparent, HeaderTracestate} {
-		if v := trace[k]; v != "" {
-			headers = append(headers, transport.Header{Key: k, Value: []byte(v)})
-		}
+	str := func(key, value string) {
+		start := len(buf)
+		buf = append(buf, value...)
+		add(key, start)
 	}
+	str(HeaderSpecVersion, SpecVersion)
+	start := len(buf)
+	buf = append(buf, make([]byte, 36)...)
+	encodeUUID(buf[start:], rec.ID)
+	add(HeaderID, start)
+	str(HeaderSource, source)
+	str(HeaderType, rec.Type)
+	start = len(buf)
+	buf = rec.CreatedAt.UTC().AppendFormat(buf, time.RFC3339Nano)
+	add(HeaderTime, start)
+	str(HeaderSubject, rec.AggregateID)
+	str(HeaderContentType, ContentType)
+	if traceparent != "" {
+		str(HeaderTraceparent, traceparent)
+	}
+	if tracestate != "" {
+		str(HeaderTracestate, tracestate)
+	}
+	start = len(buf)
+	buf = append(buf, rec.AggregateID...)
 	return &transport.Message{
 		Topic:   Topic(prefix, rec.AggregateType),
-		Key:     []byte(rec.AggregateID),
+		Key:     buf[start:len(buf):len(buf)],
 		Value:   rec.Payload,
 		Headers: headers,
+	}
+}
+
+// encodeUUID writes id in its canonical form (36 bytes) to dst, as
+// id.String() would, without making a string.
+func encodeUUID(dst []byte, id uuid.UUID) {
+	const digits = "0123456789abcdef"
+	j := 0
+	for i, b := range id {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			dst[j] = '-'
+			j++
+		}
+		dst[j], dst[j+1] = digits[b>>4], digits[b&0x0f]
+		j += 2
 	}
 }
 

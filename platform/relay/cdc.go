@@ -2,14 +2,11 @@ package relay
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -298,12 +295,26 @@ type cdcStream struct {
 	pub       *publisher
 	tracker   *lsnTracker
 	relations map[uint32]*pglogrepl.RelationMessage
+	decoder   recordDecoder
 	current   *txn
 }
 
 func (st *cdcStream) loop(ctx context.Context) error {
+	// The stream is read under the connection's own read deadline (the
+	// next status update), not a context per message: a context and its
+	// watcher cost allocations and locking per message, and a backlog is
+	// hundreds of thousands of them. ctx's end moves the deadline to now.
+	nc := st.conn.Conn()
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
+	defer func() {
+		stop()
+		_ = nc.SetReadDeadline(time.Time{}) // sendStatus may follow
+	}()
 	interval := st.r.cfg.StatusInterval
 	nextStatus := time.Now().Add(interval)
+	if err := nc.SetReadDeadline(nextStatus); err != nil {
+		return fmt.Errorf("replication stream: %w", err)
+	}
 	for {
 		select {
 		case err := <-st.pub.failed():
@@ -315,10 +326,16 @@ func (st *cdcStream) loop(ctx context.Context) error {
 				return err
 			}
 			nextStatus = time.Now().Add(interval)
+			if err := nc.SetReadDeadline(nextStatus); err != nil {
+				return fmt.Errorf("replication stream: %w", err)
+			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
-		raw, err := st.conn.ReceiveMessage(rctx)
-		cancel()
+		// Checked after the deadline is set: a cancellation either is seen
+		// here or moves the deadline after it was set.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		raw, err := st.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -380,6 +397,12 @@ func (st *cdcStream) handleCopyData(ctx context.Context, data []byte) error {
 }
 
 func (st *cdcStream) handleLogical(ctx context.Context, data []byte) error {
+	if len(data) > 0 && data[0] == 'I' {
+		// Inserts are nearly every message of a backlog: they are read
+		// here, straight into a record, rather than through pglogrepl's
+		// general decoding, which allocates per column.
+		return st.handleInsert(ctx, data)
+	}
 	msg, err := pglogrepl.Parse(data)
 	if err != nil {
 		return fmt.Errorf("parse pgoutput message: %w", err)
@@ -390,33 +413,6 @@ func (st *cdcStream) handleLogical(ctx context.Context, data []byte) error {
 	case *pglogrepl.BeginMessage:
 		st.current = st.tracker.begin()
 		raise(&st.r.cdcSeen, uint64(m.FinalLSN))
-	case *pglogrepl.InsertMessage:
-		rel, ok := st.relations[m.RelationID]
-		if !ok {
-			return fmt.Errorf("insert for unknown relation %d", m.RelationID)
-		}
-		if rel.RelationName != outbox.Table {
-			return nil
-		}
-		rec, err := decodeRecord(rel, m.Tuple)
-		if err != nil {
-			// A row we cannot read is a schema mismatch, not a transient
-			// fault: stop rather than skip an event.
-			return err
-		}
-		t := st.current
-		if t == nil {
-			return errors.New("insert outside a transaction")
-		}
-		st.tracker.add(t, rec.CreatedAt)
-		err = st.pub.publish(ctx, rec, func() {
-			st.tracker.ack(t)
-			st.r.acked()
-			st.noteProgress()
-		})
-		if err != nil {
-			return publishError(rec, err)
-		}
 	case *pglogrepl.CommitMessage:
 		if st.current == nil {
 			return errors.New("commit without begin")
@@ -424,6 +420,41 @@ func (st *cdcStream) handleLogical(ctx context.Context, data []byte) error {
 		st.tracker.commit(st.current, m.TransactionEndLSN)
 		st.current = nil
 		st.noteProgress()
+	}
+	return nil
+}
+
+// handleInsert publishes the outbox row of an Insert message.
+func (st *cdcStream) handleInsert(ctx context.Context, data []byte) error {
+	relation, tuple, err := splitInsert(data)
+	if err != nil {
+		return err
+	}
+	rel, ok := st.relations[relation]
+	if !ok {
+		return fmt.Errorf("insert for unknown relation %d", relation)
+	}
+	if rel.RelationName != outbox.Table {
+		return nil
+	}
+	rec, err := st.decoder.record(rel, tuple)
+	if err != nil {
+		// A row we cannot read is a schema mismatch, not a transient
+		// fault: stop rather than skip an event.
+		return err
+	}
+	t := st.current
+	if t == nil {
+		return errors.New("insert outside a transaction")
+	}
+	st.tracker.add(t, rec.CreatedAt)
+	err = st.pub.publish(ctx, rec, func() {
+		st.tracker.ack(t)
+		st.r.acked()
+		st.noteProgress()
+	})
+	if err != nil {
+		return publishError(rec, err)
 	}
 	return nil
 }
@@ -448,62 +479,4 @@ func raise(v *atomic.Uint64, x uint64) bool {
 			return true
 		}
 	}
-}
-
-// decodeRecord reads an outbox row from pgoutput's text-format tuple.
-func decodeRecord(rel *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData) (outbox.Record, error) {
-	var rec outbox.Record
-	if tuple == nil || len(tuple.Columns) != len(rel.Columns) {
-		return rec, fmt.Errorf("outbox row: %d values for %d columns", len(tuple.Columns), len(rel.Columns))
-	}
-	for i, col := range tuple.Columns {
-		if col.DataType != pglogrepl.TupleDataTypeText {
-			continue // NULL (or unchanged TOAST, which inserts never carry)
-		}
-		v := string(col.Data)
-		var err error
-		switch rel.Columns[i].Name {
-		case "id":
-			rec.ID, err = uuid.Parse(v)
-		case "aggregatetype":
-			rec.AggregateType = v
-		case "aggregateid":
-			rec.AggregateID = v
-		case "type":
-			rec.Type = v
-		case "payload":
-			rec.Payload, err = decodeBytea(v)
-		case "tracingspancontext":
-			rec.TracingSpanContext = v
-		case "created_at":
-			rec.CreatedAt, err = parseTimestamptz(v)
-		}
-		if err != nil {
-			return rec, fmt.Errorf("outbox row column %s: %w", rel.Columns[i].Name, err)
-		}
-	}
-	if rec.ID == uuid.Nil || rec.AggregateType == "" || rec.Type == "" {
-		return rec, fmt.Errorf("outbox row %s lacks id, aggregatetype or type", rec.ID)
-	}
-	return rec, nil
-}
-
-func decodeBytea(v string) ([]byte, error) {
-	if !strings.HasPrefix(v, `\x`) {
-		return nil, fmt.Errorf("bytea not in hex format (bytea_output must be 'hex')")
-	}
-	return hex.DecodeString(v[2:])
-}
-
-func parseTimestamptz(v string) (time.Time, error) {
-	for _, layout := range []string{
-		"2006-01-02 15:04:05.999999999Z07",
-		"2006-01-02 15:04:05.999999999Z07:00",
-		"2006-01-02 15:04:05.999999999Z07:00:00",
-	} {
-		if t, err := time.Parse(layout, v); err == nil {
-			return t, nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("unparseable timestamptz %q", v)
 }

@@ -23,8 +23,16 @@ const tracerName = "github.com/switchyard/switchyard/platform/relay"
 // break ordering, so the term ends and the next one resends everything not
 // yet confirmed.
 type publisher struct {
-	r   *Relay
-	pub transport.Publisher
+	r      *Relay
+	pub    transport.Publisher
+	tracer trace.Tracer
+	topics map[string]topicNames // by aggregate type
+}
+
+// topicNames are the names an aggregate type's events are published
+// under, made once rather than per event.
+type topicNames struct {
+	topic, span, keyAttr string
 }
 
 func newPublisher(r *Relay) (*publisher, error) {
@@ -32,42 +40,63 @@ func newPublisher(r *Relay) (*publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &publisher{r: r, pub: pub}, nil
+	return &publisher{r: r, pub: pub, tracer: otel.Tracer(tracerName), topics: map[string]topicNames{}}, nil
 }
 
 // failed delivers the first fatal error of the term.
 func (p *publisher) failed() <-chan error { return p.pub.Failed() }
 
+// names returns the names of an aggregate type's events.
+func (p *publisher) names(aggregateType string) topicNames {
+	n, ok := p.topics[aggregateType]
+	if !ok {
+		topic := envelope.Topic(p.r.cfg.TopicPrefix, aggregateType)
+		n = topicNames{topic: topic, span: "publish " + topic, keyAttr: "messaging." + p.r.cfg.Transport.System() + ".message.key"}
+		p.topics[aggregateType] = n
+	}
+	return n
+}
+
 // publish queues rec; ack runs after the broker acknowledged it. It blocks
-// only while the transport's queue is full.
+// only while the transport's queue is full. A backlog is published at
+// tens of thousands of events a second, so what only a recording span
+// needs (its attributes) is made only for one.
 func (p *publisher) publish(ctx context.Context, rec outbox.Record, ack func()) error {
-	topic := envelope.Topic(p.r.cfg.TopicPrefix, rec.AggregateType)
+	names := p.names(rec.AggregateType)
 	system := p.r.cfg.Transport.System()
 	// The producer span continues the writer's trace (parent/child).
-	parent := propagation.TraceContext{}.Extract(ctx, outbox.TraceCarrier(rec.TracingSpanContext))
-	_, span := otel.Tracer(tracerName).Start(parent, "publish "+topic,
-		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(
+	parent := ctx
+	if rec.TracingSpanContext != "" {
+		parent = propagation.TraceContext{}.Extract(ctx, outbox.TraceCarrier(rec.TracingSpanContext))
+	}
+	_, span := p.tracer.Start(parent, names.span, trace.WithSpanKind(trace.SpanKindProducer))
+	recording := span.IsRecording()
+	if recording {
+		span.SetAttributes(
 			attribute.String("messaging.system", system),
 			attribute.String("messaging.operation.type", "send"),
 			attribute.String("messaging.operation.name", "publish"),
-			attribute.String("messaging.destination.name", topic),
+			attribute.String("messaging.destination.name", names.topic),
 			attribute.String("messaging.message.id", rec.ID.String()),
-			attribute.String("messaging."+system+".message.key", rec.AggregateID),
+			attribute.String(names.keyAttr, rec.AggregateID),
 			attribute.String("cloudevents.event_type", rec.Type),
-		))
-	carrier := propagation.MapCarrier{}
-	propagation.TraceContext{}.Inject(trace.ContextWithSpan(parent, span), carrier)
-	if carrier["traceparent"] == "" {
-		// No tracer installed: pass the writer's context through unchanged.
-		carrier = outbox.TraceCarrier(rec.TracingSpanContext)
+		)
+	}
+	// The message carries the producer span's context; with no tracer
+	// installed that is the writer's, passed through.
+	var carrier propagation.MapCarrier
+	if span.SpanContext().IsValid() {
+		carrier = propagation.MapCarrier{}
+		propagation.TraceContext{}.Inject(trace.ContextWithSpan(parent, span), carrier)
 	}
 	msg := envelope.Encode(p.r.cfg.TopicPrefix, p.r.cfg.Source, rec, carrier)
 	err := p.pub.Publish(ctx, msg, func(d transport.Delivery) {
-		span.SetAttributes(
-			attribute.String("messaging.destination.partition.id", strconv.Itoa(int(d.Partition))),
-			transport.PositionAttribute(system, d.Position),
-		)
+		if recording {
+			span.SetAttributes(
+				attribute.String("messaging.destination.partition.id", strconv.Itoa(int(d.Partition))),
+				transport.PositionAttribute(system, d.Position),
+			)
+		}
 		span.End()
 		p.r.published.Add(1)
 		ack()
