@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/multitracer"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
@@ -132,6 +133,10 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	metrics := telemetry.NewMetrics()
 	// A span per query, in the caller's trace, and a count of round trips.
 	pcfg.ConnConfig.Tracer = multitracer.New(otelpgx.NewTracer(), metrics.DBTracer())
+	pcfg.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
+		encodeUUIDs(conn.TypeMap())
+		return nil
+	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
