@@ -407,14 +407,21 @@ func benchmarkConsumerApply(b *testing.B, kind string) {
 		})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
+		self0, machine0 := testkit.CPU(b)
 		start := time.Now()
 		go func() { defer close(done); _ = c.Run(ctx) }()
 		for c.Stats().Processed < n {
 			time.Sleep(5 * time.Millisecond)
 		}
 		elapsed := time.Since(start)
+		self1, machine1 := testkit.CPU(b)
 		cancel()
 		<-done
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
+		// Where the time goes: this process (the consumer, the broker's
+		// client, and kfake when it is the broker) and the rest of the
+		// machine (PostgreSQL; redis-server on Redis), as cores busy.
+		b.ReportMetric((self1-self0).Seconds()/elapsed.Seconds(), "process-cores")
+		b.ReportMetric(((machine1-machine0)-(self1-self0)).Seconds()/elapsed.Seconds(), "rest-cores")
 	}
 }
