@@ -306,10 +306,10 @@ func (st *cdcStream) loop(ctx context.Context) error {
 	// hundreds of thousands of them. ctx's end moves the deadline to now.
 	nc := st.conn.Conn()
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
-	defer func() {
-		stop()
-		_ = nc.SetReadDeadline(time.Time{}) // sendStatus may follow
-	}()
+	// What follows the loop only writes (sendStatus, closing), which the
+	// read deadline does not touch; stop does not wait for a cancellation
+	// that is already moving it.
+	defer stop()
 	interval := st.r.cfg.StatusInterval
 	nextStatus := time.Now().Add(interval)
 	if err := nc.SetReadDeadline(nextStatus); err != nil {

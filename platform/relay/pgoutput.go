@@ -83,7 +83,7 @@ func (d *recordDecoder) record(rel *pglogrepl.RelationMessage, tuple []byte) (ou
 		}
 		size := int(binary.BigEndian.Uint32(tuple[p:]))
 		p += 4
-		if size < 0 || p+size > len(tuple) {
+		if size > len(tuple)-p { // not p+size, which can overflow an int32
 			return rec, errShortInsert
 		}
 		v := tuple[p : p+size]

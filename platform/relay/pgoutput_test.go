@@ -70,6 +70,7 @@ func TestDecodeInsert(t *testing.T) {
 		{"bad time", insertMessage(16400, with(6, text("yesterday"))...), "timestamptz"},
 		{"no type", insertMessage(16400, with(3, column{kind: 'n'})...), "lacks id, aggregatetype or type"},
 		{"binary value", insertMessage(16400, with(2, column{kind: 'b'})...), "want text"},
+		{"length past the end", append(insertMessage(16400, good[:6]...)[:6], 0, 7, 't', 0xff, 0xff, 0xff, 0xff, 'x'), "cut short"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			relation, tuple, err := splitInsert(tc.msg)
