@@ -111,13 +111,6 @@ func (l *local) reset() {
 	l.mu.Unlock()
 }
 
-// size returns how many entries are kept.
-func (l *local) size() int {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return len(l.entries)
-}
-
 // listen receives invalidations from Redis until ctx is done, reconnecting
 // after any failure (the entries are forgotten, since invalidations may
 // have been lost). opts is the cache's client's, so that dialling and

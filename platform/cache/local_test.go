@@ -102,6 +102,39 @@ func localFixture(t *testing.T) *fixture {
 	return f
 }
 
+// size returns how many entries the process holds.
+func (l *local) size() int {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return len(l.entries)
+}
+
+// kept reports whether the process holds an entry for key.
+func (l *local) kept(key string) bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	_, ok := l.entries[key]
+	return ok
+}
+
+// settle returns once every report of a change Redis made so far has
+// reached f's cache: it keeps an entry for a fresh key, has other change
+// that key, and waits for the entry to go. Reports arrive in order, so the
+// earlier ones have arrived too.
+func (f *fixture) settle(t *testing.T, other *Cache) {
+	t.Helper()
+	key := "sync-" + strconv.FormatInt(time.Now().UnixNano(), 10)
+	l := f.cache.local
+	testkit.WaitFor(t, 10*time.Second, "an entry kept for "+key, func() bool {
+		l.put(key, Entry{Version: 1}, l.generation()) // refused while reports still come in
+		return l.kept(key)
+	})
+	if _, err := other.Set(context.Background(), key, Entry{Version: 1, Value: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the report of "+key, func() bool { return !l.kept(key) })
+}
+
 // A read found in Redis is then served from the process, with no round
 // trip, until Redis reports a change of the key, made by another process
 // (at once when made through this cache).
@@ -113,7 +146,6 @@ func TestLocalServesUntilTheKeyChanges(t *testing.T) {
 	}
 	defer other.Close()
 	ctx := context.Background()
-	v1 := f.put(t, "k", "one")
 	load := f.loader("k", nil)
 	get := func() Entry {
 		t.Helper()
@@ -123,10 +155,13 @@ func TestLocalServesUntilTheKeyChanges(t *testing.T) {
 		}
 		return e
 	}
-	get() // a miss: loaded and filled
-	testkit.WaitFor(t, 10*time.Second, "the fill", func() bool { return f.cache.Loading() == 0 })
-	if e := get(); e.Version != v1.Version { // from Redis, kept
-		t.Fatalf("version %d, want %d", e.Version, v1.Version)
+	v1 := f.put(t, "k", "one")
+	if _, err := other.Set(ctx, "k", v1); err != nil {
+		t.Fatal(err)
+	}
+	f.settle(t, other) // no report left to drop what the next read keeps
+	if e := get(); e.Version != v1.Version || !f.cache.local.kept("k") {
+		t.Fatalf("version %d, kept %v; want %d read from Redis and kept", e.Version, f.cache.local.kept("k"), v1.Version)
 	}
 	calls := f.hmgets(t)
 	for range 100 {
@@ -153,7 +188,10 @@ func TestLocalServesUntilTheKeyChanges(t *testing.T) {
 	}
 
 	// A flush reports no keys: everything is forgotten.
-	get()
+	f.settle(t, other)
+	if e := get(); e.Version != v3.Version || !f.cache.local.kept("k") {
+		t.Fatalf("before the flush: version %d, kept %v; want %d kept", e.Version, f.cache.local.kept("k"), v3.Version)
+	}
 	if err := f.redis.Client(t).FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,10 @@
 package consumer_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -298,6 +300,10 @@ func TestGatherFlushesOncePerTransaction(t *testing.T) {
 				release, entered := make(chan struct{}), make(chan struct{})
 				cfg := h.config("gather")
 				cfg.MaxAttempts = 1
+				// A value with no flush, written by one AfterCommit hook per
+				// transaction (as a cache written through after the commit).
+				var mu sync.Mutex
+				var committed [][]uuid.UUID // per committed transaction
 				c, _ := h.run(cfg, func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
 					if md.ID == blocker.id {
 						close(entered)
@@ -308,6 +314,19 @@ func TestGatherFlushesOncePerTransaction(t *testing.T) {
 						return err
 					}
 					*ids = append(*ids, md.ID)
+					after, err := consumer.Gather(md, "after", func() *[]uuid.UUID {
+						v := new([]uuid.UUID)
+						md.AfterCommit(func(context.Context) {
+							mu.Lock()
+							committed = append(committed, slices.Clone(*v))
+							mu.Unlock()
+						})
+						return v
+					}, nil)
+					if err != nil {
+						return err
+					}
+					*after = append(*after, md.ID)
 					if v.Value < 0 {
 						return consumer.Permanent(errors.New("poison"))
 					}
@@ -339,6 +358,25 @@ func TestGatherFlushesOncePerTransaction(t *testing.T) {
 				}
 				if tc.wantTxs == 1 && flushedAlone != 0 {
 					t.Errorf("%d events flushed alone, want every one in the batch's flush", flushedAlone)
+				}
+				// The hooks saw exactly the committed events, one hook per
+				// transaction of the batch's events.
+				mu.Lock()
+				defer mu.Unlock()
+				var seen []uuid.UUID
+				hooks := 0
+				for _, got := range committed {
+					if slices.Contains(got, blocker.id) {
+						continue // the blocker's own transaction
+					}
+					hooks++
+					seen = append(seen, got...)
+				}
+				slices.SortFunc(seen, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+				want := slices.Clone(ids)
+				slices.SortFunc(want, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+				if hooks != tc.wantTxs || !slices.Equal(seen, want) {
+					t.Errorf("after-commit hooks: %d saw %v; want %d seeing %v", hooks, seen, tc.wantTxs, want)
 				}
 			})
 		})

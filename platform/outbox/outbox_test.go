@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -31,10 +32,7 @@ func TestWriteModes(t *testing.T) {
 		t.Run(string(tc.mode), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			pool := testkit.Pool(t, testkit.Database(t))
-			if err := outbox.Migrate(ctx, pool); err != nil {
-				t.Fatal(err)
-			}
+			pool := migrated(t)
 			traceID, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
 			spanID, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
 			tctx := trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{TraceID: traceID, SpanID: spanID, TraceFlags: trace.FlagsSampled}))
@@ -74,10 +72,7 @@ func TestWriteModes(t *testing.T) {
 func TestAggregateDeclaredByTheMessage(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := testkit.Pool(t, testkit.Database(t))
-	if err := outbox.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := migrated(t)
 	w := outbox.NewWriter(outbox.ModePoll)
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		return w.Write(ctx, tx,
@@ -100,10 +95,7 @@ func TestAggregateDeclaredByTheMessage(t *testing.T) {
 func TestInvalidEventsRejected(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := testkit.Pool(t, testkit.Database(t))
-	if err := outbox.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := migrated(t)
 	w := outbox.NewWriter(outbox.ModePoll)
 	for name, ev := range map[string]outbox.Event{
 		"nil message":        {AggregateType: "order", AggregateID: "1"},
@@ -144,10 +136,7 @@ func TestParseMode(t *testing.T) {
 func TestEventTooLargeRejected(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := testkit.Pool(t, testkit.Database(t))
-	if err := outbox.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := migrated(t)
 	if _, err := pool.Exec(ctx, "CREATE TABLE business (id int)"); err != nil {
 		t.Fatal(err)
 	}
@@ -210,10 +199,7 @@ func TestEventTooLargeRejected(t *testing.T) {
 func TestQueueInTheCallersBatch(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := testkit.Pool(t, testkit.Database(t))
-	if err := outbox.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := migrated(t)
 	if _, err := pool.Exec(ctx, `CREATE TABLE words (w text)`); err != nil {
 		t.Fatal(err)
 	}
@@ -238,4 +224,14 @@ func TestQueueInTheCallersBatch(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM words), (SELECT count(*) FROM outbox WHERE aggregatetype = 'word')`).Scan(&words, &events); err != nil || words != 1 || events != 1 {
 		t.Fatalf("%d words and %d events (%v), want 1 and 1", words, events, err)
 	}
+}
+
+// migrated returns a pool on a fresh database with the outbox table.
+func migrated(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool := testkit.Pool(t, testkit.Database(t))
+	if err := outbox.Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	return pool
 }

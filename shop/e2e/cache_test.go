@@ -27,6 +27,19 @@ func TestStockCacheEqualsDatabaseAfterBurst(t *testing.T) {
 	skus := []string{s.product(100, 60), s.product(250, 40), s.product(75, 25)}
 	custs := []string{s.customer(1_000_000), s.customer(1_000_000), s.customer(1_000_000)}
 
+	// A client reads its own write: AdjustStock writes the cache through
+	// before it answers, so the next read does not see the cached value
+	// it replaced (the updater's copy comes only later).
+	for i := range 5 {
+		s.stock(skus[0]) // read, and so cached
+		adj := retry(t, func() (*inventoryv1.AdjustStockResponse, error) {
+			return s.inventory.AdjustStock(ctx, &inventoryv1.AdjustStockRequest{Sku: skus[0], Delta: 1, IdempotencyKey: fmt.Sprintf("own-%d", i)})
+		})
+		if a, _ := s.stock(skus[0]); a != adj.GetProduct().GetAvailable() {
+			t.Fatalf("GetProduct right after AdjustStock: available %d, want the %d just written", a, adj.GetProduct().GetAvailable())
+		}
+	}
+
 	stop := make(chan struct{})
 	var readers sync.WaitGroup
 	var readErrs atomic.Int64
