@@ -143,7 +143,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 	}
 	defer pool.Close()
 	wcfg := pcfg.Copy()
-	wcfg.MaxConns = int32(cfg.WatchDBConns) + 1 // + the LISTEN connection
+	// The LISTEN connection leaves the pool once hijacked, so it comes on
+	// top; the hubs' record of followed keys shares these with the streams.
+	wcfg.MaxConns = int32(cfg.WatchDBConns)
 	wcfg.MinConns = 0
 	watchPool, err := pgxpool.NewWithConfig(context.Background(), wcfg)
 	if err != nil {
@@ -327,8 +329,12 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 				return fmt.Errorf("database unreachable: %w", err)
 			}
 			// The outbox table comes with rl.Prepare below, the inbox with
-			// the consumer's Run; idempotency keys are the service's own.
+			// the consumer's Run; idempotency keys and the watch hubs'
+			// followed keys are the service's own.
 			if err := idempotency.Migrate(ctx, env.Pool); err != nil {
+				return err
+			}
+			if err := watch.Migrate(ctx, env.Pool); err != nil {
 				return err
 			}
 			if spec.Migrations != nil {

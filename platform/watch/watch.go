@@ -2,7 +2,9 @@
 // without polling: writers call [Notify] inside their transaction
 // (PostgreSQL delivers the notification only if it commits), and one [Hub]
 // per process LISTENs on a single connection and wakes the subscribers of
-// the changed key.
+// the changed key. A writer notifies only when some hub follows the key:
+// hubs record the keys they follow in a table ([Migrate] creates it), so a
+// change nobody watches costs an index lookup, not a NOTIFY.
 //
 // A wake-up only says "look again": subscribers re-read the state they
 // stream, so a notification that is lost (for instance while the listening
@@ -24,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
@@ -32,7 +35,9 @@ import (
 	"github.com/switchyard/switchyard/platform/grpcerr"
 )
 
-// Notify announces, inside tx, that key changed on channel.
+// Notify announces, inside tx, that key changed on channel, if a hub
+// follows key. Call it after the writes it announces: a stream that starts
+// following meanwhile relies on the writing transaction having begun.
 func Notify(ctx context.Context, tx pgx.Tx, channel, key string) error {
 	if _, err := tx.Exec(ctx, notifySQL, channel, key); err != nil {
 		return fmt.Errorf("notify %s %s: %w", channel, key, err)
@@ -47,7 +52,8 @@ func QueueNotify(batch *pgx.Batch, channel, key string) {
 	batch.Queue(notifySQL, channel, key)
 }
 
-const notifySQL = "SELECT pg_notify($1, $2)"
+const notifySQL = `SELECT pg_notify($1, $2) FROM watch_interest
+	WHERE channel = $1 AND key = $2 AND expires_at > now() LIMIT 1`
 
 // ErrTooManyStreams is returned by Follow when the hub's [Limit] is
 // reached; it answers RESOURCE_EXHAUSTED, so that clients back off or
@@ -82,12 +88,15 @@ func (l *Limit) Active() int64 { return l.active.Load() }
 // Rejected returns how many streams were refused with ErrTooManyStreams.
 func (l *Limit) Rejected() int64 { return l.rejected.Load() }
 
-// Hub fans one LISTEN connection out to subscribers by key.
+// Hub fans one LISTEN connection out to subscribers by key, and records
+// the keys it follows so that writers notify them.
 type Hub struct {
-	pool    *pgxpool.Pool
-	channel string
-	logger  *slog.Logger
-	limit   *Limit
+	pool     *pgxpool.Pool
+	channel  string
+	logger   *slog.Logger
+	limit    *Limit
+	id       uuid.UUID // this hub's rows in watch_interest
+	interest *interest
 
 	mu   sync.Mutex
 	subs map[string]map[chan struct{}]struct{}
@@ -104,7 +113,8 @@ func NewHub(pool *pgxpool.Pool, channel string, limit *Limit, logger *slog.Logge
 	if limit == nil {
 		limit = NewLimit(0)
 	}
-	return &Hub{pool: pool, channel: channel, limit: limit, logger: logger, subs: map[string]map[chan struct{}]struct{}{}}
+	return &Hub{pool: pool, channel: channel, limit: limit, logger: logger, id: uuid.New(), interest: newInterest(),
+		subs: map[string]map[chan struct{}]struct{}{}}
 }
 
 // DB returns the pool the hub's streams read through.
@@ -112,7 +122,10 @@ func (h *Hub) DB() *pgxpool.Pool { return h.pool }
 
 // Subscribe returns a channel that receives a value whenever key changes
 // (coalesced: one pending wake-up at most), and a function to unsubscribe.
-func (h *Hub) Subscribe(key string) (<-chan struct{}, func()) {
+// It returns once writers notify key: read the state it follows after it,
+// not before. It needs the hub running (see [Hub.Run]) and fails if ctx
+// ends or stopping is closed first.
+func (h *Hub) Subscribe(ctx context.Context, key string, stopping <-chan struct{}) (<-chan struct{}, func(), error) {
 	ch := make(chan struct{}, 1)
 	h.mu.Lock()
 	if h.subs[key] == nil {
@@ -120,28 +133,57 @@ func (h *Hub) Subscribe(key string) (<-chan struct{}, func()) {
 	}
 	h.subs[key][ch] = struct{}{}
 	h.mu.Unlock()
-	return ch, func() {
+	unsubscribe := func() {
 		h.mu.Lock()
 		delete(h.subs[key], ch)
 		if len(h.subs[key]) == 0 {
 			delete(h.subs, key)
 		}
 		h.mu.Unlock()
+		h.interest.remove(key)
+	}
+	if reg := h.interest.add(key); reg != nil {
+		select {
+		case <-reg.done:
+			if reg.err != nil {
+				unsubscribe()
+				return nil, nil, fmt.Errorf("watch %s: %w", key, reg.err)
+			}
+		case <-ctx.Done():
+			unsubscribe()
+			return nil, nil, ctx.Err()
+		case <-stopping:
+			unsubscribe()
+			return nil, nil, ErrStopping
+		}
+	}
+	return ch, unsubscribe, nil
+}
+
+// wakeKeys wakes the subscribers of keys.
+func (h *Hub) wakeKeys(keys []string) {
+	for _, k := range keys {
+		h.wake(k, false)
 	}
 }
 
 func (h *Hub) wake(key string, all bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for k, set := range h.subs {
-		if !all && k != key {
-			continue
-		}
-		for ch := range set {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
+	if !all {
+		poke(h.subs[key])
+		return
+	}
+	for _, set := range h.subs {
+		poke(set)
+	}
+}
+
+func poke(set map[chan struct{}]struct{}) {
+	for ch := range set {
+		select {
+		case ch <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -160,7 +202,10 @@ func (h *Hub) Follow(ctx context.Context, key string, recheck time.Duration, sto
 		return ErrTooManyStreams
 	}
 	defer h.limit.release()
-	changed, unsubscribe := h.Subscribe(key)
+	changed, unsubscribe, err := h.Subscribe(ctx, key, stopping)
+	if err != nil {
+		return err
+	}
 	defer unsubscribe()
 	tick := time.NewTicker(recheck)
 	defer tick.Stop()
@@ -180,8 +225,13 @@ func (h *Hub) Follow(ctx context.Context, key string, recheck time.Duration, sto
 	}
 }
 
-// Run listens until ctx ends, re-establishing the connection after errors.
+// Run listens, and keeps the hub's record of the keys it follows, until ctx
+// ends, re-establishing the connection after errors.
 func (h *Hub) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); h.record(ctx) }()
+	defer wg.Wait()
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		err := h.listen(ctx)
@@ -208,6 +258,9 @@ func (h *Hub) listen(ctx context.Context) error {
 	if _, err := pc.Exec(ctx, "LISTEN "+pgx.Identifier{h.channel}.Sanitize()); err != nil {
 		return err
 	}
+	// The cluster may have restarted, which empties the record of followed
+	// keys: write it again (its streams are woken once it is written).
+	h.interest.requeue()
 	h.wake("", true) // anything that changed before LISTEN took effect
 	for {
 		n, err := pc.WaitForNotification(ctx)
@@ -215,5 +268,50 @@ func (h *Hub) listen(ctx context.Context) error {
 			return err
 		}
 		h.wake(n.Payload, false)
+	}
+}
+
+// record keeps watch_interest in line with the keys followed (see
+// interest.go) until ctx ends, then deletes this hub's rows.
+func (h *Hub) record(ctx context.Context) {
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if _, err := h.pool.Exec(dctx, `DELETE FROM watch_interest WHERE hub = $1`, h.id); err != nil {
+			h.logger.Warn("watch: delete followed keys", "channel", h.channel, "error", err)
+		}
+	}()
+	renew := time.NewTicker(interestRenew)
+	defer renew.Stop()
+	retry := backoff.New(50*time.Millisecond, 5*time.Second)
+	catchUp := backoff.New(2*time.Millisecond, 200*time.Millisecond)
+	for {
+		var poll <-chan time.Time
+		if h.interest.catchingUp() {
+			poll = time.After(catchUp.Delay())
+		} else {
+			catchUp.Reset()
+		}
+		renewing := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.interest.kick:
+		case <-poll:
+		case <-renew.C:
+			renewing = true
+		}
+		if err := h.flush(ctx, renewing); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			h.logger.Warn("watch: recording followed keys failed; retrying", "channel", h.channel, "error", err, "retry_in", retry.Next())
+			if !retry.Wait(ctx) {
+				return
+			}
+			h.interest.signal()
+			continue
+		}
+		retry.Reset()
 	}
 }

@@ -3,10 +3,13 @@ package watch_test
 import (
 	"context"
 	"errors"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/watch"
@@ -14,27 +17,61 @@ import (
 
 func TestMain(m *testing.M) { testkit.Main(m) }
 
+// migrated returns a pool on a fresh database with the watch table.
+func migrated(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	pool := testkit.Pool(t, testkit.Database(t))
+	if err := watch.Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
+// running starts a hub on pool for channel until the test ends.
+func running(t testing.TB, pool *pgxpool.Pool, channel string, limit *watch.Limit) *watch.Hub {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	hub := watch.NewHub(pool, channel, limit, nil)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = hub.Run(ctx) }() // nil: it retries until ctx ends
+	t.Cleanup(func() { cancel(); <-done })
+	return hub
+}
+
+func subscribe(t *testing.T, hub *watch.Hub, key string) <-chan struct{} {
+	t.Helper()
+	ch, unsubscribe, err := hub.Subscribe(context.Background(), key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unsubscribe)
+	return ch
+}
+
+func notify(t *testing.T, pool *pgxpool.Pool, channel, key string) {
+	t.Helper()
+	if err := pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error { return watch.Notify(context.Background(), tx, channel, key) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func woken(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal(what)
+	}
+}
+
 func TestNotifyWakesSubscribersOnCommitOnly(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	pool := testkit.Pool(t, testkit.Database(t))
-	hub := watch.NewHub(pool, "test_changes", nil, nil)
-	a, unsubA := hub.Subscribe("a")
-	defer unsubA()
-	b, unsubB := hub.Subscribe("b")
-	defer unsubB()
-	// Run returns nil: it retries until ctx ends.
-	go func() { _ = hub.Run(ctx) }()
-	drain := func(ch <-chan struct{}) { // the hub wakes everyone once it listens
-		select {
-		case <-ch:
-		case <-time.After(10 * time.Second):
-			t.Fatal("no initial wake-up")
-		}
-	}
-	drain(a)
-	drain(b)
+	ctx := context.Background()
+	pool := migrated(t)
+	hub := running(t, pool, "test_changes", nil)
+	a := subscribe(t, hub, "a")
+	b := subscribe(t, hub, "b")
+	settle(t, pool, hub, a, b)
 
 	rolledBack := errors.New("roll back")
 	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
@@ -45,19 +82,170 @@ func TestNotifyWakesSubscribersOnCommitOnly(t *testing.T) {
 	}); !errors.Is(err, rolledBack) {
 		t.Fatal(err)
 	}
-	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return watch.Notify(ctx, tx, "test_changes", "b") }); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-b:
-	case <-time.After(10 * time.Second):
-		t.Fatal("committed change to b did not wake b")
-	}
+	notify(t, pool, "test_changes", "b")
+	woken(t, b, "committed change to b did not wake b")
 	select {
 	case <-a:
 		t.Fatal("a was woken by a rolled-back change or by b's change")
 	case <-time.After(300 * time.Millisecond):
 	}
+}
+
+// settle waits until the hub listens and has delivered every wake-up it
+// owes (after listening, after recording keys), then empties chans, so
+// that a test sees only the wake-ups it causes.
+func settle(t *testing.T, pool *pgxpool.Pool, hub *watch.Hub, chans ...<-chan struct{}) {
+	t.Helper()
+	key := "settle-" + strconv.FormatInt(time.Now().UnixNano(), 10)
+	probe := subscribe(t, hub, key)
+	for listening := false; !listening; {
+		notify(t, pool, "test_changes", key) // lost until the hub listens: try again
+		select {
+		case <-probe:
+			listening = true
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	testkit.WaitFor(t, 10*time.Second, "the hub to deliver what it owes", hub.Idle)
+	for _, ch := range chans {
+		select {
+		case <-ch:
+		default:
+		}
+	}
+}
+
+// A writer notifies only keys some hub follows: a change to a key nobody
+// follows sends nothing, and neither does one whose only follower died
+// (its row expired). Notifications arrive in commit order, so the first one
+// a plain listener receives tells which were sent.
+func TestNotifyOnlyWhenFollowed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrated(t)
+	hub := running(t, pool, "test_changes", nil)
+	subscribe(t, hub, "followed")
+
+	listener, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := listener.Hijack()
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "LISTEN test_changes"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO watch_interest VALUES ('test_changes', 'dead', gen_random_uuid(), now() - interval '1 second')`); err != nil {
+		t.Fatal(err)
+	}
+	notify(t, pool, "test_changes", "nobody")
+	notify(t, pool, "test_changes", "dead")
+	notify(t, pool, "test_changes", "followed")
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := conn.WaitForNotification(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Payload != "followed" {
+		t.Fatalf("first notification for %q, want only the followed key's", n.Payload)
+	}
+}
+
+// The race the hub closes: a writer looked for followers before the
+// stream's key was recorded (so it sends nothing) and commits after the
+// stream's first read. The stream must still see the change, long before
+// its recheck (an hour here).
+func TestChangeInFlightWhenTheStreamStartsIsSeen(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrated(t)
+	if _, err := pool.Exec(ctx, `CREATE TABLE counters (id text PRIMARY KEY, n int NOT NULL); INSERT INTO counters VALUES ('k', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	hub := running(t, pool, "test_changes", nil)
+
+	writer, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Rollback(ctx)
+	if _, err := writer.Exec(ctx, `UPDATE counters SET n = 1 WHERE id = 'k'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Notify(ctx, writer, "test_changes", "k"); err != nil {
+		t.Fatal(err)
+	}
+
+	seen := make(chan int, 100)
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		_ = hub.Follow(fctx, "k", time.Hour, nil, func() (bool, error) {
+			var n int
+			if err := pool.QueryRow(fctx, `SELECT n FROM counters WHERE id = 'k'`).Scan(&n); err != nil {
+				return false, err
+			}
+			seen <- n
+			return n == 1, nil
+		})
+	}()
+	if n := <-seen; n != 0 {
+		t.Fatalf("first read %d, want 0: the writer has not committed", n)
+	}
+	if err := writer.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Well before the hub would wake the stream anyway (after 10 s).
+	deadline := time.After(8 * time.Second)
+	for {
+		select {
+		case n := <-seen:
+			if n == 1 {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the stream never saw the change that was in flight when it started")
+		}
+	}
+}
+
+// The record of followed keys is kept in line: a stream's end deletes its
+// key's row, and after the listening connection is lost and the table
+// emptied (as a crash empties an unlogged table), the hub writes its keys
+// again and notifications reach it.
+func TestFollowedKeysAreRecordedAgainAfterReconnecting(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrated(t)
+	hub := running(t, pool, "test_changes", nil)
+	rows := func(key string) int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM watch_interest WHERE key = $1`, key).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	ch, unsubscribe, err := hub.Subscribe(ctx, "brief", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = ch
+	if rows("brief") != 1 {
+		t.Fatal("no row for a followed key once Subscribe returned")
+	}
+	unsubscribe()
+	testkit.WaitFor(t, 10*time.Second, "the row of a key nobody follows to go", func() bool { return rows("brief") == 0 })
+
+	kept := subscribe(t, hub, "kept")
+	if _, err := pool.Exec(ctx, `TRUNCATE watch_interest; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = current_database()`); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the hub to record its key again", func() bool { return rows("kept") == 1 })
+	settle(t, pool, hub, kept)
+	notify(t, pool, "test_changes", "kept")
+	woken(t, kept, "a change after reconnecting did not wake the key's subscriber")
 }
 
 // Past its limit a hub refuses streams with ErrTooManyStreams, counts the
@@ -66,8 +254,9 @@ func TestNotifyWakesSubscribersOnCommitOnly(t *testing.T) {
 func TestLimitBoundsStreams(t *testing.T) {
 	t.Parallel()
 	limit := watch.NewLimit(2)
-	a := watch.NewHub(nil, "a", limit, nil) // Follow needs no connection
-	b := watch.NewHub(nil, "b", limit, nil)
+	pool := migrated(t)
+	a := running(t, pool, "a", limit)
+	b := running(t, pool, "b", limit)
 	stop := make(chan struct{})
 	ended := make(chan error, 2)
 	started := make(chan struct{}, 2)
@@ -102,5 +291,53 @@ func TestLimitBoundsStreams(t *testing.T) {
 	}
 	if limit.Active() != 0 {
 		t.Fatalf("active %d after every stream ended", limit.Active())
+	}
+}
+
+// BenchmarkNotify commits single-row updates from 8 writers, each
+// announcing its change, to a key nobody follows and to a followed one:
+// the difference is what a NOTIFY costs the writers.
+func BenchmarkNotify(b *testing.B) {
+	for _, followed := range []bool{false, true} {
+		name := "unfollowed"
+		if followed {
+			name = "followed"
+		}
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			pool := migrated(b)
+			if _, err := pool.Exec(ctx, `CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO counters SELECT g, 0 FROM generate_series(0, 999) g`); err != nil {
+				b.Fatal(err)
+			}
+			hub := running(b, pool, "bench_changes", nil)
+			if followed {
+				for i := range 1000 {
+					_, unsubscribe, err := hub.Subscribe(ctx, strconv.Itoa(i), nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.Cleanup(unsubscribe)
+				}
+			}
+			var next atomic.Int64
+			b.SetParallelism(4) // 8 writers on 2 cores
+			b.ResetTimer()
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					id := int(next.Add(1) % 1000)
+					if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+						if _, err := tx.Exec(ctx, `UPDATE counters SET n = n + 1 WHERE id = $1`, id); err != nil {
+							return err
+						}
+						return watch.Notify(ctx, tx, "bench_changes", strconv.Itoa(id))
+					}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "commits/s")
+		})
 	}
 }

@@ -29,6 +29,9 @@ func TestConcurrentNotificationsAreNotSkipped(t *testing.T) {
 	if _, err := migrate.Apply(ctx, pool, migrations); err != nil {
 		t.Fatal(err)
 	}
+	if err := watch.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
 	s := &server{env: &service.Env{Pool: pool}, changes: watch.NewHub(pool, changeChannel, nil, nil)}
 	customer := uuid.NewString()
 	write := func(kind string) (commit func() error, err error) {
