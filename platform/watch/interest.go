@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/switchyard/switchyard/platform/migrate"
 )
@@ -22,11 +21,14 @@ import (
 //
 // A writer that looked before a hub's row was committed, and commits after
 // the stream's first read, would be missed. The hub closes that window
-// without any lock on the writers' side: after committing its rows it
-// notes the oldest transaction id not yet started, lets the streams read,
-// and wakes them once more when every transaction older than that has
-// ended (the writer's transaction has an id, since Notify follows the
-// writes it announces).
+// without any lock on the writers' side: after committing its rows it takes
+// a new transaction id, which is newer than any such writer's (the writer
+// has one, since Notify follows the writes it announces, and it looked
+// before the rows committed). If a transaction up to that id is still
+// running, the hub lets the streams read and wakes them once more when all
+// of those have ended. This relies on the writer's statement seeing rows
+// committed before it started, which holds in READ COMMITTED; at stricter
+// levels Notify always notifies.
 const interestSchema = `
 CREATE UNLOGGED TABLE IF NOT EXISTS watch_interest (
 	channel    text NOT NULL,
@@ -75,14 +77,16 @@ type registration struct {
 }
 
 type keyState struct {
-	refs int // local subscribers
-	row  rowState
-	reg  *registration // the insert waited for, while queued or writing (or deleting with refs > 0)
+	refs  int // local subscribers
+	row   rowState
+	reg   *registration // the write new subscribers wait for
+	again bool          // running streams re-read once the row is written again
 }
 
-// catchUp is a set of keys to wake once every transaction below xmax ended.
+// catchUp is a set of keys to wake once every transaction up to after
+// ended.
 type catchUp struct {
-	xmax  int64
+	after int64
 	keys  []string
 	since time.Time
 }
@@ -154,7 +158,7 @@ func (in *interest) requeue() {
 }
 
 // flush brings hub's rows in line with the keys followed: deletes the rows
-// of keys no one follows, inserts those of new keys, renews them all when
+// of keys no one follows, inserts those of new keys, renews the others when
 // renew is set, and wakes the keys whose catch-up is due.
 func (h *Hub) flush(ctx context.Context, renew bool) error {
 	in := h.interest
@@ -162,23 +166,24 @@ func (h *Hub) flush(ctx context.Context, renew bool) error {
 	if in.rewrite {
 		in.rewrite = false
 		for _, ks := range in.keys {
-			if ks.row == rowPresent {
+			if ks.refs > 0 && ks.row == rowPresent {
 				ks.row = rowQueued
+				ks.again = true
 			}
 		}
 	}
-	var dels, ins, again []string
+	var dels, ins, renewed, again []string
 	var regs []*registration
 	for key, ks := range in.keys {
 		switch {
-		case ks.refs == 0 && ks.row == rowPresent:
+		case ks.refs == 0 && (ks.row == rowPresent || ks.row == rowQueued):
+			// A queued key may have a row (a write whose outcome is
+			// unknown): delete it either way.
 			ks.row = rowDeleting
 			dels = append(dels, key)
-		case ks.refs == 0 && ks.row == rowQueued:
-			delete(in.keys, key) // given up before it was written
 			if ks.reg != nil {
-				ks.reg.err = context.Canceled
-				close(ks.reg.done)
+				settle(ks.reg, context.Canceled)
+				ks.reg = nil
 			}
 		case ks.row == rowQueued:
 			ks.row = rowWriting
@@ -186,9 +191,12 @@ func (h *Hub) flush(ctx context.Context, renew bool) error {
 			if ks.reg != nil {
 				regs = append(regs, ks.reg)
 				ks.reg = nil
-			} else {
+			}
+			if ks.again {
 				again = append(again, key)
 			}
+		case ks.row == rowPresent && renew:
+			renewed = append(renewed, key)
 		}
 	}
 	pending := len(in.pending) > 0
@@ -197,47 +205,40 @@ func (h *Hub) flush(ctx context.Context, renew bool) error {
 		return nil
 	}
 
-	conn, err := h.pool.Acquire(ctx)
-	if err == nil {
-		defer conn.Release()
-		err = h.write(ctx, conn, dels, ins, renew)
-	}
+	after, xmin, err := h.write(ctx, dels, ins, renewed, renew, pending)
+
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	settle := func(r *registration, err error) {
-		r.err = err
-		close(r.done)
-	}
-	// The write is one transaction: all of it happened, or none.
+	// On an error the write may or may not have committed: assume
+	// neither, and let the next flush settle it (inserts and deletes can
+	// be repeated).
 	for _, key := range dels {
 		ks := in.keys[key]
 		switch {
-		case err != nil: // still there; delete it next time
-			ks.row = rowPresent
-			if ks.reg != nil { // followed again: the row never went
-				settle(ks.reg, nil)
-				ks.reg = nil
-			}
-		case ks.refs == 0:
-			delete(in.keys, key)
-		default: // followed again meanwhile
+		case ks.refs > 0: // followed again meanwhile
 			ks.row = rowQueued
 			in.signal()
+		case err != nil:
+			ks.row = rowPresent // delete again
+		default:
+			delete(in.keys, key)
 		}
 	}
 	for _, key := range ins {
 		ks := in.keys[key]
-		if err != nil {
+		switch {
+		case ks.refs == 0: // left meanwhile: delete it
+			ks.row = rowPresent
+			in.signal()
+		case err != nil:
 			ks.row = rowQueued
-			continue
-		}
-		ks.row = rowPresent
-		if ks.reg != nil { // followed while it was written: in place now
-			regs = append(regs, ks.reg)
-			ks.reg = nil
-		}
-		if ks.refs == 0 {
-			in.signal() // left while it was written: delete it
+		default:
+			ks.row = rowPresent
+			ks.again = false
+			if ks.reg != nil { // followed while it was written: in place now
+				regs = append(regs, ks.reg)
+				ks.reg = nil
+			}
 		}
 	}
 	for _, r := range regs {
@@ -251,47 +252,13 @@ func (h *Hub) flush(ctx context.Context, renew bool) error {
 	// Streams already running whose key was written again re-read: a
 	// change may have gone unannounced while the row was missing.
 	h.wakeKeys(again)
-	return nil
-}
-
-// write carries out one flush on conn, and settles the catch-ups.
-func (h *Hub) write(ctx context.Context, conn *pgxpool.Conn, dels, ins []string, renew bool) error {
-	// One batch is one implicit transaction: all of it commits, or none.
-	b := &pgx.Batch{}
-	if len(dels) > 0 {
-		b.Queue(`DELETE FROM watch_interest WHERE channel = $1 AND hub = $2 AND key = ANY($3)`, h.channel, h.id, dels)
-	}
-	if renew {
-		b.Queue(`UPDATE watch_interest SET expires_at = now() + make_interval(secs => $2) WHERE hub = $1`, h.id, interestTTL.Seconds())
-		b.Queue(`DELETE FROM watch_interest WHERE expires_at < now()`) // rows of hubs that died
-	}
-	if len(ins) > 0 {
-		b.Queue(`INSERT INTO watch_interest (channel, key, hub, expires_at)
-			SELECT $1, k, $2, now() + make_interval(secs => $4) FROM unnest($3::text[]) AS k
-			ON CONFLICT (channel, key, hub) DO UPDATE SET expires_at = excluded.expires_at`,
-			h.channel, h.id, ins, interestTTL.Seconds())
-	}
-	if b.Len() > 0 {
-		if err := conn.SendBatch(ctx, b).Close(); err != nil {
-			return err
-		}
-	}
-	// After the inserts committed, before the streams read: which
-	// transactions were running then, and which have ended by now.
-	var xmin, xmax int64
-	if err := conn.QueryRow(ctx, `SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint FROM pg_current_snapshot() AS s`).Scan(&xmin, &xmax); err != nil {
-		return err
-	}
-	in := h.interest
-	in.mu.Lock()
-	defer in.mu.Unlock()
 	now := time.Now()
-	if len(ins) > 0 && xmin < xmax {
-		in.pending = append(in.pending, catchUp{xmax: xmax, keys: ins, since: now})
+	if len(ins) > 0 && xmin <= after {
+		in.pending = append(in.pending, catchUp{after: after, keys: ins, since: now})
 	}
 	kept := in.pending[:0]
 	for _, c := range in.pending {
-		if xmin >= c.xmax || now.Sub(c.since) >= catchUpWait {
+		if xmin > c.after || now.Sub(c.since) >= catchUpWait {
 			h.wakeKeys(c.keys) // waited long enough: one more read costs little
 			continue
 		}
@@ -299,6 +266,58 @@ func (h *Hub) write(ctx context.Context, conn *pgxpool.Conn, dels, ins []string,
 	}
 	in.pending = kept
 	return nil
+}
+
+func settle(r *registration, err error) {
+	r.err = err
+	close(r.done)
+}
+
+// writeRows carries out one flush's writes (it is [Hub]'s write). With
+// inserts, it returns a transaction id assigned after they committed, and
+// the oldest transaction still running once that one committed. Otherwise,
+// when catching up, just the latter.
+func (h *Hub) writeRows(ctx context.Context, dels, ins, renewed []string, renew, catchingUp bool) (after, xmin int64, err error) {
+	conn, err := h.pool.Acquire(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Release()
+	// One batch is one implicit transaction: all of it commits, or none.
+	b := &pgx.Batch{}
+	if len(dels) > 0 {
+		b.Queue(`DELETE FROM watch_interest WHERE channel = $1 AND hub = $2 AND key = ANY($3)`, h.channel, h.id, dels)
+	}
+	if len(ins)+len(renewed) > 0 {
+		// Renewing re-inserts too: a row swept away while this hub could
+		// not renew it comes back.
+		b.Queue(`INSERT INTO watch_interest (channel, key, hub, expires_at)
+			SELECT $1, k, $2, now() + make_interval(secs => $4) FROM unnest($3::text[]) AS k
+			ON CONFLICT (channel, key, hub) DO UPDATE SET expires_at = excluded.expires_at`,
+			h.channel, h.id, append(append([]string(nil), ins...), renewed...), interestTTL.Seconds())
+	}
+	if renew {
+		b.Queue(`DELETE FROM watch_interest WHERE expires_at < now()`) // rows of hubs that died
+	}
+	if b.Len() > 0 {
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return 0, 0, err
+		}
+	}
+	if len(ins) > 0 {
+		// A writer that looked for these rows before they committed has
+		// an id already (Notify follows its writes); this one is newer.
+		if err := conn.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint`).Scan(&after); err != nil {
+			return 0, 0, err
+		}
+	} else if !catchingUp {
+		return 0, 0, nil
+	}
+	// Taken after that id committed: every transaction below xmin ended.
+	if err := conn.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint`).Scan(&xmin); err != nil {
+		return 0, 0, err
+	}
+	return after, xmin, nil
 }
 
 // catchingUp reports whether wake-ups wait for running transactions.

@@ -36,8 +36,9 @@ import (
 )
 
 // Notify announces, inside tx, that key changed on channel, if a hub
-// follows key. Call it after the writes it announces: a stream that starts
-// following meanwhile relies on the writing transaction having begun.
+// follows key (in a transaction above READ COMMITTED, always). Call it
+// after the writes it announces: a stream that starts following meanwhile
+// relies on the writing transaction having an id when it looked.
 func Notify(ctx context.Context, tx pgx.Tx, channel, key string) error {
 	if _, err := tx.Exec(ctx, notifySQL, channel, key); err != nil {
 		return fmt.Errorf("notify %s %s: %w", channel, key, err)
@@ -52,8 +53,11 @@ func QueueNotify(batch *pgx.Batch, channel, key string) {
 	batch.Queue(notifySQL, channel, key)
 }
 
-const notifySQL = `SELECT pg_notify($1, $2) FROM watch_interest
-	WHERE channel = $1 AND key = $2 AND expires_at > now() LIMIT 1`
+// Under REPEATABLE READ or SERIALIZABLE the statement would see the
+// followers as of the transaction's start, which the hub's catch-up cannot
+// account for: such writers always notify.
+const notifySQL = `SELECT pg_notify($1, $2) WHERE current_setting('transaction_isolation') <> 'read committed'
+	OR EXISTS (SELECT FROM watch_interest WHERE channel = $1 AND key = $2 AND expires_at > now())`
 
 // ErrTooManyStreams is returned by Follow when the hub's [Limit] is
 // reached; it answers RESOURCE_EXHAUSTED, so that clients back off or
@@ -97,6 +101,8 @@ type Hub struct {
 	limit    *Limit
 	id       uuid.UUID // this hub's rows in watch_interest
 	interest *interest
+	// write is writeRows; tests of the bookkeeping replace it.
+	write func(ctx context.Context, dels, ins, renewed []string, renew, catchingUp bool) (after, xmin int64, err error)
 
 	mu   sync.Mutex
 	subs map[string]map[chan struct{}]struct{}
@@ -113,8 +119,10 @@ func NewHub(pool *pgxpool.Pool, channel string, limit *Limit, logger *slog.Logge
 	if limit == nil {
 		limit = NewLimit(0)
 	}
-	return &Hub{pool: pool, channel: channel, limit: limit, logger: logger, id: uuid.New(), interest: newInterest(),
+	h := &Hub{pool: pool, channel: channel, limit: limit, logger: logger, id: uuid.New(), interest: newInterest(),
 		subs: map[string]map[chan struct{}]struct{}{}}
+	h.write = h.writeRows
+	return h
 }
 
 // DB returns the pool the hub's streams read through.
@@ -285,6 +293,7 @@ func (h *Hub) record(ctx context.Context) {
 	defer renew.Stop()
 	retry := backoff.New(50*time.Millisecond, 5*time.Second)
 	catchUp := backoff.New(2*time.Millisecond, 200*time.Millisecond)
+	renewing := false // kept until a flush succeeds
 	for {
 		var poll <-chan time.Time
 		if h.interest.catchingUp() {
@@ -292,7 +301,6 @@ func (h *Hub) record(ctx context.Context) {
 		} else {
 			catchUp.Reset()
 		}
-		renewing := false
 		select {
 		case <-ctx.Done():
 			return
@@ -312,6 +320,7 @@ func (h *Hub) record(ctx context.Context) {
 			h.interest.signal()
 			continue
 		}
+		renewing = false
 		retry.Reset()
 	}
 }

@@ -1,0 +1,215 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+)
+
+// writes records what the hub's flushes ask of the database, and fails or
+// runs a hook (something happening while the write is in flight) on demand.
+type writes struct {
+	dels, ins [][]string
+	fail      error
+	during    func()
+	running   bool // a transaction up to the write's id is still running
+}
+
+func (w *writes) write(_ context.Context, dels, ins, _ []string, _, _ bool) (int64, int64, error) {
+	w.dels = append(w.dels, slices.Sorted(slices.Values(dels)))
+	w.ins = append(w.ins, slices.Sorted(slices.Values(ins)))
+	if w.during != nil {
+		w.during()
+		w.during = nil
+	}
+	if w.running {
+		return 10, 5, w.fail
+	}
+	return 10, 11, w.fail
+}
+
+func (w *writes) last() (dels, ins []string) {
+	return w.dels[len(w.dels)-1], w.ins[len(w.ins)-1]
+}
+
+func bookkeeping(t *testing.T) (*Hub, *writes) {
+	t.Helper()
+	h := NewHub(nil, "c", nil, nil)
+	w := &writes{}
+	h.write = w.write
+	return h, w
+}
+
+func flushed(t *testing.T, h *Hub) error {
+	t.Helper()
+	return h.flush(context.Background(), false)
+}
+
+func waitFor(t *testing.T, r *registration) error {
+	t.Helper()
+	select {
+	case <-r.done:
+		return r.err
+	default:
+		t.Fatal("registration still pending")
+		return nil
+	}
+}
+
+// The bookkeeping of followed keys, without a database: what each flush
+// writes, and what the streams waiting are told.
+func TestFollowedKeysBookkeeping(t *testing.T) {
+	t.Parallel()
+	boom := errors.New("connection reset")
+
+	t.Run("a new key is written once and its waiters told", func(t *testing.T) {
+		h, w := bookkeeping(t)
+		r1 := h.interest.add("k")
+		r2 := h.interest.add("k")
+		if r1 != r2 {
+			t.Fatal("two subscribers of a new key wait for different writes")
+		}
+		if err := flushed(t, h); err != nil {
+			t.Fatal(err)
+		}
+		if _, ins := w.last(); !slices.Equal(ins, []string{"k"}) {
+			t.Fatalf("inserted %v, want [k]", ins)
+		}
+		if err := waitFor(t, r1); err != nil {
+			t.Fatal(err)
+		}
+		if r := h.interest.add("k"); r != nil {
+			t.Fatal("a third subscriber waits although the row is in place")
+		}
+	})
+
+	t.Run("the last subscriber's leaving deletes the row", func(t *testing.T) {
+		h, w := bookkeeping(t)
+		h.interest.add("k")
+		_ = flushed(t, h)
+		h.interest.remove("k")
+		_ = flushed(t, h)
+		if dels, _ := w.last(); !slices.Equal(dels, []string{"k"}) {
+			t.Fatalf("deleted %v, want [k]", dels)
+		}
+		if len(h.interest.keys) != 0 {
+			t.Fatalf("%d keys kept after their row went", len(h.interest.keys))
+		}
+	})
+
+	t.Run("after reconnecting, only followed keys are written again", func(t *testing.T) {
+		h, w := bookkeeping(t)
+		h.interest.add("followed")
+		h.interest.add("left")
+		_ = flushed(t, h)
+		w.fail = boom // the delete of "left" fails
+		h.interest.remove("left")
+		_ = flushed(t, h)
+		w.fail = nil
+		h.interest.requeue()
+		_ = flushed(t, h)
+		dels, ins := w.last()
+		if !slices.Equal(ins, []string{"followed"}) || !slices.Equal(dels, []string{"left"}) {
+			t.Fatalf("inserted %v and deleted %v, want [followed] and [left]", ins, dels)
+		}
+	})
+
+	t.Run("a failed write fails its waiters and is repeated", func(t *testing.T) {
+		h, w := bookkeeping(t)
+		r := h.interest.add("k")
+		w.fail = boom
+		if err := flushed(t, h); !errors.Is(err, boom) {
+			t.Fatalf("flush: %v, want %v", err, boom)
+		}
+		if err := waitFor(t, r); !errors.Is(err, boom) {
+			t.Fatalf("waiter told %v, want %v", err, boom)
+		}
+		w.fail = nil
+		_ = flushed(t, h) // the stream has not left yet: the key is written again
+		if _, ins := w.last(); !slices.Equal(ins, []string{"k"}) {
+			t.Fatalf("inserted %v, want [k] again", ins)
+		}
+	})
+
+	t.Run("a key whose write failed and whose stream left is deleted, not forgotten", func(t *testing.T) {
+		h, w := bookkeeping(t)
+		h.interest.add("k")
+		w.fail = boom // the insert may have committed all the same
+		_ = flushed(t, h)
+		h.interest.remove("k")
+		w.fail = nil
+		_ = flushed(t, h)
+		if dels, _ := w.last(); !slices.Equal(dels, []string{"k"}) {
+			t.Fatalf("deleted %v, want [k]", dels)
+		}
+	})
+
+	t.Run("a key followed again while its delete was in flight is written again", func(t *testing.T) {
+		h, w := bookkeeping(t)
+		h.interest.add("k")
+		_ = flushed(t, h)
+		h.interest.remove("k")
+		var r *registration
+		w.during = func() { r = h.interest.add("k") }
+		w.fail = boom // and the delete's outcome is unknown
+		_ = flushed(t, h)
+		select {
+		case <-r.done:
+			t.Fatal("the new subscriber was told the key is in place while its row may be gone")
+		default:
+		}
+		w.fail = nil
+		_ = flushed(t, h)
+		if _, ins := w.last(); !slices.Equal(ins, []string{"k"}) {
+			t.Fatalf("inserted %v, want [k]", ins)
+		}
+		if err := waitFor(t, r); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a subscriber arriving during the insert is told once it committed", func(t *testing.T) {
+		h, _ := bookkeeping(t)
+		h.interest.add("k")
+		var r *registration
+		hw := h.write
+		h.write = func(ctx context.Context, dels, ins, renewed []string, renew, catchingUp bool) (int64, int64, error) {
+			r = h.interest.add("k")
+			return hw(ctx, dels, ins, renewed, renew, catchingUp)
+		}
+		_ = flushed(t, h)
+		if err := waitFor(t, r); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("a key written while transactions ran is woken once they ended", func(t *testing.T) {
+		h, w := bookkeeping(t)
+		ch := make(chan struct{}, 1)
+		h.subs["k"] = map[chan struct{}]struct{}{ch: {}}
+		h.interest.add("k")
+		w.running = true
+		_ = flushed(t, h)
+		select {
+		case <-ch:
+			t.Fatal("woken before the transactions running at the write ended")
+		default:
+		}
+		if !h.interest.catchingUp() {
+			t.Fatal("no catch-up owed")
+		}
+		_ = flushed(t, h) // still running
+		select {
+		case <-ch:
+			t.Fatal("woken while they still run")
+		default:
+		}
+		w.running = false
+		_ = flushed(t, h)
+		select {
+		case <-ch:
+		default:
+			t.Fatal("not woken once they ended")
+		}
+	})
+}
