@@ -99,10 +99,18 @@ type interest struct {
 	pending []catchUp
 	rewrite bool // write every row again (see requeue)
 	kick    chan struct{}
+	wait    time.Duration // catchUpWait; tests lengthen it
 }
 
 func newInterest() *interest {
-	return &interest{keys: map[string]*keyState{}, kick: make(chan struct{}, 1)}
+	return &interest{keys: map[string]*keyState{}, kick: make(chan struct{}, 1), wait: catchUpWait}
+}
+
+// lapsed reports whether rows last renewed at last may have expired by now
+// (renewals failed for a whole TTL, less the time to the next renewal): the
+// hub then writes them again as after a reconnect, waking its streams.
+func lapsed(last, now time.Time) bool {
+	return now.Sub(last) >= interestTTL-interestRenew
 }
 
 func (in *interest) signal() {
@@ -210,16 +218,14 @@ func (h *Hub) flush(ctx context.Context, renew bool) error {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	// On an error the write may or may not have committed: assume
-	// neither, and let the next flush settle it (inserts and deletes can
-	// be repeated).
+	// neither. Queued, a key is inserted again if followed and deleted
+	// again if not (both can be repeated), and a new subscriber waits.
 	for _, key := range dels {
 		ks := in.keys[key]
 		switch {
-		case ks.refs > 0: // followed again meanwhile
+		case err != nil || ks.refs > 0:
 			ks.row = rowQueued
 			in.signal()
-		case err != nil:
-			ks.row = rowPresent // delete again
 		default:
 			delete(in.keys, key)
 		}
@@ -227,11 +233,11 @@ func (h *Hub) flush(ctx context.Context, renew bool) error {
 	for _, key := range ins {
 		ks := in.keys[key]
 		switch {
+		case err != nil:
+			ks.row = rowQueued
 		case ks.refs == 0: // left meanwhile: delete it
 			ks.row = rowPresent
 			in.signal()
-		case err != nil:
-			ks.row = rowQueued
 		default:
 			ks.row = rowPresent
 			ks.again = false
@@ -258,7 +264,7 @@ func (h *Hub) flush(ctx context.Context, renew bool) error {
 	}
 	kept := in.pending[:0]
 	for _, c := range in.pending {
-		if xmin > c.after || now.Sub(c.since) >= catchUpWait {
+		if xmin > c.after || now.Sub(c.since) >= in.wait {
 			h.wakeKeys(c.keys) // waited long enough: one more read costs little
 			continue
 		}

@@ -5,18 +5,21 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 )
 
 // writes records what the hub's flushes ask of the database, and fails or
 // runs a hook (something happening while the write is in flight) on demand.
 type writes struct {
 	dels, ins [][]string
+	renewed   []string // by the last write
 	fail      error
 	during    func()
 	running   bool // a transaction up to the write's id is still running
 }
 
-func (w *writes) write(_ context.Context, dels, ins, _ []string, _, _ bool) (int64, int64, error) {
+func (w *writes) write(_ context.Context, dels, ins, renewed []string, _, _ bool) (int64, int64, error) {
+	w.renewed = slices.Sorted(slices.Values(renewed))
 	w.dels = append(w.dels, slices.Sorted(slices.Values(dels)))
 	w.ins = append(w.ins, slices.Sorted(slices.Values(ins)))
 	if w.during != nil {
@@ -212,4 +215,93 @@ func TestFollowedKeysBookkeeping(t *testing.T) {
 			t.Fatal("not woken once they ended")
 		}
 	})
+	t.Run("a key whose delete failed makes a new subscriber wait for its insert", func(t *testing.T) {
+		h, w := bookkeeping(t)
+		h.interest.add("k")
+		_ = flushed(t, h)
+		h.interest.remove("k")
+		w.fail = boom // the delete may have committed
+		_ = flushed(t, h)
+		w.fail = nil
+		r := h.interest.add("k")
+		if r == nil {
+			t.Fatal("a new subscriber was told the key is in place while its row may be gone")
+		}
+		_ = flushed(t, h)
+		if _, ins := w.last(); !slices.Equal(ins, []string{"k"}) {
+			t.Fatalf("inserted %v, want [k]", ins)
+		}
+		if err := waitFor(t, r); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("renewing re-inserts the followed keys", func(t *testing.T) {
+		h, w := bookkeeping(t)
+		h.interest.add("a")
+		h.interest.add("b")
+		_ = flushed(t, h)
+		if err := h.flush(context.Background(), true); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(w.renewed, []string{"a", "b"}) {
+			t.Fatalf("renewed %v, want [a b]", w.renewed)
+		}
+	})
+
+	t.Run("after a rewrite the running streams re-read, new subscriber or not", func(t *testing.T) {
+		for _, newcomer := range []bool{false, true} {
+			h, w := bookkeeping(t)
+			ch := make(chan struct{}, 1)
+			h.subs["k"] = map[chan struct{}]struct{}{ch: {}}
+			h.interest.add("k")
+			_ = flushed(t, h)
+			h.interest.requeue()
+			var r *registration
+			if newcomer {
+				// The rewrite fails once; a subscriber arriving then waits
+				// for the next write, which must still wake the others.
+				w.fail = boom
+				_ = flushed(t, h)
+				w.fail = nil
+				if r = h.interest.add("k"); r == nil {
+					t.Fatal("a subscriber arriving after a failed rewrite did not wait for the next")
+				}
+			}
+			_ = flushed(t, h)
+			if _, ins := w.last(); !slices.Equal(ins, []string{"k"}) {
+				t.Fatalf("rewrote %v, want [k]", ins)
+			}
+			select {
+			case <-ch:
+			default:
+				t.Fatalf("running stream not woken after the rewrite (newcomer %v)", newcomer)
+			}
+			if r != nil {
+				if err := waitFor(t, r); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	})
+}
+
+// Rows count as possibly expired once renewals have failed for the TTL
+// less one renewal period.
+func TestLapsed(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	for _, c := range []struct {
+		since time.Duration
+		want  bool
+	}{
+		{interestRenew, false},
+		{interestTTL - interestRenew - time.Second, false},
+		{interestTTL - interestRenew, true},
+		{2 * interestTTL, true},
+	} {
+		if got := lapsed(now.Add(-c.since), now); got != c.want {
+			t.Errorf("last renewed %v ago: lapsed %v, want %v", c.since, got, c.want)
+		}
+	}
 }

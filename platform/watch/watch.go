@@ -294,6 +294,7 @@ func (h *Hub) record(ctx context.Context) {
 	retry := backoff.New(50*time.Millisecond, 5*time.Second)
 	catchUp := backoff.New(2*time.Millisecond, 200*time.Millisecond)
 	renewing := false // kept until a flush succeeds
+	renewed := time.Now()
 	for {
 		var poll <-chan time.Time
 		if h.interest.catchingUp() {
@@ -308,6 +309,9 @@ func (h *Hub) record(ctx context.Context) {
 		case <-poll:
 		case <-renew.C:
 			renewing = true
+			if lapsed(renewed, time.Now()) {
+				h.interest.requeue()
+			}
 		}
 		if err := h.flush(ctx, renewing); err != nil {
 			if ctx.Err() != nil {
@@ -320,7 +324,9 @@ func (h *Hub) record(ctx context.Context) {
 			h.interest.signal()
 			continue
 		}
-		renewing = false
+		if renewing {
+			renewing, renewed = false, time.Now()
+		}
 		retry.Reset()
 	}
 }

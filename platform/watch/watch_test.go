@@ -156,9 +156,10 @@ func TestNotifyOnlyWhenFollowed(t *testing.T) {
 // The race the hub closes: a writer looked for followers before the
 // stream's key was recorded (so it sends nothing) and commits after the
 // stream's first read. The stream must still see the change, long before
-// its recheck (an hour here). The writer either began before the hub wrote
-// the key, or began while the hub's write was in flight (a trigger holds
-// it), with a newer transaction id than the hub's.
+// its recheck (an hour here) and the hub's fallback (a minute here). The
+// writer either began before the hub wrote the key, or began while the
+// hub's write was in flight, with a newer transaction id than the hub's (a
+// trigger holds that write on an advisory lock the test holds).
 func TestChangeInFlightWhenTheStreamStartsIsSeen(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
@@ -173,13 +174,15 @@ func TestChangeInFlightWhenTheStreamStartsIsSeen(t *testing.T) {
 				t.Fatal(err)
 			}
 			hub := running(t, pool, "test_changes", nil)
+			hub.SetCatchUpWait(time.Minute)
 			settle(t, pool, hub) // no wake-up after listening may show the change
 
 			seen := make(chan int, 100)
+			failed := make(chan error, 1)
 			fctx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			follow := func() {
-				_ = hub.Follow(fctx, "k", time.Hour, nil, func() (bool, error) {
+				failed <- hub.Follow(fctx, "k", time.Hour, nil, func() (bool, error) {
 					var n int
 					if err := pool.QueryRow(fctx, `SELECT n FROM counters WHERE id = 'k'`).Scan(&n); err != nil {
 						return false, err
@@ -188,15 +191,42 @@ func TestChangeInFlightWhenTheStreamStartsIsSeen(t *testing.T) {
 					return n == 1, nil
 				})
 			}
+			next := func() int {
+				select {
+				case n := <-seen:
+					return n
+				case err := <-failed:
+					t.Fatalf("stream ended: %v", err)
+				case <-time.After(30 * time.Second):
+					t.Fatal("the stream never saw the change that was in flight when it started")
+				}
+				return 0
+			}
+			release := func() {}
 			if c.duringWrite {
-				if _, err := pool.Exec(ctx, `CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+				gate, err := pool.Acquire(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer gate.Release()
+				if _, err := gate.Exec(ctx, `SELECT pg_advisory_lock(7)`); err != nil {
+					t.Fatal(err)
+				}
+				release = func() {
+					if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(7)`); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := pool.Exec(ctx, `CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_xact_lock(7); RETURN NULL; END $$;
 					CREATE TRIGGER hold AFTER INSERT ON watch_interest FOR EACH ROW WHEN (NEW.key = 'k') EXECUTE FUNCTION hold()`); err != nil {
 					t.Fatal(err)
 				}
 				go follow()
+				// Its row is inserted (it has an id) and the trigger waits.
 				testkit.WaitFor(t, 10*time.Second, "the hub's write to be held", func() bool {
 					var n int
-					err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'INSERT INTO watch_interest%'`).Scan(&n)
+					err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+						WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()`).Scan(&n)
 					return err == nil && n > 0
 				})
 			}
@@ -211,25 +241,20 @@ func TestChangeInFlightWhenTheStreamStartsIsSeen(t *testing.T) {
 			if err := watch.Notify(ctx, writer, "test_changes", "k"); err != nil {
 				t.Fatal(err)
 			}
-			if !c.duringWrite {
+			if c.duringWrite {
+				release()
+			} else {
 				go follow()
 			}
-			if n := <-seen; n != 0 {
+			if n := next(); n != 0 {
 				t.Fatalf("first read %d, want 0: the writer has not committed", n)
 			}
 			if err := writer.Commit(ctx); err != nil {
 				t.Fatal(err)
 			}
-			// Well before the hub would wake the stream anyway (after 10 s).
-			deadline := time.After(8 * time.Second)
 			for {
-				select {
-				case n := <-seen:
-					if n == 1 {
-						return
-					}
-				case <-deadline:
-					t.Fatal("the stream never saw the change that was in flight when it started")
+				if next() == 1 {
+					return
 				}
 			}
 		})
