@@ -139,11 +139,19 @@ func (c *Consumer) apply(parent context.Context, cl transport.Claim, h handler, 
 		return false, infraError{fmt.Errorf("begin: %w", err)}
 	}
 	defer tx.Rollback(context.Background())
-	if err := c.fence(ctx, tx, cl); err != nil {
+	b := &pgx.Batch{}
+	fenced := c.queueFence(b, cl)
+	b.Queue(`INSERT INTO inbox (consumer_group, event_id, event_type) VALUES ($1, $2, $3)
+		ON CONFLICT DO NOTHING`, c.cfg.Group, md.ID, md.Type)
+	br := tx.SendBatch(ctx, b)
+	if err := fenced(br); err != nil {
+		br.Close()
 		return false, err
 	}
-	tag, err := tx.Exec(ctx, `INSERT INTO inbox (consumer_group, event_id, event_type) VALUES ($1, $2, $3)
-		ON CONFLICT DO NOTHING`, c.cfg.Group, md.ID, md.Type)
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return false, infraError{fmt.Errorf("record in inbox: %w", err)}
 	}
@@ -185,25 +193,30 @@ func (c *Consumer) startSpan(parent context.Context, md Metadata) (context.Conte
 		))
 }
 
-// fence records the claim's ownership epoch for its partition, failing with
-// errFenced if a later owner has already written: the row lock it takes
-// also orders this transaction after any still running of a former owner.
-// Transports that do not fence (epoch 0) skip it.
-func (c *Consumer) fence(ctx context.Context, tx pgx.Tx, cl transport.Claim) error {
+// queueFence queues, first in b, the record of the claim's ownership epoch
+// for its partition, and returns the check of its result: errFenced if a
+// later owner has already written. The row lock it takes also orders this
+// transaction after any still running of a former owner. Transports that
+// do not fence (epoch 0) queue nothing. Queued with the inbox insert, the
+// fence costs no round trip of its own.
+func (c *Consumer) queueFence(b *pgx.Batch, cl transport.Claim) (check func(pgx.BatchResults) error) {
 	epoch := cl.Epoch()
 	if epoch <= 0 {
-		return nil
+		return func(pgx.BatchResults) error { return nil }
 	}
-	tag, err := tx.Exec(ctx, `INSERT INTO consumer_epochs AS e (consumer_group, topic, partition, epoch) VALUES ($1, $2, $3, $4)
+	b.Queue(`INSERT INTO consumer_epochs AS e (consumer_group, topic, partition, epoch) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET epoch = excluded.epoch WHERE e.epoch <= excluded.epoch`,
 		c.cfg.Group, cl.Topic(), cl.Partition(), epoch)
-	if err != nil {
-		return infraError{fmt.Errorf("check partition epoch: %w", err)}
+	return func(br pgx.BatchResults) error {
+		tag, err := br.Exec()
+		if err != nil {
+			return infraError{fmt.Errorf("check partition epoch: %w", err)}
+		}
+		if tag.RowsAffected() == 0 {
+			return errFenced
+		}
+		return nil
 	}
-	if tag.RowsAffected() == 0 {
-		return errFenced
-	}
-	return nil
 }
 
 // infraError is a failure of the database rather than of the handler.

@@ -150,30 +150,40 @@ func (c *Consumer) applyTx(ctx context.Context, cl transport.Claim, run []ready)
 		return 0, 0, infraError{fmt.Errorf("begin: %w", err)}
 	}
 	defer tx.Rollback(context.Background())
-	if err := c.fence(bctx, tx, cl); err != nil {
-		return 0, 0, err
-	}
 	ids := make([]uuid.UUID, len(run))
 	types := make([]string, len(run))
 	for i, r := range run {
 		ids[i], types[i] = r.md.ID, r.md.Type
 	}
-	rows, err := tx.Query(bctx, `INSERT INTO inbox (consumer_group, event_id, event_type)
+	b := &pgx.Batch{}
+	fenced := c.queueFence(b, cl)
+	b.Queue(`INSERT INTO inbox (consumer_group, event_id, event_type)
 		SELECT $1, id, type FROM unnest($2::uuid[], $3::text[]) AS u(id, type)
 		ON CONFLICT DO NOTHING RETURNING event_id`, c.cfg.Group, ids, types)
-	if err != nil {
-		return 0, 0, infraError{fmt.Errorf("record in inbox: %w", err)}
+	br := tx.SendBatch(bctx, b)
+	if err := fenced(br); err != nil {
+		br.Close()
+		return 0, 0, err
 	}
 	fresh := map[uuid.UUID]bool{}
-	for rows.Next() {
-		var id uuid.UUID
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return 0, 0, infraError{fmt.Errorf("record in inbox: %w", err)}
+	rows, err := br.Query()
+	if err == nil {
+		for rows.Next() {
+			var id uuid.UUID
+			if err = rows.Scan(&id); err != nil {
+				break
+			}
+			fresh[id] = true
 		}
-		fresh[id] = true
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
 	}
-	if err := rows.Err(); err != nil {
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return 0, 0, infraError{fmt.Errorf("record in inbox: %w", err)}
 	}
 	hooks := &txHooks{}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/switchyard/switchyard/platform/broker"
@@ -79,6 +81,66 @@ func TestFormerOwnerIsFenced(t *testing.T) {
 	}
 	if n != 4 {
 		t.Fatalf("%d events applied, want the 4 of current owners", n)
+	}
+}
+
+// trips counts a pool's round trips: each statement sent alone, each batch.
+type trips struct{ n atomic.Int64 }
+
+func (r *trips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	r.n.Add(1)
+	return ctx
+}
+func (r *trips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (r *trips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	r.n.Add(1)
+	return ctx
+}
+func (r *trips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (r *trips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// An event applied alone costs BEGIN, one round trip for the fence and the
+// inbox row together, the handler's statements and COMMIT, whether or not
+// the transport fences.
+func TestApplyRoundTrips(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(testkit.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter := &trips{}
+	cfg.ConnConfig.Tracer = counter
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := broker.New(broker.Config{Brokers: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{Transport: tr, Group: "trips", Topics: []string{"test.fence"}, Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	Handle(c, func(ctx context.Context, tx pgx.Tx, _ *wrapperspb.Int64Value, _ Metadata) error {
+		_, err := tx.Exec(ctx, `SELECT 1`)
+		return err
+	})
+	h := c.handlers["google.protobuf.Int64Value"]
+	for _, epoch := range []int64{0, 3} {
+		md := Metadata{Metadata: envelope.Metadata{ID: uuid.New(), Type: "google.protobuf.Int64Value"}, Topic: "test.fence"}
+		before := counter.n.Load()
+		if _, err := c.apply(ctx, epochClaim{epoch: epoch}, h, wrapperspb.Int64(1), md); err != nil {
+			t.Fatal(err)
+		}
+		if got := counter.n.Load() - before; got != 4 {
+			t.Errorf("epoch %d: %d round trips, want 4 (BEGIN, fence and inbox, the handler's statement, COMMIT)", epoch, got)
+		}
 	}
 }
 
