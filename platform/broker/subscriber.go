@@ -289,19 +289,32 @@ func (c *claim) Epoch() int64                          { return 0 }
 func (c *claim) Messages() <-chan []*transport.Message { return c.out }
 func (c *claim) Context() context.Context              { return c.ctx }
 
-// Lag is the partition's high watermark minus the next offset to deliver,
-// from the client's cached watermarks.
+// Lag is the partition's high watermark minus the next offset to deliver.
+// The client's cached watermark comes with fetch responses, so it can show
+// nothing left while newer messages wait for the next fetch; when it does,
+// the broker is asked (briefly: a broker that does not answer leaves the
+// cached figure).
 func (c *claim) Lag() int64 {
-	_, high, err := c.m.kc.GetWatermarkOffsets(*c.tp.Topic, c.tp.Partition)
-	if err != nil || high < 0 {
-		return -1
-	}
 	pos, err := c.m.kc.Position([]kafka.TopicPartition{c.tp})
 	if err != nil || len(pos) == 0 || pos[0].Offset < 0 {
 		return -1
 	}
-	return max(0, high-int64(pos[0].Offset))
+	next := int64(pos[0].Offset)
+	_, high, err := c.m.kc.GetWatermarkOffsets(*c.tp.Topic, c.tp.Partition)
+	if err != nil || high < 0 {
+		return -1
+	}
+	if high > next {
+		return high - next
+	}
+	if _, fresh, err := c.m.kc.QueryWatermarkOffsets(*c.tp.Topic, c.tp.Partition, lagQueryTimeoutMs); err == nil && fresh > next {
+		return fresh - next
+	}
+	return 0
 }
+
+// lagQueryTimeoutMs bounds Lag's question to the broker.
+const lagQueryTimeoutMs = 200
 
 // Commit stores the offset after the last of msgs; the client commits stored
 // offsets every second and when the partition is revoked or the member
