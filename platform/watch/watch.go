@@ -267,9 +267,9 @@ func (h *Hub) listen(ctx context.Context) error {
 		return err
 	}
 	// The cluster may have restarted, which empties the record of followed
-	// keys: write it again (its streams are woken once it is written).
+	// keys: write it again. Its streams are woken once it is written, which
+	// also covers anything that changed while nobody listened.
 	h.interest.requeue()
-	h.wake("", true) // anything that changed before LISTEN took effect
 	for {
 		n, err := pc.WaitForNotification(ctx)
 		if err != nil {
