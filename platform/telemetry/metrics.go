@@ -140,7 +140,7 @@ func (m *Metrics) TrackLag(c *consumer.Consumer) (untrack func()) {
 }
 
 var lagDesc = prometheus.NewDesc("switchyard_consumer_lag_messages",
-	"Messages of an owned partition not yet delivered to the consumer (-1 when unknown).",
+	"Messages of an owned partition not yet delivered to the consumer, as the transport last saw them (Kafka: as of the last fetch response); -1 when unknown.",
 	[]string{"group", "topic", "partition"}, nil)
 
 // lagCollector reads each owned partition's lag at scrape time, for every

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,6 +107,21 @@ func (b *Broker) StallHeartbeats() (release func()) {
 	})
 	var once sync.Once
 	return func() { once.Do(func() { close(done) }) }
+}
+
+// Requests counts the requests of kind key the broker receives from now
+// until it stops (every client's, the test's own included); the function
+// returned reads the count.
+func (b *Broker) Requests(key kmsg.Key) func() int64 {
+	b.mu.Lock()
+	c := b.cluster
+	b.mu.Unlock()
+	var n atomic.Int64
+	c.ControlKey(int16(key), func(kmsg.Request) (kmsg.Response, error, bool) {
+		n.Add(1)
+		return nil, nil, false // not handled: kept, and answered as usual
+	})
+	return n.Load
 }
 
 // Stop closes the broker; clients see it as unreachable until Start.
