@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/switchyard/switchyard/platform/testkit"
 )
 
 // writes records what the hub's flushes ask of the database, and fails or
@@ -303,5 +305,59 @@ func TestLapsed(t *testing.T) {
 		if got := lapsed(now.Add(-c.since), now); got != c.want {
 			t.Errorf("last renewed %v ago: lapsed %v, want %v", c.since, got, c.want)
 		}
+	}
+}
+
+// A renewal whose write fails is carried into the retries until one
+// succeeds, rather than waiting for the next tick a minute later: rows
+// left unrenewed expire, and writers stop notifying their keys.
+func TestFailedRenewalIsRetried(t *testing.T) {
+	t.Parallel()
+	pool := testkit.Pool(t, testkit.Database(t)) // for the rows' delete when the hub stops
+	if err := Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	h := NewHub(pool, "c", nil, nil)
+	// The record writes one flush at a time; the second write fails.
+	renews := make(chan bool, 8)
+	var n int
+	h.write = func(_ context.Context, _, _, _ []string, renew, _ bool) (int64, int64, error) {
+		n++
+		renews <- renew
+		if n == 2 {
+			return 0, 0, errors.New("connection lost")
+		}
+		return 10, 11, nil
+	}
+	next := func(what string) bool {
+		t.Helper()
+		select {
+		case renew := <-renews:
+			return renew
+		case <-time.After(10 * time.Second):
+			t.Fatal("no write for " + what)
+			return false
+		}
+	}
+	ticks := make(chan time.Time)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); h.record(ctx, ticks) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	h.interest.add("k")
+	if next("the new key's insert") {
+		t.Fatal("the first insert renewed, with no tick")
+	}
+	ticks <- time.Now()
+	if !next("the renewal") {
+		t.Fatal("a tick's flush did not renew")
+	}
+	if !next("10 s after a failed renewal: it was dropped, not retried") {
+		t.Fatal("the retry after a failed renewal did not renew: the rows would go unrenewed until the next tick")
+	}
+	h.interest.add("k2")
+	if next("the second key's insert") {
+		t.Fatal("a flush after a successful renewal renewed again")
 	}
 }

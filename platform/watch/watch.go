@@ -236,9 +236,11 @@ func (h *Hub) Follow(ctx context.Context, key string, recheck time.Duration, sto
 // Run listens, and keeps the hub's record of the keys it follows, until ctx
 // ends, re-establishing the connection after errors.
 func (h *Hub) Run(ctx context.Context) error {
+	renew := time.NewTicker(interestRenew)
+	defer renew.Stop()
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); h.record(ctx) }()
+	go func() { defer wg.Done(); h.record(ctx, renew.C) }()
 	defer wg.Wait()
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
@@ -280,8 +282,9 @@ func (h *Hub) listen(ctx context.Context) error {
 }
 
 // record keeps watch_interest in line with the keys followed (see
-// interest.go) until ctx ends, then deletes this hub's rows.
-func (h *Hub) record(ctx context.Context) {
+// interest.go) until ctx ends, then deletes this hub's rows. Each value
+// from renewals has the next flush renew the rows.
+func (h *Hub) record(ctx context.Context, renewals <-chan time.Time) {
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -289,8 +292,6 @@ func (h *Hub) record(ctx context.Context) {
 			h.logger.Warn("watch: delete followed keys", "channel", h.channel, "error", err)
 		}
 	}()
-	renew := time.NewTicker(interestRenew)
-	defer renew.Stop()
 	retry := backoff.New(50*time.Millisecond, 5*time.Second)
 	catchUp := backoff.New(2*time.Millisecond, 200*time.Millisecond)
 	renewing := false // kept until a flush succeeds
@@ -307,7 +308,7 @@ func (h *Hub) record(ctx context.Context) {
 			return
 		case <-h.interest.kick:
 		case <-poll:
-		case <-renew.C:
+		case <-renewals:
 			renewing = true
 			if lapsed(renewed, time.Now()) {
 				h.interest.requeue()

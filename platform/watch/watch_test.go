@@ -400,3 +400,34 @@ func BenchmarkNotify(b *testing.B) {
 		})
 	}
 }
+
+// A hub that stops deletes its rows, streams still open or not: writers
+// stop notifying its keys at once rather than when the rows expire.
+func TestStoppedHubDeletesItsRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrated(t)
+	runCtx, stop := context.WithCancel(ctx)
+	hub := watch.NewHub(pool, "test_changes", nil, nil)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = hub.Run(runCtx) }()
+	t.Cleanup(func() { stop(); <-done })
+	rows := func() int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM watch_interest`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	subscribe(t, hub, "open")
+	subscribe(t, hub, "also-open")
+	if n := rows(); n != 2 {
+		t.Fatalf("%d rows for two followed keys", n)
+	}
+	stop()
+	<-done // Run returns once the rows are deleted
+	if n := rows(); n != 0 {
+		t.Fatalf("%d rows left by a hub that stopped", n)
+	}
+}
