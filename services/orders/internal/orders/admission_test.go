@@ -50,3 +50,30 @@ func TestAdmit(t *testing.T) {
 		})
 	}
 }
+
+// The admission bounds as the README's configuration table documents them:
+// defaults when unset, off when set to 0.
+func TestAdmissionBoundsFromEnv(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name       string
+		env        map[string]string
+		maxPending int
+		maxAge     time.Duration
+	}{
+		{"defaults", nil, 100, time.Second},
+		{"set", map[string]string{"SWITCHYARD_ORDERS_MAX_PENDING": "30", "SWITCHYARD_ORDERS_MAX_PENDING_AGE": "300ms"}, 30, 300 * time.Millisecond},
+		{"off", map[string]string{"SWITCHYARD_ORDERS_MAX_PENDING": "0", "SWITCHYARD_ORDERS_MAX_PENDING_AGE": "0"}, -1, -1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o, err := OptionsFromEnv(func(k string) string { return c.env[k] })
+			if err != nil {
+				t.Fatal(err)
+			}
+			o = o.withDefaults()
+			if o.MaxPending != c.maxPending || o.MaxPendingAge != c.maxAge {
+				t.Fatalf("MaxPending %d, MaxPendingAge %v; want %d, %v", o.MaxPending, o.MaxPendingAge, c.maxPending, c.maxAge)
+			}
+		})
+	}
+}
