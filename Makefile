@@ -170,8 +170,8 @@ soak: build ## Chaos soak: load plus faults for DURATION (5m), then every invari
 	$(BIN)/soak -bin $(BIN) -duration $(or $(DURATION),5m) $(if $(SEED),-seed $(SEED))
 
 .PHONY: loadgen
-loadgen: ## Drive CreateOrder against a running `make run` (RATE=50 DURATION=20s; PLOT=file.svg draws the run)
-	cd shop && go run ./cmd/loadgen -rate $(or $(RATE),50) -duration $(or $(DURATION),20s) $(if $(PLOT),-plot $(abspath $(PLOT)))
+loadgen: ## Drive CreateOrder against a running `make run` (RATE=50 DURATION=20s PRODUCTS=1; PLOT=file.svg draws the run)
+	cd shop && go run ./cmd/loadgen -rate $(or $(RATE),50) -duration $(or $(DURATION),20s) -products $(or $(PRODUCTS),1) $(if $(PLOT),-plot $(abspath $(PLOT)))
 
 .PHONY: run
 run: build ## Start the whole shop locally (data in .switchyard/; TRANSPORT=redis for Redis Streams; ANALYTICS_INSTANCES=3 for more analytics; Ctrl-C stops it)

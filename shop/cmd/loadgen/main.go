@@ -50,6 +50,7 @@ func main() {
 	rate := flag.Int("rate", 50, "CreateOrder calls per second")
 	duration := flag.Duration("duration", 20*time.Second, "how long to send orders")
 	customers := flag.Int("customers", 20, "customers placing orders")
+	products := flag.Int("products", 1, "products ordered, one per order in turn (1: every reservation locks the same product row, the worst case)")
 	host := flag.String("host", "127.0.0.1", "host of the services (ports 50051-50055)")
 	pgURL := flag.String("postgres", "postgres://postgres@127.0.0.1:55432/postgres?sslmode=disable", "the stack's PostgreSQL, for pgbench ('' skips it)")
 	pgbenchClients := flag.Int("pgbench-clients", 8, "pgbench client connections")
@@ -59,7 +60,11 @@ func main() {
 	if *metrics == "" {
 		*metrics = defaultMetrics(*host)
 	}
-	if err := run(*rate, *duration, *customers, *host, *pgURL, *pgbenchClients, *plot, metricsTargets(*metrics)); err != nil {
+	if *products < 1 || *customers < 1 {
+		fmt.Fprintln(os.Stderr, "loadgen: -products and -customers must be at least 1")
+		os.Exit(2)
+	}
+	if err := run(*rate, *duration, *customers, *products, *host, *pgURL, *pgbenchClients, *plot, metricsTargets(*metrics)); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
 	}
@@ -85,7 +90,7 @@ func defaultMetrics(host string) string {
 
 func usd(minor int64) *moneyv1.Money { return &moneyv1.Money{Currency: "USD", AmountMinor: minor} }
 
-func run(rate int, duration time.Duration, nCustomers int, host, pgURL string, pgbenchClients int, plot string, metrics []string) error {
+func run(rate int, duration time.Duration, nCustomers, nProducts int, host, pgURL string, pgbenchClients int, plot string, metrics []string) error {
 	ctx := context.Background()
 	shutdown, err := telemetry.SetupTracing(ctx, "loadgen", os.Getenv)
 	if err != nil {
@@ -112,9 +117,12 @@ func run(rate int, duration time.Duration, nCustomers int, host, pgURL string, p
 
 	runID := strings.ToUpper(uuid.NewString()[:8])
 	total := rate * int(duration.Seconds())
-	sku := "LOAD-" + runID
-	if _, err := inv.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: sku, Name: "load " + runID, Price: usd(100), Stock: int64(total * 2)}); err != nil {
-		return fmt.Errorf("create product (is `make run` running?): %w", err)
+	skus := make([]string, nProducts)
+	for i := range skus {
+		skus[i] = fmt.Sprintf("LOAD-%s-%d", runID, i)
+		if _, err := inv.CreateProduct(ctx, &inventoryv1.CreateProductRequest{Sku: skus[i], Name: "load " + runID, Price: usd(100), Stock: int64(total * 2)}); err != nil {
+			return fmt.Errorf("create product (is `make run` running?): %w", err)
+		}
 	}
 	ids := make([]string, nCustomers)
 	for i := range ids {
@@ -134,7 +142,7 @@ func run(rate int, duration time.Duration, nCustomers int, host, pgURL string, p
 		}
 	}
 
-	fmt.Printf("loadgen: %d orders at %d/s for %s from %d customers\n", total, rate, duration, nCustomers)
+	fmt.Printf("loadgen: %d orders at %d/s for %s from %d customers, of %d products\n", total, rate, duration, nCustomers, nProducts)
 	var mu sync.Mutex
 	var createLat, terminalLat []time.Duration
 	outcomes := map[string]int{}
@@ -160,7 +168,7 @@ func run(rate int, duration time.Duration, nCustomers int, host, pgURL string, p
 			t0 := time.Now()
 			tl.addSent(t0)
 			o, err := orders.CreateOrder(ctx, &ordersv1.CreateOrderRequest{CustomerId: ids[i%nCustomers],
-				Items: []*ordersv1.CreateOrderItem{{Sku: sku, Quantity: 1}}, IdempotencyKey: fmt.Sprintf("load-%s-%d", runID, i)})
+				Items: []*ordersv1.CreateOrderItem{{Sku: skus[i%nProducts], Quantity: 1}}, IdempotencyKey: fmt.Sprintf("load-%s-%d", runID, i)})
 			if err != nil {
 				key := "CreateOrder error: " + err.Error()
 				if status.Code(err) == codes.ResourceExhausted {
