@@ -3,7 +3,7 @@ package orders
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -17,8 +17,10 @@ import (
 // backlog is what admission control knows of the sagas in flight, refreshed
 // in the background: CreateOrder must not pay a query for it.
 type backlog struct {
-	pending  atomic.Int64 // orders not yet terminal
-	oldestNS atomic.Int64 // age of the oldest, in nanoseconds
+	mu       sync.Mutex
+	seen     int64         // orders not yet terminal, as last read
+	pending  int64         // seen, plus the orders admitted since
+	oldest   time.Duration // age of the oldest, as last read
 	rejected prometheus.Counter
 }
 
@@ -35,10 +37,10 @@ func (b *backlog) collectors() []prometheus.Collector {
 		b.rejected,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_orders_pending",
 			Help: "Orders whose saga has not finished (as admission control last saw them)."},
-			func() float64 { return float64(b.pending.Load()) }),
+			func() float64 { b.mu.Lock(); defer b.mu.Unlock(); return float64(b.seen) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_orders_oldest_pending_age_seconds",
 			Help: "Age of the oldest order whose saga has not finished."},
-			func() float64 { return time.Duration(b.oldestNS.Load()).Seconds() }),
+			func() float64 { b.mu.Lock(); defer b.mu.Unlock(); return b.oldest.Seconds() }),
 	}
 }
 
@@ -50,8 +52,9 @@ func (b *backlog) refresh(ctx context.Context, pool *pgxpool.Pool, interval time
 		var oldest time.Duration
 		err := pool.QueryRow(ctx, `SELECT count(*), coalesce(now() - min(create_time), '0') FROM orders WHERE saga_deadline IS NOT NULL`).Scan(&n, &oldest)
 		if err == nil {
-			b.pending.Store(n)
-			b.oldestNS.Store(int64(oldest))
+			b.mu.Lock()
+			b.seen, b.pending, b.oldest = n, n, oldest
+			b.mu.Unlock()
 		}
 		select {
 		case <-ctx.Done():
@@ -61,18 +64,25 @@ func (b *backlog) refresh(ctx context.Context, pool *pgxpool.Pool, interval time
 	}
 }
 
-// admit decides whether a new order may start: not when more than
-// maxPending sagas are in flight, or the oldest has waited longer than
-// maxAge — past either the saga is not keeping up, and an order accepted
-// now would likely end in TIMEOUT. A limit of 0 is off. The error is
-// RESOURCE_EXHAUSTED with RetryInfo.
-func admit(pending int64, oldest time.Duration, maxPending int, maxAge time.Duration) error {
+// minAgeLimit is how many orders may be in flight whatever their age: one
+// slow order (a participant retrying, a group rebalancing) then does not
+// refuse new ones at low load.
+const minAgeLimit = 10
+
+// admit decides whether a new order may start: not while maxPending sagas
+// are in flight, nor while the oldest has waited longer than maxAge and at
+// least minAgeLimit are — past either the saga is not keeping up, and an
+// order accepted now would wait as long or end in TIMEOUT. pending counts
+// the sagas in flight when the backlog was last read (seen) and the orders
+// admitted since. A limit of 0 is off. The error is RESOURCE_EXHAUSTED with
+// RetryInfo.
+func admit(pending, seen int64, oldest time.Duration, maxPending int, maxAge time.Duration) error {
 	var why string
 	switch {
 	case maxPending > 0 && pending >= int64(maxPending):
 		why = fmt.Sprintf("%d orders are in progress (limit %d)", pending, maxPending)
-	case maxAge > 0 && oldest > maxAge:
-		why = fmt.Sprintf("the oldest order in progress has waited %s (limit %s)", oldest.Round(time.Millisecond), maxAge)
+	case maxAge > 0 && oldest > maxAge && seen >= minAgeLimit:
+		why = fmt.Sprintf("the oldest of %d orders in progress has waited %s (limit %s)", seen, oldest.Round(time.Millisecond), maxAge)
 	default:
 		return nil
 	}
@@ -84,11 +94,16 @@ func admit(pending int64, oldest time.Duration, maxPending int, maxAge time.Dura
 	return st.Err()
 }
 
-// admit applies admission control to a new order.
+// admit applies admission control to a new order, and counts it in flight
+// until the next refresh reads the backlog again.
 func (b *backlog) admit(o Options) error {
-	err := admit(b.pending.Load(), time.Duration(b.oldestNS.Load()), o.MaxPending, o.MaxPendingAge)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	err := admit(b.pending, b.seen, b.oldest, o.MaxPending, o.MaxPendingAge)
 	if err != nil {
 		b.rejected.Inc()
+		return err
 	}
-	return err
+	b.pending++
+	return nil
 }

@@ -9,25 +9,31 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// Admission refuses at maxPending orders in flight, counting those admitted
+// since the backlog was last read, and while the oldest has waited longer
+// than maxAge, unless fewer than minAgeLimit are in flight.
 func TestAdmit(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
-		name       string
-		pending    int64
-		oldest     time.Duration
-		maxPending int
-		maxAge     time.Duration
-		refused    bool
+		name          string
+		pending, seen int64
+		oldest        time.Duration
+		maxPending    int
+		maxAge        time.Duration
+		refused       bool
 	}{
-		{"idle", 0, 0, 100, 10 * time.Second, false},
-		{"below both", 99, 9 * time.Second, 100, 10 * time.Second, false},
-		{"at the count", 100, time.Second, 100, 10 * time.Second, true},
-		{"too old", 1, 11 * time.Second, 100, 10 * time.Second, true},
-		{"count off", 1_000_000, time.Second, 0, 10 * time.Second, false},
-		{"age off", 1, time.Hour, 100, 0, false},
+		{"idle", 0, 0, 0, 100, time.Second, false},
+		{"below both", 99, 99, 900 * time.Millisecond, 100, time.Second, false},
+		{"at the count", 100, 100, 0, 100, time.Second, true},
+		{"at the count since the last read", 100, 40, 0, 100, time.Second, true},
+		{"waited too long", 80, 80, 2 * time.Second, 100, time.Second, true},
+		{"one slow order at low load", 3, 3, 20 * time.Second, 100, time.Second, false},
+		{"slow orders past the floor", minAgeLimit, minAgeLimit, 20 * time.Second, 100, time.Second, true},
+		{"count off", 1_000_000, 1_000_000, 0, 0, time.Second, false},
+		{"age off", 50, 50, time.Hour, 100, 0, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			err := admit(c.pending, c.oldest, c.maxPending, c.maxAge)
+			err := admit(c.pending, c.seen, c.oldest, c.maxPending, c.maxAge)
 			if !c.refused {
 				if err != nil {
 					t.Fatalf("refused: %v", err)

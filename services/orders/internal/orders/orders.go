@@ -54,8 +54,9 @@ type Options struct {
 	// has waited longer than MaxPendingAge (default 1s), rather than
 	// accepted to time out. Past capacity every accepted order queues
 	// behind the pending ones: MaxPending bounds the queue,
-	// MaxPendingAge the wait. One order slower than MaxPendingAge also
-	// refuses new ones until it ends. Negative: off.
+	// MaxPendingAge the wait. The age bound applies from 10 orders in
+	// flight, so that one slow order does not refuse new ones at low
+	// load. Negative: off.
 	MaxPending    int
 	MaxPendingAge time.Duration
 }
