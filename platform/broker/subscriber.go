@@ -210,6 +210,8 @@ type claim struct {
 	backlog []*transport.Message
 	paused  bool
 	lag     int64
+
+	buffered atomic.Int64 // the batch on offer plus the backlog, as feed last saw them
 }
 
 func (c *claim) push(msg *transport.Message) {
@@ -229,15 +231,15 @@ func (c *claim) push(msg *transport.Message) {
 }
 
 // take removes up to max messages from the backlog, resuming the partition
-// when the backlog has drained.
-func (c *claim) take(max int) []*transport.Message {
+// when the backlog has drained, and returns how many are left.
+func (c *claim) take(max int) (batch []*transport.Message, left int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := min(len(c.backlog), max)
 	if n == 0 {
-		return nil
+		return nil, len(c.backlog)
 	}
-	batch := make([]*transport.Message, n)
+	batch = make([]*transport.Message, n)
 	copy(batch, c.backlog)
 	c.backlog = c.backlog[n:]
 	if len(c.backlog) == 0 {
@@ -248,7 +250,7 @@ func (c *claim) take(max int) []*transport.Message {
 			c.paused = false
 		}
 	}
-	return batch
+	return batch, len(c.backlog)
 }
 
 // feed hands the backlog to the consumer. The batch on offer keeps growing
@@ -258,9 +260,11 @@ func (c *claim) feed() {
 	defer close(c.out)
 	var batch []*transport.Message
 	for {
-		if n := c.m.s.cfg.MaxBatch - len(batch); n > 0 {
-			batch = append(batch, c.take(n)...)
-		}
+		more, left := c.take(c.m.s.cfg.MaxBatch - len(batch))
+		batch = append(batch, more...)
+		// Counted from the same take: what a push adds after it is counted
+		// once the next take has moved it into the batch.
+		c.buffered.Store(int64(len(batch) + left))
 		if len(batch) == 0 {
 			select {
 			case <-c.wake:
@@ -288,12 +292,14 @@ func (c *claim) Partition() int32                      { return c.tp.Partition }
 func (c *claim) Epoch() int64                          { return 0 }
 func (c *claim) Messages() <-chan []*transport.Message { return c.out }
 func (c *claim) Context() context.Context              { return c.ctx }
+func (c *claim) Buffered() int64                       { return c.buffered.Load() }
 
-// Lag is the partition's high watermark minus the next offset to deliver,
+// Lag is the partition's high watermark minus the next offset to fetch,
 // from the client's cached watermark: it comes with every fetch response,
 // so while the partition is fetched it is at most a fetch (100 ms) behind
-// the broker. Asking the broker instead costs a request per partition on
-// every /metrics scrape, which took 160-350 ms a scrape under load.
+// the broker, and while it is paused for a full backlog it is as of the
+// pause. Asking the broker instead costs a request per partition on every
+// /metrics scrape, which took 160-350 ms a scrape under load.
 func (c *claim) Lag() int64 {
 	_, high, err := c.m.kc.GetWatermarkOffsets(*c.tp.Topic, c.tp.Partition)
 	if err != nil || high < 0 {

@@ -221,8 +221,11 @@ type Stats struct {
 type PartitionLag struct {
 	Topic     string // the partition's topic
 	Partition int32  // its number
-	// Messages not yet delivered to this member; -1 when unknown.
+	// Messages not yet fetched by this member; -1 when unknown.
 	Messages int64
+	// Buffered counts messages fetched and waiting for the partition's
+	// worker (see transport.Claim.Buffered).
+	Buffered int64
 }
 
 // ErrPermanent marks errors that retrying cannot fix; see [Permanent].
@@ -316,7 +319,7 @@ func (c *Consumer) Lag() []PartitionLag {
 	c.claimsMu.Unlock()
 	out := make([]PartitionLag, len(claims))
 	for i, cl := range claims {
-		out[i] = PartitionLag{Topic: cl.Topic(), Partition: cl.Partition(), Messages: cl.Lag()}
+		out[i] = PartitionLag{Topic: cl.Topic(), Partition: cl.Partition(), Messages: cl.Lag(), Buffered: cl.Buffered()}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Topic != out[j].Topic {

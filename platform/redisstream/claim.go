@@ -44,6 +44,7 @@ type claim struct {
 	releasing atomic.Bool
 	lost      atomic.Bool
 	lag       atomic.Int64
+	buffered  atomic.Int64 // the batch on offer
 
 	validUntil time.Time // the lease is surely ours until then (manager only)
 	lagAt      time.Time // when lag was last read (reader only)
@@ -57,6 +58,7 @@ func (c *claim) Epoch() int64                          { return c.epoch }
 func (c *claim) Messages() <-chan []*transport.Message { return c.msgs }
 func (c *claim) Context() context.Context              { return c.ctx }
 func (c *claim) Lag() int64                            { return c.lag.Load() }
+func (c *claim) Buffered() int64                       { return c.buffered.Load() }
 
 func (c *claim) stopReading() { c.stopOnce.Do(func() { close(c.stop) }) }
 
@@ -232,8 +234,10 @@ func (c *claim) offer(batch []*transport.Message, history bool) ([]*transport.Me
 	defer tick.Stop()
 	var readErr error
 	for {
+		c.buffered.Store(int64(len(batch)))
 		select {
 		case c.msgs <- batch:
+			c.buffered.Store(0)
 			return batch, readErr
 		case <-c.stop:
 			return nil, nil

@@ -125,7 +125,7 @@ func (m *Metrics) RegisterConsumer(c *consumer.Consumer) {
 }
 
 // TrackLag adds a consumer's partitions to switchyard_consumer_lag_messages
-// (labelled with its group) until the returned function is called: a
+// and switchyard_consumer_buffered_messages (labelled with its group) until the returned function is called: a
 // process may run consumers of several groups, for example a replay's
 // beside its main one, and each group's lag is exported.
 func (m *Metrics) TrackLag(c *consumer.Consumer) (untrack func()) {
@@ -139,9 +139,14 @@ func (m *Metrics) TrackLag(c *consumer.Consumer) (untrack func()) {
 	}
 }
 
-var lagDesc = prometheus.NewDesc("switchyard_consumer_lag_messages",
-	"Messages of an owned partition not yet delivered to the consumer, as the transport last saw them (Kafka: as of the last fetch response); -1 when unknown.",
-	[]string{"group", "topic", "partition"}, nil)
+var (
+	lagDesc = prometheus.NewDesc("switchyard_consumer_lag_messages",
+		"Messages of an owned partition not yet fetched by the member, as the transport last saw them (Kafka: as of the last fetch response, or of the pause while its buffer is full); -1 when unknown.",
+		[]string{"group", "topic", "partition"}, nil)
+	bufferedDesc = prometheus.NewDesc("switchyard_consumer_buffered_messages",
+		"Messages of an owned partition fetched by the member and waiting for its worker.",
+		[]string{"group", "topic", "partition"}, nil)
+)
 
 // lagCollector reads each owned partition's lag at scrape time, for every
 // consumer tracked.
@@ -150,7 +155,7 @@ type lagCollector struct {
 	consumers map[*consumer.Consumer]bool
 }
 
-func (l *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lagDesc }
+func (l *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lagDesc; ch <- bufferedDesc }
 
 func (l *lagCollector) Collect(ch chan<- prometheus.Metric) {
 	l.mu.Lock()
@@ -161,8 +166,9 @@ func (l *lagCollector) Collect(ch chan<- prometheus.Metric) {
 	l.mu.Unlock()
 	for _, c := range cs {
 		for _, p := range c.Lag() {
-			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(p.Messages),
-				c.Group(), p.Topic, strconv.Itoa(int(p.Partition)))
+			partition := strconv.Itoa(int(p.Partition))
+			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(p.Messages), c.Group(), p.Topic, partition)
+			ch <- prometheus.MustNewConstMetric(bufferedDesc, prometheus.GaugeValue, float64(p.Buffered), c.Group(), p.Topic, partition)
 		}
 	}
 }

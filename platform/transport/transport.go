@@ -149,9 +149,14 @@ type Claim interface {
 	// dead-letter destination (Kafka: topic "<topic>.dlq"; Redis: stream
 	// "<stream>.dlq") and returns once the broker has acknowledged it.
 	DeadLetter(ctx context.Context, m *Message, extra []Header) error
-	// Lag is how many messages of the partition were not yet delivered
-	// to this claim, as last seen; -1 when unknown.
+	// Lag is how many messages of the partition were not yet fetched by
+	// this claim, as last seen; -1 when unknown.
 	Lag() int64
+	// Buffered is how many messages the claim has fetched that the
+	// consumer has not received yet: its next batches. It is counted when
+	// the claim last added to the batch it offers, so once it equals the
+	// messages sent, the next batch holds all of them (up to MaxBatch).
+	Buffered() int64
 }
 
 // Transport creates the publishers and subscribers of one broker.
