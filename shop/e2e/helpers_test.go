@@ -220,6 +220,18 @@ func (s *shop) balance(id string) int64 {
 	return a.GetAccount().GetBalance().GetAmountMinor()
 }
 
+// waitBalance waits until a customer's balance is want. An order's terminal
+// state can reach the test a moment before the payment that led to it is
+// visible in payments' database: the relay publishes a transaction once its
+// commit record is flushed, and PostgreSQL makes it visible to other
+// sessions just after.
+func (s *shop) waitBalance(id string, want int64, why string) {
+	s.t.Helper()
+	testkit.WaitFor(s.t, time.Minute, fmt.Sprintf("balance of %s to be %d (%s)", id, want, why), func() bool {
+		return s.balance(id) == want
+	})
+}
+
 // product creates a product with a unique SKU and returns the SKU.
 func (s *shop) product(price, stock int64) string {
 	s.t.Helper()

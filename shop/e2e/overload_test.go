@@ -19,8 +19,7 @@ import (
 // every invariant holds.
 func TestOverloadRefusesNewOrders(t *testing.T) {
 	t.Parallel()
-	// Only the count bound: on a slow machine the first order's age could
-	// pass the age bound before three are in.
+	// Only the count bound is under test here.
 	s := startShop(t, "SWITCHYARD_ORDERS_MAX_PENDING=3", "SWITCHYARD_ORDERS_MAX_PENDING_AGE=0")
 	cust, sku := s.customer(100_000), s.product(100, 100)
 	s.stack.Stop("inventory")
@@ -31,8 +30,9 @@ func TestOverloadRefusesNewOrders(t *testing.T) {
 	}
 	accepted := 0
 	var refusal error
-	// Admission control sees the backlog a moment late, so a few more than
-	// three may get in before the refusals start.
+	// Admission control counts the orders it admitted since it last read
+	// the backlog; one whose transaction was still running at that read
+	// may be missed, so four may get in.
 	testkit.WaitFor(t, time.Minute, "CreateOrder to be refused", func() bool {
 		_, err := create()
 		switch status.Code(err) {
@@ -47,8 +47,8 @@ func TestOverloadRefusesNewOrders(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		return false
 	})
-	if accepted < 3 {
-		t.Fatalf("refused after %d orders, want at least 3 accepted", accepted)
+	if accepted < 3 || accepted > 4 {
+		t.Fatalf("refused after %d orders accepted, want 3 (or 4)", accepted)
 	}
 	var retry *errdetails.RetryInfo
 	for _, d := range status.Convert(refusal).Details() {

@@ -21,6 +21,7 @@ type backlog struct {
 	seen     int64         // orders not yet terminal, as last read
 	pending  int64         // seen, plus the orders admitted since
 	oldest   time.Duration // age of the oldest, as last read
+	waited   time.Duration // age of the ageQuorum-th oldest, as last read
 	rejected prometheus.Counter
 }
 
@@ -44,18 +45,10 @@ func (b *backlog) collectors() []prometheus.Collector {
 	}
 }
 
-// refresh reads the backlog every interval until ctx ends. Pending orders
-// are those with a saga deadline (the partial index orders_deadline_idx).
+// refresh reads the backlog every interval until ctx ends.
 func (b *backlog) refresh(ctx context.Context, pool *pgxpool.Pool, interval time.Duration) error {
 	for {
-		var n int64
-		var oldest time.Duration
-		err := pool.QueryRow(ctx, `SELECT count(*), coalesce(now() - min(create_time), '0') FROM orders WHERE saga_deadline IS NOT NULL`).Scan(&n, &oldest)
-		if err == nil {
-			b.mu.Lock()
-			b.seen, b.pending, b.oldest = n, n, oldest
-			b.mu.Unlock()
-		}
+		_ = b.read(ctx, pool) // kept as last read; the next read tries again
 		select {
 		case <-ctx.Done():
 			return nil
@@ -64,25 +57,42 @@ func (b *backlog) refresh(ctx context.Context, pool *pgxpool.Pool, interval time
 	}
 }
 
-// minAgeLimit is how many orders may be in flight whatever their age: one
-// slow order (a participant retrying, a group rebalancing) then does not
-// refuse new ones at low load.
-const minAgeLimit = 10
+// read reads the backlog once. Pending orders are those with a saga
+// deadline (the partial index orders_deadline_idx).
+func (b *backlog) read(ctx context.Context, pool *pgxpool.Pool) error {
+	var n int64
+	var oldest, waited time.Duration
+	err := pool.QueryRow(ctx, `SELECT count(*), coalesce(now() - min(create_time), '0'),
+			coalesce(now() - (SELECT create_time FROM orders WHERE saga_deadline IS NOT NULL ORDER BY create_time OFFSET $1 - 1 LIMIT 1), '0')
+		FROM orders WHERE saga_deadline IS NOT NULL`, ageQuorum).Scan(&n, &oldest, &waited)
+	if err != nil {
+		return fmt.Errorf("read the orders in progress: %w", err)
+	}
+	b.mu.Lock()
+	b.seen, b.pending, b.oldest, b.waited = n, n, oldest, waited
+	b.mu.Unlock()
+	return nil
+}
+
+// ageQuorum is how many orders in progress must have waited longer than
+// the age bound for it to refuse: one slow order (a participant retrying, a
+// group rebalancing) does not, at any load.
+const ageQuorum = 10
 
 // admit decides whether a new order may start: not while maxPending sagas
-// are in flight, nor while the oldest has waited longer than maxAge and at
-// least minAgeLimit are — past either the saga is not keeping up, and an
-// order accepted now would wait as long or end in TIMEOUT. pending counts
-// the sagas in flight when the backlog was last read (seen) and the orders
-// admitted since. A limit of 0 is off. The error is RESOURCE_EXHAUSTED with
-// RetryInfo.
-func admit(pending, seen int64, oldest time.Duration, maxPending int, maxAge time.Duration) error {
+// are in flight, nor while ageQuorum of them have waited longer than maxAge
+// (waited is the age of the ageQuorum-th oldest) — past either the saga is
+// not keeping up, and an order accepted now would wait as long or end in
+// TIMEOUT. pending counts the sagas in flight when the backlog was last
+// read and the orders admitted since. A limit of 0 is off. The error is
+// RESOURCE_EXHAUSTED with RetryInfo.
+func admit(pending int64, waited time.Duration, maxPending int, maxAge time.Duration) error {
 	var why string
 	switch {
 	case maxPending > 0 && pending >= int64(maxPending):
 		why = fmt.Sprintf("%d orders are in progress (limit %d)", pending, maxPending)
-	case maxAge > 0 && oldest > maxAge && seen >= minAgeLimit:
-		why = fmt.Sprintf("the oldest of %d orders in progress has waited %s (limit %s)", seen, oldest.Round(time.Millisecond), maxAge)
+	case maxAge > 0 && waited > maxAge:
+		why = fmt.Sprintf("%d orders in progress have waited longer than %s", ageQuorum, maxAge)
 	default:
 		return nil
 	}
@@ -99,7 +109,7 @@ func admit(pending, seen int64, oldest time.Duration, maxPending int, maxAge tim
 func (b *backlog) admit(o Options) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	err := admit(b.pending, b.seen, b.oldest, o.MaxPending, o.MaxPendingAge)
+	err := admit(b.pending, b.waited, o.MaxPending, o.MaxPendingAge)
 	if err != nil {
 		b.rejected.Inc()
 		return err

@@ -9,31 +9,27 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Admission refuses at maxPending orders in flight, counting those admitted
-// since the backlog was last read, and while the oldest has waited longer
-// than maxAge, unless fewer than minAgeLimit are in flight.
+// Admission refuses at maxPending orders in flight, and while the
+// ageQuorum-th oldest has waited longer than maxAge.
 func TestAdmit(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
-		name          string
-		pending, seen int64
-		oldest        time.Duration
-		maxPending    int
-		maxAge        time.Duration
-		refused       bool
+		name       string
+		pending    int64
+		waited     time.Duration
+		maxPending int
+		maxAge     time.Duration
+		refused    bool
 	}{
-		{"idle", 0, 0, 0, 100, time.Second, false},
-		{"below both", 99, 99, 900 * time.Millisecond, 100, time.Second, false},
-		{"at the count", 100, 100, 0, 100, time.Second, true},
-		{"at the count since the last read", 100, 40, 0, 100, time.Second, true},
-		{"waited too long", 80, 80, 2 * time.Second, 100, time.Second, true},
-		{"one slow order at low load", 3, 3, 20 * time.Second, 100, time.Second, false},
-		{"slow orders past the floor", minAgeLimit, minAgeLimit, 20 * time.Second, 100, time.Second, true},
-		{"count off", 1_000_000, 1_000_000, 0, 0, time.Second, false},
-		{"age off", 50, 50, time.Hour, 100, 0, false},
+		{"idle", 0, 0, 100, time.Second, false},
+		{"below both", 99, 900 * time.Millisecond, 100, time.Second, false},
+		{"at the count", 100, 0, 100, time.Second, true},
+		{"waited too long", 80, 2 * time.Second, 100, time.Second, true},
+		{"count off", 1_000_000, 0, 0, time.Second, false},
+		{"age off", 50, time.Hour, 100, 0, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			err := admit(c.pending, c.seen, c.oldest, c.maxPending, c.maxAge)
+			err := admit(c.pending, c.waited, c.maxPending, c.maxAge)
 			if !c.refused {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -81,5 +77,22 @@ func TestAdmissionBoundsFromEnv(t *testing.T) {
 				t.Fatalf("MaxPending %d, MaxPendingAge %v; want %d, %v", o.MaxPending, o.MaxPendingAge, c.maxPending, c.maxAge)
 			}
 		})
+	}
+}
+
+// Orders admitted since the backlog was last read count towards the bound
+// until the next read.
+func TestAdmittedOrdersCountUntilTheNextRead(t *testing.T) {
+	t.Parallel()
+	b := newBacklog()
+	b.seen, b.pending = 98, 98
+	o := Options{MaxPending: 100, MaxPendingAge: -1}
+	for i := range 2 {
+		if err := b.admit(o); err != nil {
+			t.Fatalf("order %d refused below the bound: %v", i+1, err)
+		}
+	}
+	if err := b.admit(o); err == nil {
+		t.Fatal("a third order admitted: 98 read + 2 admitted is the bound of 100")
 	}
 }

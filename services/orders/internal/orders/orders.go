@@ -50,13 +50,13 @@ type Options struct {
 	WatchRecheck time.Duration
 	// MaxPending and MaxPendingAge are admission control: CreateOrder is
 	// refused (RESOURCE_EXHAUSTED with RetryInfo, nothing written) while at
-	// least MaxPending orders are in progress (default 100) or the oldest
-	// has waited longer than MaxPendingAge (default 1s), rather than
+	// least MaxPending orders are in progress (default 100) or 10 of them
+	// have waited longer than MaxPendingAge (default 1s), rather than
 	// accepted to time out. Past capacity every accepted order queues
 	// behind the pending ones: MaxPending bounds the queue,
-	// MaxPendingAge the wait. The age bound applies from 10 orders in
-	// flight, so that one slow order does not refuse new ones at low
-	// load. Negative: off.
+	// MaxPendingAge the wait. The age bound refuses once 10 orders in
+	// flight have waited longer, so that one slow order does not.
+	// Negative: off.
 	MaxPending    int
 	MaxPendingAge time.Duration
 }
