@@ -6,8 +6,6 @@ import (
 	"slices"
 	"testing"
 	"time"
-
-	"github.com/switchyard/switchyard/platform/testkit"
 )
 
 // writes records what the hub's flushes ask of the database, and fails or
@@ -313,11 +311,8 @@ func TestLapsed(t *testing.T) {
 // left unrenewed expire, and writers stop notifying their keys.
 func TestFailedRenewalIsRetried(t *testing.T) {
 	t.Parallel()
-	pool := testkit.Pool(t, testkit.Database(t)) // for the rows' delete when the hub stops
-	if err := Migrate(context.Background(), pool); err != nil {
-		t.Fatal(err)
-	}
-	h := NewHub(pool, "c", nil, nil)
+	h, _ := bookkeeping(t)
+	h.forget = func(context.Context) error { return nil }
 	// The record writes one flush at a time; the second write fails.
 	renews := make(chan bool, 8)
 	var n int

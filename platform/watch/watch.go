@@ -101,8 +101,10 @@ type Hub struct {
 	limit    *Limit
 	id       uuid.UUID // this hub's rows in watch_interest
 	interest *interest
-	// write is writeRows; tests of the bookkeeping replace it.
-	write func(ctx context.Context, dels, ins, renewed []string, renew, catchingUp bool) (after, xmin int64, err error)
+	// write is writeRows and forget forgetRows; tests of the bookkeeping
+	// replace them.
+	write  func(ctx context.Context, dels, ins, renewed []string, renew, catchingUp bool) (after, xmin int64, err error)
+	forget func(ctx context.Context) error
 
 	mu   sync.Mutex
 	subs map[string]map[chan struct{}]struct{}
@@ -121,7 +123,7 @@ func NewHub(pool *pgxpool.Pool, channel string, limit *Limit, logger *slog.Logge
 	}
 	h := &Hub{pool: pool, channel: channel, limit: limit, logger: logger, id: uuid.New(), interest: newInterest(),
 		subs: map[string]map[chan struct{}]struct{}{}}
-	h.write = h.writeRows
+	h.write, h.forget = h.writeRows, h.forgetRows
 	return h
 }
 
@@ -281,6 +283,12 @@ func (h *Hub) listen(ctx context.Context) error {
 	}
 }
 
+// forgetRows deletes this hub's rows (it is [Hub]'s forget).
+func (h *Hub) forgetRows(ctx context.Context) error {
+	_, err := h.pool.Exec(ctx, `DELETE FROM watch_interest WHERE hub = $1`, h.id)
+	return err
+}
+
 // record keeps watch_interest in line with the keys followed (see
 // interest.go) until ctx ends, then deletes this hub's rows. Each value
 // from renewals has the next flush renew the rows.
@@ -288,7 +296,7 @@ func (h *Hub) record(ctx context.Context, renewals <-chan time.Time) {
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		if _, err := h.pool.Exec(dctx, `DELETE FROM watch_interest WHERE hub = $1`, h.id); err != nil {
+		if err := h.forget(dctx); err != nil {
 			h.logger.Warn("watch: delete followed keys", "channel", h.channel, "error", err)
 		}
 	}()

@@ -27,15 +27,17 @@ func migrated(t testing.TB) *pgxpool.Pool {
 	return pool
 }
 
-// running starts a hub on pool for channel until the test ends.
-func running(t testing.TB, pool *pgxpool.Pool, channel string, limit *watch.Limit) *watch.Hub {
+// running starts a hub on pool for channel until stop is called or the
+// test ends; stop returns once Run has.
+func running(t testing.TB, pool *pgxpool.Pool, channel string, limit *watch.Limit) (hub *watch.Hub, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	hub := watch.NewHub(pool, channel, limit, nil)
+	hub = watch.NewHub(pool, channel, limit, nil)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = hub.Run(ctx) }() // nil: it retries until ctx ends
-	t.Cleanup(func() { cancel(); <-done })
-	return hub
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return hub, stop
 }
 
 func subscribe(t *testing.T, hub *watch.Hub, key string) <-chan struct{} {
@@ -68,7 +70,7 @@ func TestNotifyWakesSubscribersOnCommitOnly(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := migrated(t)
-	hub := running(t, pool, "test_changes", nil)
+	hub, _ := running(t, pool, "test_changes", nil)
 	a := subscribe(t, hub, "a")
 	b := subscribe(t, hub, "b")
 	settle(t, pool, hub, a, b)
@@ -124,7 +126,7 @@ func TestNotifyOnlyWhenFollowed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := migrated(t)
-	hub := running(t, pool, "test_changes", nil)
+	hub, _ := running(t, pool, "test_changes", nil)
 	subscribe(t, hub, "followed")
 
 	listener, err := pool.Acquire(ctx)
@@ -181,7 +183,7 @@ func TestChangeInFlightWhenTheStreamStartsIsSeen(t *testing.T) {
 			if _, err := pool.Exec(ctx, `CREATE TABLE counters (id text PRIMARY KEY, n int NOT NULL); INSERT INTO counters VALUES ('k', 0)`); err != nil {
 				t.Fatal(err)
 			}
-			hub := running(t, pool, "test_changes", nil)
+			hub, _ := running(t, pool, "test_changes", nil)
 			hub.SetCatchUpWait(time.Minute)
 			settle(t, pool, hub) // no wake-up after listening may show the change
 
@@ -277,7 +279,7 @@ func TestFollowedKeysAreRecordedAgainAfterReconnecting(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := migrated(t)
-	hub := running(t, pool, "test_changes", nil)
+	hub, _ := running(t, pool, "test_changes", nil)
 	rows := func(key string) int {
 		var n int
 		if err := pool.QueryRow(ctx, `SELECT count(*) FROM watch_interest WHERE key = $1`, key).Scan(&n); err != nil {
@@ -314,8 +316,8 @@ func TestLimitBoundsStreams(t *testing.T) {
 	t.Parallel()
 	limit := watch.NewLimit(2)
 	pool := migrated(t)
-	a := running(t, pool, "a", limit)
-	b := running(t, pool, "b", limit)
+	a, _ := running(t, pool, "a", limit)
+	b, _ := running(t, pool, "b", limit)
 	stop := make(chan struct{})
 	ended := make(chan error, 2)
 	started := make(chan struct{}, 2)
@@ -368,7 +370,7 @@ func BenchmarkNotify(b *testing.B) {
 			if _, err := pool.Exec(ctx, `CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO counters SELECT g, 0 FROM generate_series(0, 999) g`); err != nil {
 				b.Fatal(err)
 			}
-			hub := running(b, pool, "bench_changes", nil)
+			hub, _ := running(b, pool, "bench_changes", nil)
 			if followed {
 				for i := range 1000 {
 					_, unsubscribe, err := hub.Subscribe(ctx, strconv.Itoa(i), nil)
@@ -407,11 +409,7 @@ func TestStoppedHubDeletesItsRows(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := migrated(t)
-	runCtx, stop := context.WithCancel(ctx)
-	hub := watch.NewHub(pool, "test_changes", nil, nil)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = hub.Run(runCtx) }()
-	t.Cleanup(func() { stop(); <-done })
+	hub, stop := running(t, pool, "test_changes", nil)
 	rows := func() int {
 		var n int
 		if err := pool.QueryRow(ctx, `SELECT count(*) FROM watch_interest`).Scan(&n); err != nil {
@@ -425,8 +423,7 @@ func TestStoppedHubDeletesItsRows(t *testing.T) {
 	if n := rows(); n != 2 {
 		t.Fatalf("%d rows for two followed keys", n)
 	}
-	stop()
-	<-done // Run returns once the rows are deleted
+	stop() // returns once Run has, after deleting the rows
 	if n := rows(); n != 0 {
 		t.Fatalf("%d rows left by a hub that stopped", n)
 	}
