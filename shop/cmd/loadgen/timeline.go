@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -19,8 +20,12 @@ import (
 )
 
 // lagSeries is the consumer lag every consumer group exports, per owned
-// partition (-1 while unknown).
-const lagSeries = "switchyard_consumer_lag_messages"
+// partition (-1 while unknown): messages not yet fetched. bufferedSeries
+// counts those fetched and not yet taken by the partition's worker.
+const (
+	lagSeries      = "switchyard_consumer_lag_messages"
+	bufferedSeries = "switchyard_consumer_buffered_messages"
+)
 
 // timeline records a run second by second for -plot: the events of second
 // k (orders sent, refused, finished, with the latency of those finished) go
@@ -148,9 +153,10 @@ func scrapeLag(ctx context.Context, client *http.Client, url string) (lag map[st
 	return lag, ok, nil
 }
 
-// parseLag sums lagSeries per group from the Prometheus text format.
-// Partitions whose lag is unknown (-1) are left out of the sum rather than
-// subtracted from it; a group with none known has no value (a gap).
+// parseLag sums lagSeries and bufferedSeries per group from the Prometheus
+// text format: the messages a group has yet to take. Partitions whose lag
+// is unknown (-1) are left out of the sum rather than subtracted from it; a
+// group with none known has no value (a gap), buffered messages or not.
 func parseLag(r io.Reader) (map[string]float64, bool, error) {
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(r)
@@ -159,17 +165,24 @@ func parseLag(r io.Reader) (map[string]float64, bool, error) {
 	}
 	family, ok := families[lagSeries]
 	lag := map[string]float64{}
-	for _, m := range family.GetMetric() {
-		group := ""
-		for _, l := range m.GetLabel() {
-			if l.GetName() == "group" {
-				group = l.GetValue()
+	sum := func(family *dto.MetricFamily, knownOnly bool) {
+		for _, m := range family.GetMetric() {
+			group := ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "group" {
+					group = l.GetValue()
+				}
+			}
+			if _, known := lag[group]; knownOnly && !known {
+				continue
+			}
+			if v := m.GetGauge().GetValue(); v >= 0 {
+				lag[group] += v
 			}
 		}
-		if v := m.GetGauge().GetValue(); v >= 0 {
-			lag[group] += v
-		}
 	}
+	sum(family, false)
+	sum(families[bufferedSeries], true)
 	return lag, ok, nil
 }
 
@@ -194,7 +207,7 @@ func (t *timeline) chart(title string) loadplot.Chart {
 		p50 = append(p50, ms(quantile(ds, 0.50)))
 		p99 = append(p99, ms(quantile(ds, 0.99)))
 	}
-	lag := loadplot.Panel{Title: "consumer lag (messages not yet delivered, per group)"}
+	lag := loadplot.Panel{Title: "consumer backlog (messages not yet fetched, or fetched and not yet taken, per group)"}
 	groups := make([]string, 0, len(t.lag))
 	for g := range t.lag {
 		groups = append(groups, g)

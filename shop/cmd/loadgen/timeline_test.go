@@ -37,6 +37,18 @@ switchyard_consumer_lag_messages{group="payments",partition="0",topic="switchyar
 			want: map[string]float64{"orders": 2}, served: true,
 		},
 		{
+			name: "buffered messages added to their group's lag, not to a group whose lag is unknown",
+			body: `# TYPE switchyard_consumer_lag_messages gauge
+switchyard_consumer_lag_messages{group="orders",partition="0",topic="switchyard.payment"} 2
+switchyard_consumer_lag_messages{group="payments",partition="0",topic="switchyard.order"} -1
+# TYPE switchyard_consumer_buffered_messages gauge
+switchyard_consumer_buffered_messages{group="orders",partition="0",topic="switchyard.payment"} 40
+switchyard_consumer_buffered_messages{group="orders",partition="1",topic="switchyard.payment"} 3
+switchyard_consumer_buffered_messages{group="payments",partition="0",topic="switchyard.order"} 7
+`,
+			want: map[string]float64{"orders": 45}, served: true,
+		},
+		{
 			name: "a build without the series",
 			body: "# TYPE switchyard_relay_active gauge\nswitchyard_relay_active 1\n",
 			want: map[string]float64{},
