@@ -258,6 +258,7 @@ func (c *claim) take(max int) (batch []*transport.Message, left int) {
 // batch is everything that has arrived when the consumer asks.
 func (c *claim) feed() {
 	defer close(c.out)
+	defer c.buffered.Store(0) // what was on offer goes to the next owner
 	var batch []*transport.Message
 	for {
 		more, left := c.take(c.m.s.cfg.MaxBatch - len(batch))
@@ -294,7 +295,7 @@ func (c *claim) Messages() <-chan []*transport.Message { return c.out }
 func (c *claim) Context() context.Context              { return c.ctx }
 func (c *claim) Buffered() int64                       { return c.buffered.Load() }
 
-// Lag is the partition's high watermark minus the next offset to fetch,
+// Lag is the partition's high watermark minus the next offset to poll,
 // from the client's cached watermark: it comes with every fetch response,
 // so while the partition is fetched it is at most a fetch (100 ms) behind
 // the broker, and while it is paused for a full backlog it is as of the

@@ -221,7 +221,7 @@ type Stats struct {
 type PartitionLag struct {
 	Topic     string // the partition's topic
 	Partition int32  // its number
-	// Messages not yet fetched by this member; -1 when unknown.
+	// Messages not yet received by this member; -1 when unknown.
 	Messages int64
 	// Buffered counts messages fetched and waiting for the partition's
 	// worker (see transport.Claim.Buffered).

@@ -129,6 +129,7 @@ type entry struct {
 // uncommitted work), then new ones, until the claim is stopped or lost.
 func (c *claim) read() {
 	defer close(c.msgs)
+	defer c.buffered.Store(0) // what was on offer goes to the next owner
 	log := c.s.log.With("stream", c.stream)
 	history := true // reading the pending entries
 	after := "0"    // the history read's cursor

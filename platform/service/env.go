@@ -120,8 +120,9 @@ func (e *Env) NewConsumer(group string, aggregateTypes []string, tune func(*cons
 }
 
 // RunConsumer runs a consumer made by [Env.NewConsumer] until ctx ends
-// (see [consumer.Consumer.Run]); while it runs, its lag is exported as
-// switchyard_consumer_lag_messages with its group.
+// (see [consumer.Consumer.Run]); while it runs, its lag and buffered
+// messages are exported (switchyard_consumer_lag_messages and
+// switchyard_consumer_buffered_messages) with its group.
 func (e *Env) RunConsumer(ctx context.Context, c *consumer.Consumer) error {
 	untrack := e.Metrics.TrackLag(c)
 	defer untrack()

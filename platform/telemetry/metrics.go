@@ -125,9 +125,10 @@ func (m *Metrics) RegisterConsumer(c *consumer.Consumer) {
 }
 
 // TrackLag adds a consumer's partitions to switchyard_consumer_lag_messages
-// and switchyard_consumer_buffered_messages (labelled with its group) until the returned function is called: a
-// process may run consumers of several groups, for example a replay's
-// beside its main one, and each group's lag is exported.
+// and switchyard_consumer_buffered_messages (labelled with its group) until
+// the returned function is called: a process may run consumers of several
+// groups, for example a replay's beside its main one, and each group's lag
+// is exported.
 func (m *Metrics) TrackLag(c *consumer.Consumer) (untrack func()) {
 	m.lag.mu.Lock()
 	m.lag.consumers[c] = true
@@ -141,10 +142,10 @@ func (m *Metrics) TrackLag(c *consumer.Consumer) (untrack func()) {
 
 var (
 	lagDesc = prometheus.NewDesc("switchyard_consumer_lag_messages",
-		"Messages of an owned partition not yet fetched by the member, as the transport last saw them (Kafka: as of the last fetch response, or of the pause while its buffer is full); -1 when unknown.",
+		"Messages of an owned partition not yet received by the member, as the transport last saw them (Kafka: as of the last fetch response, or of the pause while its buffer is full); -1 when unknown.",
 		[]string{"group", "topic", "partition"}, nil)
 	bufferedDesc = prometheus.NewDesc("switchyard_consumer_buffered_messages",
-		"Messages of an owned partition fetched by the member and waiting for its worker.",
+		"Messages of an owned partition received by the member and waiting for its worker.",
 		[]string{"group", "topic", "partition"}, nil)
 )
 

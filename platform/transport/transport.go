@@ -149,8 +149,8 @@ type Claim interface {
 	// dead-letter destination (Kafka: topic "<topic>.dlq"; Redis: stream
 	// "<stream>.dlq") and returns once the broker has acknowledged it.
 	DeadLetter(ctx context.Context, m *Message, extra []Header) error
-	// Lag is how many messages of the partition were not yet fetched by
-	// this claim, as last seen; -1 when unknown.
+	// Lag is how many messages of the partition this claim has not
+	// received yet, as last seen; -1 when unknown.
 	Lag() int64
 	// Buffered is how many messages the claim has fetched that the
 	// consumer has not received yet: its next batches. It is counted when

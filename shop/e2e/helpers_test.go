@@ -227,8 +227,15 @@ func (s *shop) balance(id string) int64 {
 // sessions just after.
 func (s *shop) waitBalance(id string, want int64, why string) {
 	s.t.Helper()
+	var got int64
+	defer func() {
+		if s.t.Failed() {
+			s.t.Logf("balance of %s last read %d", id, got)
+		}
+	}()
 	testkit.WaitFor(s.t, time.Minute, fmt.Sprintf("balance of %s to be %d (%s)", id, want, why), func() bool {
-		return s.balance(id) == want
+		got = s.balance(id)
+		return got == want
 	})
 }
 

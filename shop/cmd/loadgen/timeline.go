@@ -20,8 +20,8 @@ import (
 )
 
 // lagSeries is the consumer lag every consumer group exports, per owned
-// partition (-1 while unknown): messages not yet fetched. bufferedSeries
-// counts those fetched and not yet taken by the partition's worker.
+// partition (-1 while unknown): messages not yet received. bufferedSeries
+// counts those received and not yet taken by the partition's worker.
 const (
 	lagSeries      = "switchyard_consumer_lag_messages"
 	bufferedSeries = "switchyard_consumer_buffered_messages"
@@ -131,8 +131,9 @@ func (t *timeline) scrapeLoop(ctx context.Context, targets []string) {
 	}
 }
 
-// scrapeLag reads one /metrics endpoint and sums lagSeries per group; ok
-// reports whether the endpoint serves the series at all.
+// scrapeLag reads one /metrics endpoint and sums lagSeries and
+// bufferedSeries per group (see parseLag); ok reports whether the endpoint
+// serves lagSeries at all.
 func scrapeLag(ctx context.Context, client *http.Client, url string) (lag map[string]float64, ok bool, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -207,7 +208,7 @@ func (t *timeline) chart(title string) loadplot.Chart {
 		p50 = append(p50, ms(quantile(ds, 0.50)))
 		p99 = append(p99, ms(quantile(ds, 0.99)))
 	}
-	lag := loadplot.Panel{Title: "consumer backlog (messages not yet fetched, or fetched and not yet taken, per group)"}
+	lag := loadplot.Panel{Title: "consumer backlog (messages not yet received, or received and not yet taken, per group)"}
 	groups := make([]string, 0, len(t.lag))
 	for g := range t.lag {
 		groups = append(groups, g)

@@ -3,6 +3,7 @@ package orders
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -19,7 +20,8 @@ import (
 type backlog struct {
 	mu       sync.Mutex
 	seen     int64         // orders not yet terminal, as last read
-	pending  int64         // seen, plus the orders admitted since
+	pending  int64         // seen, plus the orders admitted since the read began
+	admitted int64         // orders admitted, ever
 	oldest   time.Duration // age of the oldest, as last read
 	waited   time.Duration // age of the ageQuorum-th oldest, as last read
 	rejected prometheus.Counter
@@ -45,10 +47,20 @@ func (b *backlog) collectors() []prometheus.Collector {
 	}
 }
 
-// refresh reads the backlog every interval until ctx ends.
-func (b *backlog) refresh(ctx context.Context, pool *pgxpool.Pool, interval time.Duration) error {
+// refresh reads the backlog every interval until ctx ends. A failed read
+// keeps the last one, with the orders admitted since counted on top, and is
+// logged when reads start and stop failing.
+func (b *backlog) refresh(ctx context.Context, pool *pgxpool.Pool, interval time.Duration, logger *slog.Logger) error {
+	failing := false
 	for {
-		_ = b.read(ctx, pool) // kept as last read; the next read tries again
+		switch err := b.read(ctx, pool); {
+		case err != nil && !failing && ctx.Err() == nil:
+			logger.Warn("admission control cannot read the orders in progress; it counts the orders it admits on top of the last read", "error", err)
+			failing = true
+		case err == nil && failing:
+			logger.Info("admission control reads the orders in progress again")
+			failing = false
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -60,6 +72,9 @@ func (b *backlog) refresh(ctx context.Context, pool *pgxpool.Pool, interval time
 // read reads the backlog once. Pending orders are those with a saga
 // deadline (the partial index orders_deadline_idx).
 func (b *backlog) read(ctx context.Context, pool *pgxpool.Pool) error {
+	b.mu.Lock()
+	before := b.admitted
+	b.mu.Unlock()
 	var n int64
 	var oldest, waited time.Duration
 	err := pool.QueryRow(ctx, `SELECT count(*), coalesce(now() - min(create_time), '0'),
@@ -69,7 +84,9 @@ func (b *backlog) read(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("read the orders in progress: %w", err)
 	}
 	b.mu.Lock()
-	b.seen, b.pending, b.oldest, b.waited = n, n, oldest, waited
+	// Orders admitted while the query ran may or may not be in n: counted
+	// on top, at worst twice until the next read.
+	b.seen, b.pending, b.oldest, b.waited = n, n+b.admitted-before, oldest, waited
 	b.mu.Unlock()
 	return nil
 }
@@ -115,5 +132,6 @@ func (b *backlog) admit(o Options) error {
 		return err
 	}
 	b.pending++
+	b.admitted++
 	return nil
 }

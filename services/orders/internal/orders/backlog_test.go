@@ -12,8 +12,8 @@ import (
 func TestMain(m *testing.M) { testkit.Main(m) }
 
 // The age bound looks at the ageQuorum-th oldest order in progress: one
-// order stuck for a minute does not refuse new ones, ageQuorum of them do.
-// Terminal orders (no saga deadline) do not count.
+// order stuck for an hour does not refuse new ones, nor do ageQuorum-1,
+// ageQuorum of them do. Terminal orders (no saga deadline) do not count.
 func TestBacklogAgeCountsAQuorum(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -33,7 +33,7 @@ func TestBacklogAgeCountsAQuorum(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	o := Options{MaxPending: 100, MaxPendingAge: time.Second}
+	o := Options{MaxPending: 1000, MaxPendingAge: time.Minute}
 	admits := func() bool {
 		t.Helper()
 		b := newBacklog()
@@ -43,14 +43,18 @@ func TestBacklogAgeCountsAQuorum(t *testing.T) {
 		return b.admit(o) == nil
 	}
 
-	add(1, time.Minute, true)          // stuck
-	add(20, time.Minute, false)        // long finished
-	add(20, 10*time.Millisecond, true) // young
+	add(1, time.Hour, true)    // stuck
+	add(20, time.Hour, false)  // long finished
+	add(20, time.Second, true) // young
 	if !admits() {
 		t.Fatal("one stuck order refused new ones")
 	}
-	add(ageQuorum-1, time.Minute, true)
+	add(ageQuorum-2, time.Hour, true)
+	if !admits() {
+		t.Fatalf("%d stuck orders refused new ones", ageQuorum-1)
+	}
+	add(1, time.Hour, true)
 	if admits() {
-		t.Fatalf("%d orders waiting a minute did not refuse new ones", ageQuorum)
+		t.Fatalf("%d orders waiting an hour did not refuse new ones", ageQuorum)
 	}
 }

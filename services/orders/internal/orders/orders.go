@@ -122,7 +122,9 @@ func Spec(o Options) service.Spec {
 			s := &server{env: env, opts: o, changes: env.WatchHub(changeChannel), metrics: newSagaMetrics(), backlog: newBacklog()}
 			env.Metrics.Registry.MustRegister(s.metrics.outcomes, s.metrics.duration)
 			env.Metrics.Registry.MustRegister(s.backlog.collectors()...)
-			env.Go(func(ctx context.Context) error { return s.backlog.refresh(ctx, env.Pool, 200*time.Millisecond) })
+			env.Go(func(ctx context.Context) error {
+				return s.backlog.refresh(ctx, env.Pool, 200*time.Millisecond, env.Logger)
+			})
 			ordersv1.RegisterOrderServiceServer(env.Server, s)
 			consumer.Handle(env.Consumer, s.onStockReserved)
 			consumer.Handle(env.Consumer, s.onStockRejected)
