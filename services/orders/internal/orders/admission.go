@@ -44,6 +44,9 @@ func (b *backlog) collectors() []prometheus.Collector {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_orders_oldest_pending_age_seconds",
 			Help: "Age of the oldest order whose saga has not finished."},
 			func() float64 { b.mu.Lock(); defer b.mu.Unlock(); return b.oldest.Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_orders_tenth_oldest_pending_age_seconds",
+			Help: "Age of the tenth oldest order whose saga has not finished (0 with fewer than ten): admission control's age bound applies to it."},
+			func() float64 { b.mu.Lock(); defer b.mu.Unlock(); return b.waited.Seconds() }),
 	}
 }
 

@@ -57,4 +57,11 @@ func TestBacklogAgeCountsAQuorum(t *testing.T) {
 	if admits() {
 		t.Fatalf("%d orders waiting an hour did not refuse new ones", ageQuorum)
 	}
+	b := newBacklog()
+	if err := b.read(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if b.waited < time.Hour || b.seen != 20+ageQuorum {
+		t.Fatalf("read %d in progress, the tenth oldest %v old; want %d, an hour", b.seen, b.waited, 20+ageQuorum)
+	}
 }
