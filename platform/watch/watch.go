@@ -8,8 +8,8 @@
 //
 // A wake-up only says "look again": subscribers re-read the state they
 // stream, so a notification that is lost (for instance while the listening
-// connection is re-established, when the hub wakes everyone) costs nothing
-// but an extra read.
+// connection is re-established, after which the hub wakes the streams of
+// every key it records again) costs nothing but an extra read.
 //
 // Streams are long-lived and a change can wake thousands at once, so two
 // bounds keep them from hurting the rest of the process: a [Limit] on the
@@ -173,24 +173,15 @@ func (h *Hub) Subscribe(ctx context.Context, key string, stopping <-chan struct{
 // wakeKeys wakes the subscribers of keys.
 func (h *Hub) wakeKeys(keys []string) {
 	for _, k := range keys {
-		h.wake(k, false)
+		h.wake(k)
 	}
 }
 
-func (h *Hub) wake(key string, all bool) {
+// wake wakes the subscribers of key.
+func (h *Hub) wake(key string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !all {
-		poke(h.subs[key])
-		return
-	}
-	for _, set := range h.subs {
-		poke(set)
-	}
-}
-
-func poke(set map[chan struct{}]struct{}) {
-	for ch := range set {
+	for ch := range h.subs[key] {
 		select {
 		case ch <- struct{}{}:
 		default:
@@ -250,8 +241,9 @@ func (h *Hub) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		// Changes may be missed until the connection is back; the rewrite
+		// of the followed keys that follows it wakes their streams.
 		h.logger.Warn("watch: listening connection lost; reconnecting", "channel", h.channel, "error", err, "retry_in", retry.Next())
-		h.wake("", true) // changes may have been missed meanwhile
 		if !retry.Wait(ctx) {
 			return nil
 		}
@@ -279,7 +271,7 @@ func (h *Hub) listen(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		h.wake(n.Payload, false)
+		h.wake(n.Payload)
 	}
 }
 

@@ -20,8 +20,8 @@ import (
 type backlog struct {
 	mu       sync.Mutex
 	seen     int64         // orders not yet terminal, as last read
-	pending  int64         // seen, plus the orders admitted since the read began
 	admitted int64         // orders admitted, ever
+	base     int64         // admitted when the last read began
 	oldest   time.Duration // age of the oldest, as last read
 	waited   time.Duration // age of the ageQuorum-th oldest, as last read
 	rejected prometheus.Counter
@@ -88,8 +88,8 @@ func (b *backlog) read(ctx context.Context, pool *pgxpool.Pool) error {
 	}
 	b.mu.Lock()
 	// Orders admitted while the query ran may or may not be in n: counted
-	// on top, at worst twice until the next read.
-	b.seen, b.pending, b.oldest, b.waited = n, n+b.admitted-before, oldest, waited
+	// on top (see pending), at worst twice until the next read.
+	b.seen, b.base, b.oldest, b.waited = n, before, oldest, waited
 	b.mu.Unlock()
 	return nil
 }
@@ -129,12 +129,15 @@ func admit(pending int64, waited time.Duration, maxPending int, maxAge time.Dura
 func (b *backlog) admit(o Options) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	err := admit(b.pending, b.waited, o.MaxPending, o.MaxPendingAge)
+	err := admit(b.pending(), b.waited, o.MaxPending, o.MaxPendingAge)
 	if err != nil {
 		b.rejected.Inc()
 		return err
 	}
-	b.pending++
 	b.admitted++
 	return nil
 }
+
+// pending is the orders in flight as last read, plus those admitted since
+// that read began. Callers hold b.mu.
+func (b *backlog) pending() int64 { return b.seen + b.admitted - b.base }

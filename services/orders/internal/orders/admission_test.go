@@ -85,7 +85,7 @@ func TestAdmissionBoundsFromEnv(t *testing.T) {
 func TestAdmittedOrdersCountUntilTheNextRead(t *testing.T) {
 	t.Parallel()
 	b := newBacklog()
-	b.seen, b.pending = 98, 98
+	b.seen = 98
 	o := Options{MaxPending: 100, MaxPendingAge: -1}
 	for i := range 2 {
 		if err := b.admit(o); err != nil {
