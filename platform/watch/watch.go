@@ -14,8 +14,9 @@
 // Streams are long-lived and a change can wake thousands at once, so two
 // bounds keep them from hurting the rest of the process: a [Limit] on the
 // number of streams (past it, Follow fails with [ErrTooManyStreams]), and a
-// hub's own pool ([Hub.DB]) for the LISTEN connection and the streams'
-// reads, apart from the pool the consumers and other RPCs use.
+// hub's own pool ([Hub.DB]) for the LISTEN connection, the record of
+// followed keys and the streams' reads, apart from the pool the consumers
+// and other RPCs use.
 package watch
 
 import (
@@ -36,7 +37,7 @@ import (
 )
 
 // Notify announces, inside tx, that key changed on channel, if a hub
-// follows key (in a transaction above READ COMMITTED, always). Call it
+// follows key (at any isolation level but READ COMMITTED, always). Call it
 // after the writes it announces: a stream that starts following meanwhile
 // relies on the writing transaction having an id when it looked.
 func Notify(ctx context.Context, tx pgx.Tx, channel, key string) error {

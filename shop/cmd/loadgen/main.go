@@ -9,7 +9,8 @@
 // With -plot it also writes the run, second by second, as an SVG picture
 // (package loadplot): orders sent, refused and finished per second, the
 // latency percentiles of the orders finishing in each second, and every
-// consumer group's lag scraped from the services' /metrics.
+// consumer group's backlog (lag plus buffered messages) scraped from the
+// services' /metrics.
 //
 //	go run ./shop/cmd/loadgen -rate 100 -duration 30s -plot run.svg
 package main
@@ -55,7 +56,7 @@ func main() {
 	pgURL := flag.String("postgres", "postgres://postgres@127.0.0.1:55432/postgres?sslmode=disable", "the stack's PostgreSQL, for pgbench ('' skips it)")
 	pgbenchClients := flag.Int("pgbench-clients", 8, "pgbench client connections")
 	plot := flag.String("plot", "", "write the run second by second as an SVG picture to this file")
-	metrics := flag.String("metrics", "", "comma-separated host:port of the /metrics endpoints -plot scrapes for consumer lag (default: the services' metrics ports 51051-51056 on -host)")
+	metrics := flag.String("metrics", "", "comma-separated host:port of the /metrics endpoints -plot scrapes for consumer backlogs (default: the services' metrics ports 51051-51056 on -host)")
 	flag.Parse()
 	if *metrics == "" {
 		*metrics = defaultMetrics(*host)

@@ -104,7 +104,7 @@ const ageQuorum = 10
 // (waited is the age of the ageQuorum-th oldest) — past either the saga is
 // not keeping up, and an order accepted now would wait as long or end in
 // TIMEOUT. pending counts the sagas in flight when the backlog was last
-// read and the orders admitted since. A limit of 0 is off. The error is
+// read and the orders admitted since. A limit of 0 or less is off. The error is
 // RESOURCE_EXHAUSTED with RetryInfo.
 func admit(pending int64, waited time.Duration, maxPending int, maxAge time.Duration) error {
 	var why string

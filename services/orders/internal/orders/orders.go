@@ -105,8 +105,8 @@ func (o Options) withDefaults() Options {
 		o.MaxPending = 100
 	}
 	if o.MaxPendingAge == 0 {
-		// At twice capacity it held accepted orders' p99 to half what
-		// the count bound alone allowed, at about the same throughput
+		// At twice capacity it halved accepted orders' p99 against the
+		// count bound alone, for a few percent of throughput
 		// (docs/benchmarks.md, "Overload").
 		o.MaxPendingAge = time.Second
 	}
