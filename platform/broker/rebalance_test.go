@@ -9,6 +9,7 @@ import (
 	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
 
 // A partition paused for a full backlog and then taken away must be
@@ -20,7 +21,7 @@ func TestPausedPartitionResumesAfterRebalance(t *testing.T) {
 	ctx := context.Background()
 	tr := testkit.Kafka(t).Transport(2)
 	const topic, group, n = "test.paused", "pauser", 6000
-	fill(t, tr, topic, n)
+	transporttest.Fill(t, tr, topic, n)
 
 	// member runs a group member until stop is called; its consume waits
 	// for gate before committing anything.
@@ -80,7 +81,7 @@ func TestPausedPartitionResumesAfterSessionLoss(t *testing.T) {
 	k := testkit.Kafka(t)
 	tr := k.Transport(2)
 	const topic, group, n = "test.lost", "loser", 6000
-	fill(t, tr, topic, n)
+	transporttest.Fill(t, tr, topic, n)
 	sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: group, Topics: []string{topic}, RevokeTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)

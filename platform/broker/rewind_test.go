@@ -9,6 +9,7 @@ import (
 	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
 
 // A group that has consumed a topic reads all of it again after
@@ -19,7 +20,7 @@ func TestRewindGroup(t *testing.T) {
 	k := testkit.Kafka(t)
 	tr := k.Transport(2)
 	const topic, group, n = "test.rewind", "rewinder", 10
-	fill(t, tr, topic, n)
+	transporttest.Fill(t, tr, topic, n)
 
 	// Consume and commit everything, then leave the group.
 	sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: group, Topics: []string{topic}})
@@ -54,27 +55,4 @@ func TestRewindGroup(t *testing.T) {
 		b, err := tr.Backlog(ctx, group, topic)
 		return err == nil && b == n
 	})
-}
-
-// fill publishes n messages with distinct keys to topic and waits until the
-// broker has acknowledged them all.
-func fill(t *testing.T, tr transport.Transport, topic string, n int) {
-	t.Helper()
-	ctx := context.Background()
-	if err := tr.EnsureTopics(ctx, topic); err != nil {
-		t.Fatal(err)
-	}
-	pub, err := tr.NewPublisher("test", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
-	for i := range n {
-		if err := pub.Publish(ctx, &transport.Message{Topic: topic, Key: []byte(fmt.Sprint(i)), Value: []byte("x")}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !pub.Flush(time.Minute) {
-		t.Fatal("messages not acknowledged")
-	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
 
 func TestMain(m *testing.M) { testkit.Main(m) }
@@ -61,7 +62,7 @@ func TestLagAsksNoBroker(t *testing.T) {
 	k := testkit.Kafka(t)
 	tr := k.Transport(1)
 	const topic, n = "test.lag", 20
-	fill(t, tr, topic, n)
+	transporttest.Fill(t, tr, topic, n)
 	sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: "lagger", Topics: []string{topic}, RevokeTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -63,8 +63,13 @@ var modes = []outbox.Mode{outbox.ModeCDC, outbox.ModePoll}
 
 func newHarness(t testing.TB, kind string, mode outbox.Mode) *harness {
 	t.Helper()
-	url := testkit.Database(t)
-	h := &harness{t: t, mode: mode, url: url, pool: testkit.Pool(t, url), bus: transporttest.New(t, kind, 8), writer: outbox.NewWriter(mode)}
+	return newHarnessOn(t, testkit.Database(t), transporttest.New(t, kind, 8), mode)
+}
+
+// newHarnessOn is newHarness on a database and bus of the test's choosing.
+func newHarnessOn(t testing.TB, url string, bus *transporttest.Bus, mode outbox.Mode) *harness {
+	t.Helper()
+	h := &harness{t: t, mode: mode, url: url, pool: testkit.Pool(t, url), bus: bus, writer: outbox.NewWriter(mode)}
 	ctx := context.Background()
 	// Registered before any relay starts, so it runs after they stopped.
 	t.Cleanup(h.dropSlots)

@@ -19,6 +19,11 @@
 // a crash, events published but not yet confirmed are sent again, which the
 // idempotent consumer absorbs.
 //
+// Visibility: cdc reads a commit from the write-ahead log a moment before
+// PostgreSQL lets other sessions see it, and holds the transaction's events
+// (and everything after them) until a snapshot shows it finished, so whoever
+// has an event can read its writer's changes.
+//
 // Order: cdc publishes in commit order, so each aggregate's events arrive in
 // the order their transactions committed, whatever the writers do. Poll
 // publishes in insert order (the outbox's seq), which is commit order per
@@ -93,8 +98,9 @@ type Config struct {
 	// not confirmed and are sent again by the next active relay.
 	ShutdownTimeout time.Duration
 	// StuckAfter is how long a relay may fail to publish (every term
-	// failing, or events waiting that long for the broker's acknowledgement)
-	// before [Relay.Check] reports it stuck and it logs an error (default
+	// failing, events waiting that long for the broker's acknowledgement,
+	// or, in cdc, a transaction that long committed in the WAL and not yet
+	// visible) before [Relay.Check] reports it stuck and it logs an error (default
 	// 30s). Broker restarts and fail-overs usually take less.
 	StuckAfter time.Duration
 	// Logger receives the relay's logs (default slog.Default()).
@@ -169,6 +175,10 @@ type Relay struct {
 	// progress, and a keepalive is "caught up" only past everything seen.
 	cdcSafe atomic.Uint64
 	cdcSeen atomic.Uint64
+	// cdc: transactions read before they were visible, and since when the
+	// current one has been waiting (unix nanos; 0 when none is).
+	invisibleWaits atomic.Uint64
+	invisibleSince atomic.Int64
 
 	mu           sync.Mutex
 	lastErr      error     // the error that ended the last failed term
@@ -202,6 +212,11 @@ type Stats struct {
 	Stuck bool
 	// StuckReason says why Stuck is true; empty otherwise.
 	StuckReason string
+	// InvisibleWaits counts transactions (cdc) whose commit the relay read
+	// from the write-ahead log before PostgreSQL made them visible to other
+	// sessions, and which it held back, with everything after them, until
+	// it did. A commit waiting for a synchronous standby is one.
+	InvisibleWaits uint64
 }
 
 // source is one way of reading the outbox: prepare creates what it reads
@@ -340,11 +355,12 @@ func (r *Relay) Slot() string {
 // Stats returns the relay's counters and health.
 func (r *Relay) Stats() Stats {
 	now := time.Now()
-	s := Stats{Active: r.active.Load(), Published: r.published.Load(), Failures: r.failures.Load()}
+	s := Stats{Active: r.active.Load(), Published: r.published.Load(), Failures: r.failures.Load(), InvisibleWaits: r.invisibleWaits.Load()}
 	since := r.pendingSince.Load()
 	if since != 0 {
 		s.OldestPendingAge = now.Sub(time.Unix(0, since))
 	}
+	invisible := r.invisibleSince.Load()
 	r.mu.Lock()
 	s.LastError, s.LastErrorTime, s.FailingSince = r.lastErr, r.lastErrAt, r.failingSince
 	r.mu.Unlock()
@@ -353,6 +369,11 @@ func (r *Relay) Stats() Stats {
 		s.Stuck = true
 		s.StuckReason = fmt.Sprintf("every attempt to publish has failed for %s (%d failed terms in all); last error: %v",
 			now.Sub(s.FailingSince).Round(time.Second), s.Failures, s.LastError)
+	case s.Active && invisible != 0 && now.Sub(time.Unix(0, invisible)) >= r.cfg.StuckAfter:
+		s.Stuck = true
+		s.StuckReason = fmt.Sprintf("a transaction committed in the write-ahead log %s ago is still not visible to other sessions "+
+			"(is its commit waiting for a synchronous standby?); its events and every later one wait for it",
+			now.Sub(time.Unix(0, invisible)).Round(time.Second))
 	case s.Active && since != 0:
 		waiting := time.Unix(0, max(r.lastAck.Load(), r.activeSince.Load()))
 		if d := now.Sub(waiting); d >= r.cfg.StuckAfter {
@@ -442,6 +463,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		err := r.term(ctx)
 		r.active.Store(false)
 		r.pendingSince.Store(0)
+		r.invisibleSince.Store(0)
 		switch {
 		case ctx.Err() != nil:
 			return nil

@@ -69,6 +69,9 @@ func (m *Metrics) RegisterRelay(r *relay.Relay, pool *pgxpool.Pool, slot string)
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "switchyard_relay_failures_total",
 			Help: "Relay terms that ended in an error (publishing failed, database or broker lost) and were retried."},
 			func() float64 { return float64(r.Stats().Failures) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "switchyard_relay_invisible_waits_total",
+			Help: "Transactions (cdc) read from the write-ahead log before PostgreSQL made them visible, held back until it did."},
+			func() float64 { return float64(r.Stats().InvisibleWaits) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_relay_active",
 			Help: "1 while this process is the database's active relay, 0 while it stands by."}, func() float64 {
 			if r.Stats().Active {

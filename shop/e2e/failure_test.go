@@ -55,7 +55,7 @@ func TestTimeoutAndLateReply(t *testing.T) {
 	if kinds[paymentsv1.PaymentKind_PAYMENT_KIND_CAPTURE] != 1 || kinds[paymentsv1.PaymentKind_PAYMENT_KIND_REFUND] != 1 {
 		t.Fatalf("timed-out order's payments %v, want its late capture and a refund", kinds)
 	}
-	s.waitBalance(cust, 10_000, "all of it back")
+	s.wantBalance(cust, 10_000, "all of it back")
 }
 
 // Each service in turn is killed with SIGKILL during a burst of orders and

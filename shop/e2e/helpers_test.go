@@ -220,23 +220,15 @@ func (s *shop) balance(id string) int64 {
 	return a.GetAccount().GetBalance().GetAmountMinor()
 }
 
-// waitBalance waits until a customer's balance is want. An order's terminal
-// state can reach the test a moment before the payment that led to it is
-// visible in payments' database: the relay publishes a transaction once its
-// commit record is flushed, and PostgreSQL makes it visible to other
-// sessions just after.
-func (s *shop) waitBalance(id string, want int64, why string) {
+// wantBalance fails the test unless a customer's balance is want. It
+// reads once: an order's terminal state came from events whose writers'
+// transactions the relay published only once they were visible, so the
+// payment behind it shows already.
+func (s *shop) wantBalance(id string, want int64, why string) {
 	s.t.Helper()
-	var got int64
-	defer func() {
-		if s.t.Failed() {
-			s.t.Logf("balance of %s last read %d", id, got)
-		}
-	}()
-	testkit.WaitFor(s.t, time.Minute, fmt.Sprintf("balance of %s to be %d (%s)", id, want, why), func() bool {
-		got = s.balance(id)
-		return got == want
-	})
+	if got := s.balance(id); got != want {
+		s.t.Fatalf("balance of %s is %d, want %d (%s)", id, got, want, why)
+	}
 }
 
 // product creates a product with a unique SKU and returns the SKU.

@@ -67,7 +67,7 @@ func TestSaga(t *testing.T) {
 			if final.GetTotal().GetAmountMinor() != 2_500 || final.GetItems()[0].GetUnitPrice().GetAmountMinor() != 1_250 {
 				t.Fatalf("confirmed order total %v, items %v; want 2500 at 1250 each", final.GetTotal(), final.GetItems())
 			}
-			s.waitBalance(cust, 7_500, "a 2500 order on 10000")
+			s.wantBalance(cust, 7_500, "a 2500 order on 10000")
 			if kinds := s.waitNotifications(cust, 2); !slices.Equal(kinds, []string{"WELCOME", "ORDER_CONFIRMED"}) {
 				t.Fatalf("notifications %v, want WELCOME then ORDER_CONFIRMED", kinds)
 			}
@@ -123,7 +123,7 @@ func TestSaga(t *testing.T) {
 			if err := s.check.WaitQuiet(ctx, 60e9); err != nil {
 				t.Fatal(err)
 			}
-			s.waitBalance(cust, 5_000, "cancelling a confirmed order gives the 5000 back")
+			s.wantBalance(cust, 5_000, "cancelling a confirmed order gives the 5000 back")
 			s.waitStock(sku, 4, 0)
 		})
 
@@ -151,7 +151,7 @@ func TestSaga(t *testing.T) {
 			if captures != 1 {
 				t.Fatalf("%d captures, want one", captures)
 			}
-			s.waitBalance(cust, 9_300, "one charge of 700 on 10000")
+			s.wantBalance(cust, 9_300, "one charge of 700 on 10000")
 		})
 
 		t.Run("pagination", func(t *testing.T) {
@@ -270,8 +270,8 @@ func TestSaga(t *testing.T) {
 			}
 			wantFinal(t, s.final(oa.GetOrderId()), confirmed, "")
 			wantFinal(t, s.final(ob.GetOrderId()), confirmed, "")
-			s.waitBalance(a, 1_400, "1000 + 500 - 100")
-			s.waitBalance(b, 1_400, "1000 + 500 - 100")
+			s.wantBalance(a, 1_400, "1000 + 500 - 100")
+			s.wantBalance(b, 1_400, "1000 + 500 - 100")
 		})
 
 		t.Run("same key on TopUp and AdjustStock changes once", func(t *testing.T) {
@@ -321,7 +321,7 @@ func TestSaga(t *testing.T) {
 				t.Fatalf("outcomes %v, want exactly 30 confirmed and 70 INSUFFICIENT_FUNDS", results)
 			}
 			for _, c := range custs {
-				s.waitBalance(c, 0, "ten orders of 1000 on 10000")
+				s.wantBalance(c, 0, "ten orders of 1000 on 10000")
 			}
 			s.waitStock(sku, 970, 0)
 		})

@@ -57,6 +57,30 @@ func New(t testing.TB, kind string, partitions int) *Bus {
 	return b
 }
 
+// Fill publishes n messages with distinct keys ("0" to n-1) to topic,
+// creating it if need be, and waits until the broker has acknowledged them
+// all.
+func Fill(t testing.TB, tr transport.Transport, topic string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	if err := tr.EnsureTopics(ctx, topic); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tr.NewPublisher("test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	for i := range n {
+		if err := pub.Publish(ctx, &transport.Message{Topic: topic, Key: []byte(fmt.Sprint(i)), Value: []byte("x")}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !pub.Flush(time.Minute) {
+		t.Fatal("messages not acknowledged")
+	}
+}
+
 // Kind returns "kafka" or "redis".
 func (b *Bus) Kind() string { return b.kind }
 

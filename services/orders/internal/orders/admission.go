@@ -75,9 +75,7 @@ func (b *backlog) refresh(ctx context.Context, pool *pgxpool.Pool, interval time
 // read reads the backlog once. Pending orders are those with a saga
 // deadline (the partial index orders_deadline_idx).
 func (b *backlog) read(ctx context.Context, pool *pgxpool.Pool) error {
-	b.mu.Lock()
-	before := b.admitted
-	b.mu.Unlock()
+	before := b.readStarts()
 	var n int64
 	var oldest, waited time.Duration
 	err := pool.QueryRow(ctx, `SELECT count(*), coalesce(now() - min(create_time), '0'),
@@ -86,12 +84,24 @@ func (b *backlog) read(ctx context.Context, pool *pgxpool.Pool) error {
 	if err != nil {
 		return fmt.Errorf("read the orders in progress: %w", err)
 	}
-	b.mu.Lock()
-	// Orders admitted while the query ran may or may not be in n: counted
-	// on top (see pending), at worst twice until the next read.
-	b.seen, b.base, b.oldest, b.waited = n, before, oldest, waited
-	b.mu.Unlock()
+	b.readDone(before, n, oldest, waited)
 	return nil
+}
+
+// readStarts returns the orders admitted so far, for readDone.
+func (b *backlog) readStarts() (admitted int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.admitted
+}
+
+// readDone records a read that began when before orders had been admitted.
+// Orders admitted while the query ran may or may not be in n: they are
+// counted on top (see pending), at worst twice until the next read.
+func (b *backlog) readDone(before, n int64, oldest, waited time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.seen, b.base, b.oldest, b.waited = n, before, oldest, waited
 }
 
 // ageQuorum is how many orders in progress must have waited longer than

@@ -96,3 +96,29 @@ func TestAdmittedOrdersCountUntilTheNextRead(t *testing.T) {
 		t.Fatal("a third order admitted: 98 read + 2 admitted is the bound of 100")
 	}
 }
+
+// An order admitted while the backlog query runs may be missing from its
+// result (its transaction had not committed at the query's snapshot), so
+// it counts on top of the result until the next read.
+func TestOrdersAdmittedDuringARead(t *testing.T) {
+	t.Parallel()
+	b := newBacklog()
+	o := Options{MaxPending: 100, MaxPendingAge: -1}
+	before := b.readStarts()
+	for i := range 2 {
+		if err := b.admit(o); err != nil {
+			t.Fatalf("order %d refused: %v", i+1, err)
+		}
+	}
+	b.readDone(before, 98, 0, 0) // the query saw neither of the two
+	if got := b.pending(); got != 100 {
+		t.Fatalf("pending %d after a read of 98 that missed 2 orders admitted during it, want 100", got)
+	}
+	if err := b.admit(o); err == nil {
+		t.Fatal("a third order admitted: 98 read + 2 admitted during the read is the bound of 100")
+	}
+	b.readDone(b.readStarts(), 100, 0, 0)
+	if got := b.pending(); got != 100 {
+		t.Fatalf("pending %d after the next read of 100, want 100", got)
+	}
+}

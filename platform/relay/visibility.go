@@ -1,0 +1,153 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// A transaction's commit record reaches the write-ahead log, and so the
+// cdc relay, a moment before PostgreSQL makes the transaction visible to
+// other sessions (ProcArrayEndTransaction runs after the WAL flush, and
+// after the wait for a synchronous standby). Publishing in that moment would
+// let a consumer, or a client who saw the consumer's effect, read the
+// writer's database from before the transaction. The relay therefore
+// publishes a transaction's events only once a snapshot taken after its
+// commit sees it.
+
+// snapshot is what pg_current_snapshot() returns, with 64-bit
+// (epoch-extended) transaction ids: every id below xmin is finished, every
+// id from xmax on had not finished, and between them the ids in running had
+// not.
+type snapshot struct {
+	xmin, xmax uint64
+	running    map[uint64]struct{}
+}
+
+// parseSnapshot reads pg_current_snapshot()'s text form, "xmin:xmax:xip,...".
+func parseSnapshot(s string) (snapshot, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
+		return snapshot{}, fmt.Errorf("snapshot %q: want xmin:xmax:xip", s)
+	}
+	var snap snapshot
+	var err error
+	if snap.xmin, err = strconv.ParseUint(parts[0], 10, 64); err != nil {
+		return snapshot{}, fmt.Errorf("snapshot %q: xmin: %w", s, err)
+	}
+	if snap.xmax, err = strconv.ParseUint(parts[1], 10, 64); err != nil {
+		return snapshot{}, fmt.Errorf("snapshot %q: xmax: %w", s, err)
+	}
+	if snap.xmin > snap.xmax {
+		return snapshot{}, fmt.Errorf("snapshot %q: xmin above xmax", s)
+	}
+	if parts[2] != "" {
+		ids := strings.Split(parts[2], ",")
+		snap.running = make(map[uint64]struct{}, len(ids))
+		for _, id := range ids {
+			x, err := strconv.ParseUint(id, 10, 64)
+			if err != nil {
+				return snapshot{}, fmt.Errorf("snapshot %q: running id: %w", s, err)
+			}
+			snap.running[x] = struct{}{}
+		}
+	}
+	return snap, nil
+}
+
+// widen returns the 64-bit id of xid, the 32-bit id the write-ahead log
+// carries, as the nearest id to ref (a recent 64-bit id): ids in use are
+// always within 2^31 of each other, which PostgreSQL's wraparound
+// protection guarantees.
+func widen(xid uint32, ref uint64) uint64 {
+	return uint64(int64(ref) + int64(int32(xid-uint32(ref))))
+}
+
+// visible reports whether the snapshot sees transaction xid (a 32-bit id)
+// as finished.
+func (s snapshot) visible(xid uint32) bool {
+	full := widen(xid, s.xmax)
+	if full < s.xmin {
+		return true
+	}
+	if full >= s.xmax {
+		return false
+	}
+	_, running := s.running[full]
+	return !running
+}
+
+// visibilityGate holds a cdc term back until the transactions it reads
+// are visible. One query per transaction at most, and none for one the
+// last snapshot already saw finished (a finished transaction stays so): a
+// backlog, or a burst of commits, costs one query.
+type visibilityGate struct {
+	conn *pgx.Conn
+	last snapshot // zero until the first query
+}
+
+// known reports whether the last snapshot already saw xid finished.
+func (g *visibilityGate) known(xid uint32) bool {
+	return g.last.xmax != 0 && g.last.visible(xid)
+}
+
+// visible takes a snapshot and reports whether it sees xid.
+func (g *visibilityGate) visible(ctx context.Context, xid uint32) (bool, error) {
+	var text string
+	if err := g.conn.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&text); err != nil {
+		return false, fmt.Errorf("read a snapshot to see whether transaction %d is visible: %w", xid, err)
+	}
+	snap, err := parseSnapshot(text)
+	if err != nil {
+		return false, err
+	}
+	g.last = snap
+	return snap.visible(xid), nil
+}
+
+// awaitVisible returns once transaction xid is visible to other sessions,
+// polling with a growing pause (a commit normally becomes visible within
+// microseconds; one waiting for a synchronous standby, for as long as
+// that takes). Meanwhile it keeps confirming progress, so that the server
+// does not time out the silent replication connection.
+func (st *cdcStream) awaitVisible(ctx context.Context, xid uint32) error {
+	if st.gate.known(xid) {
+		return nil
+	}
+	pause := 100 * time.Microsecond
+	var since time.Time
+	nextStatus := time.Now().Add(st.r.cfg.StatusInterval)
+	for {
+		ok, err := st.gate.visible(ctx, xid)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if !since.IsZero() {
+				st.r.invisibleSince.Store(0)
+			}
+			return nil
+		}
+		if since.IsZero() {
+			since = time.Now()
+			st.r.invisibleSince.Store(since.UnixNano())
+			st.r.invisibleWaits.Add(1)
+		}
+		if time.Now().After(nextStatus) {
+			if err := st.sendStatus(); err != nil {
+				return err
+			}
+			nextStatus = time.Now().Add(st.r.cfg.StatusInterval)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 100*time.Millisecond)
+	}
+}
