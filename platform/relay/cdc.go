@@ -197,6 +197,13 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 	if err != nil {
 		return err
 	}
+	// The gate's queries go beside the replication connection, which
+	// cannot run them while it streams.
+	gate := &visibilityGate{url: cfg.DatabaseURL}
+	if err := gate.connect(ctx); err != nil {
+		return err
+	}
+	defer gate.close()
 	conn, err := pgconn.ConnectConfig(ctx, pcfg)
 	if err != nil {
 		return fmt.Errorf("replication connect: %w", err)
@@ -213,14 +220,6 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 		return fmt.Errorf("start replication on slot %s: %w", cfg.Slot, err)
 	}
 
-	// The gate's queries, beside the replication connection (which cannot
-	// run them while it streams).
-	snapConn, err := connect(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return fmt.Errorf("connect for visibility checks: %w", err)
-	}
-	defer snapConn.Close(context.Background())
-
 	if pub == nil {
 		if pub, err = newPublisher(r); err != nil {
 			return err
@@ -230,7 +229,7 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 	r.becameActive()
 	cfg.Logger.Info("active: streaming outbox from the write-ahead log", "slot", cfg.Slot)
 	st := &cdcStream{r: r, conn: conn, pub: pub, tracker: &lsnTracker{pendingSince: &r.pendingSince},
-		relations: map[uint32]*pglogrepl.RelationMessage{}, gate: visibilityGate{conn: snapConn}}
+		relations: map[uint32]*pglogrepl.RelationMessage{}, gate: gate}
 	err = st.loop(ctx)
 	if ctx.Err() != nil {
 		// Clean stop: wait for the acknowledgements, confirm, then leave.
@@ -306,12 +305,12 @@ type cdcStream struct {
 	relations map[uint32]*pglogrepl.RelationMessage
 	decoder   recordDecoder
 	current   *txn
-	gate      visibilityGate
-	// xid is the current transaction's id, and visible whether the gate
+	gate      *visibilityGate
+	// xid is the current transaction's id, and cleared whether the gate
 	// has let it through: checked at its first outbox row, since a
 	// transaction without one publishes nothing.
 	xid     uint32
-	visible bool
+	cleared bool
 }
 
 func (st *cdcStream) loop(ctx context.Context) error {
@@ -427,7 +426,7 @@ func (st *cdcStream) handleLogical(ctx context.Context, data []byte) error {
 		st.relations[m.RelationID] = m
 	case *pglogrepl.BeginMessage:
 		st.current = st.tracker.begin()
-		st.xid, st.visible = m.Xid, false
+		st.xid, st.cleared = m.Xid, false
 		raise(&st.r.cdcSeen, uint64(m.FinalLSN))
 	case *pglogrepl.CommitMessage:
 		if st.current == nil {
@@ -463,11 +462,11 @@ func (st *cdcStream) handleInsert(ctx context.Context, data []byte) error {
 	if t == nil {
 		return errors.New("insert outside a transaction")
 	}
-	if !st.visible {
+	if !st.cleared {
 		if err := st.awaitVisible(ctx, st.xid); err != nil {
 			return err
 		}
-		st.visible = true
+		st.cleared = true
 	}
 	st.tracker.add(t, rec.CreatedAt)
 	err = st.pub.publish(ctx, rec, func() {

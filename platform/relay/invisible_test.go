@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -11,23 +12,21 @@ import (
 
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/pgcluster"
+	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
 
-// A transaction the write-ahead log shows committed but other sessions do
-// not see yet is not published, nor is anything after it, until they do:
-// a consumer must not act on an event whose writer's effects it cannot
-// read. A commit waiting for a synchronous standby (here one that never
-// comes) is held in that state; the logical walsender has sent it already.
-func TestCommitNotYetVisibleIsHeldBack(t *testing.T) {
-	t.Parallel()
+// syncHarness is a harness on a cluster of its own whose commits wait for
+// the synchronous standbys standbys names, where synchronous_commit is on
+// (the cluster's default is local): synchronous_standby_names is
+// cluster-wide. One partition, so the order read is the order published.
+func syncHarness(t *testing.T, standbys string) *harness {
+	t.Helper()
 	testkit.SkipShort(t, "PostgreSQL")
 	ctx := context.Background()
-	// A cluster of its own: synchronous_standby_names is cluster-wide.
-	// Commits wait for the standby only where synchronous_commit is on.
 	c, err := pgcluster.Start(ctx, pgcluster.Options{DataDir: t.TempDir() + "/data", Settings: map[string]string{
-		"synchronous_standby_names": "nobody",
+		"synchronous_standby_names": standbys,
 		"synchronous_commit":        "local",
 	}})
 	if err != nil {
@@ -37,22 +36,21 @@ func TestCommitNotYetVisibleIsHeldBack(t *testing.T) {
 	if err := c.CreateDatabase(ctx, "held"); err != nil {
 		t.Fatal(err)
 	}
-	// One partition, so the order of publication is the order read.
-	h := newHarnessOn(t, c.URL("held"), transporttest.New(t, "kafka", 1), outbox.ModeCDC)
-	cfg := h.config()
-	cfg.StuckAfter = 200 * time.Millisecond
-	r, _, _ := h.start(cfg)
-	if _, err := h.write(ctx, "first"); err != nil {
-		t.Fatal(err)
-	}
-	h.readAll(1, time.Minute)
+	return newHarnessOn(t, c.URL("held"), transporttest.New(t, "kafka", 1), outbox.ModeCDC)
+}
 
-	// "waiting" commits and then waits for the standby; "after" commits
-	// behind it and is visible at once.
-	pid := make(chan uint32, 1)
-	committed := make(chan error, 1)
+// commitWaiting commits an event for aggregate agg with synchronous_commit
+// on, which waits for a synchronous standby after the commit is in the WAL
+// and before other sessions can see it. It returns once the commit waits;
+// the wait is cancelled when the test ends, and done then delivers the
+// commit's result.
+func (h *harness) commitWaiting(agg string) (pid uint32, done <-chan error) {
+	h.t.Helper()
+	ctx := context.Background()
+	pids := make(chan uint32, 1)
+	result := make(chan error, 1)
 	go func() {
-		committed <- pgx.BeginFunc(ctx, h.pool, func(tx pgx.Tx) error {
+		result <- pgx.BeginFunc(ctx, h.pool, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
 				return err
 			}
@@ -60,44 +58,68 @@ func TestCommitNotYetVisibleIsHeldBack(t *testing.T) {
 			if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&p); err != nil {
 				return err
 			}
-			pid <- p
-			return h.writer.Write(ctx, tx, outbox.Event{AggregateType: aggregateType, AggregateID: "waiting", Message: wrapperspb.Int64(1)})
+			pids <- p
+			return h.writer.Write(ctx, tx, outbox.Event{AggregateType: aggregateType, AggregateID: agg, Message: wrapperspb.Int64(1)})
 		})
 	}()
-	waiting := <-pid
-	// Released however the test ends: the pool cannot close while the
-	// commit holds one of its connections.
-	t.Cleanup(func() {
-		_, _ = h.pool.Exec(ctx, "SELECT pg_cancel_backend($1)", waiting)
-		if err := <-committed; err != nil {
-			t.Logf("the waiting commit: %v", err)
-		}
+	select {
+	case pid = <-pids:
+	case err := <-result:
+		h.t.Fatalf("the waiting commit: %v", err)
+	}
+	// Whatever happens, the pool cannot close while the commit holds one
+	// of its connections: cancelling the wait ends it (the commit stays).
+	finished := make(chan error, 1)
+	go func() { finished <- <-result }()
+	h.t.Cleanup(func() {
+		_, _ = h.pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid)
 	})
-	testkit.WaitFor(t, time.Minute, "the commit to wait for the standby", func() bool {
+	testkit.WaitFor(h.t, time.Minute, "the commit to wait for the standby", func() bool {
 		var event string
-		err := h.pool.QueryRow(ctx, "SELECT wait_event FROM pg_stat_activity WHERE pid = $1", waiting).Scan(&event)
+		err := h.pool.QueryRow(ctx, "SELECT coalesce(wait_event, '') FROM pg_stat_activity WHERE pid = $1", pid).Scan(&event)
 		return err == nil && event == "SyncRep"
 	})
+	return pid, finished
+}
+
+// A transaction the write-ahead log shows committed but other sessions do
+// not see yet is not published, nor is anything after it, until they do:
+// a consumer must not act on an event whose writer's effects it cannot
+// read. A commit waiting for a synchronous standby (here one that never
+// comes) is held in that state; the logical walsender has sent it already.
+func TestCommitNotYetVisibleIsHeldBack(t *testing.T) {
+	t.Parallel()
+	h := syncHarness(t, "nobody")
+	ctx := context.Background()
+	cfg := h.config()
+	cfg.StuckAfter = 200 * time.Millisecond
+	r, _, _ := h.start(cfg)
+	if _, err := h.write(ctx, "first"); err != nil {
+		t.Fatal(err)
+	}
+	h.readAll(1, time.Minute)
+	// Even "first" may have been held for a moment.
+	waits := r.Stats().InvisibleWaits
+
+	pid, committed := h.commitWaiting("waiting")
 	if _, err := h.write(ctx, "after"); err != nil {
 		t.Fatal(err)
 	}
-
 	testkit.WaitFor(t, time.Minute, "the relay to hold the invisible commit back", func() bool {
-		return r.Stats().InvisibleWaits == 1
+		return r.Stats().InvisibleWaits > waits
 	})
 	testkit.WaitFor(t, time.Minute, "the relay to report itself stuck", func() bool { return r.Stats().Stuck })
-	if s := r.Stats(); !strings.Contains(s.StuckReason, "not visible") || s.Published != 1 {
+	if s := r.Stats(); !strings.Contains(s.StuckReason, "cannot see it yet") || s.Published != 1 {
 		t.Fatalf("while held back: published %d (want 1, the first event), stuck reason %q", s.Published, s.StuckReason)
 	}
 
 	// Cancelling the wait makes the commit visible (it has committed locally).
-	if _, err := h.pool.Exec(ctx, "SELECT pg_cancel_backend($1)", waiting); err != nil {
+	if _, err := h.pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-committed; err != nil {
 		t.Fatalf("the waiting commit: %v", err)
 	}
-	committed <- nil // for the cleanup
 	got := h.readAll(3, time.Minute)
 	var keys []string
 	for _, m := range got.msgs {
@@ -109,4 +131,36 @@ func TestCommitNotYetVisibleIsHeldBack(t *testing.T) {
 		t.Fatalf("published in the order %v, want first, waiting, after", keys)
 	}
 	testkit.WaitFor(t, time.Minute, "the relay to stop reporting itself stuck", func() bool { return !r.Stats().Stuck })
+}
+
+// A relay that synchronous_standby_names makes the synchronous standby
+// ('*' matches it) would wait forever for a commit that waits for it: it
+// stops and says so.
+func TestRelayRefusesToBeTheSynchronousStandby(t *testing.T) {
+	t.Parallel()
+	h := syncHarness(t, "*")
+	h.prepare()
+	r, err := relay.New(h.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-stopped; err != nil && !errors.Is(err, relay.ErrSynchronousStandby) {
+			t.Errorf("relay.Run: %v", err)
+		}
+	})
+	h.commitWaiting("waiting")
+	select {
+	case err := <-stopped:
+		stopped <- err // for the cleanup
+		if !errors.Is(err, relay.ErrSynchronousStandby) {
+			t.Fatalf("Run returned %v, want ErrSynchronousStandby", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the relay still runs a minute after a commit began waiting for it")
+	}
 }

@@ -22,7 +22,7 @@
 // Visibility: cdc reads a commit from the write-ahead log a moment before
 // PostgreSQL lets other sessions see it, and holds the transaction's events
 // (and everything after them) until a snapshot shows it finished, so whoever
-// has an event can read its writer's changes.
+// has an event can read its writer's changes on the primary.
 //
 // Order: cdc publishes in commit order, so each aggregate's events arrive in
 // the order their transactions committed, whatever the writers do. Poll
@@ -99,9 +99,10 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// StuckAfter is how long a relay may fail to publish (every term
 	// failing, events waiting that long for the broker's acknowledgement,
-	// or, in cdc, a transaction that long committed in the WAL and not yet
-	// visible) before [Relay.Check] reports it stuck and it logs an error (default
-	// 30s). Broker restarts and fail-overs usually take less.
+	// or, in cdc, a transaction held back that long because other sessions
+	// cannot see it yet) before [Relay.Check] reports it stuck and it logs
+	// an error (default 30s). Broker restarts and fail-overs usually take
+	// less.
 	StuckAfter time.Duration
 	// Logger receives the relay's logs (default slog.Default()).
 	Logger *slog.Logger
@@ -175,9 +176,10 @@ type Relay struct {
 	// progress, and a keepalive is "caught up" only past everything seen.
 	cdcSafe atomic.Uint64
 	cdcSeen atomic.Uint64
-	// cdc: transactions read before they were visible, and since when the
-	// current one has been waiting (unix nanos; 0 when none is).
+	// cdc: transactions read before they were visible; the one held now,
+	// and since when (unix nanos; 0 when none is).
 	invisibleWaits atomic.Uint64
+	invisibleXid   atomic.Uint32
 	invisibleSince atomic.Int64
 
 	mu           sync.Mutex
@@ -215,7 +217,9 @@ type Stats struct {
 	// InvisibleWaits counts transactions (cdc) whose commit the relay read
 	// from the write-ahead log before PostgreSQL made them visible to other
 	// sessions, and which it held back, with everything after them, until
-	// it did. A commit waiting for a synchronous standby is one.
+	// it did: a commit waiting for a synchronous standby, or one whose
+	// backend was descheduled for a moment (which is common on a busy
+	// machine, and harmless; Stuck says when one is held too long).
 	InvisibleWaits uint64
 }
 
@@ -246,6 +250,18 @@ var ErrStuck = errors.New("relay cannot publish")
 //
 // after which the next Prepare creates and records a new slot.
 var ErrSlotLost = errors.New("replication slot lost")
+
+// ErrSynchronousStandby is returned (wrapped) by cdc mode when PostgreSQL
+// counts the relay's replication connection (application_name
+// "switchyard-relay") as a synchronous standby, because
+// synchronous_standby_names matches it ('*' does), and a commit waits for
+// it. The relay confirms a commit only once it has published it, and
+// publishes it only once other sessions can see it, which they cannot
+// until the relay confirms it: neither would ever move. Name the real
+// standbys in synchronous_standby_names instead.
+var ErrSynchronousStandby = errors.New("PostgreSQL counts the relay as a synchronous standby " +
+	"(synchronous_standby_names matches application_name 'switchyard-relay', as '*' does), and commits wait for it, " +
+	"while it publishes only commits other sessions can see: name the real standbys in synchronous_standby_names instead")
 
 // ErrLogicalReplicationOff is returned (wrapped) by cdc mode when the
 // database does not have wal_level=logical.
@@ -365,15 +381,17 @@ func (r *Relay) Stats() Stats {
 	s.LastError, s.LastErrorTime, s.FailingSince = r.lastErr, r.lastErrAt, r.failingSince
 	r.mu.Unlock()
 	switch {
+	case s.Active && invisible != 0 && now.Sub(time.Unix(0, invisible)) >= r.cfg.StuckAfter:
+		xid := r.invisibleXid.Load()
+		s.Stuck = true
+		s.StuckReason = fmt.Sprintf("transaction %d, committed in the write-ahead log, has been held back for %s because other sessions "+
+			"cannot see it yet, and its events and every later one wait for it: is its commit waiting for a synchronous standby? "+
+			"(SELECT pid, wait_event FROM pg_stat_activity WHERE backend_xid = '%d')",
+			xid, now.Sub(time.Unix(0, invisible)).Round(time.Second), xid)
 	case !s.FailingSince.IsZero() && now.Sub(s.FailingSince) >= r.cfg.StuckAfter:
 		s.Stuck = true
 		s.StuckReason = fmt.Sprintf("every attempt to publish has failed for %s (%d failed terms in all); last error: %v",
 			now.Sub(s.FailingSince).Round(time.Second), s.Failures, s.LastError)
-	case s.Active && invisible != 0 && now.Sub(time.Unix(0, invisible)) >= r.cfg.StuckAfter:
-		s.Stuck = true
-		s.StuckReason = fmt.Sprintf("a transaction committed in the write-ahead log %s ago is still not visible to other sessions "+
-			"(is its commit waiting for a synchronous standby?); its events and every later one wait for it",
-			now.Sub(time.Unix(0, invisible)).Round(time.Second))
 	case s.Active && since != 0:
 		waiting := time.Unix(0, max(r.lastAck.Load(), r.activeSince.Load()))
 		if d := now.Sub(waiting); d >= r.cfg.StuckAfter {
@@ -452,7 +470,8 @@ func (r *Relay) watch(ctx context.Context) {
 // Run relays events until ctx is cancelled, as the active relay or as a
 // standby waiting to take over. Transient failures (database or broker
 // restarts) are logged and retried. It returns nil after a clean stop, or an
-// error that retrying cannot fix (such as ErrLogicalReplicationOff).
+// error that retrying cannot fix (such as ErrLogicalReplicationOff or
+// ErrSynchronousStandby).
 func (r *Relay) Run(ctx context.Context) error {
 	log := r.cfg.Logger
 	wctx, stopWatch := context.WithCancel(ctx)

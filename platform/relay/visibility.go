@@ -82,12 +82,58 @@ func (s snapshot) visible(xid uint32) bool {
 }
 
 // visibilityGate holds a cdc term back until the transactions it reads
-// are visible. One query per transaction at most, and none for one the
-// last snapshot already saw finished (a finished transaction stays so): a
-// backlog, or a burst of commits, costs one query.
+// are visible. A transaction the last snapshot already saw finished costs
+// nothing (a finished transaction stays so), so a backlog or a burst of
+// commits costs one query; any other costs one, and one more per poll
+// while it is held back.
 type visibilityGate struct {
-	conn *pgx.Conn
-	last snapshot // zero until the first query
+	url  string
+	conn *pgx.Conn // nil until connect, and after a failed query
+	last snapshot  // zero until the first query
+}
+
+// visibilityAppName names the gate's connection in pg_stat_activity.
+const visibilityAppName = "switchyard-relay-visibility"
+
+func (g *visibilityGate) connect(ctx context.Context) error {
+	cfg, err := pgx.ParseConfig(g.url)
+	if err != nil {
+		return fmt.Errorf("parse DatabaseURL: %w", err)
+	}
+	dropPoolParams(cfg.RuntimeParams)
+	cfg.RuntimeParams["application_name"] = visibilityAppName
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connect for visibility checks: %w", err)
+	}
+	g.conn = conn
+	return nil
+}
+
+func (g *visibilityGate) close() {
+	if g.conn != nil {
+		_ = g.conn.Close(context.Background())
+		g.conn = nil
+	}
+}
+
+// query runs sql on the gate's connection. The connection sits idle
+// between transactions, where a server's idle_session_timeout or a
+// firewall can end it: a failed query is retried once on a new one.
+func (g *visibilityGate) query(ctx context.Context, sql string, args []any, dest ...any) error {
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		if g.conn == nil {
+			if err = g.connect(ctx); err != nil {
+				return err
+			}
+		}
+		if err = g.conn.QueryRow(ctx, sql, args...).Scan(dest...); err == nil || ctx.Err() != nil {
+			return err
+		}
+		g.close()
+	}
+	return err
 }
 
 // known reports whether the last snapshot already saw xid finished.
@@ -98,7 +144,7 @@ func (g *visibilityGate) known(xid uint32) bool {
 // visible takes a snapshot and reports whether it sees xid.
 func (g *visibilityGate) visible(ctx context.Context, xid uint32) (bool, error) {
 	var text string
-	if err := g.conn.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&text); err != nil {
+	if err := g.query(ctx, "SELECT pg_current_snapshot()::text", nil, &text); err != nil {
 		return false, fmt.Errorf("read a snapshot to see whether transaction %d is visible: %w", xid, err)
 	}
 	snap, err := parseSnapshot(text)
@@ -109,32 +155,49 @@ func (g *visibilityGate) visible(ctx context.Context, xid uint32) (bool, error) 
 	return snap.visible(xid), nil
 }
 
+// synchronous reports whether PostgreSQL counts the walsender with process
+// id pid as a synchronous standby that commits wait for.
+func (g *visibilityGate) synchronous(ctx context.Context, pid uint32) (bool, error) {
+	var state string
+	err := g.query(ctx, `SELECT coalesce((SELECT sync_state FROM pg_stat_replication WHERE pid = $1), 'async')`, []any{int32(pid)}, &state)
+	if err != nil {
+		return false, fmt.Errorf("read the relay's synchronous replication state: %w", err)
+	}
+	return state == "sync" || state == "quorum", nil
+}
+
 // awaitVisible returns once transaction xid is visible to other sessions,
 // polling with a growing pause (a commit normally becomes visible within
 // microseconds; one waiting for a synchronous standby, for as long as
 // that takes). Meanwhile it keeps confirming progress, so that the server
-// does not time out the silent replication connection.
+// does not time out the silent replication connection, and stops on a
+// broker failure. A relay that is itself the synchronous standby the
+// commit waits for would wait forever: it fails with ErrSynchronousStandby.
 func (st *cdcStream) awaitVisible(ctx context.Context, xid uint32) error {
 	if st.gate.known(xid) {
 		return nil
 	}
 	pause := 100 * time.Microsecond
-	var since time.Time
+	var timer *time.Timer
+	held := false
+	defer func() {
+		if held {
+			st.r.invisibleSince.Store(0)
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	nextStatus := time.Now().Add(st.r.cfg.StatusInterval)
 	for {
 		ok, err := st.gate.visible(ctx, xid)
-		if err != nil {
+		if err != nil || ok {
 			return err
 		}
-		if ok {
-			if !since.IsZero() {
-				st.r.invisibleSince.Store(0)
-			}
-			return nil
-		}
-		if since.IsZero() {
-			since = time.Now()
-			st.r.invisibleSince.Store(since.UnixNano())
+		if !held {
+			held = true
+			st.r.invisibleXid.Store(xid)
+			st.r.invisibleSince.Store(time.Now().UnixNano())
 			st.r.invisibleWaits.Add(1)
 		}
 		if time.Now().After(nextStatus) {
@@ -142,11 +205,25 @@ func (st *cdcStream) awaitVisible(ctx context.Context, xid uint32) error {
 				return err
 			}
 			nextStatus = time.Now().Add(st.r.cfg.StatusInterval)
+			sync, err := st.gate.synchronous(ctx, st.conn.PID())
+			if err != nil {
+				return err
+			}
+			if sync {
+				return permanent{fmt.Errorf("%w: transaction %d waits for it", ErrSynchronousStandby, xid)}
+			}
+		}
+		if timer == nil {
+			timer = time.NewTimer(pause)
+		} else {
+			timer.Reset(pause)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(pause):
+		case err := <-st.pub.failed():
+			return err
+		case <-timer.C:
 		}
 		pause = min(2*pause, 100*time.Millisecond)
 	}
