@@ -166,6 +166,9 @@ var decodingSettings = map[string]string{
 	"extra_float_digits": "3",
 }
 
+// replicationAppName names the relay's replication connection.
+const replicationAppName = "switchyard-relay"
+
 func replicationConfig(databaseURL string) (*pgconn.Config, error) {
 	cfg, err := pgconn.ParseConfig(databaseURL)
 	if err != nil {
@@ -173,7 +176,7 @@ func replicationConfig(databaseURL string) (*pgconn.Config, error) {
 	}
 	dropPoolParams(cfg.RuntimeParams)
 	cfg.RuntimeParams["replication"] = "database"
-	cfg.RuntimeParams["application_name"] = "switchyard-relay"
+	cfg.RuntimeParams["application_name"] = replicationAppName
 	// pgoutput sends column values in their text form, which these session
 	// settings shape: fix them rather than trust the server's or the
 	// database's defaults (bytea_output=escape or DateStyle='SQL, DMY'
@@ -197,13 +200,6 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 	if err != nil {
 		return err
 	}
-	// The gate's queries go beside the replication connection, which
-	// cannot run them while it streams.
-	gate := &visibilityGate{url: cfg.DatabaseURL}
-	if err := gate.connect(ctx); err != nil {
-		return err
-	}
-	defer gate.close()
 	conn, err := pgconn.ConnectConfig(ctx, pcfg)
 	if err != nil {
 		return fmt.Errorf("replication connect: %w", err)
@@ -218,6 +214,15 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 	}
 	if err != nil {
 		return fmt.Errorf("start replication on slot %s: %w", cfg.Slot, err)
+	}
+
+	// The gate's queries go beside the replication connection, which
+	// cannot run them while it streams. A relay that may be a synchronous
+	// standby would deadlock with the first commit that waits for it.
+	gate := &visibilityGate{url: cfg.DatabaseURL}
+	defer gate.close()
+	if err := gate.synchronous(ctx); err != nil {
+		return err
 	}
 
 	if pub == nil {

@@ -17,17 +17,16 @@ import (
 	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
 
-// syncHarness is a harness on a cluster of its own whose commits wait for
-// the synchronous standbys standbys names, where synchronous_commit is on
-// (the cluster's default is local): synchronous_standby_names is
+// syncHarness is a harness on a cluster of its own, whose commits wait for
+// the synchronous standbys that setStandbys names where synchronous_commit
+// is on (the cluster's default is local): synchronous_standby_names is
 // cluster-wide. One partition, so the order read is the order published.
-func syncHarness(t *testing.T, standbys string) *harness {
+func syncHarness(t *testing.T) *harness {
 	t.Helper()
 	testkit.SkipShort(t, "PostgreSQL")
 	ctx := context.Background()
 	c, err := pgcluster.Start(ctx, pgcluster.Options{DataDir: t.TempDir() + "/data", Settings: map[string]string{
-		"synchronous_standby_names": standbys,
-		"synchronous_commit":        "local",
+		"synchronous_commit": "local",
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -37,6 +36,22 @@ func syncHarness(t *testing.T, standbys string) *harness {
 		t.Fatal(err)
 	}
 	return newHarnessOn(t, c.URL("held"), transporttest.New(t, "kafka", 1), outbox.ModeCDC)
+}
+
+// setStandbys sets synchronous_standby_names (ALTER SYSTEM, which a
+// server's -c setting would override) and waits until the server uses it.
+func (h *harness) setStandbys(names string) {
+	h.t.Helper()
+	ctx := context.Background()
+	for _, sql := range []string{"ALTER SYSTEM SET synchronous_standby_names = " + pgx.Identifier{names}.Sanitize(), "SELECT pg_reload_conf()"} {
+		if _, err := h.pool.Exec(ctx, sql); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(h.t, time.Minute, "synchronous_standby_names to be "+names, func() bool {
+		var got string
+		return h.pool.QueryRow(ctx, "SHOW synchronous_standby_names").Scan(&got) == nil && got == names
+	})
 }
 
 // commitWaiting commits an event for aggregate agg with synchronous_commit
@@ -66,11 +81,11 @@ func (h *harness) commitWaiting(agg string) (pid uint32, done <-chan error) {
 	case pid = <-pids:
 	case err := <-result:
 		h.t.Fatalf("the waiting commit: %v", err)
+	case <-time.After(time.Minute):
+		h.t.Fatal("the waiting commit did not start within a minute")
 	}
 	// Whatever happens, the pool cannot close while the commit holds one
 	// of its connections: cancelling the wait ends it (the commit stays).
-	finished := make(chan error, 1)
-	go func() { finished <- <-result }()
 	h.t.Cleanup(func() {
 		_, _ = h.pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid)
 	})
@@ -79,7 +94,7 @@ func (h *harness) commitWaiting(agg string) (pid uint32, done <-chan error) {
 		err := h.pool.QueryRow(ctx, "SELECT coalesce(wait_event, '') FROM pg_stat_activity WHERE pid = $1", pid).Scan(&event)
 		return err == nil && event == "SyncRep"
 	})
-	return pid, finished
+	return pid, result
 }
 
 // A transaction the write-ahead log shows committed but other sessions do
@@ -89,7 +104,8 @@ func (h *harness) commitWaiting(agg string) (pid uint32, done <-chan error) {
 // comes) is held in that state; the logical walsender has sent it already.
 func TestCommitNotYetVisibleIsHeldBack(t *testing.T) {
 	t.Parallel()
-	h := syncHarness(t, "nobody")
+	h := syncHarness(t)
+	h.setStandbys("nobody")
 	ctx := context.Background()
 	cfg := h.config()
 	cfg.StuckAfter = 200 * time.Millisecond
@@ -117,8 +133,13 @@ func TestCommitNotYetVisibleIsHeldBack(t *testing.T) {
 	if _, err := h.pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-committed; err != nil {
-		t.Fatalf("the waiting commit: %v", err)
+	select {
+	case err := <-committed:
+		if err != nil {
+			t.Fatalf("the waiting commit: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the commit still waits a minute after its wait was cancelled")
 	}
 	got := h.readAll(3, time.Minute)
 	var keys []string
@@ -133,34 +154,53 @@ func TestCommitNotYetVisibleIsHeldBack(t *testing.T) {
 	testkit.WaitFor(t, time.Minute, "the relay to stop reporting itself stuck", func() bool { return !r.Stats().Stuck })
 }
 
-// A relay that synchronous_standby_names makes the synchronous standby
-// ('*' matches it) would wait forever for a commit that waits for it: it
-// stops and says so.
-func TestRelayRefusesToBeTheSynchronousStandby(t *testing.T) {
+// A relay that synchronous_standby_names names (or '*') may be the
+// standby a commit waits for, and would wait for that commit forever: it
+// stops and says so, whether the setting named it before it became active
+// or names it after a reload while it holds a commit back.
+func TestRelayRefusesToBeASynchronousStandby(t *testing.T) {
 	t.Parallel()
-	h := syncHarness(t, "*")
-	h.prepare()
-	r, err := relay.New(h.config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan error, 1)
-	go func() { stopped <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-stopped; err != nil && !errors.Is(err, relay.ErrSynchronousStandby) {
-			t.Errorf("relay.Run: %v", err)
-		}
-	})
-	h.commitWaiting("waiting")
-	select {
-	case err := <-stopped:
-		stopped <- err // for the cleanup
-		if !errors.Is(err, relay.ErrSynchronousStandby) {
-			t.Fatalf("Run returned %v, want ErrSynchronousStandby", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("the relay still runs a minute after a commit began waiting for it")
+	for _, tc := range []struct {
+		name, standbys, reload string
+	}{
+		{name: "at start", standbys: "*"},
+		{name: "after a reload", standbys: "nobody", reload: `"switchyard-relay"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := syncHarness(t)
+			h.setStandbys(tc.standbys)
+			ctx, cancel := context.WithCancel(context.Background())
+			cfg := h.config()
+			r, err := relay.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Prepare(ctx); err != nil {
+				t.Fatal(err)
+			}
+			stopped := make(chan error, 1)
+			go func() { stopped <- r.Run(ctx) }()
+			t.Cleanup(func() {
+				cancel()
+				if err := <-stopped; err != nil && !errors.Is(err, relay.ErrSynchronousStandby) {
+					t.Errorf("relay.Run: %v", err)
+				}
+			})
+			if tc.reload != "" {
+				h.commitWaiting("waiting")
+				testkit.WaitFor(t, time.Minute, "the relay to hold the commit back", func() bool { return r.Stats().InvisibleWaits > 0 })
+				h.setStandbys(tc.reload)
+			}
+			select {
+			case err := <-stopped:
+				stopped <- err // for the cleanup
+				if !errors.Is(err, relay.ErrSynchronousStandby) {
+					t.Fatalf("Run returned %v, want ErrSynchronousStandby", err)
+				}
+			case <-time.After(time.Minute):
+				t.Fatal("the relay still runs a minute later")
+			}
+		})
 	}
 }

@@ -251,17 +251,17 @@ var ErrStuck = errors.New("relay cannot publish")
 // after which the next Prepare creates and records a new slot.
 var ErrSlotLost = errors.New("replication slot lost")
 
-// ErrSynchronousStandby is returned (wrapped) by cdc mode when PostgreSQL
-// counts the relay's replication connection (application_name
-// "switchyard-relay") as a synchronous standby, because
-// synchronous_standby_names matches it ('*' does), and a commit waits for
-// it. The relay confirms a commit only once it has published it, and
+// ErrSynchronousStandby is returned (wrapped) by cdc mode when
+// synchronous_standby_names names the relay's replication connection
+// (application_name "switchyard-relay"), or '*', so that commits may wait
+// for it. The relay confirms a commit only once it has published it, and
 // publishes it only once other sessions can see it, which they cannot
-// until the relay confirms it: neither would ever move. Name the real
-// standbys in synchronous_standby_names instead.
-var ErrSynchronousStandby = errors.New("PostgreSQL counts the relay as a synchronous standby " +
-	"(synchronous_standby_names matches application_name 'switchyard-relay', as '*' does), and commits wait for it, " +
-	"while it publishes only commits other sessions can see: name the real standbys in synchronous_standby_names instead")
+// until the wait ends: a commit that waits for the relay would wait
+// forever, and so would the relay. The relay checks when it becomes
+// active, and again while it holds back a commit. Name the real standbys in
+// synchronous_standby_names instead.
+var ErrSynchronousStandby = errors.New("synchronous_standby_names names the relay ('switchyard-relay', or '*'), so commits may wait for it, " +
+	"while it publishes only commits other sessions can see, which would never happen: name the real standbys in synchronous_standby_names instead")
 
 // ErrLogicalReplicationOff is returned (wrapped) by cdc mode when the
 // database does not have wal_level=logical.

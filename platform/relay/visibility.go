@@ -3,9 +3,11 @@ package relay
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -117,10 +119,16 @@ func (g *visibilityGate) close() {
 	}
 }
 
+// queryTimeout bounds one attempt of a gate query: a connection a firewall
+// dropped silently would otherwise hang it for as long as TCP takes to
+// notice, while the replication connection goes unanswered.
+const queryTimeout = 5 * time.Second
+
 // query runs sql on the gate's connection. The connection sits idle
 // between transactions, where a server's idle_session_timeout or a
-// firewall can end it: a failed query is retried once on a new one.
-func (g *visibilityGate) query(ctx context.Context, sql string, args []any, dest ...any) error {
+// firewall can end it: a query that lost its connection is retried once
+// on a new one.
+func (g *visibilityGate) query(ctx context.Context, sql string, dest ...any) error {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		if g.conn == nil {
@@ -128,7 +136,10 @@ func (g *visibilityGate) query(ctx context.Context, sql string, args []any, dest
 				return err
 			}
 		}
-		if err = g.conn.QueryRow(ctx, sql, args...).Scan(dest...); err == nil || ctx.Err() != nil {
+		qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+		err = g.conn.QueryRow(qctx, sql).Scan(dest...)
+		cancel()
+		if err == nil || ctx.Err() != nil || !g.conn.IsClosed() {
 			return err
 		}
 		g.close()
@@ -144,7 +155,7 @@ func (g *visibilityGate) known(xid uint32) bool {
 // visible takes a snapshot and reports whether it sees xid.
 func (g *visibilityGate) visible(ctx context.Context, xid uint32) (bool, error) {
 	var text string
-	if err := g.query(ctx, "SELECT pg_current_snapshot()::text", nil, &text); err != nil {
+	if err := g.query(ctx, "SELECT pg_current_snapshot()::text", &text); err != nil {
 		return false, fmt.Errorf("read a snapshot to see whether transaction %d is visible: %w", xid, err)
 	}
 	snap, err := parseSnapshot(text)
@@ -155,15 +166,72 @@ func (g *visibilityGate) visible(ctx context.Context, xid uint32) (bool, error) 
 	return snap.visible(xid), nil
 }
 
-// synchronous reports whether PostgreSQL counts the walsender with process
-// id pid as a synchronous standby that commits wait for.
-func (g *visibilityGate) synchronous(ctx context.Context, pid uint32) (bool, error) {
-	var state string
-	err := g.query(ctx, `SELECT coalesce((SELECT sync_state FROM pg_stat_replication WHERE pid = $1), 'async')`, []any{int32(pid)}, &state)
-	if err != nil {
-		return false, fmt.Errorf("read the relay's synchronous replication state: %w", err)
+// synchronous reports whether synchronous_standby_names names the relay's
+// replication connection (or '*'), so that commits may wait for it. It
+// reads the setting rather than pg_stat_replication, whose sync_state a
+// role without pg_read_all_stats cannot see.
+func (g *visibilityGate) synchronous(ctx context.Context) error {
+	var names string
+	if err := g.query(ctx, "SELECT current_setting('synchronous_standby_names')", &names); err != nil {
+		return fmt.Errorf("read synchronous_standby_names: %w", err)
 	}
-	return state == "sync" || state == "quorum", nil
+	if namesStandby(names, replicationAppName) {
+		return permanent{fmt.Errorf("%w (it is %q)", ErrSynchronousStandby, names)}
+	}
+	return nil
+}
+
+// namesStandby reports whether a synchronous_standby_names value ("a, b",
+// "FIRST 2 (a, b)", "ANY 1 (\"a\", *)") lists app, or '*', as a standby.
+// PostgreSQL compares names without regard to case.
+func namesStandby(setting, app string) bool {
+	// Tokens: names (quoted ones unquoted), and the parentheses around the
+	// list when there is a count before it.
+	type token struct {
+		text  string
+		paren bool
+	}
+	var tokens []token
+	for i := 0; i < len(setting); {
+		switch c := setting[i]; {
+		case c == '(' || c == ')':
+			tokens = append(tokens, token{text: string(c), paren: true})
+			i++
+		case c == ',' || unicode.IsSpace(rune(c)):
+			i++
+		case c == '"':
+			var b strings.Builder
+			for i++; i < len(setting); i++ {
+				if setting[i] != '"' {
+					b.WriteByte(setting[i])
+				} else if i+1 < len(setting) && setting[i+1] == '"' {
+					b.WriteByte('"')
+					i++
+				} else {
+					i++
+					break
+				}
+			}
+			tokens = append(tokens, token{text: b.String()})
+		default:
+			j := i
+			for j < len(setting) && !strings.ContainsRune("()\",", rune(setting[j])) && !unicode.IsSpace(rune(setting[j])) {
+				j++
+			}
+			tokens = append(tokens, token{text: setting[i:j]})
+			i = j
+		}
+	}
+	inList := !slices.ContainsFunc(tokens, func(t token) bool { return t.paren })
+	for _, t := range tokens {
+		switch {
+		case t.paren:
+			inList = t.text == "("
+		case inList && (t.text == "*" || strings.EqualFold(t.text, app)):
+			return true
+		}
+	}
+	return false
 }
 
 // awaitVisible returns once transaction xid is visible to other sessions,
@@ -171,8 +239,9 @@ func (g *visibilityGate) synchronous(ctx context.Context, pid uint32) (bool, err
 // microseconds; one waiting for a synchronous standby, for as long as
 // that takes). Meanwhile it keeps confirming progress, so that the server
 // does not time out the silent replication connection, and stops on a
-// broker failure. A relay that is itself the synchronous standby the
-// commit waits for would wait forever: it fails with ErrSynchronousStandby.
+// broker failure. A relay that synchronous_standby_names has come to name
+// since the term began could be the standby the commit waits for, and
+// wait forever: it fails with ErrSynchronousStandby.
 func (st *cdcStream) awaitVisible(ctx context.Context, xid uint32) error {
 	if st.gate.known(xid) {
 		return nil
@@ -205,12 +274,9 @@ func (st *cdcStream) awaitVisible(ctx context.Context, xid uint32) error {
 				return err
 			}
 			nextStatus = time.Now().Add(st.r.cfg.StatusInterval)
-			sync, err := st.gate.synchronous(ctx, st.conn.PID())
-			if err != nil {
+			// The setting may have been reloaded since the term began.
+			if err := st.gate.synchronous(ctx); err != nil {
 				return err
-			}
-			if sync {
-				return permanent{fmt.Errorf("%w: transaction %d waits for it", ErrSynchronousStandby, xid)}
 			}
 		}
 		if timer == nil {

@@ -89,3 +89,25 @@ func TestGateKnown(t *testing.T) {
 		}
 	}
 }
+
+func TestNamesStandby(t *testing.T) {
+	t.Parallel()
+	for setting, want := range map[string]bool{
+		"":                                       false,
+		"*":                                      true,
+		"s1, s2":                                 false,
+		`s1, "switchyard-relay"`:                 true,
+		`"Switchyard-Relay"`:                     true, // compared without regard to case
+		"FIRST 1 (s1, *)":                        true,
+		"first 1 (s1, s2)":                       false,
+		`ANY 2 ( s1 , "switchyard-relay" , s3 )`: true,
+		"2 (s1, s2)":                             false,
+		`"s1(x)", s2`:                            false, // a quoted parenthesis is part of a name
+		`"say ""*"""`:                            false,
+		`s1,"*"`:                                 true,
+	} {
+		if got := namesStandby(setting, "switchyard-relay"); got != want {
+			t.Errorf("namesStandby(%q) = %v, want %v", setting, got, want)
+		}
+	}
+}
