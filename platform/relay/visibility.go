@@ -85,12 +85,11 @@ func (s snapshot) visible(xid uint32) bool {
 
 // visibilityGate holds a cdc term back until the transactions it reads
 // are visible. A transaction the last snapshot already saw finished costs
-// nothing (a finished transaction stays so), so a backlog or a burst of
-// commits costs one query; any other costs one, and one more per poll
-// while it is held back.
+// nothing (a finished transaction stays so), so a backlog costs one query;
+// any other costs one, and one more per poll while it is held back.
 type visibilityGate struct {
 	url  string
-	conn *pgx.Conn // nil until connect, and after a failed query
+	conn *pgx.Conn // nil until the first query, and after one lost it
 	last snapshot  // zero until the first query
 }
 
@@ -166,10 +165,11 @@ func (g *visibilityGate) visible(ctx context.Context, xid uint32) (bool, error) 
 	return snap.visible(xid), nil
 }
 
-// synchronous reports whether synchronous_standby_names names the relay's
-// replication connection (or '*'), so that commits may wait for it. It
-// reads the setting rather than pg_stat_replication, whose sync_state a
-// role without pg_read_all_stats cannot see.
+// synchronous returns ErrSynchronousStandby (permanent) when
+// synchronous_standby_names names the relay's replication connection (or
+// is '*'), so that commits may wait for it. It reads the setting rather
+// than pg_stat_replication, whose sync_state a role without
+// pg_read_all_stats cannot see.
 func (g *visibilityGate) synchronous(ctx context.Context) error {
 	var names string
 	if err := g.query(ctx, "SELECT current_setting('synchronous_standby_names')", &names); err != nil {
