@@ -100,7 +100,7 @@ func TestDashboardQueriesExportedSeries(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"switchyard_relay_oldest_unpublished_age_seconds", "switchyard_relay_slot_lag_bytes",
+		"switchyard_relay_oldest_unpublished_age_seconds", "switchyard_relay_slot_lag_bytes", "switchyard_relay_invisible_waits_total",
 		"switchyard_consumer_lag_messages", "switchyard_consumer_buffered_messages", "switchyard_consumer_retries_total", "switchyard_consumer_dead_lettered_total",
 		"switchyard_saga_outcomes_total", "switchyard_saga_duration_seconds",
 		"switchyard_grpc_requests_total", "switchyard_grpc_request_duration_seconds",

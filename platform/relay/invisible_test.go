@@ -152,6 +152,10 @@ func TestCommitNotYetVisibleIsHeldBack(t *testing.T) {
 		t.Fatalf("published in the order %v, want first, waiting, after", keys)
 	}
 	testkit.WaitFor(t, time.Minute, "the relay to stop reporting itself stuck", func() bool { return !r.Stats().Stuck })
+	// It was stuck, so held back for StuckAfter at least.
+	if held := r.Stats().InvisibleWaitTime; held < cfg.StuckAfter {
+		t.Fatalf("InvisibleWaitTime %s after a hold of %s or more", held, cfg.StuckAfter)
+	}
 }
 
 // A relay that synchronous_standby_names names (or '*') may be the

@@ -179,6 +179,7 @@ type Relay struct {
 	// cdc: transactions read before they were visible; the one held now,
 	// and since when (unix nanos; 0 when none is).
 	invisibleWaits atomic.Uint64
+	invisibleNanos atomic.Int64 // their holds' total duration
 	invisibleXid   atomic.Uint32
 	invisibleSince atomic.Int64
 
@@ -221,6 +222,9 @@ type Stats struct {
 	// backend was descheduled for a moment (which is common on a busy
 	// machine, and harmless; Stuck says when one is held too long).
 	InvisibleWaits uint64
+	// InvisibleWaitTime is how long those transactions were held back, in
+	// all: what waiting for visibility added to the relay's latency.
+	InvisibleWaitTime time.Duration
 }
 
 // source is one way of reading the outbox: prepare creates what it reads
@@ -371,7 +375,8 @@ func (r *Relay) Slot() string {
 // Stats returns the relay's counters and health.
 func (r *Relay) Stats() Stats {
 	now := time.Now()
-	s := Stats{Active: r.active.Load(), Published: r.published.Load(), Failures: r.failures.Load(), InvisibleWaits: r.invisibleWaits.Load()}
+	s := Stats{Active: r.active.Load(), Published: r.published.Load(), Failures: r.failures.Load(),
+		InvisibleWaits: r.invisibleWaits.Load(), InvisibleWaitTime: time.Duration(r.invisibleNanos.Load())}
 	since := r.pendingSince.Load()
 	if since != 0 {
 		s.OldestPendingAge = now.Sub(time.Unix(0, since))

@@ -248,9 +248,10 @@ func (st *cdcStream) awaitVisible(ctx context.Context, xid uint32) error {
 	}
 	pause := 100 * time.Microsecond
 	var timer *time.Timer
-	held := false
+	var since time.Time // zero until held
 	defer func() {
-		if held {
+		if !since.IsZero() {
+			st.r.invisibleNanos.Add(int64(time.Since(since)))
 			st.r.invisibleSince.Store(0)
 		}
 		if timer != nil {
@@ -263,10 +264,10 @@ func (st *cdcStream) awaitVisible(ctx context.Context, xid uint32) error {
 		if err != nil || ok {
 			return err
 		}
-		if !held {
-			held = true
+		if since.IsZero() {
+			since = time.Now()
 			st.r.invisibleXid.Store(xid)
-			st.r.invisibleSince.Store(time.Now().UnixNano())
+			st.r.invisibleSince.Store(since.UnixNano())
 			st.r.invisibleWaits.Add(1)
 		}
 		if time.Now().After(nextStatus) {

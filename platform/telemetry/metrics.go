@@ -72,6 +72,9 @@ func (m *Metrics) RegisterRelay(r *relay.Relay, pool *pgxpool.Pool, slot string)
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "switchyard_relay_invisible_waits_total",
 			Help: "Transactions (cdc) read from the write-ahead log before PostgreSQL made them visible, held back until it did."},
 			func() float64 { return float64(r.Stats().InvisibleWaits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "switchyard_relay_invisible_wait_seconds_total",
+			Help: "Time those transactions were held back, in all: divided by switchyard_relay_invisible_waits_total, the latency a hold adds."},
+			func() float64 { return r.Stats().InvisibleWaitTime.Seconds() }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_relay_active",
 			Help: "1 while this process is the database's active relay, 0 while it stands by."}, func() float64 {
 			if r.Stats().Active {

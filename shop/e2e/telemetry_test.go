@@ -325,7 +325,8 @@ func TestMetricsMove(t *testing.T) {
 		var want []string
 		if svc.Emits {
 			want = append(want, "switchyard_relay_events_published_total", "switchyard_relay_failures_total", "switchyard_relay_slot_lag_bytes",
-				"switchyard_relay_oldest_unpublished_age_seconds", "switchyard_relay_active", "switchyard_relay_invisible_waits_total")
+				"switchyard_relay_oldest_unpublished_age_seconds", "switchyard_relay_active", "switchyard_relay_invisible_waits_total",
+				"switchyard_relay_invisible_wait_seconds_total")
 		} else if _, ok := sum(m, "switchyard_relay_active"); ok {
 			t.Errorf("%s emits nothing but has a relay", svc.Name)
 		}
