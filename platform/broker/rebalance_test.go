@@ -26,32 +26,15 @@ func TestPausedPartitionResumesAfterRebalance(t *testing.T) {
 	// member runs a group member until stop is called; its consume waits
 	// for gate before committing anything.
 	member := func(gate <-chan struct{}) (transport.Subscriber, func()) {
-		sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: group, Topics: []string{topic}, RevokeTimeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		mctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() {
-			done <- sub.Run(mctx, func(c transport.Claim) {
+		return transporttest.Member(t, tr, transport.SubscriberConfig{Group: group, Topics: []string{topic}, RevokeTimeout: time.Second},
+			func(c transport.Claim) {
 				select {
 				case <-gate:
 				case <-c.Context().Done():
 					return
 				}
-				for batch := range c.Messages() {
-					if err := c.Commit(c.Context(), batch...); err != nil {
-						return
-					}
-				}
+				transporttest.CommitAll(c)
 			})
-		}()
-		return sub, func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Error(err)
-			}
-		}
 	}
 	gateA := make(chan struct{})
 	a, stopA := member(gateA)
@@ -82,35 +65,18 @@ func TestPausedPartitionResumesAfterSessionLoss(t *testing.T) {
 	tr := k.Transport(2)
 	const topic, group, n = "test.lost", "loser", 6000
 	transporttest.Fill(t, tr, topic, n)
-	sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: group, Topics: []string{topic}, RevokeTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
 	gate := make(chan struct{})
 	var ended atomic.Int64
-	mctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- sub.Run(mctx, func(c transport.Claim) {
+	sub, _ := transporttest.Member(t, tr, transport.SubscriberConfig{Group: group, Topics: []string{topic}, RevokeTimeout: time.Second},
+		func(c transport.Claim) {
 			defer ended.Add(1)
 			select {
 			case <-gate:
 			case <-c.Context().Done():
 				return
 			}
-			for batch := range c.Messages() {
-				if err := c.Commit(c.Context(), batch...); err != nil {
-					return
-				}
-			}
+			transporttest.CommitAll(c)
 		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
 	testkit.WaitFor(t, time.Minute, "a partition to pause", func() bool { return broker.Pauses(sub) > 0 })
 	release := k.StallHeartbeats()
 	defer release()

@@ -23,29 +23,12 @@ func TestRewindGroup(t *testing.T) {
 	transporttest.Fill(t, tr, topic, n)
 
 	// Consume and commit everything, then leave the group.
-	sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: group, Topics: []string{topic}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- sub.Run(sctx, func(c transport.Claim) {
-			for batch := range c.Messages() {
-				if err := c.Commit(c.Context(), batch...); err != nil {
-					return
-				}
-			}
-		})
-	}()
+	_, stop := transporttest.Member(t, tr, transport.SubscriberConfig{Group: group, Topics: []string{topic}}, transporttest.CommitAll)
 	testkit.WaitFor(t, time.Minute, "the group to consume everything", func() bool {
 		b, err := tr.Backlog(ctx, group, topic) // an error until the group has committed
 		return err == nil && b == 0
 	})
 	stop()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 
 	// Members may take a moment to be gone from the group's view.
 	testkit.WaitFor(t, time.Minute, "the rewind to be accepted", func() bool {

@@ -57,34 +57,16 @@ func TestKeysLandWherePartitionSays(t *testing.T) {
 // load.
 func TestLagAsksNoBroker(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	k := testkit.Kafka(t)
 	tr := k.Transport(1)
 	const topic, n = "test.lag", 20
 	transporttest.Fill(t, tr, topic, n)
-	sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: "lagger", Topics: []string{topic}, RevokeTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
 	claims := make(chan transport.Claim, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- sub.Run(ctx, func(c transport.Claim) {
+	transporttest.Member(t, tr, transport.SubscriberConfig{Group: "lagger", Topics: []string{topic}, RevokeTimeout: time.Second},
+		func(c transport.Claim) {
 			claims <- c
-			for batch := range c.Messages() {
-				if err := c.Commit(c.Context(), batch...); err != nil {
-					return
-				}
-			}
+			transporttest.CommitAll(c)
 		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
 	var c transport.Claim
 	select {
 	case c = <-claims:

@@ -208,3 +208,41 @@ func TestRelayRefusesToBeASynchronousStandby(t *testing.T) {
 		})
 	}
 }
+
+// The gate's connection sits idle between transactions, where a server's
+// idle_session_timeout or a firewall can end it: the relay opens a new one
+// and goes on, rather than failing its term.
+func TestGateReconnects(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, "kafka", outbox.ModeCDC)
+	ctx := context.Background()
+	r, _, _ := h.start(h.config())
+	if _, err := h.write(ctx, "before"); err != nil {
+		t.Fatal(err)
+	}
+	h.readAll(1, time.Minute)
+	gateConns := func() int {
+		var n int
+		if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = 'switchyard-relay-visibility' AND datname = current_database()`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := gateConns(); n != 1 {
+		t.Fatalf("%d gate connections, want 1", n)
+	}
+	if _, err := h.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE application_name = 'switchyard-relay-visibility' AND datname = current_database()`); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, time.Minute, "the gate's connection to be gone", func() bool { return gateConns() == 0 })
+
+	if _, err := h.write(ctx, "after"); err != nil {
+		t.Fatal(err)
+	}
+	h.readAll(2, time.Minute)
+	if s := r.Stats(); s.Failures != 0 {
+		t.Fatalf("%d failed terms (last: %v), want none: the gate should have reconnected", s.Failures, s.LastError)
+	}
+}

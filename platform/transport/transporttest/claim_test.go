@@ -1,7 +1,6 @@
 package transporttest_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -20,24 +19,16 @@ func TestStoppedClaimHasNothingBuffered(t *testing.T) {
 	for _, kind := range transporttest.Kinds {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
 			tr := transporttest.New(t, kind, 1).Transport()
 			const topic, n = "test.buffered", 5
 			transporttest.Fill(t, tr, topic, n)
-			sub, err := tr.NewSubscriber(transport.SubscriberConfig{Group: "buffering", Topics: []string{topic}, RevokeTimeout: time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
 			claims := make(chan transport.Claim, 1)
-			done := make(chan error, 1)
-			go func() {
-				// Never receives: what the claim fetches stays in its buffer.
-				done <- sub.Run(ctx, func(c transport.Claim) {
+			// Never receives: what the claim fetches stays in its buffer.
+			_, stop := transporttest.Member(t, tr, transport.SubscriberConfig{Group: "buffering", Topics: []string{topic}, RevokeTimeout: time.Second},
+				func(c transport.Claim) {
 					claims <- c
 					<-c.Context().Done()
 				})
-			}()
 			var c transport.Claim
 			select {
 			case c = <-claims:
@@ -45,10 +36,7 @@ func TestStoppedClaimHasNothingBuffered(t *testing.T) {
 				t.Fatal("no partition assigned")
 			}
 			testkit.WaitFor(t, time.Minute, fmt.Sprintf("%d messages buffered", n), func() bool { return c.Buffered() == n })
-			cancel()
-			if err := <-done; err != nil {
-				t.Fatal(err)
-			}
+			stop()
 			if got := c.Buffered(); got != 0 {
 				t.Fatalf("stopped claim: %d buffered, want 0", got)
 			}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,6 +79,41 @@ func Fill(t testing.TB, tr transport.Transport, topic string, n int) {
 	}
 	if !pub.Flush(time.Minute) {
 		t.Fatal("messages not acknowledged")
+	}
+}
+
+// Member runs a member of a consumer group on tr, calling consume for each
+// partition it comes to own, until stop is called or the test ends. stop
+// returns once Run has, and fails the test if Run failed.
+func Member(t testing.TB, tr transport.Transport, cfg transport.SubscriberConfig, consume func(transport.Claim)) (sub transport.Subscriber, stop func()) {
+	t.Helper()
+	sub, err := tr.NewSubscriber(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sub.Run(ctx, consume) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("subscriber of group %s: %v", cfg.Group, err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return sub, stop
+}
+
+// CommitAll is a consume function for [Member] that commits every batch
+// of its claim as it comes.
+func CommitAll(c transport.Claim) {
+	for batch := range c.Messages() {
+		if err := c.Commit(c.Context(), batch...); err != nil {
+			return
+		}
 	}
 }
 
