@@ -219,7 +219,7 @@ func (s *cdcSource) run(ctx context.Context, r *Relay) error {
 	// The gate's queries go beside the replication connection, which
 	// cannot run them while it streams. A relay that may be a synchronous
 	// standby would deadlock with the first commit that waits for it.
-	gate := &visibilityGate{url: cfg.DatabaseURL}
+	gate := newVisibilityGate(cfg.DatabaseURL)
 	defer gate.close()
 	if err := gate.synchronous(ctx); err != nil {
 		return err

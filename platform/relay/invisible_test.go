@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -206,6 +207,46 @@ func TestRelayRefusesToBeASynchronousStandby(t *testing.T) {
 				t.Fatal("the relay still runs a minute later")
 			}
 		})
+	}
+}
+
+// A hold does not hide a broker failure: when the broker fails an event
+// published before the held commit, the term ends at once (and the next
+// one resends the event), rather than once the commit becomes visible,
+// which may be never.
+func TestBrokerFailureEndsAHold(t *testing.T) {
+	t.Parallel()
+	h := syncHarness(t)
+	ctx := context.Background()
+	r, _, _ := h.start(h.config())
+	if _, err := h.write(ctx, "first"); err != nil {
+		t.Fatal(err)
+	}
+	h.readAll(1, time.Minute)
+	h.setStandbys("nobody")
+	fail := h.bus.Kafka().FailProduce()
+	t.Cleanup(fail)
+	if _, err := h.write(ctx, "in flight"); err != nil {
+		t.Fatal(err)
+	}
+	waits := r.Stats().InvisibleWaits
+	h.commitWaiting("waiting")
+	testkit.WaitFor(t, time.Minute, "the relay to hold the invisible commit back", func() bool {
+		return r.Stats().InvisibleWaits > waits
+	})
+	if s := r.Stats(); s.Failures != 0 {
+		t.Fatalf("a term failed before the broker failed an event: %v", s.LastError)
+	}
+
+	fail()
+	testkit.WaitFor(t, time.Minute, "the failed delivery to end the held term", func() bool { return r.Stats().Failures > 0 })
+	if err := r.Stats().LastError; !strings.Contains(fmt.Sprint(err), "too large") {
+		t.Fatalf("the term ended with %v, want the broker's MESSAGE_TOO_LARGE", err)
+	}
+	// The next term resends the failed event, and holds the commit again.
+	got := h.readAll(2, time.Minute)
+	if k := string(got.msgs[len(got.msgs)-1].Key); k != "in flight" {
+		t.Fatalf("last published %q, want the resent \"in flight\"", k)
 	}
 }
 

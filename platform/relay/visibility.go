@@ -88,9 +88,14 @@ func (s snapshot) visible(xid uint32) bool {
 // nothing (a finished transaction stays so), so a backlog costs one query;
 // any other costs one, and one more per poll while it is held back.
 type visibilityGate struct {
-	url  string
-	conn *pgx.Conn // nil until the first query, and after one lost it
-	last snapshot  // zero until the first query
+	url     string
+	timeout time.Duration // of one attempt at a query, its connect included
+	conn    *pgx.Conn     // nil until the first query, and after one lost it
+	last    snapshot      // zero until the first query
+}
+
+func newVisibilityGate(url string) *visibilityGate {
+	return &visibilityGate{url: url, timeout: queryTimeout}
 }
 
 // visibilityAppName names the gate's connection in pg_stat_activity.
@@ -118,32 +123,41 @@ func (g *visibilityGate) close() {
 	}
 }
 
-// queryTimeout bounds one attempt of a gate query: a connection a firewall
-// dropped silently would otherwise hang it for as long as TCP takes to
-// notice, while the replication connection goes unanswered.
+// queryTimeout bounds one attempt of a gate query, connecting included: a
+// connection a firewall dropped silently would otherwise hang it for as
+// long as TCP takes to notice, while the replication connection goes
+// unanswered.
 const queryTimeout = 5 * time.Second
 
 // query runs sql on the gate's connection. The connection sits idle
 // between transactions, where a server's idle_session_timeout or a
-// firewall can end it: a query that lost its connection is retried once
-// on a new one.
+// firewall can end it: a query that lost a connection made earlier (a
+// timed-out query loses it too) is retried once on a new one.
 func (g *visibilityGate) query(ctx context.Context, sql string, dest ...any) error {
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		if g.conn == nil {
-			if err = g.connect(ctx); err != nil {
-				return err
+	for retried := false; ; retried = true {
+		reused := g.conn != nil
+		err := g.attempt(ctx, sql, dest...)
+		if err != nil && g.conn != nil && g.conn.IsClosed() {
+			g.close()
+			if reused && !retried && ctx.Err() == nil {
+				continue
 			}
 		}
-		qctx, cancel := context.WithTimeout(ctx, queryTimeout)
-		err = g.conn.QueryRow(qctx, sql).Scan(dest...)
-		cancel()
-		if err == nil || ctx.Err() != nil || !g.conn.IsClosed() {
+		return err
+	}
+}
+
+// attempt runs sql once, connecting first when the gate has no
+// connection, within the gate's timeout.
+func (g *visibilityGate) attempt(ctx context.Context, sql string, dest ...any) error {
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	if g.conn == nil {
+		if err := g.connect(ctx); err != nil {
 			return err
 		}
-		g.close()
 	}
-	return err
+	return g.conn.QueryRow(ctx, sql).Scan(dest...)
 }
 
 // known reports whether the last snapshot already saw xid finished.

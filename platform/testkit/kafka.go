@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -90,11 +91,45 @@ func (b *Broker) Start() error {
 // sessions time out the way they do when a member or the coordinator
 // stalls, and members go through the lost-assignment path.
 func (b *Broker) StallHeartbeats() (release func()) {
+	return b.hold(kmsg.Heartbeat, func(kmsg.Request) kmsg.Response {
+		return nil // then answered as usual
+	})
+}
+
+// FailProduce holds every produce request unanswered (and what follows it
+// on the same connection) until fail is called, and then answers the held
+// ones, and only them, with MESSAGE_TOO_LARGE, an error producers do not
+// retry: the broker fails messages already in flight, at a moment the
+// test chooses.
+func (b *Broker) FailProduce() (fail func()) {
+	return b.hold(kmsg.Produce, func(r kmsg.Request) kmsg.Response {
+		req := r.(*kmsg.ProduceRequest)
+		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.MessageTooLarge.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp
+	})
+}
+
+// hold holds every request of kind key unanswered until release is
+// called, and then answers each held one with answer's response, or as
+// usual where that is nil; requests after the release are answered as
+// usual.
+func (b *Broker) hold(key kmsg.Key, answer func(kmsg.Request) kmsg.Response) (release func()) {
 	b.mu.Lock()
 	c := b.cluster
 	b.mu.Unlock()
 	done := make(chan struct{})
-	c.ControlKey(int16(kmsg.Heartbeat), func(kmsg.Request) (kmsg.Response, error, bool) {
+	c.ControlKey(int16(key), func(r kmsg.Request) (kmsg.Response, error, bool) {
 		select {
 		case <-done:
 			c.DropControl()
@@ -103,7 +138,10 @@ func (b *Broker) StallHeartbeats() (release func()) {
 		}
 		c.KeepControl()
 		c.SleepControl(func() { <-done })
-		return nil, nil, false // then answered as usual
+		if resp := answer(r); resp != nil {
+			return resp, nil, true
+		}
+		return nil, nil, false
 	})
 	var once sync.Once
 	return func() { once.Do(func() { close(done) }) }
