@@ -9,7 +9,9 @@
 // transaction, with the inbox rows of the whole batch written in one
 // statement; at low load a batch is one event. A batch whose handler fails is
 // applied again one event per transaction. The handler may change the service's
-// tables and write outbox events in the same transaction. The transport is
+// tables and write outbox events in the same transaction; events it emits with
+// [Emit] are written with the rest of its batch's, in one round trip before
+// the commit. The transport is
 // told an event is done (Kafka: offset stored; Redis: XACK) only after that
 // transaction commits. Where the transport fences owners (Redis), the
 // transaction also checks the partition's ownership epoch, so a former owner
@@ -60,6 +62,7 @@ import (
 	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/eventpb"
+	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/transport"
 )
 
@@ -143,6 +146,32 @@ func Gather[T any](md Metadata, key any, newValue func() *T, flush func(ctx cont
 		h.before = append(h.before, func(ctx context.Context, tx pgx.Tx) error { return flush(ctx, tx, v) })
 	}
 	return v, nil
+}
+
+// emitted is the Gather key of the events a transaction's handlers queued
+// for one outbox writer.
+type emitted struct{ w *outbox.Writer }
+
+// Emit queues events for w to write in the transaction applying md's
+// event. The events every handler of the batch emits are written
+// together, in the order emitted, in one round trip after the last handler
+// and before the commit; each keeps the trace of the handler that emitted
+// it. A handler whose change waits on a lock other transactions want
+// emits rather than writes, so that it holds the lock one round trip
+// less. Events a later handler of the batch must read back are written
+// with [outbox.Writer.Write] instead. With a Metadata the consumer did not
+// make, Emit returns [ErrNoTransaction].
+func Emit(ctx context.Context, md Metadata, w *outbox.Writer, events ...outbox.Event) error {
+	b, err := Gather(md, emitted{w}, func() *pgx.Batch { return &pgx.Batch{} }, func(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("write the events the batch emitted: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return w.Queue(ctx, b, events...)
 }
 
 // txHooks collects the hooks of one transaction.

@@ -99,11 +99,10 @@ func (r *trips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBat
 func (r *trips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
 func (r *trips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
 
-// An event applied alone costs BEGIN, one round trip for the fence and the
-// inbox row together, the handler's statements and COMMIT, whether or not
-// the transport fences.
-func TestApplyRoundTrips(t *testing.T) {
-	t.Parallel()
+// countedConsumer is a consumer of test.fence on a database of its own,
+// whose pool counts round trips; the test calls its apply directly.
+func countedConsumer(t *testing.T) (*Consumer, *trips) {
+	t.Helper()
 	ctx := context.Background()
 	cfg, err := pgxpool.ParseConfig(testkit.Database(t))
 	if err != nil {
@@ -115,7 +114,7 @@ func TestApplyRoundTrips(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pool.Close()
+	t.Cleanup(pool.Close)
 	if err := Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
@@ -127,6 +126,16 @@ func TestApplyRoundTrips(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, counter
+}
+
+// An event applied alone costs BEGIN, one round trip for the fence and the
+// inbox row together, the handler's statements and COMMIT, whether or not
+// the transport fences.
+func TestApplyRoundTrips(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c, counter := countedConsumer(t)
 	Handle(c, func(ctx context.Context, tx pgx.Tx, _ *wrapperspb.Int64Value, _ Metadata) error {
 		_, err := tx.Exec(ctx, `SELECT 1`)
 		return err

@@ -17,22 +17,20 @@ import (
 	"github.com/switchyard/switchyard/services/rules"
 )
 
-// emit writes a saga reply keyed by the order id.
-func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msg proto.Message) error {
-	return s.reply(ctx, tx, &pgx.Batch{}, orderID, msg)
+// emit emits a saga reply keyed by the order id, written with the batch's
+// other events before its commit (see consumer.Emit): a step holds its
+// products' locks one round trip less.
+func (s *server) emit(ctx context.Context, md consumer.Metadata, orderID string, msg proto.Message) error {
+	return consumer.Emit(ctx, md, s.env.Outbox, outbox.Event{AggregateID: orderID, Message: msg})
 }
 
 // reserve reserves every line of an order or none. Rows are locked in SKU
 // order so that concurrent reservations cannot deadlock, and the CHECK
 // constraints make overselling impossible even if this logic were wrong.
+// Every order may want the same product (a sale), so the step takes two
+// round trips of its own inside that row's lock: one locks and reads, one
+// writes; its events go with the batch's before the commit.
 func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReserveStock, md consumer.Metadata) error {
-	var done bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)`, cmd.GetOrderId()).Scan(&done); err != nil {
-		return err
-	}
-	if done {
-		return nil // a repeated command: the first reply stands
-	}
 	want := map[string]int64{}
 	for _, l := range cmd.GetLines() {
 		if l.GetQuantity() <= 0 {
@@ -50,29 +48,38 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 		currency         string
 	}
 	found := map[string]product{}
-	rows, err := tx.Query(ctx, `SELECT sku, available, price_minor, currency FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus)
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var sku string
-		var p product
-		if err := rows.Scan(&sku, &p.available, &p.price, &p.currency); err != nil {
-			return err
+	// Whether a repeated command reserved it already, and the products
+	// locked and read: one round trip.
+	var done bool
+	b := &pgx.Batch{}
+	b.Queue(`SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)`, cmd.GetOrderId()).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&done)
+	})
+	b.Queue(`SELECT sku, available, price_minor, currency FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var sku string
+			var p product
+			if err := rows.Scan(&sku, &p.available, &p.price, &p.currency); err != nil {
+				return err
+			}
+			found[sku] = p
 		}
-		found[sku] = p
-	}
-	if err := rows.Err(); err != nil {
+		return rows.Err()
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return err
+	}
+	if done {
+		return nil // a repeated command: the first reply stands
 	}
 	for _, sku := range skus {
 		if _, ok := found[sku]; !ok {
-			return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockRejected{OrderId: cmd.GetOrderId(), Reason: ReasonUnknownSKU, Sku: sku})
+			return s.emit(ctx, md, cmd.GetOrderId(), &inventoryv1.StockRejected{OrderId: cmd.GetOrderId(), Reason: ReasonUnknownSKU, Sku: sku})
 		}
 	}
 	for _, sku := range skus {
 		if found[sku].available < want[sku] {
-			return s.emit(ctx, tx, cmd.GetOrderId(), &inventoryv1.StockRejected{OrderId: cmd.GetOrderId(), Reason: ReasonOutOfStock, Sku: sku})
+			return s.emit(ctx, md, cmd.GetOrderId(), &inventoryv1.StockRejected{OrderId: cmd.GetOrderId(), Reason: ReasonOutOfStock, Sku: sku})
 		}
 	}
 	reply := &inventoryv1.StockReserved{OrderId: cmd.GetOrderId(), Total: rules.Money(0)}
@@ -91,10 +98,8 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 		}
 		reply.Total.AmountMinor = total
 	}
-	// Every line's reservation and stock change in one statement; their
-	// StockChanged events and the reply in one more round trip.
-	b := &pgx.Batch{}
-	if err := s.changeStock(ctx, tx, b, md, `WITH l AS (
+	// Every line's reservation and stock change in one statement.
+	if err := s.changeStock(ctx, tx, md, nil, `WITH l AS (
 			SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS l(line_sku, line_quantity, line_price)),
 		r AS (INSERT INTO reservations (order_id, sku, quantity, unit_price_minor, state)
 			SELECT $1, line_sku, line_quantity, line_price, 'RESERVED' FROM l)
@@ -103,56 +108,37 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 		cmd.GetOrderId(), skus, quantities, prices); err != nil {
 		return err
 	}
-	return s.reply(ctx, tx, b, cmd.GetOrderId(), reply)
+	return s.emit(ctx, md, cmd.GetOrderId(), reply)
 }
 
-// reply sends b, the step's StockChanged events, with the saga reply
-// keyed by the order id: one round trip.
-func (s *server) reply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, orderID string, msg proto.Message) error {
-	if err := s.env.Outbox.Queue(ctx, b, outbox.Event{AggregateID: orderID, Message: msg}); err != nil {
-		return err
-	}
-	return tx.SendBatch(ctx, b).Close()
-}
-
-// lockOrderProducts locks the products of an order's reservations in SKU
-// order, the order reserve locks them in, so that commits, releases and
-// reservations running at once cannot deadlock.
-func lockOrderProducts(ctx context.Context, tx pgx.Tx, orderID string) error {
-	_, err := tx.Exec(ctx, `SELECT 1 FROM products WHERE sku IN (SELECT sku FROM reservations WHERE order_id = $1)
+// lockOrderProducts queues the lock of the products of an order's
+// reservations, in SKU order, the order reserve locks them in, so that
+// commits, releases and reservations running at once cannot deadlock.
+func lockOrderProducts(orderID string) *pgx.Batch {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT 1 FROM products WHERE sku IN (SELECT sku FROM reservations WHERE order_id = $1)
 		ORDER BY sku FOR UPDATE`, orderID)
-	if err != nil {
-		return fmt.Errorf("lock the products of order %s: %w", orderID, err)
-	}
-	return nil
+	return b
 }
 
 // commit turns an order's reservation into sold units.
 func (s *server) commit(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.CommitStock, md consumer.Metadata) error {
-	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
-		return err
-	}
-	b := &pgx.Batch{}
-	if err := s.changeStock(ctx, tx, b, md, `WITH c AS (
+	if err := s.changeStock(ctx, tx, md, lockOrderProducts(cmd.GetOrderId()), `WITH c AS (
 			UPDATE reservations SET state = 'COMMITTED', update_time = now()
 			WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku AS line_sku, quantity AS line_quantity)
 		UPDATE products p SET reserved = p.reserved - c.line_quantity, sold = p.sold + c.line_quantity, version = p.version + 1
 		FROM c WHERE p.sku = c.line_sku RETURNING `+productColumns,
 		cmd.GetOrderId()); err != nil {
-		return err
+		return fmt.Errorf("commit the reservation of order %s: %w", cmd.GetOrderId(), err)
 	}
-	return s.reply(ctx, tx, b, cmd.GetOrderId(), &inventoryv1.StockCommitted{OrderId: cmd.GetOrderId()})
+	return s.emit(ctx, md, cmd.GetOrderId(), &inventoryv1.StockCommitted{OrderId: cmd.GetOrderId()})
 }
 
 // release returns a reservation to available stock, or restocks the units
 // of a committed one. Releasing twice, or an order never reserved, changes
 // nothing.
 func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReleaseStock, md consumer.Metadata) error {
-	if err := lockOrderProducts(ctx, tx, cmd.GetOrderId()); err != nil {
-		return err
-	}
-	b := &pgx.Batch{}
-	if err := s.changeStock(ctx, tx, b, md, `WITH r AS (
+	if err := s.changeStock(ctx, tx, md, lockOrderProducts(cmd.GetOrderId()), `WITH r AS (
 			UPDATE reservations n SET state = 'RELEASED', update_time = now()
 			FROM reservations o
 			WHERE n.order_id = $1 AND o.order_id = n.order_id AND o.sku = n.sku AND o.state IN ('RESERVED', 'COMMITTED')
@@ -163,27 +149,32 @@ func (s *server) release(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Releas
 			sold      = p.sold - CASE WHEN r.was = 'COMMITTED' THEN r.line_quantity ELSE 0 END,
 			version   = p.version + 1
 		FROM r WHERE p.sku = r.line_sku RETURNING `+productColumns, cmd.GetOrderId()); err != nil {
-		return err
+		return fmt.Errorf("release the reservation of order %s: %w", cmd.GetOrderId(), err)
 	}
-	return s.reply(ctx, tx, b, cmd.GetOrderId(), &inventoryv1.StockReleased{OrderId: cmd.GetOrderId()})
+	return s.emit(ctx, md, cmd.GetOrderId(), &inventoryv1.StockReleased{OrderId: cmd.GetOrderId()})
 }
 
-// changeStock runs an UPDATE of products that returns productColumns of
-// every row it changed, and queues their StockChanged events in b.
-func (s *server) changeStock(ctx context.Context, tx pgx.Tx, b *pgx.Batch, md consumer.Metadata, sql string, args ...any) error {
-	rows, err := tx.Query(ctx, sql, args...)
-	if err != nil {
-		return err
+// changeStock runs sql, an UPDATE of products that returns productColumns
+// of every row it changed, after the statements in b (nil for none) and in
+// the same round trip, and emits their StockChanged events.
+func (s *server) changeStock(ctx context.Context, tx pgx.Tx, md consumer.Metadata, b *pgx.Batch, sql string, args ...any) error {
+	if b == nil {
+		b = &pgx.Batch{}
 	}
-	changed, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (change, error) {
-		p, version, err := scanProduct(r)
-		return change{p, version}, err
+	var changed []change
+	b.Queue(sql, args...).Query(func(rows pgx.Rows) error {
+		var err error
+		changed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (change, error) {
+			p, version, err := scanProduct(r)
+			return change{p, version}, err
+		})
+		return err
 	})
-	if err != nil {
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return err
 	}
 	for _, ch := range changed {
-		if err := s.queueStockChanged(ctx, b, md, ch); err != nil {
+		if err := s.emitStockChanged(ctx, md, ch); err != nil {
 			return err
 		}
 	}
@@ -194,12 +185,12 @@ func (s *server) changeStock(ctx context.Context, tx pgx.Tx, b *pgx.Batch, md co
 // the stock cache.
 type cacheWrites struct{}
 
-// queueStockChanged is stockChanged for a saga step, queued in b. The
-// changes of the step's transaction (of every event in its batch) go to
-// the stock cache together once it has committed, so reads see them at
-// once rather than when the cache's updater gets to their events.
-func (s *server) queueStockChanged(ctx context.Context, b *pgx.Batch, md consumer.Metadata, ch change) error {
-	if err := s.env.Outbox.Queue(ctx, b, stockChangedEvent(ch.product, ch.version)); err != nil {
+// emitStockChanged is stockChanged for a saga step. The changes of the
+// step's transaction (of every event in its batch) go to the stock cache
+// together once it has committed, so reads see them at once rather than
+// when the cache's updater gets to their events.
+func (s *server) emitStockChanged(ctx context.Context, md consumer.Metadata, ch change) error {
+	if err := consumer.Emit(ctx, md, s.env.Outbox, stockChangedEvent(ch.product, ch.version)); err != nil {
 		return err
 	}
 	if s.stock == nil {
