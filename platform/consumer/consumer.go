@@ -154,13 +154,15 @@ type emitted struct{ w *outbox.Writer }
 
 // Emit queues events for w to write in the transaction applying md's
 // event. The events every handler of the batch emits are written
-// together, in the order emitted, in one round trip after the last handler
-// and before the commit; each keeps the trace of the handler that emitted
-// it. A handler whose change waits on a lock other transactions want
-// emits rather than writes, so that it holds the lock one round trip
-// less. Events a later handler of the batch must read back are written
-// with [outbox.Writer.Write] instead. With a Metadata the consumer did not
-// make, Emit returns [ErrNoTransaction].
+// together, in one round trip after the last handler and before the
+// commit, in the order emitted (events written with [outbox.Writer.Write]
+// or Queue meanwhile come before them all; two writers flush in the order
+// each was first used); each keeps the trace of the handler that emitted
+// it. A batch of several events thus writes its events in one round trip
+// instead of one per event, which matters most while its handlers hold
+// row locks other transactions want. Events a later handler of the batch
+// must read back are written with [outbox.Writer.Write] instead. With a
+// Metadata the consumer did not make, Emit returns [ErrNoTransaction].
 func Emit(ctx context.Context, md Metadata, w *outbox.Writer, events ...outbox.Event) error {
 	b, err := Gather(md, emitted{w}, func() *pgx.Batch { return &pgx.Batch{} }, func(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,10 +16,15 @@ import (
 // called; from then on it forwards nothing, on open connections or new
 // ones, which is how a network path a firewall dropped looks to both ends.
 type stallingProxy struct {
-	ln      net.Listener
-	target  string
-	stalled chan struct{}
-	once    sync.Once
+	ln       net.Listener
+	target   string
+	stalled  chan struct{}
+	once     sync.Once
+	accepted atomic.Int64
+
+	mu     sync.Mutex
+	closed bool
+	open   []net.Conn
 }
 
 func newStallingProxy(t *testing.T, target string) *stallingProxy {
@@ -29,20 +35,14 @@ func newStallingProxy(t *testing.T, target string) *stallingProxy {
 	}
 	p := &stallingProxy{ln: ln, target: target, stalled: make(chan struct{})}
 	var conns sync.WaitGroup
-	var mu sync.Mutex
-	var open []net.Conn
-	track := func(c net.Conn) {
-		mu.Lock()
-		open = append(open, c)
-		mu.Unlock()
-	}
 	t.Cleanup(func() {
 		ln.Close()
-		mu.Lock()
-		for _, c := range open {
+		p.mu.Lock()
+		p.closed = true
+		for _, c := range p.open {
 			c.Close()
 		}
-		mu.Unlock()
+		p.mu.Unlock()
 		conns.Wait()
 	})
 	conns.Go(func() {
@@ -51,18 +51,36 @@ func newStallingProxy(t *testing.T, target string) *stallingProxy {
 			if err != nil {
 				return
 			}
-			track(client)
+			p.accepted.Add(1)
+			if !p.track(client) {
+				return
+			}
 			server, err := net.Dial("tcp", target)
 			if err != nil {
 				client.Close()
 				continue
 			}
-			track(server)
+			if !p.track(server) {
+				return
+			}
 			conns.Go(func() { p.forward(server, client) })
 			conns.Go(func() { p.forward(client, server) })
 		}
 	})
 	return p
+}
+
+// track keeps c to close at cleanup, or closes it and reports false when
+// cleanup has begun.
+func (p *stallingProxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		c.Close()
+		return false
+	}
+	p.open = append(p.open, c)
+	return true
 }
 
 // forward copies from src to dst until either closes, dropping what
@@ -90,8 +108,9 @@ func (p *stallingProxy) forward(dst, src net.Conn) {
 func (p *stallingProxy) stall() { p.once.Do(func() { close(p.stalled) }) }
 
 // TestGateQueryTimesOut covers a gate whose network path goes silent: its
-// query, and the connect of its one retry, end at the gate's own timeout
-// rather than hang the relay's term until the caller gives up.
+// query, and the connect of its one retry on a new connection, end at the
+// gate's own timeout rather than hang the relay's term until the caller
+// gives up.
 func TestGateQueryTimesOut(t *testing.T) {
 	t.Parallel()
 	u, err := url.Parse(testkit.Database(t))
@@ -101,7 +120,6 @@ func TestGateQueryTimesOut(t *testing.T) {
 	proxy := newStallingProxy(t, u.Host)
 	u.Host = proxy.ln.Addr().String()
 	g := newVisibilityGate(u.String())
-	g.timeout = 500 * time.Millisecond // queryTimeout is 5 s
 	defer g.close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -109,7 +127,9 @@ func TestGateQueryTimesOut(t *testing.T) {
 	if _, err := g.visible(ctx, 1); err != nil {
 		t.Fatalf("before the stall: %v", err)
 	}
+	g.timeout = 500 * time.Millisecond // queryTimeout is 5 s
 	proxy.stall()
+	connected := proxy.accepted.Load() // pgx may try more than one per connect (sslmode=prefer)
 	_, err = g.visible(ctx, 1)
 	if err == nil {
 		t.Fatal("a query on a silent connection succeeded")
@@ -119,5 +139,8 @@ func TestGateQueryTimesOut(t *testing.T) {
 	}
 	if g.conn != nil {
 		t.Fatal("the gate kept the connection its query timed out on")
+	}
+	if n := proxy.accepted.Load() - connected; n == 0 {
+		t.Fatal("no connection made after the query timed out: the gate did not retry on a new one")
 	}
 }

@@ -224,7 +224,7 @@ func TestBrokerFailureEndsAHold(t *testing.T) {
 	}
 	h.readAll(1, time.Minute)
 	h.setStandbys("nobody")
-	fail := h.bus.Kafka().FailProduce()
+	fail, held := h.bus.Kafka().FailProduce()
 	t.Cleanup(fail)
 	if _, err := h.write(ctx, "in flight"); err != nil {
 		t.Fatal(err)
@@ -234,6 +234,7 @@ func TestBrokerFailureEndsAHold(t *testing.T) {
 	testkit.WaitFor(t, time.Minute, "the relay to hold the invisible commit back", func() bool {
 		return r.Stats().InvisibleWaits > waits
 	})
+	testkit.WaitFor(t, time.Minute, "the broker to hold the event's produce request", func() bool { return held() > 0 })
 	if s := r.Stats(); s.Failures != 0 {
 		t.Fatalf("a term failed before the broker failed an event: %v", s.LastError)
 	}

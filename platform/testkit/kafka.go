@@ -91,17 +91,18 @@ func (b *Broker) Start() error {
 // sessions time out the way they do when a member or the coordinator
 // stalls, and members go through the lost-assignment path.
 func (b *Broker) StallHeartbeats() (release func()) {
-	return b.hold(kmsg.Heartbeat, func(kmsg.Request) kmsg.Response {
+	release, _ = b.hold(kmsg.Heartbeat, func(kmsg.Request) kmsg.Response {
 		return nil // then answered as usual
 	})
+	return release
 }
 
 // FailProduce holds every produce request unanswered (and what follows it
 // on the same connection) until fail is called, and then answers the held
 // ones, and only them, with MESSAGE_TOO_LARGE, an error producers do not
 // retry: the broker fails messages already in flight, at a moment the
-// test chooses.
-func (b *Broker) FailProduce() (fail func()) {
+// test chooses. held counts the requests held so far.
+func (b *Broker) FailProduce() (fail func(), held func() int64) {
 	return b.hold(kmsg.Produce, func(r kmsg.Request) kmsg.Response {
 		req := r.(*kmsg.ProduceRequest)
 		resp := req.ResponseKind().(*kmsg.ProduceResponse)
@@ -123,12 +124,13 @@ func (b *Broker) FailProduce() (fail func()) {
 // hold holds every request of kind key unanswered until release is
 // called, and then answers each held one with answer's response, or as
 // usual where that is nil; requests after the release are answered as
-// usual.
-func (b *Broker) hold(key kmsg.Key, answer func(kmsg.Request) kmsg.Response) (release func()) {
+// usual. held counts the requests held so far.
+func (b *Broker) hold(key kmsg.Key, answer func(kmsg.Request) kmsg.Response) (release func(), held func() int64) {
 	b.mu.Lock()
 	c := b.cluster
 	b.mu.Unlock()
 	done := make(chan struct{})
+	var n atomic.Int64
 	c.ControlKey(int16(key), func(r kmsg.Request) (kmsg.Response, error, bool) {
 		select {
 		case <-done:
@@ -137,6 +139,7 @@ func (b *Broker) hold(key kmsg.Key, answer func(kmsg.Request) kmsg.Response) (re
 		default:
 		}
 		c.KeepControl()
+		n.Add(1)
 		c.SleepControl(func() { <-done })
 		if resp := answer(r); resp != nil {
 			return resp, nil, true
@@ -144,7 +147,7 @@ func (b *Broker) hold(key kmsg.Key, answer func(kmsg.Request) kmsg.Response) (re
 		return nil, nil, false
 	})
 	var once sync.Once
-	return func() { once.Do(func() { close(done) }) }
+	return func() { once.Do(func() { close(done) }) }, n.Load
 }
 
 // Requests counts the requests of kind key the broker receives from now

@@ -17,9 +17,10 @@ import (
 	"github.com/switchyard/switchyard/services/rules"
 )
 
-// emit emits a saga reply keyed by the order id, written with the batch's
-// other events before its commit (see consumer.Emit): a step holds its
-// products' locks one round trip less.
+// emit emits a saga reply keyed by the order id, written with the
+// consumer batch's other events before its commit (see consumer.Emit): a
+// batch of several steps writes its events in one round trip, not one per
+// step, while it holds their products' locks.
 func (s *server) emit(ctx context.Context, md consumer.Metadata, orderID string, msg proto.Message) error {
 	return consumer.Emit(ctx, md, s.env.Outbox, outbox.Event{AggregateID: orderID, Message: msg})
 }
@@ -28,7 +29,7 @@ func (s *server) emit(ctx context.Context, md consumer.Metadata, orderID string,
 // order so that concurrent reservations cannot deadlock, and the CHECK
 // constraints make overselling impossible even if this logic were wrong.
 // Every order may want the same product (a sale), so the step takes two
-// round trips of its own inside that row's lock: one locks and reads, one
+// round trips of its own from that row's lock on: one locks and reads, one
 // writes; its events go with the batch's before the commit.
 func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.ReserveStock, md consumer.Metadata) error {
 	want := map[string]int64{}
@@ -48,13 +49,12 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 		currency         string
 	}
 	found := map[string]product{}
-	// Whether a repeated command reserved it already, and the products
-	// locked and read: one round trip.
+	// The products locked and read, and whether a repeated command
+	// reserved the order already: one round trip. The check comes after
+	// the lock, so that it sees a copy of this command that held the lock
+	// before (each statement reads what had committed when it began).
 	var done bool
 	b := &pgx.Batch{}
-	b.Queue(`SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)`, cmd.GetOrderId()).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&done)
-	})
 	b.Queue(`SELECT sku, available, price_minor, currency FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var sku string
@@ -65,6 +65,9 @@ func (s *server) reserve(ctx context.Context, tx pgx.Tx, cmd *inventoryv1.Reserv
 			found[sku] = p
 		}
 		return rows.Err()
+	})
+	b.Queue(`SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)`, cmd.GetOrderId()).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&done)
 	})
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return err
