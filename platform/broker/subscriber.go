@@ -55,11 +55,14 @@ func (s *subscriber) Run(ctx context.Context, consume func(transport.Claim)) err
 	rebalance := func(_ *kafka.Consumer, ev kafka.Event) error {
 		switch e := ev.(type) {
 		case kafka.AssignedPartitions:
+			s.cfg.Logger.Info("partitions assigned", "partitions", partitionKeys(e.Partitions))
 			m.assign(e.Partitions)
 		case kafka.RevokedPartitions:
 			// Work on revoked partitions ends (and stores its offsets)
 			// before they go; the client then unassigns them.
+			s.cfg.Logger.Info("partitions revoked", "partitions", partitionKeys(e.Partitions))
 			m.revoke(e.Partitions)
+			s.cfg.Logger.Info("revoked partitions' work ended", "partitions", len(e.Partitions))
 		}
 		return nil
 	}
@@ -98,6 +101,15 @@ type members struct {
 
 func partitionKey(tp kafka.TopicPartition) string {
 	return fmt.Sprintf("%s/%d", *tp.Topic, tp.Partition)
+}
+
+// partitionKeys names parts for a log line.
+func partitionKeys(parts []kafka.TopicPartition) []string {
+	keys := make([]string, len(parts))
+	for i, tp := range parts {
+		keys[i] = partitionKey(tp)
+	}
+	return keys
 }
 
 func (m *members) assign(parts []kafka.TopicPartition) {
