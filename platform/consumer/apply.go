@@ -165,7 +165,7 @@ func (c *Consumer) apply(parent context.Context, cl transport.Claim, h handler, 
 	if err := md.hooks.flush(ctx, tx); err != nil {
 		return false, fmt.Errorf("handle %s %s: %w", md.Type, md.ID, err)
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := commitTx(ctx, tx); err != nil {
 		return false, infraError{fmt.Errorf("commit: %w", err)}
 	}
 	md.hooks.run(ctx)
@@ -258,4 +258,18 @@ func (c *Consumer) deadLetter(ctx context.Context, cl transport.Claim, msg *tran
 			return false
 		}
 	}
+}
+
+// commitTimeout bounds a COMMIT that outlives its consumer's context.
+const commitTimeout = 10 * time.Second
+
+// commitTx commits tx even if ctx ends meanwhile (the consumer stops, or
+// its partition is revoked): a COMMIT cut off in flight may commit without
+// the consumer learning it, and its event would then count as neither
+// applied nor failed, and be a duplicate to the partition's next owner. A
+// stop waits for a commit under way, up to commitTimeout.
+func commitTx(ctx context.Context, tx pgx.Tx) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer cancel()
+	return tx.Commit(ctx)
 }

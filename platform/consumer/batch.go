@@ -213,7 +213,7 @@ func (c *Consumer) applyTx(ctx context.Context, cl transport.Claim, run []ready)
 	if err := hooks.flush(bctx, tx); err != nil {
 		return 0, 0, fmt.Errorf("handle batch of %d events: %w", len(run), err)
 	}
-	if err := tx.Commit(bctx); err != nil {
+	if err := commitTx(bctx, tx); err != nil {
 		return 0, 0, infraError{fmt.Errorf("commit: %w", err)}
 	}
 	hooks.run(bctx)

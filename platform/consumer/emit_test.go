@@ -3,6 +3,8 @@ package consumer
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/uuid"
@@ -88,5 +90,51 @@ func TestEmitWritesOnceBeforeCommit(t *testing.T) {
 		if want := 10 + int64(i); got.Value != want {
 			t.Errorf("event %d carries %d, want %d (the order emitted)", i, got.Value, want)
 		}
+	}
+}
+
+// atCommit calls fn when a COMMIT starts, once armed.
+type atCommit struct {
+	armed atomic.Bool
+	fn    func()
+}
+
+func (a *atCommit) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.EqualFold(d.SQL, "commit") && a.armed.Load() {
+		a.fn()
+	}
+	return ctx
+}
+
+func (*atCommit) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// A consumer that stops while a transaction commits lets the commit
+// finish: a COMMIT cut off in flight may commit without the consumer
+// learning it, and the event would count as neither applied nor failed
+// (and be a duplicate to the partition's next owner).
+func TestStopDuringCommitFinishesIt(t *testing.T) {
+	t.Parallel()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	hook := &atCommit{fn: stop}
+	c := tracedConsumer(t, hook)
+	if _, err := c.cfg.Pool.Exec(context.Background(), `CREATE TABLE applied (event uuid PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	Handle(c, func(ctx context.Context, tx pgx.Tx, _ *wrapperspb.Int64Value, md Metadata) error {
+		_, err := tx.Exec(ctx, `INSERT INTO applied VALUES ($1)`, md.ID)
+		return err
+	})
+	md := Metadata{Metadata: envelope.Metadata{ID: uuid.New(), Type: "google.protobuf.Int64Value"}, Topic: "test.fence"}
+	hook.armed.Store(true)
+	if _, err := c.apply(ctx, epochClaim{}, c.handlers["google.protobuf.Int64Value"], wrapperspb.Int64(1), md); err != nil {
+		t.Fatalf("stopped during its commit: %v, want the commit finished", err)
+	}
+	if ctx.Err() == nil {
+		t.Fatal("the consumer's context did not end at the commit")
+	}
+	var n int
+	if err := c.cfg.Pool.QueryRow(context.Background(), `SELECT count(*) FROM applied WHERE event = $1`, md.ID).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d rows of the event (%v), want 1", n, err)
 	}
 }

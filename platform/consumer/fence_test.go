@@ -103,13 +103,20 @@ func (r *trips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)
 // whose pool counts round trips; the test calls its apply directly.
 func countedConsumer(t *testing.T) (*Consumer, *trips) {
 	t.Helper()
+	counter := &trips{}
+	return tracedConsumer(t, counter), counter
+}
+
+// tracedConsumer is a consumer of test.fence on a database of its own,
+// whose pool's connections have tracer.
+func tracedConsumer(t *testing.T, tracer pgx.QueryTracer) *Consumer {
+	t.Helper()
 	ctx := context.Background()
 	cfg, err := pgxpool.ParseConfig(testkit.Database(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	counter := &trips{}
-	cfg.ConnConfig.Tracer = counter
+	cfg.ConnConfig.Tracer = tracer
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +133,7 @@ func countedConsumer(t *testing.T) (*Consumer, *trips) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c, counter
+	return c
 }
 
 // An event applied alone costs BEGIN, one round trip for the fence and the
