@@ -14,6 +14,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 // Events a handler emits, however many times it calls Emit, are written in
@@ -109,32 +110,54 @@ func (a *atCommit) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.Trace
 func (*atCommit) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
 // A consumer that stops while a transaction commits lets the commit
-// finish: a COMMIT cut off in flight may commit without the consumer
-// learning it, and the event would count as neither applied nor failed
-// (and be a duplicate to the partition's next owner).
+// finish, whether it applies one event or a batch: a COMMIT cut off in
+// flight may commit without the consumer learning it, and the events would
+// count as neither applied nor failed (and be duplicates to the partition's
+// next owner).
 func TestStopDuringCommitFinishesIt(t *testing.T) {
 	t.Parallel()
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	hook := &atCommit{fn: stop}
-	c := tracedConsumer(t, hook)
-	if _, err := c.cfg.Pool.Exec(context.Background(), `CREATE TABLE applied (event uuid PRIMARY KEY)`); err != nil {
-		t.Fatal(err)
-	}
-	Handle(c, func(ctx context.Context, tx pgx.Tx, _ *wrapperspb.Int64Value, md Metadata) error {
-		_, err := tx.Exec(ctx, `INSERT INTO applied VALUES ($1)`, md.ID)
-		return err
-	})
-	md := Metadata{Metadata: envelope.Metadata{ID: uuid.New(), Type: "google.protobuf.Int64Value"}, Topic: "test.fence"}
-	hook.armed.Store(true)
-	if _, err := c.apply(ctx, epochClaim{}, c.handlers["google.protobuf.Int64Value"], wrapperspb.Int64(1), md); err != nil {
-		t.Fatalf("stopped during its commit: %v, want the commit finished", err)
-	}
-	if ctx.Err() == nil {
-		t.Fatal("the consumer's context did not end at the commit")
-	}
-	var n int
-	if err := c.cfg.Pool.QueryRow(context.Background(), `SELECT count(*) FROM applied WHERE event = $1`, md.ID).Scan(&n); err != nil || n != 1 {
-		t.Fatalf("%d rows of the event (%v), want 1", n, err)
+	for _, tc := range []struct {
+		name   string
+		events int
+	}{{"one event", 1}, {"batch", 3}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, stop := context.WithCancel(context.Background())
+			defer stop()
+			hook := &atCommit{fn: stop}
+			c := tracedConsumer(t, hook)
+			if _, err := c.cfg.Pool.Exec(context.Background(), `CREATE TABLE applied (event uuid PRIMARY KEY)`); err != nil {
+				t.Fatal(err)
+			}
+			Handle(c, func(ctx context.Context, tx pgx.Tx, _ *wrapperspb.Int64Value, md Metadata) error {
+				_, err := tx.Exec(ctx, `INSERT INTO applied VALUES ($1)`, md.ID)
+				return err
+			})
+			h := c.handlers["google.protobuf.Int64Value"]
+			run := make([]ready, tc.events)
+			ids := make([]uuid.UUID, tc.events)
+			for i := range run {
+				md := Metadata{Metadata: envelope.Metadata{ID: uuid.New(), Type: "google.protobuf.Int64Value"}, Topic: "test.fence", Offset: int64(i)}
+				run[i] = ready{msg: &transport.Message{Topic: md.Topic, Offset: md.Offset}, md: md, h: h, event: wrapperspb.Int64(1), parent: ctx}
+				ids[i] = md.ID
+			}
+			hook.armed.Store(true)
+			var err error
+			if tc.events == 1 {
+				_, err = c.apply(ctx, epochClaim{}, h, run[0].event, run[0].md)
+			} else {
+				_, _, err = c.applyTx(ctx, epochClaim{}, run)
+			}
+			if err != nil {
+				t.Fatalf("stopped during its commit: %v, want the commit finished", err)
+			}
+			if ctx.Err() == nil {
+				t.Fatal("the consumer's context did not end at the commit")
+			}
+			var n int
+			if err := c.cfg.Pool.QueryRow(context.Background(), `SELECT count(*) FROM applied WHERE event = ANY($1)`, ids).Scan(&n); err != nil || n != tc.events {
+				t.Fatalf("%d of %d events applied (%v), want all", n, tc.events, err)
+			}
+		})
 	}
 }
