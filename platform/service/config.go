@@ -35,6 +35,10 @@ type Config struct {
 	// (SWITCHYARD_WATCH_DB_CONNS, default 4), apart from the pool consumers
 	// and other RPCs use, plus one LISTEN connection per hub.
 	WatchDBConns int
+	// WatchRecheck is how often a watch stream reads its state again
+	// without being told of a change (SWITCHYARD_WATCH_RECHECK, default
+	// 5s): the safety net for an announcement lost to a crash.
+	WatchRecheck time.Duration
 	// DatabaseMaxConns is the size of the service's PostgreSQL pool
 	// (SWITCHYARD_DATABASE_MAX_CONNS, default 16). 0 means the URL's
 	// pool_max_conns, used when the variable is unset and the URL has one.
@@ -101,6 +105,9 @@ func LoadConfig(port int, getenv func(string) string) (Config, error) {
 	}
 	if cfg.WatchDBConns, err = strconv.Atoi(get("SWITCHYARD_WATCH_DB_CONNS", "4")); err != nil || cfg.WatchDBConns < 1 {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_WATCH_DB_CONNS: want a positive integer"))
+	}
+	if cfg.WatchRecheck, err = time.ParseDuration(get("SWITCHYARD_WATCH_RECHECK", "5s")); err != nil || cfg.WatchRecheck <= 0 {
+		errs = append(errs, fmt.Errorf("SWITCHYARD_WATCH_RECHECK: want a positive duration such as 5s"))
 	}
 	if cfg.ShutdownTimeout, err = time.ParseDuration(get("SWITCHYARD_SHUTDOWN_TIMEOUT", "20s")); err != nil {
 		errs = append(errs, fmt.Errorf("SWITCHYARD_SHUTDOWN_TIMEOUT: %w", err))

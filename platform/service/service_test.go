@@ -366,7 +366,7 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.GRPCAddr != ":50052" || cfg.Brokers != "127.0.0.1:19092" || cfg.TopicPrefix != "switchyard." || cfg.OutboxMode != "cdc" || cfg.DatabaseMaxConns != 16 {
+	if cfg.GRPCAddr != ":50052" || cfg.Brokers != "127.0.0.1:19092" || cfg.TopicPrefix != "switchyard." || cfg.OutboxMode != "cdc" || cfg.DatabaseMaxConns != 16 || cfg.WatchRecheck != 5*time.Second {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 	// The pool size: the variable, else the URL's pool_max_conns (0 here:
@@ -384,8 +384,8 @@ func TestLoadConfig(t *testing.T) {
 			t.Errorf("%v: DatabaseMaxConns %d (%v), want %d", c.env, cfg.DatabaseMaxConns, err, c.want)
 		}
 	}
-	_, err = service.LoadConfig(1, env(map[string]string{"SWITCHYARD_OUTBOX_MODE": "kafka", "SWITCHYARD_TOPIC_PARTITIONS": "0", "SWITCHYARD_DATABASE_MAX_CONNS": "0"}))
-	for _, want := range []string{"SWITCHYARD_DATABASE_URL", "SWITCHYARD_OUTBOX_MODE", "SWITCHYARD_TOPIC_PARTITIONS", "SWITCHYARD_DATABASE_MAX_CONNS"} {
+	_, err = service.LoadConfig(1, env(map[string]string{"SWITCHYARD_OUTBOX_MODE": "kafka", "SWITCHYARD_TOPIC_PARTITIONS": "0", "SWITCHYARD_DATABASE_MAX_CONNS": "0", "SWITCHYARD_WATCH_RECHECK": "0s"}))
+	for _, want := range []string{"SWITCHYARD_DATABASE_URL", "SWITCHYARD_OUTBOX_MODE", "SWITCHYARD_TOPIC_PARTITIONS", "SWITCHYARD_DATABASE_MAX_CONNS", "SWITCHYARD_WATCH_RECHECK"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("LoadConfig error %v does not name %s", err, want)
 		}

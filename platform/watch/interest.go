@@ -39,9 +39,9 @@ CREATE UNLOGGED TABLE IF NOT EXISTS watch_interest (
 )`
 
 // Migrate creates the table in which hubs record the keys they follow; a
-// database that [Notify] writes to needs it. The table is UNLOGGED: it is
-// emptied after a crash, and every hub records its keys again when it
-// reconnects.
+// database whose changes are announced ([Notify], [Hub.Changed]) needs it.
+// The table is UNLOGGED: it is emptied after a crash, and every hub
+// records its keys again when it reconnects.
 func Migrate(ctx context.Context, db migrate.Querier) error {
 	return migrate.EnsureTable(ctx, db, "watch_interest", interestSchema)
 }

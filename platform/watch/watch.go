@@ -1,10 +1,12 @@
 // Package watch tells streaming RPCs when the rows they follow change,
-// without polling: writers call [Notify] inside their transaction
-// (PostgreSQL delivers the notification only if it commits), and one [Hub]
-// per process LISTENs on a single connection and wakes the subscribers of
-// the changed key. A writer notifies only when some hub follows the key:
-// hubs record the keys they follow in a table ([Migrate] creates it), so a
-// change nobody watches costs an index lookup, not a NOTIFY.
+// without polling: writers announce a change with [Hub.Changed] once their
+// transaction has committed (the hub sends what gathers meanwhile in one
+// statement), or with [Notify] inside the transaction (PostgreSQL delivers
+// it only if the transaction commits, but flushes notifying commits one at
+// a time); one [Hub] per process LISTENs on a single connection and wakes
+// the subscribers of the changed key. Only keys some hub follows are
+// notified: hubs record the keys they follow in a table ([Migrate] creates
+// it), so a change nobody watches costs an index lookup, not a NOTIFY.
 //
 // A wake-up only says "look again": subscribers re-read the state they
 // stream, so a notification that is lost (for instance while the listening
@@ -102,6 +104,7 @@ type Hub struct {
 	limit    *Limit
 	id       uuid.UUID // this hub's rows in watch_interest
 	interest *interest
+	changed  *changed
 	// write is writeRows and forget forgetRows; tests of the bookkeeping
 	// replace them.
 	write  func(ctx context.Context, dels, ins, renewed []string, renew, catchingUp bool) (after, xmin int64, err error)
@@ -122,7 +125,7 @@ func NewHub(pool *pgxpool.Pool, channel string, limit *Limit, logger *slog.Logge
 	if limit == nil {
 		limit = NewLimit(0)
 	}
-	h := &Hub{pool: pool, channel: channel, limit: limit, logger: logger, id: uuid.New(), interest: newInterest(),
+	h := &Hub{pool: pool, channel: channel, limit: limit, logger: logger, id: uuid.New(), interest: newInterest(), changed: newChanged(),
 		subs: map[string]map[chan struct{}]struct{}{}}
 	h.write, h.forget = h.writeRows, h.forgetRows
 	return h
@@ -227,14 +230,16 @@ func (h *Hub) Follow(ctx context.Context, key string, recheck time.Duration, sto
 	}
 }
 
-// Run listens, and keeps the hub's record of the keys it follows, until ctx
-// ends, re-establishing the connection after errors.
+// Run listens, keeps the hub's record of the keys it follows and sends
+// what [Hub.Changed] announces, until ctx ends, re-establishing the
+// connection after errors.
 func (h *Hub) Run(ctx context.Context) error {
 	renew := time.NewTicker(interestRenew)
 	defer renew.Stop()
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); h.record(ctx, renew.C) }()
+	go func() { defer wg.Done(); h.announce(ctx) }()
 	defer wg.Wait()
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {

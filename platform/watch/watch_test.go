@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -55,6 +56,23 @@ func notify(t *testing.T, pool *pgxpool.Pool, channel, key string) {
 	if err := pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error { return watch.Notify(context.Background(), tx, channel, key) }); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// listening returns a plain connection of pool that LISTENs on channel,
+// closed when the test ends.
+func listening(t *testing.T, pool *pgxpool.Pool, channel string) *pgx.Conn {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := c.Hijack()
+	t.Cleanup(func() { conn.Close(ctx) })
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
 
 func woken(t *testing.T, ch <-chan struct{}, what string) {
@@ -129,15 +147,7 @@ func TestNotifyOnlyWhenFollowed(t *testing.T) {
 	hub, _ := running(t, pool, "test_changes", nil)
 	subscribe(t, hub, "followed")
 
-	listener, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := listener.Hijack()
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "LISTEN test_changes"); err != nil {
-		t.Fatal(err)
-	}
+	conn := listening(t, pool, "test_changes")
 	if _, err := pool.Exec(ctx, `INSERT INTO watch_interest VALUES ('test_changes', 'dead', gen_random_uuid(), now() - interval '1 second')`); err != nil {
 		t.Fatal(err)
 	}
@@ -356,22 +366,27 @@ func TestLimitBoundsStreams(t *testing.T) {
 }
 
 // BenchmarkNotify commits single-row updates from 8 writers, each
-// announcing its change, to a key nobody follows and to a followed one:
-// the difference is what a NOTIFY costs the writers.
+// announcing its change: to a key nobody follows, to a followed one inside
+// the transaction ([watch.Notify]), and to a followed one after the commit
+// ([watch.Hub.Changed]). The differences are what a NOTIFY in the writer's
+// commit costs the writers, and what announcing after it saves.
 func BenchmarkNotify(b *testing.B) {
-	for _, followed := range []bool{false, true} {
-		name := "unfollowed"
-		if followed {
-			name = "followed"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, c := range []struct {
+		name                  string
+		followed, afterCommit bool
+	}{
+		{"unfollowed", false, false},
+		{"followed", true, false},
+		{"followed_after_commit", true, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
 			ctx := context.Background()
 			pool := migrated(b)
 			if _, err := pool.Exec(ctx, `CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO counters SELECT g, 0 FROM generate_series(0, 999) g`); err != nil {
 				b.Fatal(err)
 			}
 			hub, _ := running(b, pool, "bench_changes", nil)
-			if followed {
+			if c.followed {
 				for i := range 1000 {
 					_, unsubscribe, err := hub.Subscribe(ctx, strconv.Itoa(i), nil)
 					if err != nil {
@@ -391,10 +406,16 @@ func BenchmarkNotify(b *testing.B) {
 						if _, err := tx.Exec(ctx, `UPDATE counters SET n = n + 1 WHERE id = $1`, id); err != nil {
 							return err
 						}
+						if c.afterCommit {
+							return nil
+						}
 						return watch.Notify(ctx, tx, "bench_changes", strconv.Itoa(id))
 					}); err != nil {
 						b.Error(err)
 						return
+					}
+					if c.afterCommit {
+						hub.Changed(strconv.Itoa(id))
 					}
 				}
 			})
@@ -426,5 +447,89 @@ func TestStoppedHubDeletesItsRows(t *testing.T) {
 	stop() // returns once Run has, after deleting the rows
 	if n := rows(); n != 0 {
 		t.Fatalf("%d rows left by a hub that stopped", n)
+	}
+}
+
+// atNotify blocks the first statement that calls pg_notify until release
+// is closed, and counts those statements.
+type atNotify struct {
+	sends   atomic.Int64
+	started chan struct{}
+	release chan struct{}
+}
+
+func (a *atNotify) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(d.SQL, "pg_notify") && a.sends.Add(1) == 1 {
+		close(a.started)
+		<-a.release
+	}
+	return ctx
+}
+
+func (*atNotify) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// Hub.Changed announces a committed change to the streams following the
+// key in any process (here, another hub on the database), not to keys
+// nobody follows, and sends what was given while a send was in flight in
+// one statement; what is given just before the hub stops is still sent.
+func TestChangedAnnouncesFollowedKeys(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrated(t)
+	follower, _ := running(t, pool, "test_changes", nil)
+	const keys = 10
+	subs := make([]<-chan struct{}, keys+2)
+	for i := range subs {
+		subs[i] = subscribe(t, follower, "k"+strconv.Itoa(i))
+	}
+	settle(t, pool, follower, subs...)
+
+	conn := listening(t, pool, "test_changes")
+	cfg := pool.Config().Copy()
+	tracer := &atNotify{started: make(chan struct{}), release: make(chan struct{})}
+	cfg.ConnConfig.Tracer = tracer
+	wpool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wpool.Close()
+	writer, stopWriter := running(t, wpool, "test_changes", nil)
+
+	writer.Changed("nobody")
+	<-tracer.started // the first send holds "nobody" alone
+	for i := range keys {
+		writer.Changed("k" + strconv.Itoa(i))
+		writer.Changed("k" + strconv.Itoa(i)) // twice: announced once
+	}
+	close(tracer.release)
+	for i := range keys {
+		woken(t, subs[i], "a followed key announced by another hub did not wake its stream")
+	}
+	if n := tracer.sends.Load(); n != 2 {
+		t.Errorf("%d sends, want 2: the keys given while the first was in flight go in one", n)
+	}
+	writer.Changed("k" + strconv.Itoa(keys))
+	stopWriter()
+	woken(t, subs[keys], "a key given just before the hub stopped was not announced")
+
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	got := map[string]int{}
+	for range keys + 1 {
+		n, err := conn.WaitForNotification(wctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[n.Payload]++
+	}
+	for k, n := range got {
+		if k == "nobody" || n != 1 {
+			t.Errorf("%q notified %d times, want once, and only followed keys", k, n)
+		}
+	}
+	select {
+	case <-subs[keys+1]:
+		t.Error("a key nobody changed was woken")
+	default:
 	}
 }

@@ -33,8 +33,10 @@ func wantFinal(t *testing.T, o *ordersv1.Order, st ordersv1.OrderStatus, reason 
 // then every invariant across all six databases.
 func TestSaga(t *testing.T) {
 	// Outcome counts must not depend on how loaded the machine is: a step
-	// deadline is tested on its own (TestTimeoutAndLateReply).
-	s := startShop(t, "SWITCHYARD_SAGA_STEP_TIMEOUT=5m")
+	// deadline is tested on its own (TestTimeoutAndLateReply). Watch
+	// streams never recheck here, so every change they report was
+	// announced to them.
+	s := startShop(t, "SWITCHYARD_SAGA_STEP_TIMEOUT=5m", "SWITCHYARD_WATCH_RECHECK=1h")
 
 	t.Run("group", func(t *testing.T) {
 		t.Run("happy path", func(t *testing.T) {

@@ -33,10 +33,6 @@ const (
 	KindOrderCancelled = "ORDER_CANCELLED"
 )
 
-// watchRecheck is how often WatchNotifications looks for new rows even
-// without a change notification (a safety net).
-const watchRecheck = 5 * time.Second
-
 // customerLockClass namespaces the per-customer advisory locks of notify.
 const customerLockClass = 7105
 
@@ -54,17 +50,17 @@ func Setup(env *service.Env) error {
 	notificationsv1.RegisterNotificationServiceServer(env.Server, s)
 	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
 		c := ev.GetCustomer()
-		return notify(ctx, tx, md, c.GetCustomerId(), c.GetCustomerId(), KindWelcome, "Welcome to Switchyard, "+c.GetName(),
+		return s.notify(ctx, tx, md, c.GetCustomerId(), c.GetCustomerId(), KindWelcome, "Welcome to Switchyard, "+c.GetName(),
 			fmt.Sprintf("Hello %s, your account is ready. Top it up and place your first order.", c.GetName()))
 	})
 	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderConfirmed, md consumer.Metadata) error {
 		o := ev.GetOrder()
-		return notify(ctx, tx, md, o.GetCustomerId(), o.GetOrderId(), KindOrderConfirmed, "Order "+o.GetOrderId()+" confirmed",
+		return s.notify(ctx, tx, md, o.GetCustomerId(), o.GetOrderId(), KindOrderConfirmed, "Order "+o.GetOrderId()+" confirmed",
 			fmt.Sprintf("Your order of %d item(s) for %s is confirmed.", len(o.GetItems()), money(o.GetTotal())))
 	})
 	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderCancelled, md consumer.Metadata) error {
 		o := ev.GetOrder()
-		return notify(ctx, tx, md, o.GetCustomerId(), o.GetOrderId(), KindOrderCancelled, "Order "+o.GetOrderId()+" cancelled",
+		return s.notify(ctx, tx, md, o.GetCustomerId(), o.GetOrderId(), KindOrderCancelled, "Order "+o.GetOrderId()+" cancelled",
 			fmt.Sprintf("Your order was cancelled (%s). You have not been charged for it.", o.GetFailureReason()))
 	})
 	return nil
@@ -81,8 +77,9 @@ func money(m *moneyv1.Money) string {
 // transaction-scoped advisory lock per customer, taken before the row gets
 // its seq): WatchNotifications resumes after the highest seq it has sent,
 // so a seq must never become visible after a higher one of the same
-// customer, which two concurrent writers could otherwise cause.
-func notify(ctx context.Context, tx pgx.Tx, md consumer.Metadata, customerID, about, kind, subject, body string) error {
+// customer, which two concurrent writers could otherwise cause. The
+// customer's streams learn of it once the transaction commits.
+func (s *server) notify(ctx context.Context, tx pgx.Tx, md consumer.Metadata, customerID, about, kind, subject, body string) error {
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, customerLockClass, customerID); err != nil {
 		return fmt.Errorf("serialise notifications of %s: %w", customerID, err)
 	}
@@ -90,7 +87,8 @@ func notify(ctx context.Context, tx pgx.Tx, md consumer.Metadata, customerID, ab
 		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING`, uuid.New(), customerID, about, kind, subject, body, md.ID); err != nil {
 		return err
 	}
-	return watch.Notify(ctx, tx, changeChannel, customerID)
+	md.AfterCommit(func(context.Context) { s.changes.Changed(customerID) })
+	return nil
 }
 
 type server struct {
@@ -173,7 +171,7 @@ func (s *server) WatchNotifications(req *notificationsv1.WatchNotificationsReque
 	}
 	ctx := stream.Context()
 	var after int64
-	return s.changes.Follow(ctx, req.GetCustomerId(), watchRecheck, s.env.Stopping(), func() (bool, error) {
+	return s.changes.Follow(ctx, req.GetCustomerId(), s.env.Config.WatchRecheck, s.env.Stopping(), func() (bool, error) {
 		list, last, err := s.list(ctx, req.GetCustomerId(), after)
 		if err != nil {
 			return false, err

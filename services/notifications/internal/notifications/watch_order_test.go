@@ -40,7 +40,7 @@ func TestConcurrentNotificationsAreNotSkipped(t *testing.T) {
 			return nil, err
 		}
 		md := consumer.Metadata{Metadata: envelope.Metadata{ID: uuid.New()}}
-		if err := notify(ctx, tx, md, customer, uuid.NewString(), kind, "s", "b"); err != nil {
+		if err := s.notify(ctx, tx, md, customer, uuid.NewString(), kind, "s", "b"); err != nil {
 			tx.Rollback(ctx)
 			return nil, err
 		}

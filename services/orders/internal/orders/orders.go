@@ -45,9 +45,6 @@ type Options struct {
 	StepTimeout time.Duration
 	// SweepInterval is how often expired steps are looked for (default 250ms).
 	SweepInterval time.Duration
-	// WatchRecheck is how often WatchOrder re-reads an order even without a
-	// change notification (default 5s), as a safety net.
-	WatchRecheck time.Duration
 	// MaxPending and MaxPendingAge are admission control: CreateOrder is
 	// refused (RESOURCE_EXHAUSTED with RetryInfo, nothing written) while at
 	// least MaxPending orders are in progress (default 100) or 10 of them
@@ -97,9 +94,6 @@ func (o Options) withDefaults() Options {
 	}
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = 250 * time.Millisecond
-	}
-	if o.WatchRecheck <= 0 {
-		o.WatchRecheck = 5 * time.Second
 	}
 	if o.MaxPending == 0 {
 		o.MaxPending = 100
@@ -278,6 +272,7 @@ func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderReque
 		return nil, err
 	}
 	var o *ordersv1.Order
+	changed := false
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		st, err := lockSaga(ctx, tx, req.GetOrderId())
 		if err != nil {
@@ -288,7 +283,7 @@ func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderReque
 			if reason == "" {
 				reason = "cancelled by customer"
 			}
-			if err := s.apply(ctx, tx, nil, st, happening{input: cancelledByCustomer, reason: reason}); err != nil {
+			if changed, err = s.apply(ctx, tx, nil, st, happening{input: cancelledByCustomer, reason: reason}); err != nil {
 				return err
 			}
 		}
@@ -297,6 +292,9 @@ func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderReque
 	})
 	if err != nil {
 		return nil, err
+	}
+	if changed {
+		s.changes.Changed(req.GetOrderId())
 	}
 	return &ordersv1.CancelOrderResponse{Order: o}, nil
 }
@@ -309,7 +307,7 @@ func (s *server) WatchOrder(req *ordersv1.WatchOrderRequest, stream ordersv1.Ord
 	}
 	ctx := stream.Context()
 	var last *ordersv1.Order
-	return s.changes.Follow(ctx, req.GetOrderId(), s.opts.WatchRecheck, s.env.Stopping(), func() (bool, error) {
+	return s.changes.Follow(ctx, req.GetOrderId(), s.env.Config.WatchRecheck, s.env.Stopping(), func() (bool, error) {
 		// One round trip per wake-up: the order as it is now, sent if it
 		// differs from what the stream last sent.
 		db := s.changes.DB() // not env.Pool: streams must not take the consumers' connections

@@ -16,7 +16,6 @@ import (
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/outbox"
-	"github.com/switchyard/switchyard/platform/watch"
 )
 
 // saga is an order's saga state, read under a row lock.
@@ -68,7 +67,6 @@ func (st saga) awaiting(step string) bool { return st.status == statusPending &&
 func (s *server) queueStep(b *pgx.Batch, orderID, step string) {
 	b.Queue(`UPDATE orders SET saga_step = $2, saga_deadline = now() + make_interval(secs => $3),
 		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, step, s.opts.StepTimeout.Seconds())
-	watch.QueueNotify(b, changeChannel, orderID)
 }
 
 // finish makes an order terminal and emits OrderConfirmed or OrderCancelled
@@ -77,7 +75,6 @@ func (s *server) queueStep(b *pgx.Batch, orderID, step string) {
 func (s *server) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, orderID, status, reason string, commands ...proto.Message) error {
 	b.Queue(`UPDATE orders SET status = $2, failure_reason = $3, saga_step = 'DONE', saga_deadline = NULL,
 		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, status, reason)
-	watch.QueueNotify(b, changeChannel, orderID)
 	orders, err := sendAndLoad(ctx, tx, b, []string{orderID})
 	if err != nil {
 		return err
@@ -93,28 +90,40 @@ func (s *server) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, orderID, s
 
 // apply carries out the saga's decision about h (see decide) in tx, after
 // the statements the caller queued in b (nil for none): a step that does
-// not end the order is one round trip.
-func (s *server) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, st saga, h happening) error {
+// not end the order is one round trip. It reports whether the order
+// changed, which the caller announces to the order's watchers once tx has
+// committed (the watch hub's Changed).
+func (s *server) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, st saga, h happening) (changed bool, err error) {
 	if b == nil {
 		b = &pgx.Batch{}
 	}
 	d := decide(st, h)
 	if d.status != "" {
-		return s.finish(ctx, tx, b, st.orderID, d.status, d.reason, d.commands...)
+		return true, s.finish(ctx, tx, b, st.orderID, d.status, d.reason, d.commands...)
 	}
 	if d.step != "" {
 		s.queueStep(b, st.orderID, d.step)
 	}
 	if err := s.env.Outbox.Queue(ctx, b, events(st.orderID, d.commands)...); err != nil {
-		return err
+		return false, err
 	}
 	if b.Len() == 0 {
-		return nil
+		return false, nil
 	}
-	return tx.SendBatch(ctx, b).Close()
+	return d.step != "", tx.SendBatch(ctx, b).Close()
 }
 
-func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockReserved, _ consumer.Metadata) error {
+// applyEvent is apply for an event's handler: the order's watchers learn
+// of a change once the consumer's transaction commits.
+func (s *server) applyEvent(ctx context.Context, tx pgx.Tx, b *pgx.Batch, st saga, h happening, md consumer.Metadata) error {
+	changed, err := s.apply(ctx, tx, b, st, h)
+	if err == nil && changed {
+		md.AfterCommit(func(context.Context) { s.changes.Changed(st.orderID) })
+	}
+	return err
+}
+
+func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockReserved, md consumer.Metadata) error {
 	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
 	if err != nil {
 		return err
@@ -137,31 +146,31 @@ func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1
 			WHERE i.order_id = $1 AND i.sku = l.sku`, st.orderID, skus, prices)
 		b.Queue(`UPDATE orders SET total_minor = $2 WHERE order_id = $1`, st.orderID, total)
 	}
-	return s.apply(ctx, tx, b, st, happening{input: stockReserved, total: total})
+	return s.applyEvent(ctx, tx, b, st, happening{input: stockReserved, total: total}, md)
 }
 
-func (s *server) onStockRejected(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockRejected, _ consumer.Metadata) error {
+func (s *server) onStockRejected(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockRejected, md consumer.Metadata) error {
 	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
 	if err != nil {
 		return err
 	}
-	return s.apply(ctx, tx, nil, st, happening{input: stockRejected, reason: ev.GetReason()})
+	return s.applyEvent(ctx, tx, nil, st, happening{input: stockRejected, reason: ev.GetReason()}, md)
 }
 
-func (s *server) onPaymentCaptured(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentCaptured, _ consumer.Metadata) error {
+func (s *server) onPaymentCaptured(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentCaptured, md consumer.Metadata) error {
 	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
 	if err != nil {
 		return err
 	}
-	return s.apply(ctx, tx, nil, st, happening{input: paymentCaptured})
+	return s.applyEvent(ctx, tx, nil, st, happening{input: paymentCaptured}, md)
 }
 
-func (s *server) onPaymentDeclined(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentDeclined, _ consumer.Metadata) error {
+func (s *server) onPaymentDeclined(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentDeclined, md consumer.Metadata) error {
 	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
 	if err != nil {
 		return err
 	}
-	return s.apply(ctx, tx, nil, st, happening{input: paymentDeclined, reason: ev.GetReason()})
+	return s.applyEvent(ctx, tx, nil, st, happening{input: paymentDeclined, reason: ev.GetReason()}, md)
 }
 
 // sweepDeadlines cancels, with TIMEOUT, orders whose current step has had
@@ -191,6 +200,7 @@ func (s *server) sweepDeadlines(ctx context.Context) error {
 }
 
 func (s *server) sweepOnce(ctx context.Context) (int, error) {
+	var changed []string
 	n := 0
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT order_id::text FROM orders WHERE status = 'PENDING' AND saga_deadline < now()
@@ -208,12 +218,21 @@ func (s *server) sweepOnce(ctx context.Context) (int, error) {
 				return err
 			}
 			s.env.Logger.Info("saga step timed out; compensating", "order_id", id, "step", st.step)
-			if err := s.apply(ctx, tx, nil, st, happening{input: stepTimedOut, reason: fmt.Sprintf("no reply while %s", st.step)}); err != nil {
+			c, err := s.apply(ctx, tx, nil, st, happening{input: stepTimedOut, reason: fmt.Sprintf("no reply while %s", st.step)})
+			if err != nil {
 				return err
+			}
+			if c {
+				changed = append(changed, id)
 			}
 		}
 		n = len(ids)
 		return nil
 	})
+	if err == nil {
+		for _, id := range changed {
+			s.changes.Changed(id)
+		}
+	}
 	return n, err
 }

@@ -1,0 +1,109 @@
+package watch
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/switchyard/switchyard/platform/backoff"
+)
+
+// changed holds the keys [Hub.Changed] was told about and the hub has not
+// announced yet.
+type changed struct {
+	mu    sync.Mutex
+	keys  map[string]struct{}
+	ready chan struct{} // one pending signal at most
+}
+
+func newChanged() *changed {
+	return &changed{keys: map[string]struct{}{}, ready: make(chan struct{}, 1)}
+}
+
+func (c *changed) add(key string) {
+	c.mu.Lock()
+	c.keys[key] = struct{}{}
+	c.mu.Unlock()
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take empties the set and returns what it held.
+func (c *changed) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := make([]string, 0, len(c.keys))
+	for k := range c.keys {
+		keys = append(keys, k)
+	}
+	clear(c.keys)
+	return keys
+}
+
+// Changed announces that key changed on the hub's channel, to the streams
+// following it in every process: call it after the transaction that
+// changed key has committed. It does not block; the hub's Run sends what
+// has gathered in one statement, and only for keys some hub follows.
+//
+// Unlike [Notify], which announces inside the writing transaction, the
+// writer's commit does not notify: PostgreSQL flushes notifying commits
+// one at a time under one cluster-wide lock, so a busy writer that
+// notifies in its transactions loses group commit. The announcement is not
+// transactional: if the process dies between the commit and the send, the
+// streams see the change at their next recheck.
+func (h *Hub) Changed(key string) { h.changed.add(key) }
+
+// announce sends the keys given to Changed until ctx ends, then what is
+// left, briefly. Keys given while a send is in flight go in the next one,
+// so a busy writer's announcements share one notifying commit.
+func (h *Hub) announce(ctx context.Context) {
+	retry := backoff.New(50*time.Millisecond, 5*time.Second)
+	for {
+		select {
+		case <-ctx.Done():
+			if keys := h.changed.take(); len(keys) > 0 {
+				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				if err := h.send(sctx, keys); err != nil {
+					h.logger.Warn("watch: announce changes at stop", "channel", h.channel, "keys", len(keys), "error", err)
+				}
+			}
+			return
+		case <-h.changed.ready:
+		}
+		keys := h.changed.take()
+		if len(keys) == 0 {
+			continue
+		}
+		if err := h.send(ctx, keys); err != nil {
+			if ctx.Err() != nil {
+				for _, k := range keys {
+					h.changed.add(k) // sent at stop
+				}
+				continue
+			}
+			h.logger.Warn("watch: announcing changes failed; retrying", "channel", h.channel, "keys", len(keys), "error", err, "retry_in", retry.Next())
+			for _, k := range keys {
+				h.changed.add(k)
+			}
+			retry.Wait(ctx)
+			continue
+		}
+		retry.Reset()
+	}
+}
+
+// send notifies the followed ones among keys, in one statement. A
+// statement of its own, after the writers' commits, cannot miss a stream:
+// a stream whose key it does not see recorded recorded it afterwards, and
+// reads after that, so it sees the change anyway.
+func (h *Hub) send(ctx context.Context, keys []string) error {
+	if _, err := h.pool.Exec(ctx, `SELECT pg_notify($1, k) FROM unnest($2::text[]) AS k
+		WHERE EXISTS (SELECT FROM watch_interest WHERE channel = $1 AND key = k AND expires_at > now())`, h.channel, keys); err != nil {
+		return fmt.Errorf("notify %d keys: %w", len(keys), err)
+	}
+	return nil
+}
