@@ -2,9 +2,12 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/switchyard/switchyard/platform/backoff"
 )
@@ -12,27 +15,36 @@ import (
 // changed holds the keys [Hub.Changed] was told about and the hub has not
 // announced yet.
 type changed struct {
-	mu    sync.Mutex
-	keys  map[string]struct{}
-	ready chan struct{} // one pending signal at most
+	mu      sync.Mutex
+	keys    map[string]struct{}
+	stopped bool          // announce has returned: Changed sends at once
+	ready   chan struct{} // one pending signal at most
 }
 
 func newChanged() *changed {
 	return &changed{keys: map[string]struct{}{}, ready: make(chan struct{}, 1)}
 }
 
-func (c *changed) add(key string) {
+// add queues key; it returns false, queueing nothing, once announce has
+// returned.
+func (c *changed) add(key string) bool {
 	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return false
+	}
 	c.keys[key] = struct{}{}
 	c.mu.Unlock()
 	select {
 	case c.ready <- struct{}{}:
 	default:
 	}
+	return true
 }
 
-// take empties the set and returns what it held.
-func (c *changed) take() []string {
+// take empties the set and returns what it held; with stop, later adds
+// are refused.
+func (c *changed) take(stop bool) []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	keys := make([]string, 0, len(c.keys))
@@ -40,21 +52,33 @@ func (c *changed) take() []string {
 		keys = append(keys, k)
 	}
 	clear(c.keys)
+	c.stopped = c.stopped || stop
 	return keys
 }
 
 // Changed announces that key changed on the hub's channel, to the streams
 // following it in every process: call it after the transaction that
-// changed key has committed. It does not block; the hub's Run sends what
-// has gathered in one statement, and only for keys some hub follows.
+// changed key has committed. It does not block while the hub runs: the
+// hub's Run sends what has gathered in one statement, and only for keys
+// some hub follows. Once Run has returned (the process is stopping, and a
+// consumer's last commits finish) it sends key itself.
 //
 // Unlike [Notify], which announces inside the writing transaction, the
 // writer's commit does not notify: PostgreSQL flushes notifying commits
 // one at a time under one cluster-wide lock, so a busy writer that
 // notifies in its transactions loses group commit. The announcement is not
-// transactional: if the process dies between the commit and the send, the
-// streams see the change at their next recheck.
-func (h *Hub) Changed(key string) { h.changed.add(key) }
+// transactional: if the process dies between the commit and the send, or
+// the send fails, the streams see the change at their next recheck.
+func (h *Hub) Changed(key string) {
+	if h.changed.add(key) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := h.send(ctx, []string{key}); err != nil {
+		h.logger.Warn("watch: announce a change after the hub stopped", "channel", h.channel, "key", key, "error", err)
+	}
+}
 
 // announce sends the keys given to Changed until ctx ends, then what is
 // left, briefly. Keys given while a send is in flight go in the next one,
@@ -64,7 +88,7 @@ func (h *Hub) announce(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			if keys := h.changed.take(); len(keys) > 0 {
+			if keys := h.changed.take(true); len(keys) > 0 {
 				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				defer cancel()
 				if err := h.send(sctx, keys); err != nil {
@@ -74,25 +98,33 @@ func (h *Hub) announce(ctx context.Context) {
 			return
 		case <-h.changed.ready:
 		}
-		keys := h.changed.take()
+		keys := h.changed.take(false)
 		if len(keys) == 0 {
 			continue
 		}
-		if err := h.send(ctx, keys); err != nil {
-			if ctx.Err() != nil {
-				for _, k := range keys {
-					h.changed.add(k) // sent at stop
-				}
-				continue
-			}
+		err := h.send(ctx, keys)
+		var pgErr *pgconn.PgError
+		switch {
+		case err == nil:
+			retry.Reset()
+		case ctx.Err() != nil:
+			h.requeue(keys) // sent at stop
+		case errors.As(err, &pgErr):
+			// PostgreSQL refused the statement: sending it again would fail
+			// again and hold up every later change. Streams recheck.
+			h.logger.Error("watch: announcing changes refused; dropped", "channel", h.channel, "keys", len(keys), "error", err)
+		default:
 			h.logger.Warn("watch: announcing changes failed; retrying", "channel", h.channel, "keys", len(keys), "error", err, "retry_in", retry.Next())
-			for _, k := range keys {
-				h.changed.add(k)
-			}
+			h.requeue(keys)
 			retry.Wait(ctx)
-			continue
 		}
-		retry.Reset()
+	}
+}
+
+// requeue gives keys back for the next send.
+func (h *Hub) requeue(keys []string) {
+	for _, k := range keys {
+		h.changed.add(k)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -450,73 +451,125 @@ func TestStoppedHubDeletesItsRows(t *testing.T) {
 	}
 }
 
-// atNotify blocks the first statement that calls pg_notify until release
-// is closed, and counts those statements.
+// atNotify counts the statements that call pg_notify, and holds each
+// one while hold is set, until the test releases it.
 type atNotify struct {
-	sends   atomic.Int64
-	started chan struct{}
-	release chan struct{}
+	sends atomic.Int64
+	mu    sync.Mutex
+	hold  chan struct{} // nil: let sends through
+	held  chan struct{} // receives a value for each send held
 }
 
 func (a *atNotify) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	if strings.Contains(d.SQL, "pg_notify") && a.sends.Add(1) == 1 {
-		close(a.started)
-		<-a.release
+	if !strings.Contains(d.SQL, "pg_notify") {
+		return ctx
+	}
+	a.sends.Add(1)
+	a.mu.Lock()
+	hold := a.hold
+	a.mu.Unlock()
+	if hold != nil {
+		a.held <- struct{}{}
+		<-hold
 	}
 	return ctx
 }
 
 func (*atNotify) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
+// holdSends makes the next sends wait; the returned function lets them go.
+func (a *atNotify) holdSends() (release func()) {
+	hold := make(chan struct{})
+	a.mu.Lock()
+	a.hold = hold
+	a.mu.Unlock()
+	return func() {
+		a.mu.Lock()
+		a.hold = nil
+		a.mu.Unlock()
+		close(hold)
+	}
+}
+
+func (a *atNotify) waitHeld(t *testing.T) {
+	t.Helper()
+	select {
+	case <-a.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hub sent nothing")
+	}
+}
+
 // Hub.Changed announces a committed change to the streams following the
 // key in any process (here, another hub on the database), not to keys
 // nobody follows, and sends what was given while a send was in flight in
-// one statement; what is given just before the hub stops is still sent.
+// one statement. What is pending when the hub stops is sent then, and what
+// is given after it stopped (a consumer's last commits) is sent at once.
 func TestChangedAnnouncesFollowedKeys(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := migrated(t)
 	follower, _ := running(t, pool, "test_changes", nil)
 	const keys = 10
-	subs := make([]<-chan struct{}, keys+2)
+	subs := make([]<-chan struct{}, keys+4)
 	for i := range subs {
 		subs[i] = subscribe(t, follower, "k"+strconv.Itoa(i))
 	}
 	settle(t, pool, follower, subs...)
-
 	conn := listening(t, pool, "test_changes")
+
 	cfg := pool.Config().Copy()
-	tracer := &atNotify{started: make(chan struct{}), release: make(chan struct{})}
+	tracer := &atNotify{held: make(chan struct{}, 1)}
 	cfg.ConnConfig.Tracer = tracer
 	wpool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer wpool.Close()
-	writer, stopWriter := running(t, wpool, "test_changes", nil)
+	t.Cleanup(wpool.Close) // after the writer's Run has returned
+	writer := watch.NewHub(wpool, "test_changes", nil, nil)
+	wctx, stopWriter := context.WithCancel(ctx)
+	defer stopWriter()
+	stopped := make(chan struct{})
+	go func() { defer close(stopped); _ = writer.Run(wctx) }()
 
+	release := tracer.holdSends()
 	writer.Changed("nobody")
-	<-tracer.started // the first send holds "nobody" alone
+	tracer.waitHeld(t) // the first send holds "nobody" alone
 	for i := range keys {
 		writer.Changed("k" + strconv.Itoa(i))
-		writer.Changed("k" + strconv.Itoa(i)) // twice: announced once
 	}
-	close(tracer.release)
+	release()
 	for i := range keys {
 		woken(t, subs[i], "a followed key announced by another hub did not wake its stream")
 	}
 	if n := tracer.sends.Load(); n != 2 {
 		t.Errorf("%d sends, want 2: the keys given while the first was in flight go in one", n)
 	}
-	writer.Changed("k" + strconv.Itoa(keys))
-	stopWriter()
-	woken(t, subs[keys], "a key given just before the hub stopped was not announced")
 
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// Stopping while a send is in flight: that send fails with the hub's
+	// context, and what it held goes with the final send, as does what is
+	// pending.
+	release = tracer.holdSends()
+	writer.Changed("k" + strconv.Itoa(keys))
+	tracer.waitHeld(t)
+	writer.Changed("k" + strconv.Itoa(keys+1))
+	stopWriter()
+	release()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hub did not stop")
+	}
+	woken(t, subs[keys], "a key whose send the stop cut off was not announced")
+	woken(t, subs[keys+1], "a key pending at the stop was not announced")
+	writer.Changed("k" + strconv.Itoa(keys+2))
+	woken(t, subs[keys+2], "a key given after the hub stopped was not announced")
+
+	nctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	got := map[string]int{}
-	for range keys + 1 {
-		n, err := conn.WaitForNotification(wctx)
+	for range keys + 3 {
+		n, err := conn.WaitForNotification(nctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -528,7 +581,7 @@ func TestChangedAnnouncesFollowedKeys(t *testing.T) {
 		}
 	}
 	select {
-	case <-subs[keys+1]:
+	case <-subs[keys+3]:
 		t.Error("a key nobody changed was woken")
 	default:
 	}
