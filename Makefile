@@ -19,8 +19,6 @@ MODULES  := ./gen/go/... ./platform/... ./shop/... ./services/rules/... $(foreac
 # The one way to build a service, here and in the Dockerfile (each service
 # module builds on its own, as in the image; deploy/ tests that they match).
 GOBUILD := GOWORK=off go build -trimpath
-# -p 1 per package list keeps the 2-core CI machine from thrashing between
-# packages that each start PostgreSQL clusters and brokers.
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
 .PHONY: help
@@ -81,7 +79,8 @@ breaking: $(BUF) ## buf breaking against the newest v* tag, if any
 
 .PHONY: test
 test: check-generated lint breaking ## Everything CI checks
-	go test $(GOTEST_FLAGS) $(MODULES)
+	go test -race $(GOTEST_FLAGS) ./platform/...
+	go test $(GOTEST_FLAGS) $(filter-out ./platform/...,$(MODULES))
 	SWITCHYARD_E2E_TRANSPORT=redis go test $(GOTEST_FLAGS) ./shop/e2e/
 	cd deploy && GOWORK=off go test $(GOTEST_FLAGS) ./...
 	$(MAKE) --no-print-directory soak DURATION=60s
