@@ -63,12 +63,12 @@ func (c *changed) take(stop bool) []string {
 // some hub follows. Once Run has returned (the process is stopping, and a
 // consumer's last commits finish) it sends key itself.
 //
-// Unlike [Notify], which announces inside the writing transaction, the
-// writer's commit does not notify: PostgreSQL flushes notifying commits
-// one at a time under one cluster-wide lock, so a busy writer that
-// notifies in its transactions loses group commit. The announcement is not
-// transactional: if the process dies between the commit and the send, or
-// the send fails, the streams see the change at their next recheck.
+// The writer's own commit does not notify: PostgreSQL flushes notifying
+// commits one at a time under one cluster-wide lock, so writers that
+// notified in their transactions would lose group commit. The announcement
+// is not transactional: if the process dies between the commit and the
+// send, or the send fails, the streams see the change at their next
+// recheck.
 func (h *Hub) Changed(key string) {
 	if h.changed.add(key) {
 		return

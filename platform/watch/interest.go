@@ -15,20 +15,15 @@ import (
 // notifying transaction in the cluster on one lock, held through the
 // commit's WAL flush, which undoes group commit (8 writers on a durable
 // cluster committed half as many transactions with a pg_notify in each).
-// So writers notify only for keys some hub follows. Each hub records the
-// keys it follows in watch_interest, and a writer's notification is a
-// SELECT that finds no row when nobody follows the key.
+// So writers announce after their commits, and only keys some hub follows:
+// each hub records the keys it follows in watch_interest, and the
+// announcement is a statement that finds no row when nobody follows the
+// key.
 //
-// A writer that looked before a hub's row was committed, and commits after
-// the stream's first read, would be missed. The hub closes that window
-// without any lock on the writers' side: after committing its rows it takes
-// a new transaction id, which is newer than any such writer's (the writer
-// has one, since Notify follows the writes it announces, and it looked
-// before the rows committed). If a transaction up to that id is still
-// running, the hub lets the streams read and wakes them once more when all
-// of those have ended. This relies on the writer's statement seeing rows
-// committed before it started, which holds in READ COMMITTED; at stricter
-// levels Notify always notifies.
+// That cannot miss a stream: the announcement runs after the change
+// committed, and a stream reads only after its key's row committed. If
+// the announcement does not see the row, the row committed after the
+// change, so the stream's first read sees the change.
 const interestSchema = `
 CREATE UNLOGGED TABLE IF NOT EXISTS watch_interest (
 	channel    text NOT NULL,
@@ -39,24 +34,18 @@ CREATE UNLOGGED TABLE IF NOT EXISTS watch_interest (
 )`
 
 // Migrate creates the table in which hubs record the keys they follow; a
-// database whose changes are announced ([Notify], [Hub.Changed]) needs it.
+// database whose changes are announced ([Hub.Changed]) needs it.
 // The table is UNLOGGED: it is emptied after a crash, and every hub
 // records its keys again when it reconnects.
 func Migrate(ctx context.Context, db migrate.Querier) error {
 	return migrate.EnsureTable(ctx, db, "watch_interest", interestSchema)
 }
 
+// interestTTL bounds how long a hub that died keeps writers notifying
+// for its keys; a live hub renews its rows every interestRenew.
 const (
-	// interestTTL bounds how long a hub that died keeps writers
-	// notifying for its keys; a live hub renews its rows every
-	// interestRenew.
 	interestTTL   = 5 * time.Minute
 	interestRenew = time.Minute
-	// catchUpWait bounds how long a hub waits for the transactions that
-	// were running when it recorded a key (a long one elsewhere in the
-	// cluster holds them all back) before it wakes the key's streams
-	// anyway.
-	catchUpWait = 10 * time.Second
 )
 
 // rowState is where a key's row stands in watch_interest.
@@ -83,27 +72,17 @@ type keyState struct {
 	again bool          // running streams re-read once the row is written again
 }
 
-// catchUp is a set of keys to wake once every transaction up to after
-// ended.
-type catchUp struct {
-	after int64
-	keys  []string
-	since time.Time
-}
-
 // interest is a hub's record of the keys it follows: the rows it keeps in
-// watch_interest, and the wake-ups it owes its streams.
+// watch_interest.
 type interest struct {
 	mu      sync.Mutex
 	keys    map[string]*keyState
-	pending []catchUp
 	rewrite bool // write every row again (see requeue)
 	kick    chan struct{}
-	wait    time.Duration // catchUpWait; tests lengthen it
 }
 
 func newInterest() *interest {
-	return &interest{keys: map[string]*keyState{}, kick: make(chan struct{}, 1), wait: catchUpWait}
+	return &interest{keys: map[string]*keyState{}, kick: make(chan struct{}, 1)}
 }
 
 // lapsed reports whether rows last renewed at last may have expired by now
@@ -167,7 +146,7 @@ func (in *interest) requeue() {
 
 // flush brings hub's rows in line with the keys followed: deletes the rows
 // of keys no one follows, inserts those of new keys, renews the others when
-// renew is set, and wakes the keys whose catch-up is due.
+// renew is set.
 func (h *Hub) flush(ctx context.Context, renew bool) error {
 	in := h.interest
 	in.mu.Lock()
@@ -207,13 +186,12 @@ func (h *Hub) flush(ctx context.Context, renew bool) error {
 			renewed = append(renewed, key)
 		}
 	}
-	pending := len(in.pending) > 0
 	in.mu.Unlock()
-	if len(dels)+len(ins) == 0 && !renew && !pending {
+	if len(dels)+len(ins) == 0 && !renew {
 		return nil
 	}
 
-	after, xmin, err := h.write(ctx, dels, ins, renewed, renew, pending)
+	err := h.write(ctx, dels, ins, renewed, renew)
 
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -258,19 +236,6 @@ func (h *Hub) flush(ctx context.Context, renew bool) error {
 	// Streams already running whose key was written again re-read: a
 	// change may have gone unannounced while the row was missing.
 	h.wakeKeys(again)
-	now := time.Now()
-	if len(ins) > 0 && xmin <= after {
-		in.pending = append(in.pending, catchUp{after: after, keys: ins, since: now})
-	}
-	kept := in.pending[:0]
-	for _, c := range in.pending {
-		if xmin > c.after || now.Sub(c.since) >= in.wait {
-			h.wakeKeys(c.keys) // waited long enough: one more read costs little
-			continue
-		}
-		kept = append(kept, c)
-	}
-	in.pending = kept
 	return nil
 }
 
@@ -279,16 +244,8 @@ func settle(r *registration, err error) {
 	close(r.done)
 }
 
-// writeRows carries out one flush's writes (it is [Hub]'s write). With
-// inserts, it returns a transaction id assigned after they committed, and
-// the oldest transaction still running once that one committed. Otherwise,
-// when catching up, just the latter.
-func (h *Hub) writeRows(ctx context.Context, dels, ins, renewed []string, renew, catchingUp bool) (after, xmin int64, err error) {
-	conn, err := h.pool.Acquire(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer conn.Release()
+// writeRows carries out one flush's writes (it is [Hub]'s write).
+func (h *Hub) writeRows(ctx context.Context, dels, ins, renewed []string, renew bool) error {
 	// One batch is one implicit transaction: all of it commits, or none.
 	b := &pgx.Batch{}
 	if len(dels) > 0 {
@@ -305,40 +262,17 @@ func (h *Hub) writeRows(ctx context.Context, dels, ins, renewed []string, renew,
 	if renew {
 		b.Queue(`DELETE FROM watch_interest WHERE expires_at < now()`) // rows of hubs that died
 	}
-	if b.Len() > 0 {
-		if err := conn.SendBatch(ctx, b).Close(); err != nil {
-			return 0, 0, err
-		}
+	if b.Len() == 0 {
+		return nil
 	}
-	if len(ins) > 0 {
-		// A writer that looked for these rows before they committed has
-		// an id already (Notify follows its writes); this one is newer.
-		if err := conn.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint`).Scan(&after); err != nil {
-			return 0, 0, err
-		}
-	} else if !catchingUp {
-		return 0, 0, nil
-	}
-	// Taken after that id committed: every transaction below xmin ended.
-	if err := conn.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint`).Scan(&xmin); err != nil {
-		return 0, 0, err
-	}
-	return after, xmin, nil
+	return h.pool.SendBatch(ctx, b).Close()
 }
 
-// catchingUp reports whether wake-ups wait for running transactions.
-func (in *interest) catchingUp() bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return len(in.pending) > 0
-}
-
-// idle reports whether the record is written and every wake-up it owes
-// delivered.
+// idle reports whether the record is written.
 func (in *interest) idle() bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.rewrite || len(in.pending) > 0 {
+	if in.rewrite {
 		return false
 	}
 	for _, ks := range in.keys {

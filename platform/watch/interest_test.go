@@ -15,10 +15,9 @@ type writes struct {
 	renewed   []string // by the last write
 	fail      error
 	during    func()
-	running   bool // a transaction up to the write's id is still running
 }
 
-func (w *writes) write(_ context.Context, dels, ins, renewed []string, _, _ bool) (int64, int64, error) {
+func (w *writes) write(_ context.Context, dels, ins, renewed []string, _ bool) error {
 	w.renewed = slices.Sorted(slices.Values(renewed))
 	w.dels = append(w.dels, slices.Sorted(slices.Values(dels)))
 	w.ins = append(w.ins, slices.Sorted(slices.Values(ins)))
@@ -26,10 +25,7 @@ func (w *writes) write(_ context.Context, dels, ins, renewed []string, _, _ bool
 		w.during()
 		w.during = nil
 	}
-	if w.running {
-		return 10, 5, w.fail
-	}
-	return 10, 11, w.fail
+	return w.fail
 }
 
 func (w *writes) last() (dels, ins []string) {
@@ -177,42 +173,13 @@ func TestFollowedKeysBookkeeping(t *testing.T) {
 		h.interest.add("k")
 		var r *registration
 		hw := h.write
-		h.write = func(ctx context.Context, dels, ins, renewed []string, renew, catchingUp bool) (int64, int64, error) {
+		h.write = func(ctx context.Context, dels, ins, renewed []string, renew bool) error {
 			r = h.interest.add("k")
-			return hw(ctx, dels, ins, renewed, renew, catchingUp)
+			return hw(ctx, dels, ins, renewed, renew)
 		}
 		_ = flushed(t, h)
 		if err := waitFor(t, r); err != nil {
 			t.Fatal(err)
-		}
-	})
-	t.Run("a key written while transactions ran is woken once they ended", func(t *testing.T) {
-		h, w := bookkeeping(t)
-		ch := make(chan struct{}, 1)
-		h.subs["k"] = map[chan struct{}]struct{}{ch: {}}
-		h.interest.add("k")
-		w.running = true
-		_ = flushed(t, h)
-		select {
-		case <-ch:
-			t.Fatal("woken before the transactions running at the write ended")
-		default:
-		}
-		if !h.interest.catchingUp() {
-			t.Fatal("no catch-up owed")
-		}
-		_ = flushed(t, h) // still running
-		select {
-		case <-ch:
-			t.Fatal("woken while they still run")
-		default:
-		}
-		w.running = false
-		_ = flushed(t, h)
-		select {
-		case <-ch:
-		default:
-			t.Fatal("not woken once they ended")
 		}
 	})
 	t.Run("a key whose delete failed makes a new subscriber wait for its insert", func(t *testing.T) {
@@ -316,13 +283,13 @@ func TestFailedRenewalIsRetried(t *testing.T) {
 	// The record writes one flush at a time; the second write fails.
 	renews := make(chan bool, 8)
 	var n int
-	h.write = func(_ context.Context, _, _, _ []string, renew, _ bool) (int64, int64, error) {
+	h.write = func(_ context.Context, _, _, _ []string, renew bool) error {
 		n++
 		renews <- renew
 		if n == 2 {
-			return 0, 0, errors.New("connection lost")
+			return errors.New("connection lost")
 		}
-		return 10, 11, nil
+		return nil
 	}
 	next := func(what string) bool {
 		t.Helper()

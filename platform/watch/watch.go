@@ -1,10 +1,8 @@
 // Package watch tells streaming RPCs when the rows they follow change,
 // without polling: writers announce a change with [Hub.Changed] once their
 // transaction has committed (the hub sends what gathers meanwhile in one
-// statement), or with [Notify] inside the transaction (PostgreSQL delivers
-// it only if the transaction commits, but flushes notifying commits one at
-// a time); one [Hub] per process LISTENs on a single connection and wakes
-// the subscribers of the changed key. Only keys some hub follows are
+// statement), and one [Hub] per process LISTENs on a single connection and
+// wakes the subscribers of the changed key. Only keys some hub follows are
 // notified: hubs record the keys they follow in a table ([Migrate] creates
 // it), so a change nobody watches costs an index lookup, not a NOTIFY.
 //
@@ -37,30 +35,6 @@ import (
 	"github.com/switchyard/switchyard/platform/backoff"
 	"github.com/switchyard/switchyard/platform/grpcerr"
 )
-
-// Notify announces, inside tx, that key changed on channel, if a hub
-// follows key (at any isolation level but READ COMMITTED, always). Call it
-// after the writes it announces: a stream that starts following meanwhile
-// relies on the writing transaction having an id when it looked.
-func Notify(ctx context.Context, tx pgx.Tx, channel, key string) error {
-	if _, err := tx.Exec(ctx, notifySQL, channel, key); err != nil {
-		return fmt.Errorf("notify %s %s: %w", channel, key, err)
-	}
-	return nil
-}
-
-// QueueNotify adds [Notify]'s statement to batch, for a writer that sends
-// its statements in one round trip (the batch must run in the writing
-// transaction).
-func QueueNotify(batch *pgx.Batch, channel, key string) {
-	batch.Queue(notifySQL, channel, key)
-}
-
-// Under REPEATABLE READ or SERIALIZABLE the statement would see the
-// followers as of the transaction's start, which the hub's catch-up cannot
-// account for: such writers always notify.
-const notifySQL = `SELECT pg_notify($1, $2) WHERE current_setting('transaction_isolation') <> 'read committed'
-	OR EXISTS (SELECT FROM watch_interest WHERE channel = $1 AND key = $2 AND expires_at > now())`
 
 // ErrTooManyStreams is returned by Follow when the hub's [Limit] is
 // reached; it answers RESOURCE_EXHAUSTED, so that clients back off or
@@ -107,7 +81,7 @@ type Hub struct {
 	changed  *changed
 	// write is writeRows and forget forgetRows; tests of the bookkeeping
 	// replace them.
-	write  func(ctx context.Context, dels, ins, renewed []string, renew, catchingUp bool) (after, xmin int64, err error)
+	write  func(ctx context.Context, dels, ins, renewed []string, renew bool) error
 	forget func(ctx context.Context) error
 
 	mu   sync.Mutex
@@ -299,21 +273,13 @@ func (h *Hub) record(ctx context.Context, renewals <-chan time.Time) {
 		}
 	}()
 	retry := backoff.New(50*time.Millisecond, 5*time.Second)
-	catchUp := backoff.New(2*time.Millisecond, 200*time.Millisecond)
 	renewing := false // kept until a flush succeeds
 	renewed := time.Now()
 	for {
-		var poll <-chan time.Time
-		if h.interest.catchingUp() {
-			poll = time.After(catchUp.Delay())
-		} else {
-			catchUp.Reset()
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-h.interest.kick:
-		case <-poll:
 		case <-renewals:
 			renewing = true
 			if lapsed(renewed, time.Now()) {

@@ -52,12 +52,8 @@ func subscribe(t *testing.T, hub *watch.Hub, key string) <-chan struct{} {
 	return ch
 }
 
-func notify(t *testing.T, pool *pgxpool.Pool, channel, key string) {
-	t.Helper()
-	if err := pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error { return watch.Notify(context.Background(), tx, channel, key) }); err != nil {
-		t.Fatal(err)
-	}
-}
+// notify announces that key changed, through hub.
+func notify(hub *watch.Hub, key string) { hub.Changed(key) }
 
 // listening returns a plain connection of pool that LISTENs on channel,
 // closed when the test ends.
@@ -85,50 +81,22 @@ func woken(t *testing.T, ch <-chan struct{}, what string) {
 	}
 }
 
-func TestNotifyWakesSubscribersOnCommitOnly(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	pool := migrated(t)
-	hub, _ := running(t, pool, "test_changes", nil)
-	a := subscribe(t, hub, "a")
-	b := subscribe(t, hub, "b")
-	settle(t, pool, hub, a, b)
-
-	rolledBack := errors.New("roll back")
-	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if err := watch.Notify(ctx, tx, "test_changes", "a"); err != nil {
-			return err
-		}
-		return rolledBack
-	}); !errors.Is(err, rolledBack) {
-		t.Fatal(err)
-	}
-	notify(t, pool, "test_changes", "b")
-	woken(t, b, "committed change to b did not wake b")
-	select {
-	case <-a:
-		t.Fatal("a was woken by a rolled-back change or by b's change")
-	case <-time.After(300 * time.Millisecond):
-	}
-}
-
 // settle waits until the hub listens and has delivered every wake-up it
 // owes (after listening, after recording keys), then empties chans, so
 // that a test sees only the wake-ups it causes.
-func settle(t *testing.T, pool *pgxpool.Pool, hub *watch.Hub, chans ...<-chan struct{}) {
+func settle(t *testing.T, hub *watch.Hub, chans ...<-chan struct{}) {
 	t.Helper()
 	key := "settle-" + strconv.FormatInt(time.Now().UnixNano(), 10)
 	probe := subscribe(t, hub, key)
 	for listening := false; !listening; {
-		notify(t, pool, "test_changes", key) // lost until the hub listens: try again
+		notify(hub, key) // lost until the hub listens: try again
 		select {
 		case <-probe:
 			listening = true
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	// Up to its 10 s bound when a transaction elsewhere holds up a catch-up.
-	testkit.WaitFor(t, 30*time.Second, "the hub to deliver what it owes", hub.Idle)
+	testkit.WaitFor(t, 30*time.Second, "the hub to write its record of keys", hub.Idle)
 	for _, ch := range chans {
 		select {
 		case <-ch:
@@ -137,148 +105,41 @@ func settle(t *testing.T, pool *pgxpool.Pool, hub *watch.Hub, chans ...<-chan st
 	}
 }
 
-// A writer notifies only keys some hub follows: a change to a key nobody
+// Only keys some hub follows are notified: a change to a key nobody
 // follows sends nothing, and neither does one whose only follower died
-// (its row expired); a writer above READ COMMITTED always notifies. Notifications arrive in commit order, so the first one
-// a plain listener receives tells which were sent.
-func TestNotifyOnlyWhenFollowed(t *testing.T) {
+// (its row expired). Notifications arrive in commit order, and a marker
+// announced once the followed key's notification arrived comes after any
+// sent with it, so the listener sees whatever else was sent first.
+func TestOnlyFollowedKeysAreNotified(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := migrated(t)
 	hub, _ := running(t, pool, "test_changes", nil)
 	subscribe(t, hub, "followed")
+	subscribe(t, hub, "marker")
 
 	conn := listening(t, pool, "test_changes")
 	if _, err := pool.Exec(ctx, `INSERT INTO watch_interest VALUES ('test_changes', 'dead', gen_random_uuid(), now() - interval '1 second')`); err != nil {
 		t.Fatal(err)
 	}
-	notify(t, pool, "test_changes", "nobody")
-	notify(t, pool, "test_changes", "dead")
-	// Above READ COMMITTED a writer cannot tell who follows: it notifies.
-	if err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
-		return watch.Notify(ctx, tx, "test_changes", "strict")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	notify(t, pool, "test_changes", "followed")
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for _, want := range []string{"strict", "followed"} {
+	next := func() string {
 		n, err := conn.WaitForNotification(wctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n.Payload != want {
-			t.Fatalf("notification for %q, want %q: only followed keys and writers above READ COMMITTED notify", n.Payload, want)
-		}
+		return n.Payload
 	}
-}
-
-// The race the hub closes: a writer looked for followers before the
-// stream's key was recorded (so it sends nothing) and commits after the
-// stream's first read. The stream must still see the change, long before
-// its recheck (an hour here) and the hub's fallback (a minute here). The
-// writer either began before the hub wrote the key, or began while the
-// hub's write was in flight, with a newer transaction id than the hub's (a
-// trigger holds that write on an advisory lock the test holds).
-func TestChangeInFlightWhenTheStreamStartsIsSeen(t *testing.T) {
-	t.Parallel()
-	for _, c := range []struct {
-		name        string
-		duringWrite bool
-	}{{"writer began first", false}, {"writer began during the hub's write", true}} {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			ctx := context.Background()
-			pool := migrated(t)
-			if _, err := pool.Exec(ctx, `CREATE TABLE counters (id text PRIMARY KEY, n int NOT NULL); INSERT INTO counters VALUES ('k', 0)`); err != nil {
-				t.Fatal(err)
-			}
-			hub, _ := running(t, pool, "test_changes", nil)
-			hub.SetCatchUpWait(time.Minute)
-			settle(t, pool, hub) // no wake-up after listening may show the change
-
-			seen := make(chan int, 100)
-			failed := make(chan error, 1)
-			fctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			follow := func() {
-				failed <- hub.Follow(fctx, "k", time.Hour, nil, func() (bool, error) {
-					var n int
-					if err := pool.QueryRow(fctx, `SELECT n FROM counters WHERE id = 'k'`).Scan(&n); err != nil {
-						return false, err
-					}
-					seen <- n
-					return n == 1, nil
-				})
-			}
-			next := func() int {
-				select {
-				case n := <-seen:
-					return n
-				case err := <-failed:
-					t.Fatalf("stream ended: %v", err)
-				case <-time.After(30 * time.Second):
-					t.Fatal("the stream never saw the change that was in flight when it started")
-				}
-				return 0
-			}
-			release := func() {}
-			if c.duringWrite {
-				gate, err := pool.Acquire(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer gate.Release()
-				if _, err := gate.Exec(ctx, `SELECT pg_advisory_lock(7)`); err != nil {
-					t.Fatal(err)
-				}
-				release = func() {
-					if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(7)`); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if _, err := pool.Exec(ctx, `CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_xact_lock(7); RETURN NULL; END $$;
-					CREATE TRIGGER hold AFTER INSERT ON watch_interest FOR EACH ROW WHEN (NEW.key = 'k') EXECUTE FUNCTION hold()`); err != nil {
-					t.Fatal(err)
-				}
-				go follow()
-				// Its row is inserted (it has an id) and the trigger waits.
-				testkit.WaitFor(t, 10*time.Second, "the hub's write to be held", func() bool {
-					var n int
-					err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-						WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()`).Scan(&n)
-					return err == nil && n > 0
-				})
-			}
-			writer, err := pool.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer writer.Rollback(ctx)
-			if _, err := writer.Exec(ctx, `UPDATE counters SET n = 1 WHERE id = 'k'`); err != nil {
-				t.Fatal(err)
-			}
-			if err := watch.Notify(ctx, writer, "test_changes", "k"); err != nil {
-				t.Fatal(err)
-			}
-			if c.duringWrite {
-				release()
-			} else {
-				go follow()
-			}
-			if n := next(); n != 0 {
-				t.Fatalf("first read %d, want 0: the writer has not committed", n)
-			}
-			if err := writer.Commit(ctx); err != nil {
-				t.Fatal(err)
-			}
-			for {
-				if next() == 1 {
-					return
-				}
-			}
-		})
+	notify(hub, "nobody")
+	notify(hub, "dead")
+	notify(hub, "followed")
+	for got := next(); got != "followed"; got = next() {
+		t.Errorf("notification for %q: only followed keys are notified", got)
+	}
+	notify(hub, "marker")
+	if got := next(); got != "marker" {
+		t.Errorf("notification for %q, want the marker: only followed keys are notified", got)
 	}
 }
 
@@ -310,13 +171,13 @@ func TestFollowedKeysAreRecordedAgainAfterReconnecting(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "the row of a key nobody follows to go", func() bool { return rows("brief") == 0 })
 
 	kept := subscribe(t, hub, "kept")
-	settle(t, pool, hub, kept) // listening, so that there is a connection to lose
+	settle(t, hub, kept) // listening, so that there is a connection to lose
 	if _, err := pool.Exec(ctx, `TRUNCATE watch_interest; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = current_database()`); err != nil {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, 10*time.Second, "the hub to record its key again", func() bool { return rows("kept") == 1 })
-	settle(t, pool, hub, kept)
-	notify(t, pool, "test_changes", "kept")
+	settle(t, hub, kept)
+	notify(hub, "kept")
 	woken(t, kept, "a change after reconnecting did not wake the key's subscriber")
 }
 
@@ -367,27 +228,23 @@ func TestLimitBoundsStreams(t *testing.T) {
 }
 
 // BenchmarkNotify commits single-row updates from 8 writers, each
-// announcing its change: to a key nobody follows, to a followed one inside
-// the transaction ([watch.Notify]), and to a followed one after the commit
-// ([watch.Hub.Changed]). The differences are what a NOTIFY in the writer's
-// commit costs the writers, and what announcing after it saves.
+// announcing its change after its commit ([watch.Hub.Changed]), to a key
+// nobody follows and to a followed one: the difference is what sending
+// the notifications costs the writers.
 func BenchmarkNotify(b *testing.B) {
-	for _, c := range []struct {
-		name                  string
-		followed, afterCommit bool
-	}{
-		{"unfollowed", false, false},
-		{"followed", true, false},
-		{"followed_after_commit", true, true},
-	} {
-		b.Run(c.name, func(b *testing.B) {
+	for _, followed := range []bool{false, true} {
+		name := "unfollowed"
+		if followed {
+			name = "followed"
+		}
+		b.Run(name, func(b *testing.B) {
 			ctx := context.Background()
 			pool := migrated(b)
 			if _, err := pool.Exec(ctx, `CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO counters SELECT g, 0 FROM generate_series(0, 999) g`); err != nil {
 				b.Fatal(err)
 			}
 			hub, _ := running(b, pool, "bench_changes", nil)
-			if c.followed {
+			if followed {
 				for i := range 1000 {
 					_, unsubscribe, err := hub.Subscribe(ctx, strconv.Itoa(i), nil)
 					if err != nil {
@@ -404,20 +261,13 @@ func BenchmarkNotify(b *testing.B) {
 				for pb.Next() {
 					id := int(next.Add(1) % 1000)
 					if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-						if _, err := tx.Exec(ctx, `UPDATE counters SET n = n + 1 WHERE id = $1`, id); err != nil {
-							return err
-						}
-						if c.afterCommit {
-							return nil
-						}
-						return watch.Notify(ctx, tx, "bench_changes", strconv.Itoa(id))
+						_, err := tx.Exec(ctx, `UPDATE counters SET n = n + 1 WHERE id = $1`, id)
+						return err
 					}); err != nil {
 						b.Error(err)
 						return
 					}
-					if c.afterCommit {
-						hub.Changed(strconv.Itoa(id))
-					}
+					hub.Changed(strconv.Itoa(id))
 				}
 			})
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "commits/s")
@@ -515,7 +365,7 @@ func TestChangedAnnouncesFollowedKeys(t *testing.T) {
 	for i := range subs {
 		subs[i] = subscribe(t, follower, "k"+strconv.Itoa(i))
 	}
-	settle(t, pool, follower, subs...)
+	settle(t, follower, subs...)
 	conn := listening(t, pool, "test_changes")
 
 	cfg := pool.Config().Copy()
