@@ -129,9 +129,9 @@ func (h *Hub) requeue(keys []string) {
 }
 
 // send notifies the followed ones among keys, in one statement. A
-// statement of its own, after the writers' commits, cannot miss a stream:
-// a stream whose key it does not see recorded recorded it afterwards, and
-// reads after that, so it sees the change anyway.
+// statement of its own, after the writers' commits, cannot miss a stream
+// (see interest.go): a stream whose key it does not see recorded recorded
+// it afterwards, and reads after that, so it sees the change anyway.
 func (h *Hub) send(ctx context.Context, keys []string) error {
 	if _, err := h.pool.Exec(ctx, `SELECT pg_notify($1, k) FROM unnest($2::text[]) AS k
 		WHERE EXISTS (SELECT FROM watch_interest WHERE channel = $1 AND key = k AND expires_at > now())`, h.channel, keys); err != nil {

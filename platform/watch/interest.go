@@ -20,10 +20,15 @@ import (
 // announcement is a statement that finds no row when nobody follows the
 // key.
 //
-// That cannot miss a stream: the announcement runs after the change
-// committed, and a stream reads only after its key's row committed. If
+// That cannot miss a stream. The announcement runs after the change
+// committed, and a stream reads only after its key's row committed: if
 // the announcement does not see the row, the row committed after the
-// change, so the stream's first read sees the change.
+// change, so the stream's first read sees the change. If it sees the row
+// while the hub is not listening (starting, or reconnecting), or the row
+// has gone without the hub knowing (a crash empties the table), the
+// notification is lost; but the hub rewrites every followed key once it
+// listens again (Hub.listen, requeue) and wakes their streams after that
+// write, so they read again after the change.
 const interestSchema = `
 CREATE UNLOGGED TABLE IF NOT EXISTS watch_interest (
 	channel    text NOT NULL,

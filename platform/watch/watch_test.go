@@ -81,9 +81,9 @@ func woken(t *testing.T, ch <-chan struct{}, what string) {
 	}
 }
 
-// settle waits until the hub listens and has delivered every wake-up it
-// owes (after listening, after recording keys), then empties chans, so
-// that a test sees only the wake-ups it causes.
+// settle waits until the hub listens and has written its record of keys
+// (and so delivered the wake-ups that follow a rewrite), then empties
+// chans, so that a test sees only the wake-ups it causes.
 func settle(t *testing.T, hub *watch.Hub, chans ...<-chan struct{}) {
 	t.Helper()
 	key := "settle-" + strconv.FormatInt(time.Now().UnixNano(), 10)
