@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/switchyard/switchyard/platform/backoff"
+	"github.com/switchyard/switchyard/platform/pgerr"
 )
 
 // changed holds the keys [Hub.Changed] was told about and the hub has not
@@ -109,9 +110,10 @@ func (h *Hub) announce(ctx context.Context) {
 			retry.Reset()
 		case ctx.Err() != nil:
 			h.requeue(keys) // sent at stop
-		case errors.As(err, &pgErr):
-			// PostgreSQL refused the statement: sending it again would fail
-			// again and hold up every later change. Streams recheck.
+		case errors.As(err, &pgErr) && !pgerr.Transient(err):
+			// PostgreSQL refused the statement (not because it is going
+			// away or busy): sending it again would fail again and hold up
+			// every later change. Streams recheck.
 			h.logger.Error("watch: announcing changes refused; dropped", "channel", h.channel, "keys", len(keys), "error", err)
 		default:
 			h.logger.Warn("watch: announcing changes failed; retrying", "channel", h.channel, "keys", len(keys), "error", err, "retry_in", retry.Next())

@@ -350,6 +350,46 @@ func (a *atNotify) waitHeld(t *testing.T) {
 	}
 }
 
+// tracedWriter runs a hub for test_changes on a pool of its own, on the
+// database of pool, whose sends tracer counts and can hold; stop cancels
+// its Run, which closes stopped when it returns.
+func tracedWriter(t *testing.T, pool *pgxpool.Pool) (writer *watch.Hub, tracer *atNotify, stop func(), stopped <-chan struct{}) {
+	t.Helper()
+	cfg := pool.Config().Copy()
+	tracer = &atNotify{held: make(chan struct{}, 1)}
+	cfg.ConnConfig.Tracer = tracer
+	wpool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wpool.Close) // after the writer's Run has returned
+	writer = watch.NewHub(wpool, "test_changes", nil, nil)
+	ctx, stop := context.WithCancel(context.Background())
+	t.Cleanup(stop)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = writer.Run(ctx) }()
+	return writer, tracer, stop, done
+}
+
+// A send that PostgreSQL refuses (here a key that is not valid UTF-8) is
+// dropped, not retried: retried, it would fail with every key given after
+// it, which would never be announced.
+func TestRefusedAnnouncementIsDropped(t *testing.T) {
+	t.Parallel()
+	pool := migrated(t)
+	follower, _ := running(t, pool, "test_changes", nil)
+	k := subscribe(t, follower, "k")
+	settle(t, follower, k)
+	writer, tracer, _, _ := tracedWriter(t, pool)
+
+	release := tracer.holdSends()
+	writer.Changed("\xff")
+	tracer.waitHeld(t) // "k" goes in the next send
+	writer.Changed("k")
+	release()
+	woken(t, k, "a key given after a refused send was not announced")
+}
+
 // Hub.Changed announces a committed change to the streams following the
 // key in any process (here, another hub on the database), not to keys
 // nobody follows, and sends what was given while a send was in flight in
@@ -368,19 +408,7 @@ func TestChangedAnnouncesFollowedKeys(t *testing.T) {
 	settle(t, follower, subs...)
 	conn := listening(t, pool, "test_changes")
 
-	cfg := pool.Config().Copy()
-	tracer := &atNotify{held: make(chan struct{}, 1)}
-	cfg.ConnConfig.Tracer = tracer
-	wpool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(wpool.Close) // after the writer's Run has returned
-	writer := watch.NewHub(wpool, "test_changes", nil, nil)
-	wctx, stopWriter := context.WithCancel(ctx)
-	defer stopWriter()
-	stopped := make(chan struct{})
-	go func() { defer close(stopped); _ = writer.Run(wctx) }()
+	writer, tracer, stopWriter, stopped := tracedWriter(t, pool)
 
 	release := tracer.holdSends()
 	writer.Changed("nobody")
