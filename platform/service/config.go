@@ -37,7 +37,8 @@ type Config struct {
 	WatchDBConns int
 	// WatchRecheck is how often a watch stream reads its state again
 	// without being told of a change (SWITCHYARD_WATCH_RECHECK, default
-	// 5s): the safety net for an announcement lost to a crash.
+	// 5s): the safety net for a change announcement lost to a crash or a
+	// failed send (see watch.Hub.Changed).
 	WatchRecheck time.Duration
 	// DatabaseMaxConns is the size of the service's PostgreSQL pool
 	// (SWITCHYARD_DATABASE_MAX_CONNS, default 16). 0 means the URL's
