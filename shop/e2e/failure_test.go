@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -15,10 +16,12 @@ import (
 // A participant (payments) stopped past the step deadline: the order is
 // cancelled with TIMEOUT and its stock released; an order cancelled by the
 // customer while pending is compensated; when payments comes back, its late
-// captures are refunded and every invariant holds.
+// captures are refunded and every invariant holds. Watch streams never
+// recheck here: the cancellations reach them only as announced by
+// CancelOrder and by the deadline sweep.
 func TestTimeoutAndLateReply(t *testing.T) {
 	t.Parallel()
-	s := startShop(t, "SWITCHYARD_SAGA_STEP_TIMEOUT=3s")
+	s := startShop(t, "SWITCHYARD_SAGA_STEP_TIMEOUT=3s", "SWITCHYARD_WATCH_RECHECK=1h")
 	cust, sku := s.customer(10_000), s.product(1_000, 10)
 
 	s.stack.Stop("payments")
@@ -27,11 +30,30 @@ func TestTimeoutAndLateReply(t *testing.T) {
 	}
 	timedOut := s.order(cust, "timeout", item(sku, 2))
 	byCustomer := s.order(cust, "cancel-pending", item(sku, 3))
+	wctx, stopWatch := context.WithTimeout(ctx, time.Minute)
+	defer stopWatch()
+	stream, err := s.orders.WatchOrder(wctx, &ordersv1.WatchOrderRequest{OrderId: byCustomer.GetOrderId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first, err := stream.Recv(); err != nil || first.GetOrder().GetStatus() != pending {
+		t.Fatalf("WatchOrder first sent %v (%v), want the pending order", first, err)
+	}
 	time.Sleep(500 * time.Millisecond) // let the reservation happen: the cancel must compensate it
 	resp := retry(t, func() (*ordersv1.CancelOrderResponse, error) {
 		return s.orders.CancelOrder(ctx, &ordersv1.CancelOrderRequest{OrderId: byCustomer.GetOrderId()})
 	})
 	wantFinal(t, resp.GetOrder(), cancelled, "CANCELLED_BY_CUSTOMER")
+	for {
+		next, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("WatchOrder after CancelOrder: %v, want the cancelled order (was the cancel announced?)", err)
+		}
+		if next.GetOrder().GetStatus() != pending {
+			wantFinal(t, next.GetOrder(), cancelled, "CANCELLED_BY_CUSTOMER")
+			break
+		}
+	}
 	wantFinal(t, s.final(timedOut.GetOrderId()), cancelled, "TIMEOUT")
 	s.waitStock(sku, 10, 0)
 
