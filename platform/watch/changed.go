@@ -43,6 +43,13 @@ func (c *changed) add(key string) bool {
 	return true
 }
 
+// putBack queues keys again, for the next send.
+func (c *changed) putBack(keys []string) {
+	for _, k := range keys {
+		c.add(k)
+	}
+}
+
 // take empties the set and returns what it held; with stop, later adds
 // are refused.
 func (c *changed) take(stop bool) []string {
@@ -71,13 +78,8 @@ func (c *changed) take(stop bool) []string {
 // send, or the send fails, the streams see the change at their next
 // recheck.
 func (h *Hub) Changed(key string) {
-	if h.changed.add(key) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := h.send(ctx, []string{key}); err != nil {
-		h.logger.Warn("watch: announce a change after the hub stopped", "channel", h.channel, "key", key, "error", err)
+	if !h.changed.add(key) {
+		h.sendDetached([]string{key}, "after the hub stopped")
 	}
 }
 
@@ -89,15 +91,13 @@ func (h *Hub) announce(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+		case <-h.changed.ready:
+		}
+		if ctx.Err() != nil {
 			if keys := h.changed.take(true); len(keys) > 0 {
-				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				defer cancel()
-				if err := h.send(sctx, keys); err != nil {
-					h.logger.Warn("watch: announce changes at stop", "channel", h.channel, "keys", len(keys), "error", err)
-				}
+				h.sendDetached(keys, "at stop")
 			}
 			return
-		case <-h.changed.ready:
 		}
 		keys := h.changed.take(false)
 		if len(keys) == 0 {
@@ -109,7 +109,7 @@ func (h *Hub) announce(ctx context.Context) {
 		case err == nil:
 			retry.Reset()
 		case ctx.Err() != nil:
-			h.requeue(keys) // sent at stop
+			h.changed.putBack(keys) // sent at stop
 		case errors.As(err, &pgErr) && !pgerr.Transient(err):
 			// PostgreSQL refused the statement (not because it is going
 			// away or busy): sending it again would fail again and hold up
@@ -117,16 +117,19 @@ func (h *Hub) announce(ctx context.Context) {
 			h.logger.Error("watch: announcing changes refused; dropped", "channel", h.channel, "keys", len(keys), "error", err)
 		default:
 			h.logger.Warn("watch: announcing changes failed; retrying", "channel", h.channel, "keys", len(keys), "error", err, "retry_in", retry.Next())
-			h.requeue(keys)
+			h.changed.putBack(keys)
 			retry.Wait(ctx)
 		}
 	}
 }
 
-// requeue gives keys back for the next send.
-func (h *Hub) requeue(keys []string) {
-	for _, k := range keys {
-		h.changed.add(k)
+// sendDetached sends keys once Run's context has ended, bounded on its
+// own; a failure is logged (the streams recheck).
+func (h *Hub) sendDetached(keys []string, when string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := h.send(ctx, keys); err != nil {
+		h.logger.Warn("watch: announce changes "+when, "channel", h.channel, "keys", len(keys), "error", err)
 	}
 }
 

@@ -52,9 +52,6 @@ func subscribe(t *testing.T, hub *watch.Hub, key string) <-chan struct{} {
 	return ch
 }
 
-// notify announces that key changed, through hub.
-func notify(hub *watch.Hub, key string) { hub.Changed(key) }
-
 // listening returns a plain connection of pool that LISTENs on channel,
 // closed when the test ends.
 func listening(t *testing.T, pool *pgxpool.Pool, channel string) *pgx.Conn {
@@ -89,7 +86,7 @@ func settle(t *testing.T, hub *watch.Hub, chans ...<-chan struct{}) {
 	key := "settle-" + strconv.FormatInt(time.Now().UnixNano(), 10)
 	probe := subscribe(t, hub, key)
 	for listening := false; !listening; {
-		notify(hub, key) // lost until the hub listens: try again
+		hub.Changed(key) // lost until the hub listens: try again
 		select {
 		case <-probe:
 			listening = true
@@ -131,13 +128,13 @@ func TestOnlyFollowedKeysAreNotified(t *testing.T) {
 		}
 		return n.Payload
 	}
-	notify(hub, "nobody")
-	notify(hub, "dead")
-	notify(hub, "followed")
+	hub.Changed("nobody")
+	hub.Changed("dead")
+	hub.Changed("followed")
 	for got := next(); got != "followed"; got = next() {
 		t.Errorf("notification for %q: only followed keys are notified", got)
 	}
-	notify(hub, "marker")
+	hub.Changed("marker")
 	if got := next(); got != "marker" {
 		t.Errorf("notification for %q, want the marker: only followed keys are notified", got)
 	}
@@ -177,7 +174,7 @@ func TestFollowedKeysAreRecordedAgainAfterReconnecting(t *testing.T) {
 	}
 	testkit.WaitFor(t, 10*time.Second, "the hub to record its key again", func() bool { return rows("kept") == 1 })
 	settle(t, hub, kept)
-	notify(hub, "kept")
+	hub.Changed("kept")
 	woken(t, kept, "a change after reconnecting did not wake the key's subscriber")
 }
 
