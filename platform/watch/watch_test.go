@@ -1,6 +1,7 @@
 package watch_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"strconv"
@@ -298,9 +299,11 @@ func TestStoppedHubDeletesItsRows(t *testing.T) {
 	}
 }
 
-// atNotify counts the statements that call pg_notify, and holds each
-// one while hold is set, until the test releases it.
+// atNotify counts the statements that call pg_notify (or contain match,
+// when set), and holds each one while hold is set, until the test
+// releases it.
 type atNotify struct {
+	match string
 	sends atomic.Int64
 	mu    sync.Mutex
 	hold  chan struct{} // nil: let sends through
@@ -308,7 +311,7 @@ type atNotify struct {
 }
 
 func (a *atNotify) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	if !strings.Contains(d.SQL, "pg_notify") {
+	if !strings.Contains(d.SQL, cmp.Or(a.match, "pg_notify")) {
 		return ctx
 	}
 	a.sends.Add(1)
@@ -349,12 +352,16 @@ func (a *atNotify) waitHeld(t *testing.T) {
 
 // tracedWriter runs a hub for test_changes on a pool of its own, on the
 // database of pool, whose sends tracer counts and can hold; stop cancels
-// its Run, which closes stopped when it returns.
-func tracedWriter(t *testing.T, pool *pgxpool.Pool) (writer *watch.Hub, tracer *atNotify, stop func(), stopped <-chan struct{}) {
+// its Run, which closes stopped when it returns. Each of configure may
+// change the pool's settings first.
+func tracedWriter(t *testing.T, pool *pgxpool.Pool, configure ...func(*pgxpool.Config)) (writer *watch.Hub, tracer *atNotify, stop func(), stopped <-chan struct{}) {
 	t.Helper()
 	cfg := pool.Config().Copy()
 	tracer = &atNotify{held: make(chan struct{}, 1)}
 	cfg.ConnConfig.Tracer = tracer
+	for _, c := range configure {
+		c(cfg)
+	}
 	wpool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -385,6 +392,74 @@ func TestRefusedAnnouncementIsDropped(t *testing.T) {
 	writer.Changed("k")
 	release()
 	woken(t, k, "a key given after a refused send was not announced")
+}
+
+// A send that fails for a reason a retry can pass (here its statement
+// timeout, while another transaction locks the table of followed keys) is
+// retried, and the key announced once the send goes through.
+func TestFailedAnnouncementIsRetried(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrated(t)
+	follower, _ := running(t, pool, "test_changes", nil)
+	k := subscribe(t, follower, "k")
+	settle(t, follower, k)
+	writer, tracer, _, _ := tracedWriter(t, pool, func(cfg *pgxpool.Config) {
+		cfg.ConnConfig.RuntimeParams["statement_timeout"] = "100ms"
+	})
+
+	lock, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx)
+	if _, err := lock.Exec(ctx, "LOCK TABLE watch_interest IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	writer.Changed("k")
+	testkit.WaitFor(t, 30*time.Second, "the send to time out and be sent again", func() bool { return tracer.sends.Load() >= 2 })
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	woken(t, k, "a key whose send timed out was not announced once the send could go through")
+}
+
+// A hub whose listening connection broke writes its record of followed
+// keys again, which wakes their streams, only once it listens again: a
+// change in between is announced while nobody listens, and a wake-up
+// before LISTEN would let the streams read before it and miss it.
+func TestStreamsAreWokenOnceListeningAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := migrated(t)
+	cfg := pool.Config().Copy()
+	tracer := &atNotify{match: "LISTEN", held: make(chan struct{}, 1)}
+	cfg.ConnConfig.Tracer = tracer
+	hpool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hpool.Close)
+	hub, _ := running(t, hpool, "test_changes", nil)
+	k := subscribe(t, hub, "k")
+	settle(t, hub, k)
+
+	release := tracer.holdSends()
+	if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN%'`); err != nil {
+		t.Fatal(err)
+	}
+	tracer.waitHeld(t) // reconnected; its LISTEN waits
+	testkit.WaitFor(t, 30*time.Second, "the hub to write its record of keys", hub.Idle)
+	select {
+	case <-k: // woken by a rewrite before LISTEN: the change below is missed
+	default:
+	}
+	if _, err := pool.Exec(ctx, `SELECT pg_notify('test_changes', 'k')`); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	woken(t, k, "a change made while the hub reconnected was not seen: its streams were not woken once it listened again")
 }
 
 // Hub.Changed announces a committed change to the streams following the
