@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -24,29 +25,39 @@ type backlog struct {
 	base     int64         // admitted when the last read began
 	oldest   time.Duration // age of the oldest, as last read
 	waited   time.Duration // age of the ageQuorum-th oldest, as last read
+	limit    limit
 	rejected prometheus.Counter
 }
 
-func newBacklog() *backlog {
-	return &backlog{rejected: prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "switchyard_orders_rejected_overload_total",
-		Help: "CreateOrder calls refused with RESOURCE_EXHAUSTED because the saga could not keep up.",
-	})}
+func newBacklog(o Options) *backlog {
+	return &backlog{
+		limit: newLimit(o.MaxPending, o.MaxPendingAge),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_orders_rejected_overload_total",
+			Help: "CreateOrder calls refused with RESOURCE_EXHAUSTED because the saga could not keep up.",
+		})}
 }
 
 // collectors exports the backlog.
 func (b *backlog) collectors() []prometheus.Collector {
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help},
+			func() float64 { b.mu.Lock(); defer b.mu.Unlock(); return f() })
+	}
 	return []prometheus.Collector{
 		b.rejected,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_orders_pending",
-			Help: "Orders whose saga has not finished (as admission control last saw them)."},
-			func() float64 { b.mu.Lock(); defer b.mu.Unlock(); return float64(b.seen) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_orders_oldest_pending_age_seconds",
-			Help: "Age of the oldest order whose saga has not finished."},
-			func() float64 { b.mu.Lock(); defer b.mu.Unlock(); return b.oldest.Seconds() }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_orders_tenth_oldest_pending_age_seconds",
-			Help: "Age of the tenth oldest order whose saga has not finished (0 with fewer than ten): admission control's age bound applies to it."},
-			func() float64 { b.mu.Lock(); defer b.mu.Unlock(); return b.waited.Seconds() }),
+		gauge("switchyard_orders_pending",
+			"Orders whose saga has not finished (as admission control last saw them).",
+			func() float64 { return float64(b.seen) }),
+		gauge("switchyard_orders_oldest_pending_age_seconds",
+			"Age of the oldest order whose saga has not finished.",
+			func() float64 { return b.oldest.Seconds() }),
+		gauge("switchyard_orders_tenth_oldest_pending_age_seconds",
+			"Age of the tenth oldest order whose saga has not finished (0 with fewer than ten): admission control's age bound applies to it.",
+			func() float64 { return b.waited.Seconds() }),
+		gauge("switchyard_orders_admission_limit",
+			"Orders admission control lets be in progress: SWITCHYARD_ORDERS_MAX_PENDING, or fewer while orders wait longer than SWITCHYARD_ORDERS_MAX_PENDING_AGE.",
+			func() float64 { return float64(b.limit.bound()) }),
 	}
 }
 
@@ -95,36 +106,91 @@ func (b *backlog) readStarts() (admitted int64) {
 	return b.admitted
 }
 
-// readDone records a read that began when before orders had been admitted.
-// Orders admitted while the query ran may or may not be in n: they are
-// counted on top (see pending), at worst twice until the next read.
+// readDone records a read that began when before orders had been admitted,
+// and adapts the limit to it. Orders admitted while the query ran may or
+// may not be in n: they are counted on top (see pending), at worst twice
+// until the next read.
 func (b *backlog) readDone(before, n int64, oldest, waited time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.seen, b.base, b.oldest, b.waited = n, before, oldest, waited
+	b.limit.observe(time.Now(), b.pending(), waited)
 }
 
 // ageQuorum is how many orders in progress must have waited longer than
-// the age bound for it to refuse: one slow order (a participant retrying, a
-// group rebalancing) does not, at any load.
+// the age bound for it to lower the limit: one slow order (a participant
+// retrying, a group rebalancing) does not, at any load.
 const ageQuorum = 10
 
-// admit decides whether a new order may start: not while maxPending sagas
-// are in flight, nor while ageQuorum of them have waited longer than maxAge
-// (waited is the age of the ageQuorum-th oldest) — past either the saga is
-// not keeping up, and an order accepted now would wait as long or end in
-// TIMEOUT. pending counts the sagas in flight when the backlog was last
-// read and the orders admitted since. A limit of 0 or less is off. The error is
-// RESOURCE_EXHAUSTED with RetryInfo.
-func admit(pending int64, waited time.Duration, maxPending int, maxAge time.Duration) error {
-	var why string
+// limit is how many orders admission control lets be in progress. It is
+// MaxPending until ageQuorum orders in progress have waited longer than
+// MaxPendingAge; then it drops to the share of the orders in progress that
+// would have waited MaxPendingAge (Little's law: at a steady throughput an
+// order waits in proportion to the orders ahead of it), between half and
+// nine tenths of them, and grows back by a twentieth a read (at least one
+// order) while orders are on time. New orders are then admitted as fast as
+// orders finish, at most, rather than refused wholesale until the backlog
+// has drained and admitted a hundred at once again, in waves.
+//
+// A drop shows in the waits of orders admitted after it, not before: the
+// limit is lowered again only once the late orders were admitted after the
+// last drop.
+type limit struct {
+	max    float64       // MaxPending; +Inf without one
+	maxAge time.Duration // MaxPendingAge; 0 or less: the limit stays at max
+	cur    float64
+	cut    time.Time // when cur was last lowered; zero: never
+}
+
+func newLimit(maxPending int, maxAge time.Duration) limit {
+	l := limit{max: math.Inf(1), maxAge: maxAge}
+	if maxPending > 0 {
+		l.max = float64(maxPending)
+	}
+	l.cur = l.max
+	return l
+}
+
+// observe adapts the limit to a read at now: pending orders in progress, of
+// which the ageQuorum-th oldest has waited waited.
+func (l *limit) observe(now time.Time, pending int64, waited time.Duration) {
 	switch {
-	case maxPending > 0 && pending >= int64(maxPending):
-		why = fmt.Sprintf("%d orders are in progress (limit %d)", pending, maxPending)
-	case maxAge > 0 && waited > maxAge:
-		why = fmt.Sprintf("%d orders in progress have waited longer than %s", ageQuorum, maxAge)
+	case l.maxAge <= 0:
+		l.cur = l.max
+	case waited <= l.maxAge:
+		l.cur = min(l.max, l.cur+max(1, l.cur/20))
+	case !l.cut.IsZero() && waited >= now.Sub(l.cut):
+		// Admitted before the last drop: they do not show its effect yet.
 	default:
+		share := min(0.9, max(0.5, l.maxAge.Seconds()/waited.Seconds()))
+		l.cur = max(1, share*min(l.cur, float64(pending)))
+		l.cut = now
+	}
+}
+
+// bound is the limit in orders.
+func (l *limit) bound() int64 {
+	if math.IsInf(l.cur, 1) {
+		return math.MaxInt64
+	}
+	return int64(l.cur)
+}
+
+// lowered reports whether the age bound holds the limit below MaxPending.
+func (l *limit) lowered() bool { return l.cur < l.max }
+
+// admit decides whether a new order may start while pending orders are in
+// progress: not at the limit, past which the saga is not keeping up and
+// an order accepted now would wait too long or end in TIMEOUT. pending
+// counts the sagas in flight when the backlog was last read and the orders
+// admitted since. The error is RESOURCE_EXHAUSTED with RetryInfo.
+func admit(pending int64, l *limit) error {
+	if pending < l.bound() {
 		return nil
+	}
+	why := fmt.Sprintf("%d orders are in progress (limit %d)", pending, l.bound())
+	if l.lowered() {
+		why = fmt.Sprintf("%d orders are in progress (limit lowered to %d while orders wait longer than %s)", pending, l.bound(), l.maxAge)
 	}
 	st, err := status.New(codes.ResourceExhausted, "orders cannot keep up: "+why+"; nothing was written, retry later").
 		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
@@ -136,11 +202,10 @@ func admit(pending int64, waited time.Duration, maxPending int, maxAge time.Dura
 
 // admit applies admission control to a new order, and counts it in flight
 // until the next refresh reads the backlog again.
-func (b *backlog) admit(o Options) error {
+func (b *backlog) admit() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	err := admit(b.pending(), b.waited, o.MaxPending, o.MaxPendingAge)
-	if err != nil {
+	if err := admit(b.pending(), &b.limit); err != nil {
 		b.rejected.Inc()
 		return err
 	}

@@ -1,6 +1,8 @@
 package orders
 
 import (
+	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,36 +11,36 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Admission refuses at maxPending orders in flight, and while the
-// ageQuorum-th oldest has waited longer than maxAge.
+// Admission refuses at the limit, with RetryInfo, and says whether the age
+// bound lowered it.
 func TestAdmit(t *testing.T) {
 	t.Parallel()
+	lowered := newLimit(100, time.Second)
+	lowered.observe(time.Now(), 80, 2*time.Second) // to 40
 	for _, c := range []struct {
-		name       string
-		pending    int64
-		waited     time.Duration
-		maxPending int
-		maxAge     time.Duration
-		refused    bool
+		name    string
+		pending int64
+		limit   limit
+		refused string // in the message; "" when admitted
 	}{
-		{"idle", 0, 0, 100, time.Second, false},
-		{"below both", 99, 900 * time.Millisecond, 100, time.Second, false},
-		{"at the count", 100, 0, 100, time.Second, true},
-		{"waited too long", 80, 2 * time.Second, 100, time.Second, true},
-		{"count off", 1_000_000, 0, 0, time.Second, false},
-		{"age off", 50, time.Hour, 100, 0, false},
+		{"idle", 0, newLimit(100, time.Second), ""},
+		{"below the count", 99, newLimit(100, time.Second), ""},
+		{"at the count", 100, newLimit(100, time.Second), "100 orders are in progress (limit 100)"},
+		{"below the lowered limit", 39, lowered, ""},
+		{"at the lowered limit", 40, lowered, "40 orders are in progress (limit lowered to 40 while orders wait longer than 1s)"},
+		{"count off", 1_000_000, newLimit(-1, time.Second), ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			err := admit(c.pending, c.waited, c.maxPending, c.maxAge)
-			if !c.refused {
+			err := admit(c.pending, &c.limit)
+			if c.refused == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
 				}
 				return
 			}
 			st := status.Convert(err)
-			if st.Code() != codes.ResourceExhausted {
-				t.Fatalf("got %v, want RESOURCE_EXHAUSTED", err)
+			if st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), c.refused) {
+				t.Fatalf("got %v, want RESOURCE_EXHAUSTED with %q", err, c.refused)
 			}
 			var retry *errdetails.RetryInfo
 			for _, d := range st.Details() {
@@ -48,6 +50,77 @@ func TestAdmit(t *testing.T) {
 			}
 			if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 {
 				t.Fatalf("no RetryInfo in %v", st.Details())
+			}
+		})
+	}
+}
+
+// How the limit follows the backlog's reads: down to the share of the
+// orders in progress that would have waited the age bound, once per
+// generation of orders, and back up while orders are on time.
+func TestLimit(t *testing.T) {
+	t.Parallel()
+	type read struct {
+		at      time.Duration // since the first read
+		pending int64
+		waited  time.Duration // by the tenth oldest
+		want    int64         // the limit after the read
+	}
+	s := time.Second
+	ms := time.Millisecond
+	for _, c := range []struct {
+		name       string
+		maxPending int
+		maxAge     time.Duration
+		reads      []read
+	}{
+		{"on time: the count", 100, s, []read{{0, 50, 500 * ms, 100}, {s, 100, s, 100}}},
+		{"twice the bound: half", 100, s, []read{{0, 80, 2 * s, 40}}},
+		{"a quarter over: four fifths", 100, s, []read{{0, 80, 1250 * ms, 64}}},
+		{"just over: nine tenths at most", 100, s, []read{{0, 100, 1010 * ms, 90}}},
+		{"far over: half at least", 100, s, []read{{0, 100, 10 * s, 50}}},
+		{"from the limit when more are counted", 100, s, []read{{0, 120, 2 * s, 50}}},
+		{"late orders admitted before the drop: no second drop", 100, s, []read{
+			{0, 80, 2 * s, 40},
+			{500 * ms, 80, 2300 * ms, 40},
+			{1500 * ms, 60, 1600 * ms, 40},
+		}},
+		{"late orders admitted after the drop: drops again", 100, s, []read{
+			{0, 80, 2 * s, 40},
+			{1500 * ms, 40, 1250 * ms, 32},
+			{1600 * ms, 40, 1350 * ms, 32},
+		}},
+		{"grows back a twentieth a read while on time", 100, s, []read{
+			{0, 80, 2 * s, 40},
+			{200 * ms, 40, 900 * ms, 42},
+			{400 * ms, 40, 900 * ms, 44},
+		}},
+		{"grows by one order at least", 100, s, []read{
+			{0, 10, 10 * s, 5},
+			{200 * ms, 5, 0, 6},
+		}},
+		{"not above the count", 100, s, []read{
+			{0, 100, 1010 * ms, 90},
+			{200 * ms, 90, 0, 94},
+			{400 * ms, 90, 0, 99},
+			{600 * ms, 90, 0, 100},
+		}},
+		{"age off: the count", 100, 0, []read{{0, 100, time.Hour, 100}}},
+		{"count off: no limit until late", -1, s, []read{
+			{0, 300, 0, math.MaxInt64},
+			{200 * ms, 300, 2 * s, 150},
+			{400 * ms, 150, 0, 157},
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			l := newLimit(c.maxPending, c.maxAge)
+			start := time.Now()
+			for i, r := range c.reads {
+				l.observe(start.Add(r.at), r.pending, r.waited)
+				if got := l.bound(); got != r.want {
+					t.Fatalf("read %d (%v in, %d pending, tenth oldest %v): limit %d, want %d", i, r.at, r.pending, r.waited, got, r.want)
+				}
 			}
 		})
 	}
@@ -84,15 +157,14 @@ func TestAdmissionBoundsFromEnv(t *testing.T) {
 // until the next read.
 func TestAdmittedOrdersCountUntilTheNextRead(t *testing.T) {
 	t.Parallel()
-	b := newBacklog()
+	b := newBacklog(Options{MaxPending: 100, MaxPendingAge: -1})
 	b.seen = 98
-	o := Options{MaxPending: 100, MaxPendingAge: -1}
 	for i := range 2 {
-		if err := b.admit(o); err != nil {
+		if err := b.admit(); err != nil {
 			t.Fatalf("order %d refused below the bound: %v", i+1, err)
 		}
 	}
-	if err := b.admit(o); err == nil {
+	if err := b.admit(); err == nil {
 		t.Fatal("a third order admitted: 98 read + 2 admitted is the bound of 100")
 	}
 }
@@ -102,11 +174,10 @@ func TestAdmittedOrdersCountUntilTheNextRead(t *testing.T) {
 // it counts on top of the result until the next read.
 func TestOrdersAdmittedDuringARead(t *testing.T) {
 	t.Parallel()
-	b := newBacklog()
-	o := Options{MaxPending: 100, MaxPendingAge: -1}
+	b := newBacklog(Options{MaxPending: 100, MaxPendingAge: -1})
 	before := b.readStarts()
 	for i := range 2 {
-		if err := b.admit(o); err != nil {
+		if err := b.admit(); err != nil {
 			t.Fatalf("order %d refused: %v", i+1, err)
 		}
 	}
@@ -114,7 +185,7 @@ func TestOrdersAdmittedDuringARead(t *testing.T) {
 	if got := b.pending(); got != 100 {
 		t.Fatalf("pending %d after a read of 98 that missed 2 orders admitted during it, want 100", got)
 	}
-	if err := b.admit(o); err == nil {
+	if err := b.admit(); err == nil {
 		t.Fatal("a third order admitted: 98 read + 2 admitted during the read is the bound of 100")
 	}
 	b.readDone(b.readStarts(), 100, 0, 0)

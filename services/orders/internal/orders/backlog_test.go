@@ -36,11 +36,11 @@ func TestBacklogAgeCountsAQuorum(t *testing.T) {
 	o := Options{MaxPending: 1000, MaxPendingAge: time.Minute}
 	admits := func() bool {
 		t.Helper()
-		b := newBacklog()
+		b := newBacklog(o)
 		if err := b.read(ctx, pool); err != nil {
 			t.Fatal(err)
 		}
-		return b.admit(o) == nil
+		return b.admit() == nil
 	}
 
 	add(1, time.Hour, true)    // stuck
@@ -57,7 +57,7 @@ func TestBacklogAgeCountsAQuorum(t *testing.T) {
 	if admits() {
 		t.Fatalf("%d orders waiting an hour did not refuse new ones", ageQuorum)
 	}
-	b := newBacklog()
+	b := newBacklog(o)
 	if err := b.read(ctx, pool); err != nil {
 		t.Fatal(err)
 	}

@@ -46,13 +46,15 @@ type Options struct {
 	// SweepInterval is how often expired steps are looked for (default 250ms).
 	SweepInterval time.Duration
 	// MaxPending and MaxPendingAge are admission control: CreateOrder is
-	// refused (RESOURCE_EXHAUSTED with RetryInfo, nothing written) while at
-	// least MaxPending orders are in progress (default 100) or 10 of them
-	// have waited longer than MaxPendingAge (default 1s), rather than
-	// accepted to time out. Past capacity every accepted order queues
-	// behind the pending ones: MaxPending bounds the queue,
-	// MaxPendingAge the wait. The age bound refuses once 10 orders in
-	// flight have waited longer, so that one slow order does not.
+	// refused (RESOURCE_EXHAUSTED with RetryInfo, nothing written) at a
+	// limit of orders in progress, rather than accepted to time out. The
+	// limit is MaxPending (default 100) until 10 orders in progress have
+	// waited longer than MaxPendingAge (default 1s); then it drops to the
+	// share of the orders in progress that would have waited MaxPendingAge,
+	// and grows back while orders are on time. Past capacity every
+	// accepted order queues behind the pending ones: MaxPending bounds the
+	// queue, MaxPendingAge the wait, and new orders are admitted as orders
+	// finish. Counting 10 means one slow order does not lower the limit.
 	// Negative: off.
 	MaxPending    int
 	MaxPendingAge time.Duration
@@ -113,7 +115,7 @@ func Spec(o Options) service.Spec {
 	return service.Spec{
 		Name: "orders", Port: 50052, Migrations: migrations, Emits: true,
 		Setup: func(env *service.Env) error {
-			s := &server{env: env, opts: o, changes: env.WatchHub(changeChannel), metrics: newSagaMetrics(), backlog: newBacklog()}
+			s := &server{env: env, opts: o, changes: env.WatchHub(changeChannel), metrics: newSagaMetrics(), backlog: newBacklog(o)}
 			env.Metrics.Registry.MustRegister(s.metrics.outcomes, s.metrics.duration)
 			env.Metrics.Registry.MustRegister(s.backlog.collectors()...)
 			env.Go(func(ctx context.Context) error {
@@ -166,7 +168,7 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	if err := s.backlog.admit(s.opts); err != nil {
+	if err := s.backlog.admit(); err != nil {
 		return nil, err
 	}
 	var resp *ordersv1.CreateOrderResponse
