@@ -152,6 +152,8 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		return fmt.Errorf("database: %w", err)
 	}
 	defer watchPool.Close()
+	metrics.RegisterPool("main", pool)
+	metrics.RegisterPool("watch", watchPool)
 	tr, err := openTransport(cfg, logger)
 	if err != nil {
 		return err

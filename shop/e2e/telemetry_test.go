@@ -322,7 +322,8 @@ func TestMetricsMove(t *testing.T) {
 	for _, svc := range registry.Services {
 		m := scrape(t, s.stack.MetricsURL(svc.Name))
 		before[svc.Name] = m
-		var want []string
+		want := []string{`switchyard_db_pool_acquires_total{pool="main"}`, `switchyard_db_pool_max_connections{pool="watch"}`,
+			"switchyard_db_pool_connections", "switchyard_db_pool_waits_total", "switchyard_db_pool_wait_seconds_total"}
 		if svc.Emits {
 			want = append(want, "switchyard_relay_events_published_total", "switchyard_relay_failures_total", "switchyard_relay_slot_lag_bytes",
 				"switchyard_relay_oldest_unpublished_age_seconds", "switchyard_relay_active", "switchyard_relay_invisible_waits_total",
@@ -365,7 +366,8 @@ func TestMetricsMove(t *testing.T) {
 	rose("notifications", "switchyard_consumer_events_processed_total", 30)
 	rose("orders", "switchyard_grpc_requests_total", 30)
 	rose("orders", "switchyard_saga_outcomes_total", 30)
-	rose("payments", "switchyard_db_round_trips_total", 30*3) // BEGIN, the capture, COMMIT at the least
+	rose("payments", "switchyard_db_round_trips_total", 30*3)            // BEGIN, the capture, COMMIT at the least
+	rose("orders", `switchyard_db_pool_acquires_total{pool="main"}`, 30) // CreateOrder's transaction at the least
 	if v, _ := sum(after["orders"], `switchyard_saga_outcomes_total{reason="",status="CONFIRMED"}`); v < 30 {
 		t.Errorf("saga outcomes CONFIRMED = %v, want >= 30", v)
 	}
