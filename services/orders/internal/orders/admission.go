@@ -56,7 +56,7 @@ func (b *backlog) collectors() []prometheus.Collector {
 			"Age of the tenth oldest order whose saga has not finished (0 with fewer than ten): admission control's age bound applies to it.",
 			func() float64 { return b.waited.Seconds() }),
 		gauge("switchyard_orders_admission_limit",
-			"Orders admission control lets be in progress: SWITCHYARD_ORDERS_MAX_PENDING, or fewer while orders wait longer than SWITCHYARD_ORDERS_MAX_PENDING_AGE.",
+			"Orders admission control lets be in progress: SWITCHYARD_ORDERS_MAX_PENDING (2147483647 without one), or fewer once orders waited longer than SWITCHYARD_ORDERS_MAX_PENDING_AGE, until it has grown back.",
 			func() float64 { return float64(b.limit.bound()) }),
 	}
 }
@@ -124,26 +124,34 @@ const ageQuorum = 10
 
 // limit is how many orders admission control lets be in progress. It is
 // MaxPending until ageQuorum orders in progress have waited longer than
-// MaxPendingAge; then it drops to the share of the orders in progress that
-// would have waited MaxPendingAge (Little's law: at a steady throughput an
-// order waits in proportion to the orders ahead of it), between half and
-// nine tenths of them, and grows back by a twentieth a read (at least one
-// order) while orders are on time. New orders are then admitted as fast as
-// orders finish, at most, rather than refused wholesale until the backlog
-// has drained and admitted a hundred at once again, in waves.
+// MaxPendingAge; then it drops to the share of the orders in progress (or
+// of the limit, if lower) that would have waited MaxPendingAge (Little's
+// law: at a steady throughput an order waits in proportion to the orders
+// ahead of it), between half and nine tenths of them, and grows back by a
+// twentieth of itself a read (at least one order) while orders are on
+// time. New orders are then admitted as fast as orders finish, at most,
+// rather than refused wholesale until the backlog has drained and admitted
+// a hundred at once again, in waves.
 //
-// A drop shows in the waits of orders admitted after it, not before: the
-// limit is lowered again only once the late orders were admitted after the
-// last drop.
+// A drop shows in the waits of orders admitted after it, not before, so
+// after a drop the limit drops again only once the late orders are younger
+// than the drop: a cooldown as long as the tenth oldest order's wait. (The
+// wait is PostgreSQL's clock, the time since the drop the process's; an
+// order admitted just before a drop but inserted after it counts as after,
+// which can only bring the next drop a little early.)
 type limit struct {
-	max    float64       // MaxPending; +Inf without one
+	max    float64       // MaxPending; noCeiling without one
 	maxAge time.Duration // MaxPendingAge; 0 or less: the limit stays at max
 	cur    float64
 	cut    time.Time // when cur was last lowered; zero: never
 }
 
+// noCeiling stands for no MaxPending: a limit that growing back cannot
+// overflow.
+const noCeiling = math.MaxInt32
+
 func newLimit(maxPending int, maxAge time.Duration) limit {
-	l := limit{max: math.Inf(1), maxAge: maxAge}
+	l := limit{max: noCeiling, maxAge: maxAge}
 	if maxPending > 0 {
 		l.max = float64(maxPending)
 	}
@@ -169,12 +177,7 @@ func (l *limit) observe(now time.Time, pending int64, waited time.Duration) {
 }
 
 // bound is the limit in orders.
-func (l *limit) bound() int64 {
-	if math.IsInf(l.cur, 1) {
-		return math.MaxInt64
-	}
-	return int64(l.cur)
-}
+func (l *limit) bound() int64 { return int64(l.cur) }
 
 // lowered reports whether the age bound holds the limit below MaxPending.
 func (l *limit) lowered() bool { return l.cur < l.max }

@@ -105,9 +105,9 @@ func TestLimit(t *testing.T) {
 			{400 * ms, 90, 0, 99},
 			{600 * ms, 90, 0, 100},
 		}},
-		{"age off: the count", 100, 0, []read{{0, 100, time.Hour, 100}}},
+		{"age off: the count", 100, -1, []read{{0, 100, time.Hour, 100}}},
 		{"count off: no limit until late", -1, s, []read{
-			{0, 300, 0, math.MaxInt64},
+			{0, 300, 0, math.MaxInt32},
 			{200 * ms, 300, 2 * s, 150},
 			{400 * ms, 150, 0, 157},
 		}},
@@ -123,6 +123,43 @@ func TestLimit(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Without a count bound the limit grows back, read after read, to no
+// limit again, and never past it: an overflowing limit would refuse
+// everything.
+func TestLimitWithoutCountGrowsBackWithoutOverflow(t *testing.T) {
+	t.Parallel()
+	l := newLimit(-1, time.Second)
+	now := time.Now()
+	l.observe(now, 300, 2*time.Second) // to 150
+	for i := range 10_000 {            // about half an hour of reads
+		l.observe(now.Add(time.Duration(i+1)*200*time.Millisecond), 300, 0)
+		if l.bound() < 150 {
+			t.Fatalf("read %d: limit %d, below the 150 it grew from", i+1, l.bound())
+		}
+	}
+	if l.bound() != math.MaxInt32 {
+		t.Fatalf("limit %d after half an hour on time, want no limit (%d)", l.bound(), math.MaxInt32)
+	}
+	if err := admit(1_000_000, &l); err != nil {
+		t.Fatalf("a million orders in progress without a count bound: %v", err)
+	}
+}
+
+// A read of the backlog whose tenth oldest order is late lowers the limit
+// the next admission applies.
+func TestLateReadLowersAdmission(t *testing.T) {
+	t.Parallel()
+	b := newBacklog(Options{MaxPending: 100, MaxPendingAge: time.Second})
+	b.readDone(b.readStarts(), 80, 3*time.Second, 2*time.Second) // to 40
+	b.seen = 39
+	if err := b.admit(); err != nil {
+		t.Fatalf("39 in progress, limit 40: %v", err)
+	}
+	if err := b.admit(); err == nil || !strings.Contains(err.Error(), "limit lowered to 40") {
+		t.Fatalf("40 in progress, limit lowered to 40: %v", err)
 	}
 }
 

@@ -55,7 +55,8 @@ type Options struct {
 	// accepted order queues behind the pending ones: MaxPending bounds the
 	// queue, MaxPendingAge the wait, and new orders are admitted as orders
 	// finish. Counting 10 means one slow order does not lower the limit.
-	// Negative: off.
+	// A negative MaxPending is no ceiling (the age bound still lowers the
+	// limit); a negative MaxPendingAge keeps the limit at MaxPending.
 	MaxPending    int
 	MaxPendingAge time.Duration
 }
