@@ -18,10 +18,12 @@ import (
 // customer while pending is compensated; when payments comes back, its late
 // captures are refunded and every invariant holds. Watch streams never
 // recheck here: the cancellations reach them only as announced by
-// CancelOrder and by the deadline sweep.
+// CancelOrder and by the deadline sweep. The step deadline is the window
+// in which the customer's cancel must land: long enough for a loaded
+// machine, short enough not to drag the test out.
 func TestTimeoutAndLateReply(t *testing.T) {
 	t.Parallel()
-	s := startShop(t, "SWITCHYARD_SAGA_STEP_TIMEOUT=3s", "SWITCHYARD_WATCH_RECHECK=1h")
+	s := startShop(t, "SWITCHYARD_SAGA_STEP_TIMEOUT=10s", "SWITCHYARD_WATCH_RECHECK=1h")
 	cust, sku := s.customer(10_000), s.product(1_000, 10)
 
 	s.stack.Stop("payments")
@@ -39,7 +41,7 @@ func TestTimeoutAndLateReply(t *testing.T) {
 	if first, err := stream.Recv(); err != nil || first.GetOrder().GetStatus() != pending {
 		t.Fatalf("WatchOrder first sent %v (%v), want the pending order", first, err)
 	}
-	time.Sleep(500 * time.Millisecond) // let the reservation happen: the cancel must compensate it
+	s.waitStock(sku, 5, 5) // both orders reserved: the cancel must compensate a reservation
 	resp := retry(t, func() (*ordersv1.CancelOrderResponse, error) {
 		return s.orders.CancelOrder(ctx, &ordersv1.CancelOrderRequest{OrderId: byCustomer.GetOrderId()})
 	})
