@@ -34,7 +34,9 @@ type testServer interface{}
 
 type impl struct{}
 
-func testDesc(env *service.Env) *grpc.ServiceDesc {
+// testDesc describes the test service; Slow says on slow (when not nil)
+// that it started.
+func testDesc(env *service.Env, slow chan<- struct{}) *grpc.ServiceDesc {
 	hub := env.WatchHub("test_watch")
 	return &grpc.ServiceDesc{
 		Streams: []grpc.StreamDesc{{
@@ -62,6 +64,10 @@ func testDesc(env *service.Env) *grpc.ServiceDesc {
 		Methods: []grpc.MethodDesc{
 			{MethodName: "Panic", Handler: unary("Panic", func(ctx context.Context) (any, error) { panic("boom") })},
 			{MethodName: "Slow", Handler: unary("Slow", func(ctx context.Context) (any, error) {
+				select {
+				case slow <- struct{}{}:
+				default:
+				}
 				time.Sleep(time.Second)
 				return wrapperspb.String("done"), nil
 			})},
@@ -102,9 +108,9 @@ func unary(name string, fn func(context.Context) (any, error)) func(any, context
 	}
 }
 
-func spec() service.Spec {
+func spec(slow chan<- struct{}) service.Spec {
 	return service.Spec{Name: "test", Emits: true, Setup: func(env *service.Env) error {
-		env.Server.RegisterService(testDesc(env), impl{})
+		env.Server.RegisterService(testDesc(env, slow), impl{})
 		return nil
 	}}
 }
@@ -114,6 +120,7 @@ type running struct {
 	health healthpb.HealthClient
 	cancel context.CancelFunc
 	done   chan error
+	slow   <-chan struct{} // a value each time Slow starts (start and startWith)
 }
 
 func start(t *testing.T, dbURL, brokers string) *running {
@@ -124,7 +131,10 @@ func start(t *testing.T, dbURL, brokers string) *running {
 // startWith starts the test service with extra environment variables.
 func startWith(t *testing.T, dbURL, brokers string, extra map[string]string) *running {
 	t.Helper()
-	return startSpec(t, spec(), dbURL, brokers, extra)
+	slow := make(chan struct{}, 16)
+	r := startSpec(t, spec(slow), dbURL, brokers, extra)
+	r.slow = slow
+	return r
 }
 
 // startSpec starts a service described by sp.
@@ -239,7 +249,11 @@ func TestPanicsErrorsAndGracefulShutdown(t *testing.T) {
 	}
 	inflight := make(chan result, 1)
 	go func() { v, err := r.call("Slow"); inflight <- result{v, err} }()
-	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-r.slow: // in the handler: the shutdown must let it finish
+	case <-time.After(30 * time.Second):
+		t.Fatal("Slow did not start")
+	}
 	r.cancel()
 	res := <-inflight
 	if res.err != nil || res.v.GetValue() != "done" {
@@ -401,7 +415,7 @@ func TestServiceThatEmitsNothingHasNoRelay(t *testing.T) {
 	var env *service.Env
 	sp := service.Spec{Name: "silent", Setup: func(e *service.Env) error {
 		env = e
-		e.Server.RegisterService(testDesc(e), impl{})
+		e.Server.RegisterService(testDesc(e, nil), impl{})
 		return nil
 	}}
 	r := startSpec(t, sp, db, testkit.Kafka(t).Addr(), nil)
