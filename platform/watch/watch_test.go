@@ -444,7 +444,8 @@ func TestStreamsAreWokenOnceListeningAgain(t *testing.T) {
 	k := subscribe(t, hub, "k")
 	settle(t, hub, k)
 
-	release := tracer.holdSends()
+	release := sync.OnceFunc(tracer.holdSends())
+	t.Cleanup(release) // a held LISTEN would keep the hub from stopping
 	if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 		WHERE datname = current_database() AND query LIKE 'LISTEN%'`); err != nil {
 		t.Fatal(err)

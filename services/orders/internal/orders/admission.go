@@ -193,7 +193,7 @@ func admit(pending int64, l *limit) error {
 	}
 	why := fmt.Sprintf("%d orders are in progress (limit %d)", pending, l.bound())
 	if l.lowered() {
-		why = fmt.Sprintf("%d orders are in progress (limit lowered to %d while orders wait longer than %s)", pending, l.bound(), l.maxAge)
+		why = fmt.Sprintf("%d orders are in progress (limit lowered to %d since orders waited longer than %s)", pending, l.bound(), l.maxAge)
 	}
 	st, err := status.New(codes.ResourceExhausted, "orders cannot keep up: "+why+"; nothing was written, retry later").
 		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})

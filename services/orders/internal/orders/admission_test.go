@@ -27,7 +27,7 @@ func TestAdmit(t *testing.T) {
 		{"below the count", 99, newLimit(100, time.Second), ""},
 		{"at the count", 100, newLimit(100, time.Second), "100 orders are in progress (limit 100)"},
 		{"below the lowered limit", 39, lowered, ""},
-		{"at the lowered limit", 40, lowered, "40 orders are in progress (limit lowered to 40 while orders wait longer than 1s)"},
+		{"at the lowered limit", 40, lowered, "40 orders are in progress (limit lowered to 40 since orders waited longer than 1s)"},
 		{"count off", 1_000_000, newLimit(-1, time.Second), ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
