@@ -56,7 +56,7 @@ func main() {
 	pgURL := flag.String("postgres", "postgres://postgres@127.0.0.1:55432/postgres?sslmode=disable", "the stack's PostgreSQL, for pgbench ('' skips it)")
 	pgbenchClients := flag.Int("pgbench-clients", 8, "pgbench client connections")
 	plot := flag.String("plot", "", "write the run second by second as an SVG picture to this file")
-	metrics := flag.String("metrics", "", "comma-separated host:port of the /metrics endpoints -plot scrapes for consumer backlogs (default: the services' metrics ports 51051-51056 on -host)")
+	metrics := flag.String("metrics", "", "comma-separated host:port of the services' /metrics endpoints, read for CPU per order and, with -plot, consumer backlogs (default: the services' metrics ports 51051-51056 on -host)")
 	flag.Parse()
 	if *metrics == "" {
 		*metrics = defaultMetrics(*host)
@@ -160,6 +160,7 @@ func run(rate int, duration time.Duration, nCustomers, nProducts int, host, pgUR
 			tl.scrapeLoop(scrapeCtx, metrics)
 		}()
 	}
+	cpuBefore := cpuSnapshot(ctx, metrics)
 	var lastDone time.Time
 	for i := 0; i < total; i++ {
 		<-tick.C
@@ -201,11 +202,17 @@ func run(rate int, duration time.Duration, nCustomers, nProducts int, host, pgUR
 	}
 	tick.Stop()
 	wg.Wait()
+	cpu := cpuPerOrder(cpuBefore, cpuSnapshot(ctx, metrics), len(terminalLat))
 	elapsed := lastDone.Sub(start)
 	fmt.Printf("\norders:     %d sent, outcomes %v\n", total, outcomes)
 	fmt.Printf("throughput: %.1f orders/s reached a terminal status (%d in %s)\n", float64(len(terminalLat))/elapsed.Seconds(), len(terminalLat), elapsed.Round(time.Millisecond))
 	fmt.Printf("CreateOrder RPC latency:          %s\n", percentiles(createLat))
 	fmt.Printf("CreateOrder -> terminal latency:  %s\n", percentiles(terminalLat))
+	if cpu != "" {
+		// Analytics scores confirmed orders on its own schedule: when it
+		// falls behind, its share here is of the orders it got to.
+		fmt.Printf("CPU per order (ms): %s (each service's %s over the run; PostgreSQL and the broker are not services)\n", cpu, cpuSeries)
+	}
 	if plot != "" {
 		// A few more samples after the last order, so that the picture
 		// shows the consumers' lag draining.

@@ -132,38 +132,63 @@ func (t *timeline) scrapeLoop(ctx context.Context, targets []string) {
 }
 
 // scrapeLag reads one /metrics endpoint and sums lagSeries and
-// bufferedSeries per group (see parseLag); ok reports whether the endpoint
+// bufferedSeries per group (see lagOf); ok reports whether the endpoint
 // serves lagSeries at all.
 func scrapeLag(ctx context.Context, client *http.Client, url string) (lag map[string]float64, ok bool, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	families, err := scrape(ctx, client, url)
 	if err != nil {
-		return nil, false, fmt.Errorf("scrape %s: %w", url, err)
+		return nil, false, err
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, false, fmt.Errorf("scrape %s: %w", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, false, fmt.Errorf("scrape %s: %s", url, resp.Status)
-	}
-	lag, ok, err = parseLag(resp.Body)
-	if err != nil {
-		return nil, false, fmt.Errorf("scrape %s: %w", url, err)
-	}
+	lag, ok = lagOf(families)
 	return lag, ok, nil
 }
 
-// parseLag sums lagSeries and bufferedSeries per group from the Prometheus
-// text format: the messages a group has yet to take. Partitions whose lag
-// is unknown (-1) are left out of the sum rather than subtracted from it; a
-// group with none known has no value (a gap), buffered messages or not.
-func parseLag(r io.Reader) (map[string]float64, bool, error) {
+// scrape reads one /metrics endpoint.
+func scrape(ctx context.Context, client *http.Client, url string) (map[string]*dto.MetricFamily, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", url, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s: %s", url, resp.Status)
+	}
+	families, err := parseMetrics(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", url, err)
+	}
+	return families, nil
+}
+
+// parseMetrics reads the Prometheus text format.
+func parseMetrics(r io.Reader) (map[string]*dto.MetricFamily, error) {
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(r)
 	if err != nil {
-		return nil, false, fmt.Errorf("parse metrics: %w", err)
+		return nil, fmt.Errorf("parse metrics: %w", err)
 	}
+	return families, nil
+}
+
+// parseLag is lagOf the Prometheus text format.
+func parseLag(r io.Reader) (map[string]float64, bool, error) {
+	families, err := parseMetrics(r)
+	if err != nil {
+		return nil, false, err
+	}
+	lag, ok := lagOf(families)
+	return lag, ok, nil
+}
+
+// lagOf sums lagSeries and bufferedSeries per group: the messages a group
+// has yet to take. Partitions whose lag is unknown (-1) are left out of
+// the sum rather than subtracted from it; a group with none known has no
+// value (a gap), buffered messages or not.
+func lagOf(families map[string]*dto.MetricFamily) (map[string]float64, bool) {
 	family, ok := families[lagSeries]
 	lag := map[string]float64{}
 	sum := func(family *dto.MetricFamily, knownOnly bool) {
@@ -184,7 +209,7 @@ func parseLag(r io.Reader) (map[string]float64, bool, error) {
 	}
 	sum(family, false)
 	sum(families[bufferedSeries], true)
-	return lag, ok, nil
+	return lag, ok
 }
 
 // chart turns the recording into the picture's panels.
