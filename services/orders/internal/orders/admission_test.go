@@ -16,7 +16,7 @@ import (
 func TestAdmit(t *testing.T) {
 	t.Parallel()
 	lowered := newLimit(100, time.Second)
-	lowered.observe(time.Now(), 80, 2*time.Second) // to 40
+	lowered.observe(time.Now(), 80, 2*time.Second) // to 64
 	for _, c := range []struct {
 		name    string
 		pending int64
@@ -26,8 +26,8 @@ func TestAdmit(t *testing.T) {
 		{"idle", 0, newLimit(100, time.Second), ""},
 		{"below the count", 99, newLimit(100, time.Second), ""},
 		{"at the count", 100, newLimit(100, time.Second), "100 orders are in progress (limit 100)"},
-		{"below the lowered limit", 39, lowered, ""},
-		{"at the lowered limit", 40, lowered, "40 orders are in progress (limit lowered to 40 since orders waited longer than 1s)"},
+		{"below the lowered limit", 63, lowered, ""},
+		{"at the lowered limit", 64, lowered, "64 orders are in progress (limit lowered to 64 since orders waited longer than 1s)"},
 		{"count off", 1_000_000, newLimit(-1, time.Second), ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -75,29 +75,29 @@ func TestLimit(t *testing.T) {
 		reads      []read
 	}{
 		{"on time: the count", 100, s, []read{{0, 50, 500 * ms, 100}, {s, 100, s, 100}}},
-		{"twice the bound: half", 100, s, []read{{0, 80, 2 * s, 40}}},
+		{"a fifth over: five sixths", 100, s, []read{{0, 100, 1200 * ms, 83}}},
 		{"a quarter over: four fifths", 100, s, []read{{0, 80, 1250 * ms, 64}}},
 		{"just over: nine tenths at most", 100, s, []read{{0, 100, 1010 * ms, 90}}},
-		{"far over: half at least", 100, s, []read{{0, 100, 10 * s, 50}}},
-		{"from the limit when more are counted", 100, s, []read{{0, 120, 2 * s, 50}}},
+		{"far over: four fifths at least", 100, s, []read{{0, 100, 10 * s, 80}}},
+		{"from the limit when more are counted", 100, s, []read{{0, 120, 2 * s, 80}}},
 		{"late orders admitted before the drop: no second drop", 100, s, []read{
-			{0, 80, 2 * s, 40},
-			{500 * ms, 80, 2300 * ms, 40},
-			{1500 * ms, 60, 1600 * ms, 40},
+			{0, 80, 2 * s, 64},
+			{500 * ms, 80, 2300 * ms, 64},
+			{1500 * ms, 60, 1600 * ms, 64},
 		}},
 		{"late orders admitted after the drop: drops again", 100, s, []read{
-			{0, 80, 2 * s, 40},
+			{0, 80, 2 * s, 64},
 			{1500 * ms, 40, 1250 * ms, 32},
 			{1600 * ms, 40, 1350 * ms, 32},
 		}},
 		{"grows back a twentieth a read while on time", 100, s, []read{
-			{0, 80, 2 * s, 40},
-			{200 * ms, 40, 900 * ms, 42},
-			{400 * ms, 40, 900 * ms, 44},
+			{0, 80, 2 * s, 64},
+			{200 * ms, 40, 900 * ms, 67},
+			{400 * ms, 40, 900 * ms, 70},
 		}},
 		{"grows by one order at least", 100, s, []read{
-			{0, 10, 10 * s, 5},
-			{200 * ms, 5, 0, 6},
+			{0, 10, 10 * s, 8},
+			{200 * ms, 5, 0, 9},
 		}},
 		{"not above the count", 100, s, []read{
 			{0, 100, 1010 * ms, 90},
@@ -108,8 +108,8 @@ func TestLimit(t *testing.T) {
 		{"age off: the count", 100, -1, []read{{0, 100, time.Hour, 100}}},
 		{"count off: no limit until late", -1, s, []read{
 			{0, 300, 0, math.MaxInt32},
-			{200 * ms, 300, 2 * s, 150},
-			{400 * ms, 150, 0, 157},
+			{200 * ms, 300, 2 * s, 240},
+			{400 * ms, 150, 0, 252},
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -133,11 +133,11 @@ func TestLimitWithoutCountGrowsBackWithoutOverflow(t *testing.T) {
 	t.Parallel()
 	l := newLimit(-1, time.Second)
 	now := time.Now()
-	l.observe(now, 300, 2*time.Second) // to 150
+	l.observe(now, 300, 2*time.Second) // to 240
 	for i := range 10_000 {            // about half an hour of reads
 		l.observe(now.Add(time.Duration(i+1)*200*time.Millisecond), 300, 0)
-		if l.bound() < 150 {
-			t.Fatalf("read %d: limit %d, below the 150 it grew from", i+1, l.bound())
+		if l.bound() < 240 {
+			t.Fatalf("read %d: limit %d, below the 240 it grew from", i+1, l.bound())
 		}
 	}
 	if l.bound() != math.MaxInt32 {
@@ -153,13 +153,13 @@ func TestLimitWithoutCountGrowsBackWithoutOverflow(t *testing.T) {
 func TestLateReadLowersAdmission(t *testing.T) {
 	t.Parallel()
 	b := newBacklog(Options{MaxPending: 100, MaxPendingAge: time.Second})
-	b.readDone(b.readStarts(), 80, 3*time.Second, 2*time.Second) // to 40
-	b.seen = 39
+	b.readDone(b.readStarts(), 80, 3*time.Second, 2*time.Second) // to 64
+	b.seen = 63
 	if err := b.admit(); err != nil {
-		t.Fatalf("39 in progress, limit 40: %v", err)
+		t.Fatalf("63 in progress, limit 64: %v", err)
 	}
-	if err := b.admit(); err == nil || !strings.Contains(err.Error(), "limit lowered to 40") {
-		t.Fatalf("40 in progress, limit lowered to 40: %v", err)
+	if err := b.admit(); err == nil || !strings.Contains(err.Error(), "limit lowered to 64") {
+		t.Fatalf("64 in progress, limit lowered to 64: %v", err)
 	}
 }
 
