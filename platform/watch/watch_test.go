@@ -356,23 +356,32 @@ func (a *atNotify) waitHeld(t *testing.T) {
 // change the pool's settings first.
 func tracedWriter(t *testing.T, pool *pgxpool.Pool, configure ...func(*pgxpool.Config)) (writer *watch.Hub, tracer *atNotify, stop func(), stopped <-chan struct{}) {
 	t.Helper()
-	cfg := pool.Config().Copy()
 	tracer = &atNotify{held: make(chan struct{}, 1)}
-	cfg.ConnConfig.Tracer = tracer
-	for _, c := range configure {
-		c(cfg)
-	}
-	wpool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(wpool.Close) // after the writer's Run has returned
-	writer = watch.NewHub(wpool, "test_changes", nil, nil)
+	writer = watch.NewHub(tracedPool(t, pool, tracer, configure...), "test_changes", nil, nil)
 	ctx, stop := context.WithCancel(context.Background())
 	t.Cleanup(stop)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = writer.Run(ctx) }()
 	return writer, tracer, stop, done
+}
+
+// tracedPool is a pool of its own on the database of pool whose
+// statements tracer sees, closed when the test ends (after the cleanups
+// of hubs started on it later, and once they release its connections);
+// each of configure may change its settings first.
+func tracedPool(t *testing.T, pool *pgxpool.Pool, tracer pgx.QueryTracer, configure ...func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	cfg := pool.Config().Copy()
+	cfg.ConnConfig.Tracer = tracer
+	for _, c := range configure {
+		c(cfg)
+	}
+	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
 }
 
 // A send that PostgreSQL refuses (here a key that is not valid UTF-8) is
@@ -432,15 +441,8 @@ func TestStreamsAreWokenOnceListeningAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := migrated(t)
-	cfg := pool.Config().Copy()
 	tracer := &atNotify{match: "LISTEN", held: make(chan struct{}, 1)}
-	cfg.ConnConfig.Tracer = tracer
-	hpool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(hpool.Close)
-	hub, _ := running(t, hpool, "test_changes", nil)
+	hub, _ := running(t, tracedPool(t, pool, tracer), "test_changes", nil)
 	k := subscribe(t, hub, "k")
 	settle(t, hub, k)
 

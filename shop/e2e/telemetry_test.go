@@ -344,6 +344,16 @@ func TestMetricsMove(t *testing.T) {
 	if _, ok := sum(before["customers"], "switchyard_grpc_requests_total"); !ok {
 		t.Error("customers does not serve switchyard_grpc_requests_total after RegisterCustomer")
 	}
+	// Admission control's series; with no order late, its limit is the
+	// default SWITCHYARD_ORDERS_MAX_PENDING.
+	for _, name := range []string{"switchyard_orders_pending", "switchyard_orders_tenth_oldest_pending_age_seconds", "switchyard_orders_rejected_overload_total"} {
+		if _, ok := sum(before["orders"], name); !ok {
+			t.Errorf("orders does not serve %s", name)
+		}
+	}
+	if v, ok := sum(before["orders"], "switchyard_orders_admission_limit"); !ok || v != 100 {
+		t.Errorf("orders' switchyard_orders_admission_limit = %v (served: %v), want the default 100", v, ok)
+	}
 
 	for i := 0; i < 30; i++ {
 		s.order(cust, fmt.Sprintf("m-%d", i), item(sku, 1))

@@ -6,29 +6,28 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/switchyard/switchyard/shop/registry"
 )
 
 // cpuSeries is the CPU time of a process, which every service exports
 // (Prometheus' process collector).
 const cpuSeries = "process_cpu_seconds_total"
 
-// metricsPortNames names the documented metrics ports (gRPC port + 1000).
-var metricsPortNames = map[string]string{
-	"51051": "customers", "51052": "orders", "51053": "inventory",
-	"51054": "payments", "51055": "notifications", "51056": "analytics",
-}
-
 // targetName is the service a metrics URL belongs to, by its documented
-// port, else its host:port.
+// metrics port (registry: gRPC port + 1000), else its host:port.
 func targetName(target string) string {
 	u, err := url.Parse(target)
 	if err != nil {
 		return target
 	}
-	if name, ok := metricsPortNames[u.Port()]; ok {
-		return name
+	for _, svc := range registry.Services {
+		if u.Port() == strconv.Itoa(svc.Port+1000) {
+			return svc.Name
+		}
 	}
 	return u.Host
 }

@@ -45,6 +45,7 @@ import (
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/platform/telemetry"
+	"github.com/switchyard/switchyard/shop/registry"
 )
 
 func main() {
@@ -78,13 +79,13 @@ func dial(host string, port int) (*grpc.ClientConn, error) {
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
 }
 
-// defaultMetrics lists the documented metrics ports (gRPC port + 1000) of
-// customers, orders, inventory, payments, notifications and analytics; an
-// endpoint that does not answer (a service this build lacks) is skipped.
+// defaultMetrics lists the documented metrics ports (registry: gRPC port +
+// 1000) of the shop's services; an endpoint that does not answer (a
+// service this build lacks) is skipped.
 func defaultMetrics(host string) string {
 	var addrs []string
-	for port := 51051; port <= 51056; port++ {
-		addrs = append(addrs, fmt.Sprintf("%s:%d", host, port))
+	for _, svc := range registry.Services {
+		addrs = append(addrs, fmt.Sprintf("%s:%d", host, svc.Port+1000))
 	}
 	return strings.Join(addrs, ",")
 }

@@ -174,16 +174,6 @@ func parseMetrics(r io.Reader) (map[string]*dto.MetricFamily, error) {
 	return families, nil
 }
 
-// parseLag is lagOf the Prometheus text format.
-func parseLag(r io.Reader) (map[string]float64, bool, error) {
-	families, err := parseMetrics(r)
-	if err != nil {
-		return nil, false, err
-	}
-	lag, ok := lagOf(families)
-	return lag, ok, nil
-}
-
 // lagOf sums lagSeries and bufferedSeries per group: the messages a group
 // has yet to take. Partitions whose lag is unknown (-1) are left out of
 // the sum rather than subtracted from it; a group with none known has no

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-func TestParseLag(t *testing.T) {
+func TestLagOf(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		body   string
@@ -55,12 +55,13 @@ switchyard_consumer_buffered_messages{group="payments",partition="0",topic="swit
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, served, err := parseLag(strings.NewReader(tc.body))
+			families, err := parseMetrics(strings.NewReader(tc.body))
 			if err != nil {
 				t.Fatal(err)
 			}
+			got, served := lagOf(families)
 			if !maps.Equal(got, tc.want) || served != tc.served {
-				t.Errorf("parseLag = %v, %v, want %v, %v", got, served, tc.want, tc.served)
+				t.Errorf("lagOf = %v, %v, want %v, %v", got, served, tc.want, tc.served)
 			}
 		})
 	}
