@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/switchyard/switchyard/platform/idempotency"
@@ -17,16 +18,24 @@ import (
 
 func TestMain(m *testing.M) { testkit.Main(m) }
 
+// keysPool returns a pool on a fresh database with the idempotency_keys
+// table.
+func keysPool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool := testkit.Pool(t, testkit.Database(t))
+	if err := idempotency.Migrate(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
 // Ten concurrent calls with one key run the operation once and all get its
 // response; the same key with another request is refused; a failed first
 // attempt leaves the key free.
 func TestConcurrentSameKey(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := testkit.Pool(t, testkit.Database(t))
-	if err := idempotency.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := keysPool(t)
 	var runs atomic.Int32
 	do := func(key string, req int64, fail bool) (string, bool, error) {
 		var out *wrapperspb.StringValue
@@ -83,10 +92,7 @@ func TestConcurrentSameKey(t *testing.T) {
 func TestPrune(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := testkit.Pool(t, testkit.Database(t))
-	if err := idempotency.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := keysPool(t)
 	if _, err := pool.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES
 		('Test', 'old', '\x00', now() - interval '2 days'), ('Test', 'new', '\x00', now())`); err != nil {
 		t.Fatal(err)
@@ -104,5 +110,50 @@ func TestPrune(t *testing.T) {
 	}
 	if len(left) != 1 || left[0] != "new" {
 		t.Fatalf("keys left %v, want [new]", left)
+	}
+}
+
+// Seen tells a committed key, and only that: not one whose first call is
+// still running, nor the same key in another scope, nor an empty key.
+func TestSeen(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := keysPool(t)
+	seen := func(scope, key string) bool {
+		t.Helper()
+		ok, err := idempotency.Seen(ctx, pool, scope, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, _, err := idempotency.Do(ctx, tx, "A", "k", wrapperspb.Int64(1), func() (*wrapperspb.StringValue, error) {
+		return wrapperspb.String("done"), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if seen("A", "k") {
+		t.Fatal("key seen before its call committed")
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		scope, key string
+		want       bool
+	}{
+		{"A", "k", true},
+		{"B", "k", false},
+		{"A", "other", false},
+		{"A", "", false},
+	} {
+		if got := seen(tt.scope, tt.key); got != tt.want {
+			t.Errorf("Seen(%q, %q) = %v, want %v", tt.scope, tt.key, got, tt.want)
+		}
 	}
 }

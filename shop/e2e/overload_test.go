@@ -14,7 +14,8 @@ import (
 )
 
 // With inventory stopped, sagas pile up: past SWITCHYARD_ORDERS_MAX_PENDING
-// CreateOrder is RESOURCE_EXHAUSTED with RetryInfo and writes nothing; once
+// CreateOrder is RESOURCE_EXHAUSTED with RetryInfo and writes nothing,
+// while the retry of an order already created still gets it back; once
 // inventory is back and the backlog drains, orders are accepted again and
 // every invariant holds.
 func TestOverloadRefusesNewOrders(t *testing.T) {
@@ -24,19 +25,28 @@ func TestOverloadRefusesNewOrders(t *testing.T) {
 	cust, sku := s.customer(100_000), s.product(100, 100)
 	s.stack.Stop("inventory")
 
-	create := func() (*ordersv1.CreateOrderResponse, error) {
-		return s.orders.CreateOrder(ctx, &ordersv1.CreateOrderRequest{CustomerId: cust, Items: []*ordersv1.CreateOrderItem{item(sku, 1)},
-			IdempotencyKey: uuid.NewString()})
+	createKeyed := func(key string, quantity int64) (*ordersv1.CreateOrderResponse, error) {
+		return s.orders.CreateOrder(ctx, &ordersv1.CreateOrderRequest{CustomerId: cust, Items: []*ordersv1.CreateOrderItem{item(sku, quantity)},
+			IdempotencyKey: key})
 	}
+	create := func() (*ordersv1.CreateOrderResponse, error) { return createKeyed(uuid.NewString(), 1) }
 	accepted := 0
 	var refusal error
+	firstKey, firstID := uuid.NewString(), ""
 	// Admission control counts the orders it admitted since it last read
 	// the backlog; one whose transaction was still running at that read
 	// may be missed, so four may get in.
 	testkit.WaitFor(t, time.Minute, "CreateOrder to be refused", func() bool {
-		_, err := create()
+		key := uuid.NewString()
+		if accepted == 0 {
+			key = firstKey
+		}
+		resp, err := createKeyed(key, 1)
 		switch status.Code(err) {
 		case codes.OK:
+			if accepted == 0 {
+				firstID = resp.GetOrder().GetOrderId()
+			}
 			accepted++
 		case codes.ResourceExhausted:
 			refusal = err
@@ -58,6 +68,14 @@ func TestOverloadRefusesNewOrders(t *testing.T) {
 	}
 	if retry == nil {
 		t.Fatalf("refusal %v carries no RetryInfo", refusal)
+	}
+	// A retry of an order already created gets it back even now; its key
+	// with another request is still a reused key.
+	if resp, err := createKeyed(firstKey, 1); err != nil || resp.GetOrder().GetOrderId() != firstID {
+		t.Fatalf("retry of the first order while refusing: %v, %v; want order %s back", resp.GetOrder().GetOrderId(), err, firstID)
+	}
+	if _, err := createKeyed(firstKey, 2); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("first order's key with another request while refusing: %v, want INVALID_ARGUMENT", err)
 	}
 	var stored int
 	if err := s.check.Pool("orders").QueryRow(ctx, `SELECT count(*) FROM orders WHERE customer_id = $1`, cust).Scan(&stored); err != nil {

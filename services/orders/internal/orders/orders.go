@@ -169,13 +169,22 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
+	scope := "CreateOrder/" + req.GetCustomerId()
 	if err := s.backlog.admit(); err != nil {
-		return nil, err
+		// A retry of an order already created gets it back, not a refusal
+		// saying that nothing was written.
+		seen, lerr := idempotency.Seen(ctx, s.env.Pool, scope, req.GetIdempotencyKey())
+		if lerr != nil {
+			s.env.Logger.WarnContext(ctx, "refusing CreateOrder without knowing whether it is a retry", "error", lerr)
+		}
+		if !seen {
+			return nil, err
+		}
 	}
 	var resp *ordersv1.CreateOrderResponse
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		var err error
-		resp, _, err = idempotency.Do(ctx, tx, "CreateOrder/"+req.GetCustomerId(), req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
+		resp, _, err = idempotency.Do(ctx, tx, scope, req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
 			id := uuid.NewString()
 			cmd := &inventoryv1.ReserveStock{OrderId: id}
 			skus := make([]string, len(req.GetItems()))
