@@ -156,6 +156,11 @@ func (c *Consumer) apply(parent context.Context, cl transport.Claim, h handler, 
 		return false, infraError{fmt.Errorf("record in inbox: %w", err)}
 	}
 	if tag.RowsAffected() == 0 {
+		// Committed, not rolled back: the fence's record of this owner's
+		// epoch must stand even when its first event is a redelivery.
+		if err := commitTx(ctx, tx); err != nil {
+			return false, infraError{fmt.Errorf("commit: %w", err)}
+		}
 		return true, nil
 	}
 	md.hooks = &txHooks{}

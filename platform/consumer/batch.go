@@ -220,16 +220,29 @@ func (c *Consumer) applyTx(ctx context.Context, cl transport.Claim, run []ready)
 	return applied, dups, nil
 }
 
-// commit tells the transport msgs are done. It returns false when the
-// partition was lost; other failures are logged (the next owner gets the
-// messages again and the inbox absorbs them).
+// commit tells the transport msgs are done, retrying until it has: a
+// transport that acknowledges each message (Redis Streams) would otherwise
+// keep one whose acknowledgement failed pending for as long as the
+// partition stays here, holding back trimming and never counted done. It
+// returns false when the partition was lost or ctx ended first (the next
+// owner gets the messages again and the inbox absorbs them).
 func (c *Consumer) commit(ctx context.Context, cl transport.Claim, msgs ...*transport.Message) bool {
-	if err := cl.Commit(ctx, msgs...); err != nil {
+	retry := backoff.New(c.cfg.Backoff, c.cfg.MaxBackoff)
+	for {
+		err := cl.Commit(ctx, msgs...)
+		if err == nil {
+			return true
+		}
 		if errors.Is(err, transport.ErrFenced) {
 			c.cfg.Logger.Info("partition lost; stopping its work", "topic", cl.Topic(), "partition", cl.Partition())
 			return false
 		}
-		c.cfg.Logger.Warn("commit position", "topic", cl.Topic(), "partition", cl.Partition(), "error", err)
+		if ctx.Err() != nil {
+			return false
+		}
+		c.cfg.Logger.Warn("commit position failed; retrying", "topic", cl.Topic(), "partition", cl.Partition(), "error", err, "retry_in", retry.Next())
+		if !retry.Wait(ctx) {
+			return false
+		}
 	}
-	return true
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -28,9 +29,9 @@ func (c epochClaim) Topic() string    { return "test.fence" }
 func (c epochClaim) Partition() int32 { return 0 }
 func (c epochClaim) Epoch() int64     { return c.epoch }
 
-// Once a newer owner of a partition has applied something, a former owner
-// (a lower epoch) that wakes up cannot apply anything: its transaction is
-// rolled back with ErrFenced.
+// Once a newer owner of a partition has applied something, or found it
+// applied already, a former owner (a lower epoch) that wakes up cannot
+// apply anything: its transaction is rolled back with ErrFenced.
 func TestFormerOwnerIsFenced(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -54,23 +55,25 @@ func TestFormerOwnerIsFenced(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := c.handlers["google.protobuf.Int64Value"]
-	apply := func(epoch int64) error {
-		md := Metadata{Metadata: envelope.Metadata{ID: uuid.New(), Type: "google.protobuf.Int64Value"}, Topic: "test.fence"}
+	first := uuid.New()
+	apply := func(epoch int64, id uuid.UUID) error {
+		md := Metadata{Metadata: envelope.Metadata{ID: id, Type: "google.protobuf.Int64Value"}, Topic: "test.fence"}
 		_, err := c.apply(ctx, epochClaim{epoch: epoch}, h, wrapperspb.Int64(1), md)
 		return err
 	}
 	for _, step := range []struct {
 		epoch  int64
+		id     uuid.UUID
 		fenced bool
 	}{
-		{5, false}, // the first owner
-		{5, false}, // the same owner again
-		{7, false}, // a new owner takes over
-		{5, true},  // the former owner wakes up
-		{6, true},  // an owner in between
-		{7, false}, // the current owner goes on
+		{5, first, false},      // the first owner
+		{5, uuid.New(), false}, // the same owner again
+		{7, first, false},      // a new owner takes over, and its first event is a redelivery
+		{5, uuid.New(), true},  // the former owner wakes up
+		{6, uuid.New(), true},  // an owner in between
+		{7, uuid.New(), false}, // the current owner goes on
 	} {
-		err := apply(step.epoch)
+		err := apply(step.epoch, step.id)
 		if got := errors.Is(err, transport.ErrFenced); got != step.fenced || (!step.fenced && err != nil) {
 			t.Fatalf("apply at epoch %d: %v, want fenced=%v", step.epoch, err, step.fenced)
 		}
@@ -79,8 +82,8 @@ func TestFormerOwnerIsFenced(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM applied`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	if n != 4 {
-		t.Fatalf("%d events applied, want the 4 of current owners", n)
+	if n != 3 {
+		t.Fatalf("%d events applied, want the 3 new ones of current owners", n)
 	}
 }
 
@@ -200,5 +203,52 @@ func TestPoisonLoopBackstop(t *testing.T) {
 	}
 	if e := cl.dead[0].Header(HeaderDLQError); !strings.Contains(e, "delivered 4 times") {
 		t.Fatalf("dlq_error %q, want the delivery count", e)
+	}
+}
+
+// flakyClaim fails its first commits with a transient error, and records
+// the commits that went through.
+type flakyClaim struct {
+	epochClaim
+	fails     int
+	committed []*transport.Message
+}
+
+func (c *flakyClaim) Commit(_ context.Context, msgs ...*transport.Message) error {
+	if c.fails > 0 {
+		c.fails--
+		return errors.New("connection pool timeout")
+	}
+	c.committed = append(c.committed, msgs...)
+	return nil
+}
+
+// A commit that fails for a reason other than losing the partition is
+// retried until it goes through: a transport that acknowledges each
+// message would otherwise keep the message pending for as long as it owns
+// the partition.
+func TestCommitIsRetried(t *testing.T) {
+	t.Parallel()
+	tr, err := broker.New(broker.Config{Brokers: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{Transport: tr, Group: "commit", Topics: []string{"test.fence"}, Pool: testkit.Pool(t, testkit.Database(t)),
+		Backoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &flakyClaim{fails: 2}
+	msg := &transport.Message{Topic: "test.fence", Position: "1-0"}
+	if !c.commit(context.Background(), cl, msg) {
+		t.Fatal("commit gave up with the partition still owned")
+	}
+	if len(cl.committed) != 1 || cl.committed[0] != msg {
+		t.Fatalf("committed %v, want the message once the transport takes it", cl.committed)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if c.commit(ctx, &flakyClaim{fails: 1}, msg) {
+		t.Fatal("commit reported success after its context ended without the transport taking it")
 	}
 }

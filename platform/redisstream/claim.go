@@ -148,12 +148,14 @@ func (c *claim) read() {
 			return
 		case isNoGroup(err):
 			// Redis lost the group (restart without data, flush): recreate
-			// it from the stream's beginning and start over.
+			// it from the stream's beginning and start over, handing out
+			// again what this claim handed out before, which the new group
+			// delivers again and must see acknowledged.
 			log.Warn("consumer group missing; creating it again", "err", err)
 			ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
 			err = c.s.t.createGroup(ctx, c.stream, c.s.cfg.Group)
 			cancel()
-			history, after = true, "0"
+			history, after, last = true, "0", ""
 			if err == nil {
 				continue
 			}

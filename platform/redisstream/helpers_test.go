@@ -56,6 +56,15 @@ func event(key string, seq int) *transport.Message {
 	}
 }
 
+// events returns messages 0 to n-1 of key.
+func events(key string, n int) []*transport.Message {
+	msgs := make([]*transport.Message, n)
+	for seq := range msgs {
+		msgs[seq] = event(key, seq)
+	}
+	return msgs
+}
+
 // seqOf returns the sequence number in an event's payload.
 func seqOf(t testing.TB, m *transport.Message) (key string, seq int) {
 	t.Helper()

@@ -126,18 +126,21 @@ func (t *Transport) maintainStream(ctx context.Context, stream string) ([]GroupS
 	// inclusive, and one entry too many is harmless).
 	needed := ""
 	rows := make([]GroupStats, 0, len(groups))
-	for _, g := range groups {
+	for i, g := range groups {
 		need := g.LastDeliveredID
 		if g.Pending > 0 {
 			summary, err := t.rdb.XPending(ctx, stream, g.Name).Result()
 			if err != nil {
 				return rows, fmt.Errorf("XPENDING %s %s: %w", stream, g.Name, err)
 			}
-			if compareIDs(summary.Lower, need) < 0 {
+			// The group may have acknowledged everything since XINFO
+			// GROUPS: then there is no lowest pending entry, and its
+			// empty id must not count as the oldest of all.
+			if summary.Count > 0 && compareIDs(summary.Lower, need) < 0 {
 				need = summary.Lower
 			}
 		}
-		if needed == "" || compareIDs(need, needed) < 0 {
+		if i == 0 || compareIDs(need, needed) < 0 {
 			needed = need
 		}
 		rows = append(rows, GroupStats{
@@ -149,7 +152,7 @@ func (t *Transport) maintainStream(ctx context.Context, stream string) ([]GroupS
 		return rows, nil
 	}
 	minID := fmt.Sprintf("%d-0", time.Now().Add(-t.cfg.Retention).UnixMilli())
-	if needed != "" && compareIDs(needed, minID) < 0 {
+	if len(groups) > 0 && compareIDs(needed, minID) < 0 {
 		minID = needed
 	}
 	n, err := t.rdb.XTrimMinID(ctx, stream, minID).Result()

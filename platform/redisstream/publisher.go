@@ -153,7 +153,8 @@ func (p *publisher) fail(err error) {
 }
 
 // run sends one lane's queue: it waits for a first message, takes
-// whatever else is queued (up to maxBatch) and sends it as one pipeline.
+// whatever else is queued (up to maxBatch) and sends it as one
+// transaction (see send).
 func (p *publisher) run(queue chan *pubItem) {
 	defer p.done.Done()
 	batch := make([]*pubItem, 0, maxBatch)
@@ -180,32 +181,31 @@ func (p *publisher) run(queue chan *pubItem) {
 	}
 }
 
-// send writes batch in one pipeline and acknowledges, in order, every entry
-// Redis stored; it reports false after a fatal error.
+// send writes batch in one MULTI/EXEC transaction and acknowledges every
+// entry, in order; it reports false after a fatal error. A transaction,
+// not a plain pipeline: Redis runs a pipeline's commands one by one, so
+// one refused (out of memory, say) could be followed by a later entry of
+// the same stream stored, and the relay's resend would put that entry
+// before its predecessor. A transaction stores all or none.
 func (p *publisher) send(batch []*pubItem) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 	defer cancel()
 	cmds := make([]*redis.StringCmd, len(batch))
-	_, execErr := p.t.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, err := p.t.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, it := range batch {
 			cmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{Stream: it.stream, Values: it.values})
 		}
 		return nil
 	})
+	if err != nil {
+		p.fail(fmt.Errorf("XADD %d entries: %w", len(batch), err))
+		return false
+	}
 	for i, cmd := range cmds {
-		id, err := cmd.Result()
-		if err != nil {
-			p.fail(fmt.Errorf("XADD %s: %w", batch[i].stream, err))
-			return false
-		}
 		if ack := batch[i].ack; ack != nil {
-			ack(transport.Delivery{Partition: batch[i].partition, Position: id})
+			ack(transport.Delivery{Partition: batch[i].partition, Position: cmd.Val()})
 		}
 		p.pending.Add(-1)
-	}
-	if execErr != nil {
-		p.fail(fmt.Errorf("XADD pipeline: %w", execErr))
-		return false
 	}
 	return true
 }

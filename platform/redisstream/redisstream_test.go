@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
 )
@@ -333,11 +335,7 @@ func TestTrimKeepsUnprocessedEntries(t *testing.T) {
 		c.StallAfter = time.Millisecond
 	})
 	ctx := context.Background()
-	var msgs []*transport.Message
-	for seq := 0; seq < 100; seq++ {
-		msgs = append(msgs, event("k", seq))
-	}
-	acks := publish(t, tr, msgs)
+	acks := publish(t, tr, events("k", 100))
 	stream := streamKey(testTopic, acks[0].Partition)
 	// A group that has read nothing yet holds everything.
 	rdb := srv.Client(t)
@@ -407,6 +405,62 @@ func TestTrimKeepsUnprocessedEntries(t *testing.T) {
 
 // TestRefusesEvictingRedis checks that a Redis that may evict keys is
 // refused by publishers, subscribers and Check.
+// beforeXPending runs f once, just before the first XPENDING of the
+// client it hooks.
+type beforeXPending struct {
+	once sync.Once
+	f    func()
+}
+
+func (h *beforeXPending) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *beforeXPending) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *beforeXPending) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "xpending" {
+			h.once.Do(h.f)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// A group that acknowledges its pending entries between the maintenance
+// pass's XINFO GROUPS and its XPENDING still holds what it has not read:
+// the stream is trimmed only up to its last delivered entry.
+func TestTrimRacingAcknowledgements(t *testing.T) {
+	t.Parallel()
+	srv := testkit.Redis(t)
+	tr := newTransport(t, srv, func(c *Config) { c.Retention = time.Millisecond })
+	ctx := context.Background()
+	acks := publish(t, tr, events("k", 10))
+	stream := streamKey(testTopic, acks[0].Partition)
+	rdb := srv.Client(t)
+	if err := tr.createGroup(ctx, stream, "g"); err != nil {
+		t.Fatal(err)
+	}
+	read, err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "g", Consumer: "c", Streams: []string{stream, ">"}, Count: 3}).Result()
+	if err != nil || len(read) != 1 || len(read[0].Messages) != 3 {
+		t.Fatalf("read 3 entries: %v, %v", read, err)
+	}
+	var ids []string
+	for _, m := range read[0].Messages {
+		ids = append(ids, m.ID)
+	}
+	tr.rdb.AddHook(&beforeXPending{f: func() {
+		if err := rdb.XAck(ctx, stream, "g", ids...).Err(); err != nil {
+			t.Error(err)
+		}
+	}})
+	time.Sleep(5 * time.Millisecond) // every entry is past the retention
+	if err := tr.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rdb.XLen(ctx, stream).Result(); err != nil || n != 8 {
+		t.Fatalf("stream has %d entries (%v), want 8: the last delivered and the 7 the group has not read", n, err)
+	}
+}
+
 func TestRefusesEvictingRedis(t *testing.T) {
 	t.Parallel()
 	srv := testkit.Redis(t, "maxmemory-policy", "allkeys-lru")
@@ -441,6 +495,29 @@ func TestGroupRecreatedAfterDataLoss(t *testing.T) {
 	}
 	publish(t, tr, []*transport.Message{event("k", 1)})
 	testkit.WaitFor(t, 20*time.Second, "second message committed", func() bool { return a.committedCount() == 2 })
+}
+
+// A group destroyed while its stream keeps its entries is created again
+// from the stream's beginning: what the member had handled comes again
+// (the inbox absorbs it) and is acknowledged too, nothing left pending.
+func TestGroupRecreatedWithEntriesKept(t *testing.T) {
+	t.Parallel()
+	srv := testkit.Redis(t)
+	tr := newTransport(t, srv)
+	a := startMember(t, tr, "g", nil)
+	acks := publish(t, tr, []*transport.Message{event("k", 0)})
+	testkit.WaitFor(t, 10*time.Second, "first message committed", func() bool { return a.committedCount() == 1 })
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	stream := streamKey(testTopic, acks[0].Partition)
+	if err := rdb.XGroupDestroy(ctx, stream, "g").Err(); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, tr, []*transport.Message{event("k", 1)})
+	testkit.WaitFor(t, 20*time.Second, "both messages committed after the group came back", func() bool {
+		p, err := rdb.XPending(ctx, stream, "g").Result()
+		return a.committedCount() == 3 && err == nil && p.Count == 0
+	})
 }
 
 // BenchmarkPublish measures pipelined publishing to Redis with
