@@ -316,6 +316,26 @@ type cdcStream struct {
 	// transaction without one publishes nothing.
 	xid     uint32
 	cleared bool
+	// nextStatus is when the next status update is due. statusCtx ends
+	// then: a publish waiting for room in a full queue (a broker down for
+	// long) runs under it, so that the update is sent all the same.
+	nextStatus   time.Time
+	statusCtx    context.Context
+	statusCancel context.CancelFunc
+}
+
+// scheduleStatus sets when the next status update is due, from now, and
+// reads the stream until then at most.
+func (st *cdcStream) scheduleStatus(ctx context.Context) error {
+	if st.statusCancel != nil {
+		st.statusCancel()
+	}
+	st.nextStatus = time.Now().Add(st.r.cfg.StatusInterval)
+	st.statusCtx, st.statusCancel = context.WithDeadline(ctx, st.nextStatus)
+	if err := st.conn.Conn().SetReadDeadline(st.nextStatus); err != nil {
+		return fmt.Errorf("replication stream: %w", err)
+	}
+	return nil
 }
 
 func (st *cdcStream) loop(ctx context.Context) error {
@@ -329,24 +349,22 @@ func (st *cdcStream) loop(ctx context.Context) error {
 	// read deadline does not touch; stop does not wait for a cancellation
 	// that is already moving it.
 	defer stop()
-	interval := st.r.cfg.StatusInterval
-	nextStatus := time.Now().Add(interval)
-	if err := nc.SetReadDeadline(nextStatus); err != nil {
-		return fmt.Errorf("replication stream: %w", err)
+	if err := st.scheduleStatus(ctx); err != nil {
+		return err
 	}
+	defer func() { st.statusCancel() }()
 	for {
 		select {
 		case err := <-st.pub.failed():
 			return err
 		default:
 		}
-		if time.Now().After(nextStatus) {
+		if time.Now().After(st.nextStatus) {
 			if err := st.sendStatus(); err != nil {
 				return err
 			}
-			nextStatus = time.Now().Add(interval)
-			if err := nc.SetReadDeadline(nextStatus); err != nil {
-				return fmt.Errorf("replication stream: %w", err)
+			if err := st.scheduleStatus(ctx); err != nil {
+				return err
 			}
 		}
 		// Checked after the deadline is set: a cancellation either is seen
@@ -474,15 +492,30 @@ func (st *cdcStream) handleInsert(ctx context.Context, data []byte) error {
 		st.cleared = true
 	}
 	st.tracker.add(t, rec.CreatedAt)
-	err = st.pub.publish(ctx, rec, func() {
+	ack := func() {
 		st.tracker.ack(t)
 		st.r.acked()
 		st.noteProgress()
-	})
-	if err != nil {
-		return publishError(rec, err)
 	}
-	return nil
+	for {
+		err = st.pub.publish(st.statusCtx, rec, ack)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || st.statusCtx.Err() == nil {
+			return publishError(rec, err)
+		}
+		// The queue stayed full until a status update was due. Send it, as
+		// the loop would, and wait on: a relay silent for
+		// wal_sender_timeout loses its walsender, and a standby would
+		// start a second term beside this one, still publishing.
+		if err := st.sendStatus(); err != nil {
+			return err
+		}
+		if err := st.scheduleStatus(ctx); err != nil {
+			return err
+		}
+	}
 }
 
 // noteProgress tells the relay it made progress when the position safe to

@@ -11,11 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/switchyard/switchyard/platform/broker"
 	"github.com/switchyard/switchyard/platform/envelope"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/relay"
@@ -336,5 +338,64 @@ func TestSwitchFromPollToCDCPublishesLeftovers(t *testing.T) {
 				t.Fatalf("stats %+v, want the cdc relay active", s)
 			}
 		})
+	}
+}
+
+// A relay whose broker is down long enough to fill its producer's queue
+// waits for room, and meanwhile keeps answering PostgreSQL: its walsender
+// does not time out, so a standby does not start a second term beside it,
+// and everything arrives in order once the broker is back.
+func TestFullQueueKeepsTheTerm(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, "kafka", outbox.ModeCDC)
+	const senderTimeout = time.Second
+	cfg := h.config()
+	// This relay's walsenders give up on a silent relay after a second.
+	cfg.DatabaseURL = h.url + "&options=-c%20wal_sender_timeout%3D1s"
+	if !strings.Contains(h.url, "?") {
+		cfg.DatabaseURL = h.url + "?options=-c%20wal_sender_timeout%3D1s"
+	}
+	tr, err := broker.New(broker.Config{Brokers: h.bus.Kafka().Addr(), Partitions: 8,
+		Extra: kafka.ConfigMap{"queue.buffering.max.messages": 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	cfg.Transport = tr
+	a, _, _ := h.start(cfg)
+	testkit.WaitFor(t, 30*time.Second, "the first relay to become active", func() bool { return a.Stats().Active })
+	h.writeMany(1, 1, 1)
+	h.readAll(1, time.Minute)
+	b, _, _ := h.start(cfg)
+	ctx := context.Background()
+	var sender int
+	if err := h.pool.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, a.Slot()).Scan(&sender); err != nil {
+		t.Fatal(err)
+	}
+
+	h.bus.Stop()
+	for range 10 { // more than the producer's queue holds
+		if _, err := h.write(ctx, aggName(0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	written := time.Now()
+	testkit.WaitFor(t, time.Minute, "the first relay's walsender to hear from it well past its timeout", func() bool {
+		var replied time.Time
+		err := h.pool.QueryRow(ctx, `SELECT coalesce(reply_time, 'epoch') FROM pg_stat_replication WHERE pid = $1`, sender).Scan(&replied)
+		if errors.Is(err, pgx.ErrNoRows) {
+			t.Fatalf("the first relay's walsender has gone: it did not hear from the relay while its queue was full")
+		}
+		return err == nil && replied.After(written.Add(3*senderTimeout))
+	})
+	if b.Stats().Active {
+		t.Fatal("the standby is active beside the first relay")
+	}
+	if err := h.bus.Start(); err != nil {
+		t.Fatal(err)
+	}
+	checkOrder(t, h.readAll(11, 2*time.Minute), 1, 11)
+	if b.Stats().Active || b.Stats().Published != 0 {
+		t.Fatalf("the standby published: %+v", b.Stats())
 	}
 }
