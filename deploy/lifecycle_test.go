@@ -382,7 +382,7 @@ func connectionNeed(t *testing.T, o objects) (need, pods int) {
 		if strings.HasSuffix(d.Name, "-jaeger") {
 			continue
 		}
-		perPod := 3 // the watch LISTEN connection, the relay's two
+		perPod := 4 // the watch LISTEN connection, the readiness probe's, the relay's two
 		for _, name := range []string{"SWITCHYARD_DATABASE_MAX_CONNS", "SWITCHYARD_WATCH_DB_CONNS"} {
 			v, ok := envOf(d.Spec.Template.Spec.Containers[0])[name]
 			if !ok {
@@ -404,7 +404,8 @@ func connectionNeed(t *testing.T, o objects) (need, pods int) {
 
 // PostgreSQL's max_connections covers every pod's pools (as the pod is told
 // by SWITCHYARD_DATABASE_MAX_CONNS and SWITCHYARD_WATCH_DB_CONNS) plus the
-// watch LISTEN connection and its relay's 2 connections plus reserved ones, max_wal_senders covers a relay per pod, and the chart
+// watch LISTEN connection, the readiness probe's connection and its relay's
+// 2 connections plus reserved ones, max_wal_senders covers a relay per pod, and the chart
 // refuses a max_connections that cannot fit.
 func TestPostgresConnectionBudget(t *testing.T) {
 	for _, c := range []struct {

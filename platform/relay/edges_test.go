@@ -5,9 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,26 +23,6 @@ import (
 	"github.com/switchyard/switchyard/platform/transport"
 	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
-
-// logBuffer collects a relay's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
 // writeEvent commits one event carrying msg for aggregate agg with w.
 func (h *harness) writeEvent(w *outbox.Writer, agg string, msg proto.Message) error {
@@ -122,10 +100,10 @@ func TestRelayThatCannotPublishIsVisible(t *testing.T) {
 			if err := h.writeEvent(w, "acct-3", wrapperspb.String("after")); err != nil {
 				t.Fatal(err)
 			}
-			logs := &logBuffer{}
+			logs := &testkit.Logs{}
 			cfg := h.config()
 			cfg.StuckAfter = 300 * time.Millisecond
-			cfg.Logger = logs.logger()
+			cfg.Logger = logs.Logger()
 			r, _, _ := h.start(cfg)
 
 			testkit.WaitFor(t, time.Minute, "the relay to report that it is stuck", func() bool { return r.Stats().Stuck })

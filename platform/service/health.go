@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -89,4 +90,45 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// dbProbe asks whether the database answers, on a connection of its own:
+// a ping through the pool would first wait for a free connection, so a busy
+// pool (every connection held by RPCs and consumer batches) would read as a
+// database down and take every replica out of service at once. A failed
+// ping drops the connection; the next probe connects again.
+type dbProbe struct {
+	cfg  *pgx.ConnConfig
+	conn *pgx.Conn
+}
+
+// newDBProbe returns a probe connecting as cfg does, named name in
+// pg_stat_activity and left out of the pool's tracing and query counts.
+func newDBProbe(cfg *pgx.ConnConfig, name string) *dbProbe {
+	cfg = cfg.Copy()
+	cfg.Tracer = nil
+	cfg.RuntimeParams["application_name"] = name
+	return &dbProbe{cfg: cfg}
+}
+
+func (p *dbProbe) check(ctx context.Context) error {
+	if p.conn == nil {
+		conn, err := pgx.ConnectConfig(ctx, p.cfg)
+		if err != nil {
+			return err
+		}
+		p.conn = conn
+	}
+	if err := p.conn.Ping(ctx); err != nil {
+		p.close()
+		return err
+	}
+	return nil
+}
+
+func (p *dbProbe) close() {
+	if p.conn != nil {
+		_ = p.conn.Close(context.Background())
+		p.conn = nil
+	}
 }

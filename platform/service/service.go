@@ -231,6 +231,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
+		_ = metricsLis.Close()
 		return fmt.Errorf("listen on %s: %w", cfg.GRPCAddr, err)
 	}
 	serveErr := make(chan error, 1)
@@ -281,15 +282,19 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		start("idempotency", func(ctx context.Context) error {
 			return pruneIdempotencyKeys(ctx, pool, cfg.IdempotencyRetention, logger)
 		})
+		db := newDBProbe(pcfg.ConnConfig, spec.Name+"-health")
 		probes := healthProbes{
-			database: pool.Ping, broker: tr.Check,
+			database: db.check, broker: tr.Check,
 			setReady: setHealth,
 		}
 		if rl != nil {
 			probes.relay = rl.Check
 			probes.setRelay = func(s healthpb.HealthCheckResponse_ServingStatus) { healthSrv.SetServingStatus(RelayHealthService, s) }
 		}
-		start("health", func(ctx context.Context) error { return probes.loop(ctx, logger) })
+		start("health", func(ctx context.Context) error {
+			defer db.close()
+			return probes.loop(ctx, logger)
+		})
 		logger.Info("ready")
 		return nil
 	})
@@ -373,7 +378,7 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 		}
 		env.Logger.Warn("not ready yet; retrying", "attempt", attempt, "error", err, "retry_in", retry.Next())
 		if !retry.Wait(ctx) {
-			return nil
+			return ctx.Err() // stopped before ready: nothing more starts
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/pgcluster"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/testkit"
@@ -496,4 +498,117 @@ func TestHandlerWithoutAggregateFailsStart(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "google.protobuf.StringValue") || !strings.Contains(err.Error(), "Spec.Subscribe") {
 		t.Fatalf("Run = %v, want an error naming the type and Spec.Subscribe", err)
 	}
+}
+
+// Readiness asks whether the database answers, not whether the pool has a
+// connection free: with every connection of the pool held, the service is
+// still SERVING.
+func TestReadyWithThePoolBusy(t *testing.T) {
+	t.Parallel()
+	db := testkit.Database(t)
+	var env *service.Env
+	sp := service.Spec{Name: "busy", Setup: func(e *service.Env) error {
+		env = e
+		e.Server.RegisterService(testDesc(e, nil), impl{})
+		return nil
+	}}
+	r := startSpec(t, sp, db, testkit.Kafka(t).Addr(), map[string]string{"SWITCHYARD_DATABASE_MAX_CONNS": "2"})
+	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return r.status(t) == healthpb.HealthCheckResponse_SERVING })
+	ctx := context.Background()
+	for range 2 {
+		c, err := env.Pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Release()
+	}
+	check := testkit.Pool(t, db)
+	var busySince time.Time
+	if err := check.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&busySince); err != nil {
+		t.Fatal(err)
+	}
+	// Two probes since the pool filled up: the probe's connection has
+	// finished a ping that began after that.
+	testkit.WaitFor(t, time.Minute, "two readiness probes with the pool busy", func() bool {
+		var probed bool
+		err := check.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'busy-health'
+			AND state = 'idle' AND query_start > $1::timestamptz + interval '2 seconds')`, busySince).Scan(&probed)
+		return err == nil && probed
+	})
+	if s := r.status(t); s != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("readiness %v with the pool busy and the database answering, want SERVING", s)
+	}
+}
+
+// A service stopped while it still waits for its database never calls
+// itself ready, and starts nothing.
+func TestStoppedBeforeReady(t *testing.T) {
+	t.Parallel()
+	cfg, err := service.LoadConfig(0, func(k string) string {
+		return map[string]string{
+			"SWITCHYARD_DATABASE_URL":  "postgres://switchyard@127.0.0.1:1/none",
+			"SWITCHYARD_KAFKA_BROKERS": testkit.Kafka(t).Addr(),
+			"SWITCHYARD_GRPC_ADDR":     "127.0.0.1:0",
+			"SWITCHYARD_METRICS_ADDR":  "127.0.0.1:0",
+		}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &testkit.Logs{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	sp := service.Spec{Name: "unready", Setup: func(e *service.Env) error {
+		e.Server.RegisterService(testDesc(e, nil), impl{})
+		return nil
+	}}
+	go func() { done <- service.Run(ctx, sp, cfg, logs.Logger(), nil) }()
+	testkit.WaitFor(t, time.Minute, "a failed attempt to reach the database", func() bool {
+		return strings.Contains(logs.String(), "not ready yet")
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if strings.Contains(logs.String(), "msg=ready") {
+		t.Fatalf("a service stopped before its database answered logged that it was ready:\n%s", logs)
+	}
+}
+
+// Run that cannot listen for gRPC leaves the metrics port free again.
+func TestFailedListenFreesTheMetricsPort(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	port, err := pgcluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	cfg, err := service.LoadConfig(0, func(k string) string {
+		return map[string]string{
+			"SWITCHYARD_DATABASE_URL":  testkit.Database(t),
+			"SWITCHYARD_KAFKA_BROKERS": testkit.Kafka(t).Addr(),
+			"SWITCHYARD_GRPC_ADDR":     taken.Addr().String(),
+			"SWITCHYARD_METRICS_ADDR":  metricsAddr,
+		}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp := service.Spec{Name: "noport", Setup: func(e *service.Env) error {
+		e.Server.RegisterService(testDesc(e, nil), impl{})
+		return nil
+	}}
+	if err := service.Run(context.Background(), sp, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil); err == nil || !strings.Contains(err.Error(), "listen on") {
+		t.Fatalf("Run with its gRPC port taken: %v, want a listen error", err)
+	}
+	l, err := net.Listen("tcp", metricsAddr)
+	if err != nil {
+		t.Fatalf("metrics port after the failed Run: %v", err)
+	}
+	l.Close()
 }

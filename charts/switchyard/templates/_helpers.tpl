@@ -99,13 +99,13 @@ sizing checks below; fails on a form it cannot read rather than guessing.
 {{/*
 The PostgreSQL connections the services may open at once: per pod, its pool
 (service.database.maxConns), the watch streams' pool
-(service.database.watchConns) and its LISTEN connection, and 2 that the
-outbox relay opens outside the pools (its lock or drain connection and a
-short-lived setup one; the replication connection is a WAL sender, counted
-by max_wal_senders).
+(service.database.watchConns) and its LISTEN connection, the readiness
+probe's own connection, and 2 that the outbox relay opens outside the pools
+(its lock or drain connection and a short-lived setup one; the replication
+connection is a WAL sender, counted by max_wal_senders).
 */}}
 {{- define "switchyard.podConnections" -}}
-{{- add .Values.service.database.maxConns .Values.service.database.watchConns 3 -}}
+{{- add .Values.service.database.maxConns .Values.service.database.watchConns 4 -}}
 {{- end -}}
 
 {{- define "switchyard.serviceConnections" -}}
@@ -207,7 +207,7 @@ set, which must then cover that sum.
 {{- $need := add (include "switchyard.serviceConnections" . | int) 10 -}}
 {{- $set := .Values.postgresql.maxConnections | int -}}
 {{- if and $set (lt $set $need) -}}
-{{- fail (printf "postgresql.maxConnections=%d cannot fit the services: %d pods x %d connections (service.database.maxConns %d + watchConns %d + 1 LISTEN + 2 relay) + 10 reserved = %d; raise it or lower the pool sizes or replicas" $set (include "switchyard.servicePods" . | int) (include "switchyard.podConnections" . | int) (.Values.service.database.maxConns | int) (.Values.service.database.watchConns | int) $need) -}}
+{{- fail (printf "postgresql.maxConnections=%d cannot fit the services: %d pods x %d connections (service.database.maxConns %d + watchConns %d + 1 LISTEN + 1 readiness probe + 2 relay) + 10 reserved = %d; raise it or lower the pool sizes or replicas" $set (include "switchyard.servicePods" . | int) (include "switchyard.podConnections" . | int) (.Values.service.database.maxConns | int) (.Values.service.database.watchConns | int) $need) -}}
 {{- end -}}
 {{- max $set $need -}}
 {{- end -}}
