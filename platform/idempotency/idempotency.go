@@ -51,23 +51,6 @@ func Prune(ctx context.Context, db migrate.Querier, retention time.Duration) (in
 	return tag.RowsAffected(), nil
 }
 
-// Seen reports whether a call with (scope, key) has committed. A service
-// that refuses new work under load checks it before refusing, so that the
-// retry of a call that already succeeded (its response lost on the way)
-// gets its first answer from [Do] rather than a refusal that would make
-// the client give up on work that was done. A first call still running is
-// not seen. An empty key is never seen.
-func Seen(ctx context.Context, db migrate.Querier, scope, key string) (bool, error) {
-	if key == "" {
-		return false, nil
-	}
-	var seen bool
-	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT FROM idempotency_keys WHERE scope = $1 AND key = $2)`, scope, key).Scan(&seen); err != nil {
-		return false, fmt.Errorf("idempotency: look up key: %w", err)
-	}
-	return seen, nil
-}
-
 // ErrKeyReused is returned when a key comes back with a different request;
 // it answers INVALID_ARGUMENT, naming the request's idempotency_key field.
 var ErrKeyReused error = grpcerr.New(codes.InvalidArgument, "idempotency_key: already used with a different request")

@@ -186,7 +186,10 @@ func (p *publisher) run(queue chan *pubItem) {
 // not a plain pipeline: Redis runs a pipeline's commands one by one, so
 // one refused (out of memory, say) could be followed by a later entry of
 // the same stream stored, and the relay's resend would put that entry
-// before its predecessor. A transaction stores all or none.
+// before its predecessor. A command refused while the transaction is
+// queued aborts all of it. (An error at EXEC, such as WRONGTYPE, does not
+// roll back the others, but it fails every XADD to that stream alike.)
+// Nothing is acknowledged after any error; the relay sends it all again.
 func (p *publisher) send(batch []*pubItem) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 	defer cancel()

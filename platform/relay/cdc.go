@@ -324,6 +324,18 @@ type cdcStream struct {
 	statusCancel context.CancelFunc
 }
 
+// statusIfDue sends a status update if one is due, schedules the next and
+// reports whether it sent one.
+func (st *cdcStream) statusIfDue(ctx context.Context) (sent bool, err error) {
+	if !time.Now().After(st.nextStatus) {
+		return false, nil
+	}
+	if err := st.sendStatus(); err != nil {
+		return false, err
+	}
+	return true, st.scheduleStatus(ctx)
+}
+
 // scheduleStatus sets when the next status update is due, from now, and
 // reads the stream until then at most.
 func (st *cdcStream) scheduleStatus(ctx context.Context) error {
@@ -359,13 +371,8 @@ func (st *cdcStream) loop(ctx context.Context) error {
 			return err
 		default:
 		}
-		if time.Now().After(st.nextStatus) {
-			if err := st.sendStatus(); err != nil {
-				return err
-			}
-			if err := st.scheduleStatus(ctx); err != nil {
-				return err
-			}
+		if _, err := st.statusIfDue(ctx); err != nil {
+			return err
 		}
 		// Checked after the deadline is set: a cancellation either is seen
 		// here or moves the deadline after it was set.
@@ -491,6 +498,11 @@ func (st *cdcStream) handleInsert(ctx context.Context, data []byte) error {
 		}
 		st.cleared = true
 	}
+	// The topic is made under ctx: making it may take longer than what is
+	// left until the next status update.
+	if err := st.pub.ensureTopic(ctx, rec.AggregateType); err != nil {
+		return publishError(rec, err)
+	}
 	st.tracker.add(t, rec.CreatedAt)
 	ack := func() {
 		st.tracker.ack(t)
@@ -498,22 +510,20 @@ func (st *cdcStream) handleInsert(ctx context.Context, data []byte) error {
 		st.noteProgress()
 	}
 	for {
+		// While the transport's queue stays full (a broker down for long),
+		// the publish waits until the next status update is due, which is
+		// sent before it waits on: a relay silent for wal_sender_timeout
+		// loses its walsender, and a standby would start a second term
+		// beside this one, still publishing.
+		if _, err := st.statusIfDue(ctx); err != nil {
+			return err
+		}
 		err = st.pub.publish(st.statusCtx, rec, ack)
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() != nil || st.statusCtx.Err() == nil {
+		if ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) || st.statusCtx.Err() == nil {
 			return publishError(rec, err)
-		}
-		// The queue stayed full until a status update was due. Send it, as
-		// the loop would, and wait on: a relay silent for
-		// wal_sender_timeout loses its walsender, and a standby would
-		// start a second term beside this one, still publishing.
-		if err := st.sendStatus(); err != nil {
-			return err
-		}
-		if err := st.scheduleStatus(ctx); err != nil {
-			return err
 		}
 	}
 }

@@ -326,12 +326,12 @@ func TestSwitchFromPollToCDCPublishesLeftovers(t *testing.T) {
 func TestFullQueueKeepsTheTerm(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, "kafka", outbox.ModeCDC)
-	const senderTimeout = time.Second
+	const senderTimeout = 3 * time.Second
 	cfg := h.config()
-	// This relay's walsenders give up on a silent relay after a second.
-	cfg.DatabaseURL = h.url + "&options=-c%20wal_sender_timeout%3D1s"
+	// This relay's walsenders give up on a silent relay after 3 s.
+	cfg.DatabaseURL = h.url + "&options=-c%20wal_sender_timeout%3D3s"
 	if !strings.Contains(h.url, "?") {
-		cfg.DatabaseURL = h.url + "?options=-c%20wal_sender_timeout%3D1s"
+		cfg.DatabaseURL = h.url + "?options=-c%20wal_sender_timeout%3D3s"
 	}
 	tr, err := broker.New(broker.Config{Brokers: h.bus.Kafka().Addr(), Partitions: 8,
 		Extra: kafka.ConfigMap{"queue.buffering.max.messages": 3}})

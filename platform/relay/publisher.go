@@ -30,9 +30,11 @@ type publisher struct {
 }
 
 // topicNames are the names an aggregate type's events are published
-// under, made once rather than per event.
+// under, made once rather than per event; ensured says whether the topic
+// was made (ensureTopic) in this term.
 type topicNames struct {
 	topic, span, keyAttr string
+	ensured              bool
 }
 
 func newPublisher(r *Relay) (*publisher, error) {
@@ -55,6 +57,23 @@ func (p *publisher) names(aggregateType string) topicNames {
 		p.topics[aggregateType] = n
 	}
 	return n
+}
+
+// ensureTopic makes the topic of an aggregate type's events if this term
+// has not yet, under ctx and for up to 30 s.
+func (p *publisher) ensureTopic(ctx context.Context, aggregateType string) error {
+	n := p.names(aggregateType)
+	if n.ensured {
+		return nil
+	}
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := p.r.cfg.Transport.EnsureTopics(tctx, n.topic); err != nil {
+		return err
+	}
+	n.ensured = true
+	p.topics[aggregateType] = n
+	return nil
 }
 
 // publish queues rec; ack runs after the broker acknowledged it. It blocks

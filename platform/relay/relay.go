@@ -276,35 +276,47 @@ var ErrLogicalReplicationOff = errors.New("PostgreSQL wal_level is not 'logical'
 // connect opens a plain connection to databaseURL, which may carry
 // pgxpool's settings (pool_max_conns, ...): a service's URL usually does.
 // The poll relay's lock lives on such a connection, and PostgreSQL
-// releases it only once the session ends: the server is told to probe an
-// idle client and give up on one that does not answer (lockKeepalive),
-// so that a relay whose host died or whose network path was dropped
-// leaves the lock to a standby in about half a minute, not after the
-// two hours and more of the operating system's defaults. Settings the URL
-// gives win.
+// releases it only once the session ends: the session is told to probe an
+// idle client and give up on one that does not answer (lockKeepalive), so
+// that a relay whose host died or whose network path was dropped leaves
+// the lock to a standby in about half a minute, not after the two hours
+// and more of the operating system's defaults. They are set after
+// connecting rather than as startup parameters, which a connection pooler
+// such as PgBouncer refuses; settings the URL gives win.
 func connect(ctx context.Context, databaseURL string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse DatabaseURL: %w", err)
 	}
 	dropPoolParams(cfg.RuntimeParams)
-	for k, v := range lockKeepalive {
-		if _, set := cfg.RuntimeParams[k]; !set && !strings.Contains(cfg.RuntimeParams["options"], k) {
-			cfg.RuntimeParams[k] = v
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	var set []string
+	for _, kv := range lockKeepalive {
+		if _, given := cfg.RuntimeParams[kv[0]]; !given && !strings.Contains(cfg.RuntimeParams["options"], kv[0]) {
+			set = append(set, "SET "+kv[0]+" = "+kv[1])
 		}
 	}
-	return pgx.ConnectConfig(ctx, cfg)
+	if len(set) > 0 {
+		if _, err := conn.Exec(ctx, strings.Join(set, "; ")); err != nil {
+			conn.Close(context.Background())
+			return nil, fmt.Errorf("set TCP keepalives: %w", err)
+		}
+	}
+	return conn, nil
 }
 
 // lockKeepalive is how the server side of a relay's plain connection
 // notices a client gone silently: a probe after 10 s idle, then every 5 s,
-// 3 unanswered ending the session (25 s); data unacknowledged for 30 s
-// ends it too.
-var lockKeepalive = map[string]string{
-	"tcp_keepalives_idle":     "10",
-	"tcp_keepalives_interval": "5",
-	"tcp_keepalives_count":    "3",
-	"tcp_user_timeout":        "30000",
+// and the session ends once data or probes have gone unacknowledged for
+// 30 s (tcp_user_timeout, which on Linux takes over from the count).
+var lockKeepalive = [][2]string{
+	{"tcp_keepalives_idle", "10"},
+	{"tcp_keepalives_interval", "5"},
+	{"tcp_keepalives_count", "3"},
+	{"tcp_user_timeout", "30000"},
 }
 
 // dropPoolParams removes pgxpool's settings, which a single connection

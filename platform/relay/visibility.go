@@ -272,7 +272,6 @@ func (st *cdcStream) awaitVisible(ctx context.Context, xid uint32) error {
 			timer.Stop()
 		}
 	}()
-	nextStatus := time.Now().Add(st.r.cfg.StatusInterval)
 	for {
 		ok, err := st.gate.visible(ctx, xid)
 		if err != nil || ok {
@@ -284,11 +283,11 @@ func (st *cdcStream) awaitVisible(ctx context.Context, xid uint32) error {
 			st.r.invisibleSince.Store(since.UnixNano())
 			st.r.invisibleWaits.Add(1)
 		}
-		if time.Now().After(nextStatus) {
-			if err := st.sendStatus(); err != nil {
-				return err
-			}
-			nextStatus = time.Now().Add(st.r.cfg.StatusInterval)
+		sent, err := st.statusIfDue(ctx)
+		if err != nil {
+			return err
+		}
+		if sent {
 			// The setting may have been reloaded since the term began.
 			if err := st.gate.synchronous(ctx); err != nil {
 				return err

@@ -535,9 +535,12 @@ func TestReadyWithThePoolBusy(t *testing.T) {
 			AND state = 'idle' AND query_start > $1::timestamptz + interval '2 seconds')`, busySince).Scan(&probed)
 		return err == nil && probed
 	})
-	if s := r.status(t); s != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("readiness %v with the pool busy and the database answering, want SERVING", s)
-	}
+	// SERVING, or back to it within a probe if the broker's check was slow
+	// on a busy machine: a probe through the pool would fail as long as
+	// the pool stays full.
+	testkit.WaitFor(t, 30*time.Second, "readiness SERVING with the pool busy and the database answering", func() bool {
+		return r.status(t) == healthpb.HealthCheckResponse_SERVING
+	})
 }
 
 // A service stopped while it still waits for its database never calls
@@ -583,32 +586,42 @@ func TestFailedListenFreesTheMetricsPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	port, err := pgcluster.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	cfg, err := service.LoadConfig(0, func(k string) string {
-		return map[string]string{
-			"SWITCHYARD_DATABASE_URL":  testkit.Database(t),
-			"SWITCHYARD_KAFKA_BROKERS": testkit.Kafka(t).Addr(),
-			"SWITCHYARD_GRPC_ADDR":     taken.Addr().String(),
-			"SWITCHYARD_METRICS_ADDR":  metricsAddr,
-		}[k]
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, brokers := testkit.Database(t), testkit.Kafka(t).Addr()
 	sp := service.Spec{Name: "noport", Setup: func(e *service.Env) error {
 		e.Server.RegisterService(testDesc(e, nil), impl{})
 		return nil
 	}}
-	if err := service.Run(context.Background(), sp, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil); err == nil || !strings.Contains(err.Error(), "listen on") {
-		t.Fatalf("Run with its gRPC port taken: %v, want a listen error", err)
+	// A port found free may be taken again before Run listens on it: then
+	// Run fails on it instead, and another is tried.
+	for attempt := 0; ; attempt++ {
+		port, err := pgcluster.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		metricsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		cfg, err := service.LoadConfig(0, func(k string) string {
+			return map[string]string{
+				"SWITCHYARD_DATABASE_URL":  db,
+				"SWITCHYARD_KAFKA_BROKERS": brokers,
+				"SWITCHYARD_GRPC_ADDR":     taken.Addr().String(),
+				"SWITCHYARD_METRICS_ADDR":  metricsAddr,
+			}[k]
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = service.Run(context.Background(), sp, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+		if err != nil && strings.Contains(err.Error(), "metrics: listen on") && attempt < 5 {
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "listen on "+taken.Addr().String()) {
+			t.Fatalf("Run with its gRPC port taken: %v, want a listen error", err)
+		}
+		l, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			t.Fatalf("metrics port after the failed Run: %v", err)
+		}
+		l.Close()
+		return
 	}
-	l, err := net.Listen("tcp", metricsAddr)
-	if err != nil {
-		t.Fatalf("metrics port after the failed Run: %v", err)
-	}
-	l.Close()
 }

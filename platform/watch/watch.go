@@ -83,6 +83,9 @@ type Hub struct {
 	// replace them.
 	write  func(ctx context.Context, dels, ins, renewed []string, renew bool) error
 	forget func(ctx context.Context) error
+	// steadyAfter is how long a LISTEN connection must have lasted for its
+	// loss to count as a new failure rather than one more of a series.
+	steadyAfter time.Duration
 
 	mu   sync.Mutex
 	subs map[string]map[chan struct{}]struct{}
@@ -102,6 +105,7 @@ func NewHub(pool *pgxpool.Pool, channel string, limit *Limit, logger *slog.Logge
 	h := &Hub{pool: pool, channel: channel, limit: limit, logger: logger, id: uuid.New(), interest: newInterest(), changed: newChanged(),
 		subs: map[string]map[chan struct{}]struct{}{}}
 	h.write, h.forget = h.writeRows, h.forgetRows
+	h.steadyAfter = time.Minute
 	return h
 }
 
@@ -217,9 +221,16 @@ func (h *Hub) Run(ctx context.Context) error {
 	defer wg.Wait()
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
-		err := h.listen(ctx)
+		started := time.Now()
+		listened, err := h.listen(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if listened && time.Since(started) >= h.steadyAfter {
+			// A connection that worked for a while: losing it is a new
+			// failure, not one more of a series (which would find the
+			// pause at its longest, however long ago the last one was).
+			retry.Reset()
 		}
 		// Changes may be missed until the connection is back; the rewrite
 		// of the followed keys that follows it wakes their streams.
@@ -231,16 +242,18 @@ func (h *Hub) Run(ctx context.Context) error {
 	return nil
 }
 
-func (h *Hub) listen(ctx context.Context) error {
+// listen LISTENs and wakes streams until the connection fails; listened
+// reports whether LISTEN had succeeded.
+func (h *Hub) listen(ctx context.Context) (listened bool, err error) {
 	conn, err := h.pool.Acquire(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	// A LISTENing connection must not go back to the pool.
 	pc := conn.Hijack()
 	defer pc.Close(context.Background())
 	if _, err := pc.Exec(ctx, "LISTEN "+pgx.Identifier{h.channel}.Sanitize()); err != nil {
-		return err
+		return false, err
 	}
 	// The cluster may have restarted, which empties the record of followed
 	// keys: write it again. Its streams are woken once it is written, which
@@ -249,7 +262,7 @@ func (h *Hub) listen(ctx context.Context) error {
 	for {
 		n, err := pc.WaitForNotification(ctx)
 		if err != nil {
-			return err
+			return true, err
 		}
 		h.wake(n.Payload)
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -537,5 +538,58 @@ func TestChangedAnnouncesFollowedKeys(t *testing.T) {
 	case <-subs[keys+3]:
 		t.Error("a key nobody changed was woken")
 	default:
+	}
+}
+
+// A hub that loses a LISTEN connection that lasted reconnects after the
+// shortest pause, however many it lost before; connections lost one after
+// another as soon as they listen make the pause grow.
+func TestReconnectPause(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name   string
+		steady time.Duration
+		pauses []string
+	}{
+		{"connections that lasted", 0, []string{"100ms", "100ms", "100ms", "100ms"}},
+		{"connections lost at once", time.Hour, []string{"100ms", "200ms", "400ms", "800ms"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			pool := migrated(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			logs := &testkit.Logs{}
+			hub := watch.NewHub(pool, "test_reconnect", nil, logs.Logger())
+			hub.SetSteadyAfter(tt.steady)
+			done := make(chan struct{})
+			go func() { defer close(done); _ = hub.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+			last := 0
+			for i := range tt.pauses {
+				var pid int
+				testkit.WaitFor(t, time.Minute, "the hub to LISTEN", func() bool {
+					err := pool.QueryRow(ctx, `SELECT pid FROM pg_stat_activity
+						WHERE datname = current_database() AND query LIKE 'LISTEN%' AND state = 'idle' AND pid <> $1`, last).Scan(&pid)
+					return err == nil
+				})
+				if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+					t.Fatal(err)
+				}
+				last = pid
+				testkit.WaitFor(t, time.Minute, "the hub to see its connection lost", func() bool {
+					return strings.Count(logs.String(), "listening connection lost") > i
+				})
+			}
+			var pauses []string
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if _, rest, ok := strings.Cut(line, "listening connection lost"); ok {
+					_, after, _ := strings.Cut(rest, "retry_in=")
+					pauses = append(pauses, strings.Fields(after)[0])
+				}
+			}
+			if !slices.Equal(pauses, tt.pauses) {
+				t.Fatalf("pauses before reconnecting %v, want %v", pauses, tt.pauses)
+			}
+		})
 	}
 }

@@ -84,6 +84,13 @@ func TestOverloadRefusesNewOrders(t *testing.T) {
 	if stored != accepted {
 		t.Fatalf("%d orders stored, %d accepted: a refused CreateOrder wrote something", stored, accepted)
 	}
+	var keys int
+	if err := s.check.Pool("orders").QueryRow(ctx, `SELECT count(*) FROM idempotency_keys WHERE scope = 'CreateOrder/' || $1`, cust).Scan(&keys); err != nil {
+		t.Fatal(err)
+	}
+	if keys != accepted {
+		t.Fatalf("%d idempotency keys stored, %d orders accepted: a refused CreateOrder kept its key", keys, accepted)
+	}
 
 	if err := s.stack.StartService("inventory"); err != nil {
 		t.Fatal(err)

@@ -205,17 +205,21 @@ func admit(pending int64, l *limit) error {
 }
 
 // admit applies admission control to a new order, and counts it in flight
-// until the next refresh reads the backlog again.
+// until the next refresh reads the backlog again. A refusal it returns is
+// counted once the caller returns it ([backlog.refused]): the retry of an
+// order already created is answered with that order instead.
 func (b *backlog) admit() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := admit(b.pending(), &b.limit); err != nil {
-		b.rejected.Inc()
 		return err
 	}
 	b.admitted++
 	return nil
 }
+
+// refused counts a refusal returned to a client.
+func (b *backlog) refused() { b.rejected.Inc() }
 
 // pending is the orders in flight as last read, plus those admitted since
 // that read began. Callers hold b.mu.

@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -169,22 +170,22 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	scope := "CreateOrder/" + req.GetCustomerId()
-	if err := s.backlog.admit(); err != nil {
-		// A retry of an order already created gets it back, not a refusal
-		// saying that nothing was written.
-		seen, lerr := idempotency.Seen(ctx, s.env.Pool, scope, req.GetIdempotencyKey())
-		if lerr != nil {
-			s.env.Logger.WarnContext(ctx, "refusing CreateOrder without knowing whether it is a retry", "error", lerr)
-		}
-		if !seen {
-			return nil, err
-		}
+	refusal := s.backlog.admit()
+	if refusal != nil && req.GetIdempotencyKey() == "" {
+		s.backlog.refused()
+		return nil, refusal
 	}
+	// With a key, a refusal is decided inside the key's bookkeeping: the
+	// retry of an order already created (or still being created) gets that
+	// order, not a refusal saying that nothing was written, and a new key
+	// is left unused by the rollback.
 	var resp *ordersv1.CreateOrderResponse
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		var err error
-		resp, _, err = idempotency.Do(ctx, tx, scope, req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
+		resp, _, err = idempotency.Do(ctx, tx, "CreateOrder/"+req.GetCustomerId(), req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
+			if refusal != nil {
+				return nil, refusal
+			}
 			id := uuid.NewString()
 			cmd := &inventoryv1.ReserveStock{OrderId: id}
 			skus := make([]string, len(req.GetItems()))
@@ -214,6 +215,9 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 		return err
 	})
 	if err != nil {
+		if refusal != nil && errors.Is(err, refusal) {
+			s.backlog.refused()
+		}
 		return nil, err
 	}
 	return resp, nil
