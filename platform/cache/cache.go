@@ -359,7 +359,9 @@ func (c *Cache) run(key string, f *flight, load Loader, fill bool) {
 		}
 	}
 	c.mu.Lock()
-	delete(c.flights, key)
+	if c.flights[key] == f { // not replaced since (see set)
+		delete(c.flights, key)
+	}
 	c.mu.Unlock()
 }
 
@@ -414,6 +416,14 @@ func (c *Cache) set(ctx context.Context, updates []Update, changed time.Time) (i
 	if len(updates) == 0 {
 		return 0, nil
 	}
+	// A load in progress may have read the row before this version: a
+	// read from now on starts a load of its own rather than share it, so
+	// that whoever wrote reads its write even while Redis is failing.
+	c.mu.Lock()
+	for _, u := range updates {
+		delete(c.flights, u.Key)
+	}
+	c.mu.Unlock()
 	wrote, err := c.write(ctx, updates)
 	switch {
 	case err == nil:

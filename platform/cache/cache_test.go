@@ -353,3 +353,43 @@ func TestRedisSkippedOnlyAfterFailuresInARow(t *testing.T) {
 		t.Fatalf("after 3 failures in a row the next read was not sent to the database (%v)", err)
 	}
 }
+
+// While Redis is failing, a read after a write of a newer version does not
+// share a load that began before the write: whoever wrote reads its write.
+func TestReadAfterWriteDoesNotShareAnOlderLoad(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	f.put(t, "k", "old")
+	f.redis.Stop()
+	read, release := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	go func() {
+		_, _ = f.cache.Get(ctx, "k", f.loader("k", func(Entry) { close(read); <-release }))
+	}()
+	<-read // a load has read the old row and is still in progress
+	newer := f.put(t, "k", "new")
+	_, _ = f.cache.Set(ctx, "k", newer) // Redis is down: only the process learns of it
+	got := make(chan Entry, 1)
+	go func() {
+		e, err := f.cache.Get(ctx, "k", f.loader("k", nil))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- e
+	}()
+	select {
+	case e := <-got:
+		if e.Version != newer.Version {
+			t.Fatalf("read after the write got version %d, want %d", e.Version, newer.Version)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the read after the write waited for the load that began before it")
+	}
+	close(release)
+}
