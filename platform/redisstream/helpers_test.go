@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -120,7 +121,6 @@ type member struct {
 	mu        sync.Mutex
 	committed []*transport.Message
 	order     []int64 // commitOrder at each commit
-	claims    map[int32]transport.Claim
 }
 
 // commitOrder numbers commits across all members: a partition changes hands
@@ -167,17 +167,12 @@ func startMember(t testing.TB, tr *Transport, group string, consume func(*member
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &member{sub: s, cancel: cancel, done: make(chan error, 1), claims: map[int32]transport.Claim{}}
+	m := &member{sub: s, cancel: cancel, done: make(chan error, 1)}
 	if consume == nil {
 		consume = (*member).commitAll
 	}
 	go func() {
-		m.done <- s.Run(ctx, func(c transport.Claim) {
-			m.mu.Lock()
-			m.claims[c.Partition()] = c
-			m.mu.Unlock()
-			consume(m, c)
-		})
+		m.done <- s.Run(ctx, func(c transport.Claim) { consume(m, c) })
 	}()
 	t.Cleanup(func() { m.stop(t) })
 	return m
@@ -210,14 +205,22 @@ func (m *member) stop(t testing.TB) {
 	}
 }
 
-// owned returns the partitions the member owns and is not giving back.
-func (m *member) owned() []int32 {
-	var ps []int32
+// held returns the claims of the partitions the member owns and is not
+// giving back, by partition: what the subscriber holds, which its consume
+// calls may not have started on yet.
+func (m *member) held() map[int32]transport.Claim {
+	held := map[int32]transport.Claim{}
 	for _, c := range m.sub.ownedClaims() {
 		if !c.releasing.Load() && !c.lost.Load() {
-			ps = append(ps, c.partition)
+			held[c.partition] = c
 		}
 	}
+	return held
+}
+
+// owned returns the partitions the member owns and is not giving back.
+func (m *member) owned() []int32 {
+	ps := slices.Collect(maps.Keys(m.held()))
 	slices.Sort(ps)
 	return ps
 }
@@ -228,11 +231,8 @@ func (m *member) committedCount() int {
 	return len(m.committed)
 }
 
-func (m *member) claim(p int32) transport.Claim {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.claims[p]
-}
+// claim returns the member's claim of partition p, nil if it holds none.
+func (m *member) claim(p int32) transport.Claim { return m.held()[p] }
 
 // keysOf returns n distinct keys, one per partition at least when n >= 6.
 func keysOf(n int) []string {
