@@ -106,7 +106,10 @@ func (c *Consumer) unhandled(ctx context.Context, md Metadata, log *slog.Logger)
 			c.unknown[md.Type] = true
 			c.unknownMu.Unlock()
 			if first {
-				log.Warn("event type unknown to this build and not a command for this group; skipping such events")
+				// Info, not a warning: on topics several groups read, most
+				// types are other services' commands and events, which a
+				// build links only if it handles them.
+				log.Info("event type unknown to this build and not a command for this group; skipping such events")
 			}
 		}
 		return true
