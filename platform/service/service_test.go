@@ -110,6 +110,18 @@ func unary(name string, fn func(context.Context) (any, error)) func(any, context
 	}
 }
 
+// silentSpec is a service named name that serves the test service and
+// emits nothing; its Env is stored in *env when env is not nil.
+func silentSpec(name string, env **service.Env) service.Spec {
+	return service.Spec{Name: name, Setup: func(e *service.Env) error {
+		if env != nil {
+			*env = e
+		}
+		e.Server.RegisterService(testDesc(e, nil), impl{})
+		return nil
+	}}
+}
+
 func spec(slow chan<- struct{}) service.Spec {
 	return service.Spec{Name: "test", Emits: true, Setup: func(env *service.Env) error {
 		env.Server.RegisterService(testDesc(env, slow), impl{})
@@ -415,11 +427,7 @@ func TestServiceThatEmitsNothingHasNoRelay(t *testing.T) {
 	t.Parallel()
 	db := testkit.Database(t)
 	var env *service.Env
-	sp := service.Spec{Name: "silent", Setup: func(e *service.Env) error {
-		env = e
-		e.Server.RegisterService(testDesc(e, nil), impl{})
-		return nil
-	}}
+	sp := silentSpec("silent", &env)
 	r := startSpec(t, sp, db, testkit.Kafka(t).Addr(), nil)
 	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return r.status(t) == healthpb.HealthCheckResponse_SERVING })
 
@@ -507,11 +515,7 @@ func TestReadyWithThePoolBusy(t *testing.T) {
 	t.Parallel()
 	db := testkit.Database(t)
 	var env *service.Env
-	sp := service.Spec{Name: "busy", Setup: func(e *service.Env) error {
-		env = e
-		e.Server.RegisterService(testDesc(e, nil), impl{})
-		return nil
-	}}
+	sp := silentSpec("busy", &env)
 	r := startSpec(t, sp, db, testkit.Kafka(t).Addr(), map[string]string{"SWITCHYARD_DATABASE_MAX_CONNS": "2"})
 	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return r.status(t) == healthpb.HealthCheckResponse_SERVING })
 	ctx := context.Background()
@@ -561,10 +565,7 @@ func TestStoppedBeforeReady(t *testing.T) {
 	logs := &testkit.Logs{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	sp := service.Spec{Name: "unready", Setup: func(e *service.Env) error {
-		e.Server.RegisterService(testDesc(e, nil), impl{})
-		return nil
-	}}
+	sp := silentSpec("unready", nil)
 	go func() { done <- service.Run(ctx, sp, cfg, logs.Logger(), nil) }()
 	testkit.WaitFor(t, time.Minute, "a failed attempt to reach the database", func() bool {
 		return strings.Contains(logs.String(), "not ready yet")
@@ -587,10 +588,7 @@ func TestFailedListenFreesTheMetricsPort(t *testing.T) {
 	}
 	defer taken.Close()
 	db, brokers := testkit.Database(t), testkit.Kafka(t).Addr()
-	sp := service.Spec{Name: "noport", Setup: func(e *service.Env) error {
-		e.Server.RegisterService(testDesc(e, nil), impl{})
-		return nil
-	}}
+	sp := silentSpec("noport", nil)
 	// A port found free may be taken again before Run listens on it: then
 	// Run fails on it instead, and another is tried.
 	for attempt := 0; ; attempt++ {
