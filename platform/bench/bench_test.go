@@ -238,12 +238,14 @@ func (discard) NewPublisher(string, *slog.Logger) (transport.Publisher, error) {
 func (discard) NewSubscriber(transport.SubscriberConfig) (transport.Subscriber, error) {
 	return nil, errors.New("discard: no subscribers")
 }
-func (discard) EnsureTopics(context.Context, ...string) error { return nil }
-func (discard) Check(context.Context) error                   { return nil }
-func (discard) Backlog(context.Context, string, ...string) (int64, error) {
+func (discard) EnsureTopics(context.Context, ...string) error           { return nil }
+func (discard) Check(context.Context) error                             { return nil }
+func (discard) Ends(context.Context, ...string) (transport.Ends, error) { return nil, nil }
+func (discard) BacklogBefore(context.Context, string, transport.Ends) (int64, error) {
 	return 0, nil
 }
-func (discard) Close() error { return nil }
+func (discard) DeleteGroup(context.Context, string, ...string) error { return nil }
+func (discard) Close() error                                         { return nil }
 
 type discardPublisher struct {
 	acks   chan func(transport.Delivery)

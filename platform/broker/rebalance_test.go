@@ -48,7 +48,7 @@ func TestPausedPartitionResumesAfterRebalance(t *testing.T) {
 	time.Sleep(3 * time.Second) // not needed for correctness: lets B take part in a few rounds
 	stopB()                     // everything is A's again, paused or not
 	testkit.WaitFor(t, 2*time.Minute, "the group to consume everything", func() bool {
-		b, err := tr.Backlog(ctx, group, topic)
+		b, err := transport.Backlog(ctx, tr, group, topic)
 		return err == nil && b == 0
 	})
 }
@@ -84,7 +84,7 @@ func TestPausedPartitionResumesAfterSessionLoss(t *testing.T) {
 	release()
 	close(gate)
 	testkit.WaitFor(t, 2*time.Minute, "the member to consume everything", func() bool {
-		b, err := tr.Backlog(ctx, group, topic)
+		b, err := transport.Backlog(ctx, tr, group, topic)
 		return err == nil && b == 0
 	})
 }

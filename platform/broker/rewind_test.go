@@ -25,7 +25,7 @@ func TestRewindGroup(t *testing.T) {
 	// Consume and commit everything, then leave the group.
 	_, stop := transporttest.Member(t, tr, transport.SubscriberConfig{Group: group, Topics: []string{topic}}, transporttest.CommitAll)
 	testkit.WaitFor(t, time.Minute, "the group to consume everything", func() bool {
-		b, err := tr.Backlog(ctx, group, topic) // an error until the group has committed
+		b, err := transport.Backlog(ctx, tr, group, topic)
 		return err == nil && b == 0
 	})
 	stop()
@@ -35,7 +35,7 @@ func TestRewindGroup(t *testing.T) {
 		return broker.RewindGroup(ctx, tr.Config(), group, topic) == nil
 	})
 	testkit.WaitFor(t, time.Minute, fmt.Sprintf("the backlog to be all %d messages again", n), func() bool {
-		b, err := tr.Backlog(ctx, group, topic)
+		b, err := transport.Backlog(ctx, tr, group, topic)
 		return err == nil && b == n
 	})
 }

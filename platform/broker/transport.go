@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -149,62 +150,132 @@ func (t *Transport) NewSubscriber(cfg transport.SubscriberConfig) (transport.Sub
 	return &subscriber{t: t, cfg: cfg}, nil
 }
 
-// Backlog sums, over every partition of topics, the end offset minus
-// group's committed offset (a partition without a committed offset counts
-// from its beginning).
-func (t *Transport) Backlog(ctx context.Context, group string, topics ...string) (int64, error) {
+// clients runs fn with an admin client and a plain client (it joins no
+// group; it only reads watermarks), closed when fn returns.
+func (t *Transport) clients(fn func(admin *kafka.AdminClient, cons *kafka.Consumer) error) error {
 	admin, err := kafka.NewAdminClient(t.cfg.AdminConfig())
 	if err != nil {
-		return 0, fmt.Errorf("create Kafka admin client: %w", err)
+		return fmt.Errorf("create Kafka admin client: %w", err)
 	}
 	defer admin.Close()
-	ccfg := t.cfg.AdminConfig() // a plain client: it only reads watermarks
-	(*ccfg)["group.id"] = "switchyard-backlog"
+	ccfg := t.cfg.AdminConfig()
+	(*ccfg)["group.id"] = "switchyard-watermarks"
 	cons, err := kafka.NewConsumer(ccfg)
 	if err != nil {
-		return 0, fmt.Errorf("create Kafka client: %w", err)
+		return fmt.Errorf("create Kafka client: %w", err)
 	}
 	defer cons.Close()
-	md, err := admin.GetMetadata(nil, true, 5000)
-	if err != nil {
-		return 0, fmt.Errorf("kafka metadata: %w", err)
-	}
-	type marks struct{ low, high int64 }
-	ends := map[string]marks{}
-	var tps []kafka.TopicPartition
-	for _, topic := range topics {
-		tm, ok := md.Topics[topic]
-		if !ok {
-			continue
+	return fn(admin, cons)
+}
+
+// Ends returns each partition's end offset (the offset its next message
+// gets), as a decimal string; empty partitions are left out.
+func (t *Transport) Ends(ctx context.Context, topics ...string) (transport.Ends, error) {
+	ends := transport.Ends{}
+	err := t.clients(func(admin *kafka.AdminClient, cons *kafka.Consumer) error {
+		md, err := admin.GetMetadata(nil, true, 5000)
+		if err != nil {
+			return fmt.Errorf("kafka metadata: %w", err)
 		}
-		for _, p := range tm.Partitions {
-			low, high, err := cons.QueryWatermarkOffsets(topic, p.ID, 5000)
-			if err != nil {
-				return 0, fmt.Errorf("watermarks of %s/%d: %w", topic, p.ID, err)
+		for _, topic := range topics {
+			for _, p := range md.Topics[topic].Partitions {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				_, high, err := cons.QueryWatermarkOffsets(topic, p.ID, 5000)
+				if err != nil {
+					return fmt.Errorf("watermarks of %s/%d: %w", topic, p.ID, err)
+				}
+				if high > 0 {
+					ends[transport.EndsKey(topic, p.ID)] = strconv.FormatInt(high, 10)
+				}
 			}
-			ends[fmt.Sprintf("%s/%d", topic, p.ID)] = marks{low, high}
-			tps = append(tps, kafka.TopicPartition{Topic: &tm.Topic, Partition: p.ID})
 		}
-	}
-	if len(tps) == 0 {
+		return nil
+	})
+	return ends, err
+}
+
+// BacklogBefore sums, over the partitions of ends, the end offset minus
+// group's committed offset (a partition without a committed offset counts
+// from its beginning).
+func (t *Transport) BacklogBefore(ctx context.Context, group string, ends transport.Ends) (int64, error) {
+	if len(ends) == 0 {
 		return 0, nil
 	}
-	res, err := admin.ListConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: group, Partitions: tps}})
-	if err != nil {
-		return 0, fmt.Errorf("offsets of %s: %w", group, err)
-	}
 	var backlog int64
-	for _, r := range res.ConsumerGroupsTopicPartitions {
-		for _, tp := range r.Partitions {
-			m := ends[fmt.Sprintf("%s/%d", *tp.Topic, tp.Partition)]
-			backlog += partitionBacklog(m.low, m.high, int64(tp.Offset))
+	err := t.clients(func(admin *kafka.AdminClient, cons *kafka.Consumer) error {
+		type bounds struct{ low, end int64 }
+		marks := map[string]bounds{}
+		var tps []kafka.TopicPartition
+		for key, pos := range ends {
+			topic, p, err := transport.SplitEndsKey(key)
+			if err != nil {
+				return err
+			}
+			end, err := strconv.ParseInt(pos, 10, 64)
+			if err != nil {
+				return fmt.Errorf("end of %s: %q is not an offset", key, pos)
+			}
+			low, _, err := cons.QueryWatermarkOffsets(topic, p, 5000)
+			if err != nil {
+				return fmt.Errorf("watermarks of %s: %w", key, err)
+			}
+			marks[key] = bounds{low, end}
+			tps = append(tps, kafka.TopicPartition{Topic: &topic, Partition: p})
+		}
+		committed := map[string]int64{} // none: the group never committed there
+		res, err := admin.ListConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: group, Partitions: tps}})
+		var kerr kafka.Error
+		switch {
+		case errors.As(err, &kerr) && kerr.Code() == kafka.ErrGroupIDNotFound:
+		case err != nil:
+			return fmt.Errorf("offsets of %s: %w", group, err)
+		default:
+			for _, r := range res.ConsumerGroupsTopicPartitions {
+				for _, tp := range r.Partitions {
+					committed[transport.EndsKey(*tp.Topic, tp.Partition)] = int64(tp.Offset)
+				}
+			}
+		}
+		for key, m := range marks {
+			c, ok := committed[key]
+			if !ok {
+				c = -1
+			}
+			backlog += partitionBacklog(m.low, m.end, c)
+		}
+		return nil
+	})
+	return backlog, err
+}
+
+// DeleteGroup deletes group; Kafka refuses while it has members. Kafka
+// keeps a group's offsets for all its topics, so topics is not needed.
+func (t *Transport) DeleteGroup(ctx context.Context, group string, _ ...string) error {
+	admin, err := kafka.NewAdminClient(t.cfg.AdminConfig())
+	if err != nil {
+		return fmt.Errorf("create Kafka admin client: %w", err)
+	}
+	defer admin.Close()
+	res, err := admin.DeleteConsumerGroups(ctx, []string{group})
+	if err != nil {
+		return fmt.Errorf("delete group %s: %w", group, err)
+	}
+	for _, r := range res.ConsumerGroupResults {
+		switch r.Error.Code() {
+		case kafka.ErrNoError, kafka.ErrGroupIDNotFound:
+		case kafka.ErrNonEmptyGroup:
+			return fmt.Errorf("delete group %s: %w: %w", r.Group, transport.ErrGroupInUse, r.Error)
+		default:
+			return fmt.Errorf("delete group %s: %w", r.Group, r.Error)
 		}
 	}
-	return backlog, nil
+	return nil
 }
 
 // partitionBacklog is what a group has left to read in a partition holding
-// offsets low to high-1, given its committed offset (negative: none). What
+// offsets low to high-1 (high: the end it is counted to), given its committed offset (negative: none). What
 // retention deleted is not left to read: a group without a commit starts
 // at low (the consumers reset to the earliest retained), and one whose
 // commit fell behind low resumes there. Counting from 0 instead would

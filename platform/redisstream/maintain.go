@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -116,7 +115,7 @@ func (t *Transport) Maintain(ctx context.Context) error {
 func (t *Transport) maintainStream(ctx context.Context, stream string) ([]GroupStats, error) {
 	groups, err := t.rdb.XInfoGroups(ctx, stream).Result()
 	if err != nil {
-		if strings.Contains(err.Error(), "no such key") {
+		if isNoSuchKey(err) {
 			return nil, nil
 		}
 		return nil, fmt.Errorf("XINFO GROUPS %s: %w", stream, err)

@@ -325,6 +325,19 @@ func compareIDs(a, b string) int {
 	}
 }
 
+// validID reports whether id is a complete entry id ("ms-seq").
+func validID(id string) bool {
+	msPart, seqPart, ok := strings.Cut(id, "-")
+	_, err1 := strconv.ParseUint(msPart, 10, 64)
+	_, err2 := strconv.ParseUint(seqPart, 10, 64)
+	return ok && err1 == nil && err2 == nil
+}
+
+// isNoSuchKey reports whether err is Redis saying the stream does not exist.
+func isNoSuchKey(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "no such key")
+}
+
 func splitID(id string) (ms, seq uint64) {
 	msPart, seqPart, _ := strings.Cut(id, "-")
 	ms, _ = strconv.ParseUint(msPart, 10, 64)

@@ -82,3 +82,33 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 return redis.call('XACK', KEYS[2], ARGV[2], unpack(ARGV, 3))
 `)
+
+// deleteGroupScript deletes group ARGV[1]: KEYS holds its ARGV[2] members
+// sets, then for each partition its stream, lease and epoch. It fails with
+// INUSE, deleting nothing, while a member is alive or a lease is held.
+var deleteGroupScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = tonumber(ARGV[2])
+for i = 1, members do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('(%d', now))
+  if redis.call('ZCARD', KEYS[i]) > 0 then
+    return redis.error_reply('INUSE the group has members')
+  end
+end
+for i = members + 1, #KEYS, 3 do
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+    return redis.error_reply('INUSE a partition of the group is leased')
+  end
+end
+for i = members + 1, #KEYS, 3 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('XGROUP', 'DESTROY', KEYS[i], ARGV[1])
+  end
+  redis.call('DEL', KEYS[i + 1], KEYS[i + 2])
+end
+for i = 1, members do
+  redis.call('DEL', KEYS[i])
+end
+return 1
+`)

@@ -129,14 +129,33 @@ func (e *Env) RunConsumer(ctx context.Context, c *consumer.Consumer) error {
 	return c.Run(ctx)
 }
 
-// Backlog returns how many messages of the topics c reads its group has
-// not finished yet (see [transport.Transport.Backlog]).
-func (e *Env) Backlog(ctx context.Context, c *consumer.Consumer) (int64, error) {
-	n, err := e.transport.Backlog(ctx, c.Group(), c.Topics()...)
+// Ends returns where the topics c reads end now (see
+// [transport.Transport.Ends]).
+func (e *Env) Ends(ctx context.Context, c *consumer.Consumer) (transport.Ends, error) {
+	ends, err := e.transport.Ends(ctx, c.Topics()...)
+	if err != nil {
+		return nil, fmt.Errorf("ends of the topics of group %s: %w", c.Group(), err)
+	}
+	return ends, nil
+}
+
+// BacklogBefore returns how many of the messages before ends (see
+// [Env.Ends]) c's group has not finished yet (see
+// [transport.Transport.BacklogBefore]).
+func (e *Env) BacklogBefore(ctx context.Context, c *consumer.Consumer, ends transport.Ends) (int64, error) {
+	n, err := e.transport.BacklogBefore(ctx, c.Group(), ends)
 	if err != nil {
 		return 0, fmt.Errorf("backlog of group %s: %w", c.Group(), err)
 	}
 	return n, nil
+}
+
+// DeleteGroup removes c's group from the broker, on the topics c reads
+// (see [transport.Transport.DeleteGroup]): for a group made by
+// [Env.NewConsumer] whose work is over. It fails, wrapping
+// [transport.ErrGroupInUse], while any member still runs.
+func (e *Env) DeleteGroup(ctx context.Context, c *consumer.Consumer) error {
+	return e.transport.DeleteGroup(ctx, c.Group(), c.Topics()...)
 }
 
 // Go runs fn once the service is ready, until shutdown cancels its context.

@@ -22,8 +22,10 @@ package transport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -171,13 +173,56 @@ type Transport interface {
 	EnsureTopics(ctx context.Context, topics ...string) error
 	// Check reports whether the broker is reachable and usable.
 	Check(ctx context.Context) error
-	// Backlog returns how many messages of topics group has not finished
-	// (Kafka: end offsets minus committed offsets; Redis: entries not yet
-	// delivered plus delivered but unacknowledged), summed over all
-	// partitions; a topic that does not exist counts 0.
-	Backlog(ctx context.Context, group string, topics ...string) (int64, error)
+	// Ends returns where every partition of topics ends now: a message
+	// written later lies after its partition's end. A topic that does not
+	// exist, or a partition that never held a message, is left out.
+	Ends(ctx context.Context, topics ...string) (Ends, error)
+	// BacklogBefore returns how many of the messages before ends (taken
+	// by Ends, now or long ago) group has not finished, summed over the
+	// partitions (Kafka: from the committed offset up to the end offset;
+	// Redis: entries up to the end not yet delivered, plus those
+	// delivered but unacknowledged). Messages retention removed count 0,
+	// and a group that never ran has all the others left.
+	BacklogBefore(ctx context.Context, group string, ends Ends) (int64, error)
+	// DeleteGroup removes group and everything the broker keeps for it on
+	// topics (positions, pending entries), so that it no longer holds
+	// back retention. It fails with ErrGroupInUse, changing nothing,
+	// while the group has members; a group that does not exist is not an
+	// error.
+	DeleteGroup(ctx context.Context, group string, topics ...string) error
 	// Close releases the transport's connections.
 	Close() error
+}
+
+// Ends records where the partitions of some topics ended at one moment,
+// keyed "<topic>/<partition>", each position encoded by the transport
+// that took it. It is plain data: store it (as JSON, say) and hand it
+// back to BacklogBefore of the same kind of transport.
+type Ends map[string]string
+
+// EndsKey is the key of a partition in [Ends].
+func EndsKey(topic string, partition int32) string {
+	return topic + "/" + strconv.Itoa(int(partition))
+}
+
+// SplitEndsKey returns the topic and partition of a key of [Ends].
+func SplitEndsKey(key string) (topic string, partition int32, err error) {
+	i := strings.LastIndexByte(key, '/')
+	p, perr := strconv.ParseInt(key[i+1:], 10, 32)
+	if i <= 0 || perr != nil {
+		return "", 0, fmt.Errorf("%q is not <topic>/<partition>", key)
+	}
+	return key[:i], int32(p), nil
+}
+
+// Backlog returns how many messages of topics group has not finished now:
+// its backlog before the topics' current ends.
+func Backlog(ctx context.Context, t Transport, group string, topics ...string) (int64, error) {
+	ends, err := t.Ends(ctx, topics...)
+	if err != nil {
+		return 0, err
+	}
+	return t.BacklogBefore(ctx, group, ends)
 }
 
 // PositionAttribute returns the span attribute that records a message's
@@ -191,6 +236,10 @@ func PositionAttribute(system, position string) attribute.KeyValue {
 	}
 	return attribute.String("messaging."+system+".entry_id", position)
 }
+
+// ErrGroupInUse is returned (wrapped) by DeleteGroup while the group has
+// members.
+var ErrGroupInUse = errors.New("consumer group has members")
 
 // ErrFenced is returned (wrapped) when a former owner of a partition tries
 // to commit after it lost the partition.

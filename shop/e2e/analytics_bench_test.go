@@ -12,6 +12,7 @@ import (
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
 	"github.com/switchyard/switchyard/shop/registry"
 	"github.com/switchyard/switchyard/shop/stack"
 )
@@ -123,7 +124,7 @@ func benchOrderLatency(b *testing.B, env []string, stopAnalytics bool) {
 	}
 	defer tr.Close()
 	svc, _ := registry.Lookup("analytics")
-	backlog, err := tr.Backlog(ctx, "analytics", svc.Consumes...)
+	backlog, err := transport.Backlog(ctx, tr, "analytics", svc.Consumes...)
 	if err != nil {
 		b.Fatal(err)
 	}

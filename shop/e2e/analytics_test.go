@@ -13,6 +13,7 @@ import (
 	analyticsv1 "github.com/switchyard/switchyard/gen/go/switchyard/analytics/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
 	"github.com/switchyard/switchyard/shop/stack"
 )
 
@@ -98,7 +99,7 @@ func TestAnalyticsScalesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	backlog, err := tr.Backlog(ctx, "analytics", "switchyard.customer", "switchyard.order")
+	backlog, err := transport.Backlog(ctx, tr, "analytics", "switchyard.customer", "switchyard.order")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestAnalyticsScalesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, 3*time.Minute, "analytics' lag to fall to zero", func() bool {
-		n, err := tr.Backlog(ctx, "analytics", "switchyard.customer", "switchyard.order")
+		n, err := transport.Backlog(ctx, tr, "analytics", "switchyard.customer", "switchyard.order")
 		return err == nil && n == 0
 	})
 	s.quietAndValid()

@@ -150,7 +150,7 @@ func (c *Checker) snapshot(ctx context.Context) (string, bool, error) {
 	var parts []string
 	var total int64
 	for _, g := range groups {
-		n, err := c.tr.Backlog(ctx, g, subs[g]...)
+		n, err := transport.Backlog(ctx, c.tr, g, subs[g]...)
 		if err != nil {
 			return "", false, err
 		}

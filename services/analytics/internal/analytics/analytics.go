@@ -95,39 +95,19 @@ func setup(env *service.Env, o Options) error {
 // liveHandlers apply events for the service's own group: they score
 // confirmed orders and update the live projections, and, while a rebuild
 // runs, its new projections too (events it has already replayed are
-// skipped there).
+// skipped there). After a rebuild from a from_time, the live projections
+// take only events from that time on, as the replay did.
 type liveHandlers struct {
 	work time.Duration
 	kind WorkKind
 }
 
-// targets returns the schemas an event of the live group goes to: live,
-// and a running rebuild's from its from_time on. The rebuild's row is
-// read FOR KEY SHARE, so a swap (which locks it FOR UPDATE) waits for this
-// transaction, while progress updates of the row do not.
-func targets(ctx context.Context, tx pgx.Tx, md consumer.Metadata) ([]string, error) {
-	schemas := []string{liveSchema}
-	var schema string
-	var from *time.Time
-	err := tx.QueryRow(ctx, `SELECT schema_name, from_time FROM rebuilds WHERE state = 'RUNNING' FOR KEY SHARE`).Scan(&schema, &from)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return schemas, nil
-	case err != nil:
-		return nil, fmt.Errorf("look for a running rebuild: %w", err)
-	}
-	if from == nil || !md.Time.Before(*from) {
-		schemas = append(schemas, schema)
-	}
-	return schemas, nil
-}
-
-func (h *liveHandlers) registered(ctx context.Context, tx pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
+func (h *liveHandlers) registered(_ context.Context, _ pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
 	id, err := eventUUID(ev.GetCustomer().GetCustomerId(), "customer_id")
 	if err != nil {
 		return err
 	}
-	return gatherLive(ctx, tx, md, change{eventID: md.ID.String(), customerID: id})
+	return gatherLive(md, change{eventID: md.ID.String(), customerID: id})
 }
 
 func (h *liveHandlers) confirmed(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderConfirmed, md consumer.Metadata) error {
@@ -135,7 +115,8 @@ func (h *liveHandlers) confirmed(ctx context.Context, tx pgx.Tx, ev *ordersv1.Or
 	if err != nil {
 		return err
 	}
-	// Score first, before the rebuild's row is locked: the work is long.
+	// Scoring happens here, in the handler; the projections, and the
+	// rebuild's row, only at the end of the batch (gatherLive).
 	var scored bool
 	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM order_scores WHERE order_id = $1)`, c.orderID).Scan(&scored); err != nil {
 		return fmt.Errorf("look up score of %s: %w", c.orderID, err)
@@ -148,45 +129,94 @@ func (h *liveHandlers) confirmed(ctx context.Context, tx pgx.Tx, ev *ordersv1.Or
 			return fmt.Errorf("store score of %s: %w", c.orderID, err)
 		}
 	}
-	return h.project(ctx, tx, md, c)
+	return gatherLive(md, change{eventID: c.eventID, order: &c})
 }
 
-func (h *liveHandlers) cancelled(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderCancelled, md consumer.Metadata) error {
+func (h *liveHandlers) cancelled(_ context.Context, _ pgx.Tx, ev *ordersv1.OrderCancelled, md consumer.Metadata) error {
 	c, err := cancellation(ev, md)
 	if err != nil {
 		return err
 	}
-	return h.project(ctx, tx, md, c)
+	return gatherLive(md, change{eventID: c.eventID, order: &c})
 }
 
-func (h *liveHandlers) project(ctx context.Context, tx pgx.Tx, md consumer.Metadata, c orderChange) error {
-	return gatherLive(ctx, tx, md, change{eventID: c.eventID, order: &c})
-}
+// liveGathered is the Gather key of what a live transaction projects.
+type liveGathered struct{}
 
-// liveSchemaKey keys a live transaction's gathered changes for one schema.
-type liveSchemaKey string
-
-// gatherLive adds an event's change to what its transaction projects into
-// each target schema, in one go after its last handler (consumer.Gather):
-// so a batch takes the projections' row locks only at its end, after every
-// order in it was scored, and a rebuild's replay, writing the same new
-// tables, does not wait out a whole batch of scoring for them.
-func gatherLive(ctx context.Context, tx pgx.Tx, md consumer.Metadata, c change) error {
-	schemas, err := targets(ctx, tx, md)
+// gatherLive adds an event's change to what its transaction projects, in
+// one go after its last handler (consumer.Gather): so a batch takes the
+// projections' row locks, and the running rebuild's row, only at its end,
+// after every order in it was scored, and neither a rebuild's replay
+// (writing the same new tables) nor a swap waits out a whole batch of
+// scoring.
+func gatherLive(md consumer.Metadata, c change) error {
+	g, err := consumer.Gather(md, liveGathered{}, func() *gathered { return &gathered{} }, flushLive)
 	if err != nil {
 		return err
 	}
-	for _, schema := range schemas {
-		g, err := consumer.Gather(md, liveSchemaKey(schema), func() *[]change { return &[]change{} },
-			func(ctx context.Context, tx pgx.Tx, changes *[]change) error {
-				return project(ctx, tx, schema, *changes)
-			})
-		if err != nil {
-			return err
-		}
-		*g = append(*g, c)
-	}
+	g.add(md, c)
 	return nil
+}
+
+// flushLive projects a live transaction's changes into the live schema
+// and, while a rebuild runs, into its new one, each from its from_time
+// on. The running rebuild's row is read FOR KEY SHARE, so a swap (which
+// locks it FOR UPDATE) waits for this transaction, while progress
+// updates of the row do not. Live's own from_time is read after that
+// lock: once a swap is committed, this reads the new live schema's.
+func flushLive(ctx context.Context, tx pgx.Tx, g *gathered) error {
+	// One round trip: a batch's statements run one after the other, each
+	// seeing what was committed when it starts.
+	var rebuild string
+	var rebuildFrom, liveFrom *time.Time
+	batch := &pgx.Batch{}
+	batch.Queue(`SELECT schema_name, from_time FROM rebuilds WHERE state = 'RUNNING' FOR KEY SHARE`).QueryRow(func(r pgx.Row) error {
+		if err := r.Scan(&rebuild, &rebuildFrom); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("look for a running rebuild: %w", err)
+		}
+		return nil
+	})
+	batch.Queue(`SELECT from_time FROM rebuilds WHERE state = 'SWAPPED' ORDER BY finish_time DESC LIMIT 1`).QueryRow(func(r pgx.Row) error {
+		if err := r.Scan(&liveFrom); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("read the live projections' from_time: %w", err)
+		}
+		return nil
+	})
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return err
+	}
+	if err := project(ctx, tx, liveSchema, g.since(liveFrom)); err != nil {
+		return err
+	}
+	if rebuild == "" {
+		return nil
+	}
+	return project(ctx, tx, rebuild, g.since(rebuildFrom))
+}
+
+// gathered is what one transaction has gathered to project.
+type gathered struct {
+	changes []change
+	times   []time.Time // each event's time, for from_time
+}
+
+func (g *gathered) add(md consumer.Metadata, c change) {
+	g.changes = append(g.changes, c)
+	g.times = append(g.times, md.Time)
+}
+
+// since returns the changes of events from from on (all if from is nil).
+func (g *gathered) since(from *time.Time) []change {
+	if from == nil {
+		return g.changes
+	}
+	var changes []change
+	for i, c := range g.changes {
+		if !g.times[i].Before(*from) {
+			changes = append(changes, c)
+		}
+	}
+	return changes
 }
 
 // eventUUID checks an id carried by an event; a malformed one can never

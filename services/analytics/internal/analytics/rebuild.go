@@ -19,6 +19,7 @@ import (
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/service"
+	"github.com/switchyard/switchyard/platform/transport"
 	"github.com/switchyard/switchyard/platform/validate"
 )
 
@@ -35,11 +36,18 @@ import (
 //   - Meanwhile the live group applies each new event to the live tables
 //     and to the rebuild's; each schema's ledger (applied) keeps an event
 //     the replay also reads from being counted twice there.
-//   - Once the replay group has nothing left to read, a rebuilder swaps
-//     the schemas in one transaction: live is dropped and the rebuild's
-//     schema becomes live. The transaction locks the rebuild's row FOR
-//     UPDATE, which every handler reads FOR KEY SHARE, so no event is half
-//     applied across the swap.
+//   - The first rebuilder to see the rebuild records where the topics end
+//     (ends): every event the live group applied before it saw the
+//     rebuild lies before them, and every later one it applies to the new
+//     schema too. Once the replay group has finished every event before
+//     the ends, a rebuilder swaps the schemas in one transaction: live is
+//     dropped and the rebuild's schema becomes live. Events that keep
+//     arriving meanwhile do not hold the swap back. The transaction locks
+//     the rebuild's row FOR UPDATE, which every live transaction reads FOR
+//     KEY SHARE, so no event is half applied across the swap.
+//   - Once no instance replays a finished rebuild any more, a rebuilder
+//     deletes its consumer group from the broker (a group left behind
+//     would hold back the trimming of Redis streams) and its inbox rows.
 //
 // Events are applied in the consumer's batches: up to replayBatch events
 // that have arrived on a partition in one transaction, gathered by the
@@ -62,13 +70,14 @@ type rebuildRow struct {
 	start         time.Time
 	finish        *time.Time
 	err           string
+	ends          transport.Ends // nil until a rebuilder took them
 }
 
-const rebuildColumns = `rebuild_id, state, schema_name, consumer_group, from_time, events_applied, lag, start_time, finish_time, error`
+const rebuildColumns = `rebuild_id, state, schema_name, consumer_group, from_time, events_applied, lag, start_time, finish_time, error, ends`
 
 func scanRebuild(r pgx.Row) (rebuildRow, error) {
 	var b rebuildRow
-	err := r.Scan(&b.id, &b.state, &b.schema, &b.group, &b.from, &b.applied, &b.lag, &b.start, &b.finish, &b.err)
+	err := r.Scan(&b.id, &b.state, &b.schema, &b.group, &b.from, &b.applied, &b.lag, &b.start, &b.finish, &b.err, &b.ends)
 	return b, err
 }
 
@@ -110,6 +119,9 @@ func (r *rebuilder) run(ctx context.Context) error {
 		if err := r.step(ctx); err != nil && ctx.Err() == nil {
 			r.env.Logger.Warn("rebuild: will look again", "error", err, "retry_in", r.poll)
 		}
+		if err := r.deleteGroups(ctx); err != nil && ctx.Err() == nil {
+			r.env.Logger.Warn("rebuild: cannot delete a finished replay's group yet", "error", err, "retry_in", r.poll)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -119,7 +131,7 @@ func (r *rebuilder) run(ctx context.Context) error {
 }
 
 // step joins or leaves the running rebuild's replay, records its progress
-// and swaps it in once the replay has read everything.
+// and swaps it in once the replay has finished everything before its ends.
 func (r *rebuilder) step(ctx context.Context) error {
 	b, err := scanRebuild(r.env.Pool.QueryRow(ctx, `SELECT `+rebuildColumns+` FROM rebuilds WHERE state = 'RUNNING'`))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -135,7 +147,11 @@ func (r *rebuilder) step(ctx context.Context) error {
 			return err
 		}
 	}
-	backlog, err := r.env.Backlog(ctx, r.current.consumer)
+	ends, err := r.ends(ctx, b)
+	if err != nil {
+		return err
+	}
+	backlog, err := r.env.BacklogBefore(ctx, r.current.consumer, ends)
 	if err != nil {
 		return err
 	}
@@ -153,19 +169,50 @@ func (r *rebuilder) step(ctx context.Context) error {
 	return r.swap(ctx, b)
 }
 
-// join starts this instance's member of the rebuild's replay group.
-func (r *rebuilder) join(ctx context.Context, b rebuildRow) error {
+// ends returns where the topics ended once the rebuild was visible to
+// every live transaction, taking them if no rebuilder has yet. It runs
+// after the rebuild's row was read RUNNING, so every live transaction
+// that did not see the rebuild had fetched its events before now. Two
+// instances may take ends at once: the first stored stands, and either
+// would do.
+func (r *rebuilder) ends(ctx context.Context, b rebuildRow) (transport.Ends, error) {
+	if b.ends != nil {
+		return b.ends, nil
+	}
+	ends, err := r.env.Ends(ctx, r.current.consumer)
+	if err != nil {
+		return nil, err
+	}
+	var stored transport.Ends
+	if err := r.env.Pool.QueryRow(ctx, `UPDATE rebuilds SET ends = coalesce(ends, $2) WHERE rebuild_id = $1 RETURNING ends`, b.id, ends).
+		Scan(&stored); err != nil {
+		return nil, fmt.Errorf("record where rebuild %s's replay ends: %w", b.id, err)
+	}
+	return stored, nil
+}
+
+// replayConsumer returns a (not yet running) member of b's replay group.
+func (r *rebuilder) replayConsumer(b rebuildRow) (*consumer.Consumer, error) {
 	c, err := r.env.NewConsumer(b.group, nil, func(cfg *consumer.Config) {
 		cfg.MaxBatch = replayBatch
 		cfg.InboxRetention = forever
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	h := replayHandlers{rebuild: b.id}
 	consumer.Handle(c, h.registered)
 	consumer.Handle(c, h.confirmed)
 	consumer.Handle(c, h.cancelled)
+	return c, nil
+}
+
+// join starts this instance's member of the rebuild's replay group.
+func (r *rebuilder) join(ctx context.Context, b rebuildRow) error {
+	c, err := r.replayConsumer(b)
+	if err != nil {
+		return err
+	}
 	cctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	rp := &replay{id: b.id, consumer: c, stop: stop, done: make(chan struct{})}
 	go func() {
@@ -235,11 +282,48 @@ func (r *rebuilder) swap(ctx context.Context, b rebuildRow) error {
 	}
 	r.env.Logger.Info("rebuild: swapped in", "rebuild_id", b.id)
 	r.leave()
-	// The replay group's inbox rows are of no further use.
-	if _, err := r.env.Pool.Exec(ctx, `DELETE FROM inbox WHERE consumer_group = $1`, b.group); err != nil {
-		r.env.Logger.Warn("rebuild: drop the replay's inbox rows", "rebuild_id", b.id, "error", err)
-	}
 	return nil
+}
+
+// deleteGroups deletes the replay groups of finished rebuilds from the
+// broker, with their inbox rows, once no instance replays them any more:
+// until every instance's rebuilder has seen that the rebuild is over and
+// left, the broker refuses (transport.ErrGroupInUse) and this waits for
+// a later poll.
+func (r *rebuilder) deleteGroups(ctx context.Context) error {
+	rows, err := r.env.Pool.Query(ctx, `SELECT `+rebuildColumns+` FROM rebuilds WHERE state <> 'RUNNING' AND NOT group_deleted`)
+	if err != nil {
+		return fmt.Errorf("read finished rebuilds: %w", err)
+	}
+	finished, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rebuildRow, error) { return scanRebuild(r) })
+	if err != nil {
+		return fmt.Errorf("read finished rebuilds: %w", err)
+	}
+	var errs []error
+	for _, b := range finished {
+		c, err := r.replayConsumer(b)
+		if err == nil {
+			err = r.env.DeleteGroup(ctx, c)
+		}
+		if errors.Is(err, transport.ErrGroupInUse) {
+			continue
+		}
+		if err == nil {
+			err = pgx.BeginFunc(ctx, r.env.Pool, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, `DELETE FROM inbox WHERE consumer_group = $1`, b.group); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, `UPDATE rebuilds SET group_deleted = true WHERE rebuild_id = $1`, b.id)
+				return err
+			})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("delete replay group %s of rebuild %s: %w", b.group, b.id, err))
+			continue
+		}
+		r.env.Logger.Info("rebuild: replay group deleted", "rebuild_id", b.id, "group", b.group)
+	}
+	return errors.Join(errs...)
 }
 
 // replayHandlers apply events for a rebuild's group: projections only.
@@ -248,19 +332,12 @@ func (r *rebuilder) swap(ctx context.Context, b rebuildRow) error {
 // a fixed number of statements (see project).
 type replayHandlers struct{ rebuild uuid.UUID }
 
-// replayed is what one replay transaction has gathered.
-type replayed struct {
-	changes []change
-	times   []time.Time // each event's time, for from_time
-}
-
 func (h replayHandlers) gather(md consumer.Metadata, c change) error {
-	g, err := consumer.Gather(md, h.rebuild, func() *replayed { return &replayed{} }, h.flush)
+	g, err := consumer.Gather(md, h.rebuild, func() *gathered { return &gathered{} }, h.flush)
 	if err != nil {
 		return err
 	}
-	g.changes = append(g.changes, c)
-	g.times = append(g.times, md.Time)
+	g.add(md, c)
 	return nil
 }
 
@@ -268,7 +345,7 @@ func (h replayHandlers) gather(md consumer.Metadata, c change) error {
 // if the rebuild still runs: the rebuild's row is read FOR KEY SHARE, so
 // a swap waits for this transaction (see swap). Events before the
 // rebuild's from_time are left out.
-func (h replayHandlers) flush(ctx context.Context, tx pgx.Tx, g *replayed) error {
+func (h replayHandlers) flush(ctx context.Context, tx pgx.Tx, g *gathered) error {
 	var schema string
 	var from *time.Time
 	err := tx.QueryRow(ctx, `SELECT schema_name, from_time FROM rebuilds WHERE rebuild_id = $1 AND state = 'RUNNING' FOR KEY SHARE`, h.rebuild).
@@ -279,19 +356,7 @@ func (h replayHandlers) flush(ctx context.Context, tx pgx.Tx, g *replayed) error
 	case err != nil:
 		return fmt.Errorf("read rebuild %s: %w", h.rebuild, err)
 	}
-	changes := g.changes
-	if from != nil {
-		changes = nil
-		for i, c := range g.changes {
-			if !g.times[i].Before(*from) {
-				changes = append(changes, c)
-			}
-		}
-	}
-	if len(changes) == 0 {
-		return nil
-	}
-	return project(ctx, tx, schema, changes)
+	return project(ctx, tx, schema, g.since(from))
 }
 
 func (h replayHandlers) registered(_ context.Context, _ pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {

@@ -30,6 +30,7 @@ import (
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/testkit"
 	"github.com/switchyard/switchyard/platform/transport"
+	"github.com/switchyard/switchyard/platform/transport/transporttest"
 )
 
 func TestMain(m *testing.M) {
@@ -48,7 +49,8 @@ type harness struct {
 	t       testing.TB
 	db      string
 	pool    *pgxpool.Pool
-	broker  *testkit.Broker
+	bus     *transporttest.Bus
+	broker  *testkit.Broker // nil on Redis
 	pub     transport.Publisher
 	env     map[string]string
 	model   model
@@ -56,16 +58,23 @@ type harness struct {
 	confirm []string
 	// opts are the options of the instances start runs.
 	opts Options
+	// at, if set, is the time the events published carry instead of now.
+	at time.Time
 }
 
 func newHarness(t testing.TB, env map[string]string) *harness {
+	return newHarnessOn(t, "kafka", env)
+}
+
+// newHarnessOn is newHarness on a transport of kind ("kafka" or "redis").
+func newHarnessOn(t testing.TB, kind string, env map[string]string) *harness {
 	t.Helper()
-	h := &harness{t: t, db: testkit.Database(t), broker: testkit.Kafka(t), env: env, model: newModel(),
+	bus := transporttest.New(t, kind, 6)
+	h := &harness{t: t, db: testkit.Database(t), bus: bus, broker: bus.Kafka(), env: env, model: newModel(),
 		opts: Options{Work: time.Millisecond, RebuildPoll: 200 * time.Millisecond}}
 	h.pool = testkit.Pool(t, h.db)
-	tr := h.broker.Transport(6)
 	var err error
-	if h.pub, err = tr.NewPublisher("analytics-test", nil); err != nil {
+	if h.pub, err = bus.Transport().NewPublisher("analytics-test", nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.pub.Close)
@@ -82,7 +91,9 @@ func (h *harness) start() *instance {
 	h.t.Helper()
 	env := map[string]string{
 		"SWITCHYARD_DATABASE_URL":     h.db,
-		"SWITCHYARD_KAFKA_BROKERS":    h.broker.Addr(),
+		"SWITCHYARD_TRANSPORT":        h.bus.Kind(),
+		"SWITCHYARD_KAFKA_BROKERS":    h.bus.Addr(),
+		"SWITCHYARD_REDIS_URL":        h.bus.Addr(),
 		"SWITCHYARD_GRPC_ADDR":        "127.0.0.1:0",
 		"SWITCHYARD_METRICS_ADDR":     "127.0.0.1:0",
 		"SWITCHYARD_SHUTDOWN_TIMEOUT": "5s",
@@ -138,9 +149,13 @@ func (h *harness) publish(aggregateType, key string, ev proto.Message, id uuid.U
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	at := h.at
+	if at.IsZero() {
+		at = time.Now()
+	}
 	msg := envelope.Encode("switchyard.", "/switchyard/test", outbox.Record{
 		ID: id, AggregateType: aggregateType, AggregateID: key, Type: string(ev.ProtoReflect().Descriptor().FullName()),
-		Payload: payload, CreatedAt: time.Now(),
+		Payload: payload, CreatedAt: at,
 	}, nil)
 	acked := make(chan struct{})
 	if err := h.pub.Publish(context.Background(), msg, func(transport.Delivery) { close(acked) }); err != nil {
@@ -166,7 +181,12 @@ func (h *harness) register() string {
 // order publishes a confirmed order of qty units of sku at price, or a
 // cancelled one when reason is set, and returns its id.
 func (h *harness) order(customer, sku string, qty, price int64, reason string) string {
-	o := &ordersv1.Order{OrderId: uuid.NewString(), CustomerId: customer,
+	return h.placeOrder(uuid.NewString(), customer, sku, qty, price, reason)
+}
+
+// placeOrder is order with the order's id given.
+func (h *harness) placeOrder(id, customer, sku string, qty, price int64, reason string) string {
+	o := &ordersv1.Order{OrderId: id, CustomerId: customer,
 		Items: []*ordersv1.OrderItem{{Sku: sku, Quantity: qty, UnitPrice: usd(price)}}, Total: usd(qty * price)}
 	h.events++
 	if reason != "" {
@@ -507,6 +527,94 @@ func TestRebuildWhileEventsArrive(t *testing.T) {
 	}
 }
 
+// A rebuild is swapped in once its replay has finished the events before
+// the topics' ends recorded when it started, however many have come
+// since: under steady traffic there may never be a moment when the
+// replay has nothing left. Here an order that arrives after the ends
+// cannot be finished at all (a lock holds both groups' transactions that
+// apply it to the new tables), and the swap still comes. Afterwards the
+// replay's consumer group and its inbox rows are deleted.
+func TestRebuildSwapsWhileNewEventsWait(t *testing.T) {
+	t.Parallel()
+	for _, kind := range transporttest.Kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			rebuildSwapsWhileNewEventsWait(t, kind)
+		})
+	}
+}
+
+func rebuildSwapsWhileNewEventsWait(t *testing.T, kind string) {
+	ctx := context.Background()
+	h := newHarnessOn(t, kind, nil)
+	in := h.start()
+	h.traffic(50)
+	h.waitAgrees(in)
+	resp, err := in.client.StartRebuild(ctx, &analyticsv1.StartRebuildRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetRebuild().GetRebuildId()
+	testkit.WaitFor(t, time.Minute, "the rebuild's ends to be recorded", func() bool {
+		var recorded bool
+		if err := h.pool.QueryRow(ctx, `SELECT ends IS NOT NULL FROM rebuilds WHERE rebuild_id = $1`, id).Scan(&recorded); err != nil {
+			t.Fatal(err)
+		}
+		return recorded
+	})
+
+	// The lock loadFacts takes on the order in the rebuild's tables.
+	held := uuid.NewString()
+	lock, err := h.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx)
+	if _, err := lock.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1 || $2::uuid::text, 0))`, "rebuild_"+uuidHex(id), held); err != nil {
+		t.Fatal(err)
+	}
+	h.placeOrder(held, h.register(), "SKU-HELD", 1, 100, "")
+	// The swap's transaction then waits for the live transaction that
+	// holds the rebuild's row and waits for the lock.
+	testkit.WaitFor(t, 2*time.Minute, "the swap to wait for the held order's transaction", func() bool {
+		var waiting bool
+		if err := h.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+			AND query LIKE 'SELECT state FROM rebuilds WHERE rebuild_id = $1 FOR UPDATE%')`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		return waiting
+	})
+	if err := lock.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitSwapped(t, in, id, nil)
+	h.waitAgrees(in)
+	if got := len(h.scores()); got != len(h.confirm) {
+		t.Errorf("%d scores, want %d", got, len(h.confirm))
+	}
+
+	group := "analytics-rebuild-" + uuidHex(id)
+	testkit.WaitFor(t, time.Minute, "the replay group to be deleted", func() bool {
+		var deleted bool
+		if err := h.pool.QueryRow(ctx, `SELECT group_deleted FROM rebuilds WHERE rebuild_id = $1`, id).Scan(&deleted); err != nil {
+			t.Fatal(err)
+		}
+		return deleted
+	})
+	// The group's committed offsets are gone: it would read everything again.
+	backlog, err := transport.Backlog(ctx, h.bus.Transport(), group, "switchyard.customer", "switchyard.order")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inbox int
+	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM inbox WHERE consumer_group = $1`, group).Scan(&inbox); err != nil {
+		t.Fatal(err)
+	}
+	if backlog < int64(h.events) || inbox != 0 {
+		t.Errorf("after the group's deletion: its backlog %d (want all %d events) and %d inbox rows (want 0)", backlog, h.events, inbox)
+	}
+}
+
 // A rebuild interrupted by a stop of the service resumes when it comes
 // back and finishes with the same projections.
 func TestRebuildResumesAfterRestart(t *testing.T) {
@@ -597,5 +705,25 @@ func TestRebuildFromTime(t *testing.T) {
 	}
 	if _, err := in.client.GetCustomerSummary(ctx, &analyticsv1.GetCustomerSummaryRequest{CustomerId: early}); status.Code(err) != codes.NotFound {
 		t.Errorf("summary of a customer registered before from_time: %v, want NOT_FOUND", err)
+	}
+
+	// The live projections now count events from from_time on: one
+	// written before it that arrives only now (or that a live batch was
+	// still scoring when the swap committed) is left out, as the replay
+	// left it out, and one written after it counts.
+	h.at = cut.Add(-time.Second)
+	h.order(late, "SKU-LATE", 1, 100, "")
+	h.at = time.Time{}
+	h.order(late, "SKU-NEW", 1, 100, "")
+	testkit.WaitFor(t, time.Minute, "the live group to finish both orders", func() bool {
+		n, err := transport.Backlog(ctx, h.bus.Transport(), "analytics", "switchyard.customer", "switchyard.order")
+		return err == nil && n == 0
+	})
+	rep, err = in.client.GetSalesReport(ctx, &analyticsv1.GetSalesReportRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if skus := rep.GetReport().GetSkus(); len(skus) != 1 || skus[0].GetSku() != "SKU-NEW" || skus[0].GetUnitsSold() != 2 {
+		t.Errorf("report = %v, want 2 units of SKU-NEW only (the order written before from_time left out)", rep.GetReport())
 	}
 }

@@ -48,6 +48,9 @@ type orderChange struct {
 // batch of up to replayBatch events at a time, the live group what one
 // transaction of its consumer gathered.
 func project(ctx context.Context, tx pgx.Tx, schema string, changes []change) error {
+	if len(changes) == 0 {
+		return nil
+	}
 	fresh, err := markApplied(ctx, tx, schema, changes)
 	if err != nil {
 		return err
