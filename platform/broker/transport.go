@@ -178,7 +178,16 @@ func (t *Transport) Ends(ctx context.Context, topics ...string) (transport.Ends,
 			return fmt.Errorf("kafka metadata: %w", err)
 		}
 		for _, topic := range topics {
-			for _, p := range md.Topics[topic].Partitions {
+			tm, ok := md.Topics[topic]
+			if !ok || tm.Error.Code() == kafka.ErrUnknownTopicOrPart {
+				continue // does not exist: nothing in it yet
+			}
+			// Ends may be kept for good: a topic half known now must not
+			// pass for an empty one.
+			if tm.Error.Code() != kafka.ErrNoError {
+				return fmt.Errorf("metadata of %s: %w", topic, tm.Error)
+			}
+			for _, p := range tm.Partitions {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -234,6 +243,9 @@ func (t *Transport) BacklogBefore(ctx context.Context, group string, ends transp
 		default:
 			for _, r := range res.ConsumerGroupsTopicPartitions {
 				for _, tp := range r.Partitions {
+					if tp.Error != nil {
+						return fmt.Errorf("offset of %s on %s/%d: %w", group, *tp.Topic, tp.Partition, tp.Error)
+					}
 					committed[transport.EndsKey(*tp.Topic, tp.Partition)] = int64(tp.Offset)
 				}
 			}

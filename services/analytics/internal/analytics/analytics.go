@@ -42,6 +42,10 @@ type Options struct {
 	// to join or leave its replay, record its progress and swap it in
 	// (default 1s).
 	RebuildPoll time.Duration
+
+	// scored, if set, is called each time an order's score is computed
+	// (tests count the work).
+	scored func(orderID string)
 }
 
 // DefaultWork is the default cost of scoring one order.
@@ -84,7 +88,7 @@ func setup(env *service.Env, o Options) error {
 	r := &rebuilder{env: env, poll: o.RebuildPoll}
 	analyticsv1.RegisterAnalyticsServiceServer(env.Server, s)
 	s.rebuilds = r
-	live := &liveHandlers{work: o.Work, kind: o.WorkKind}
+	live := &liveHandlers{work: o.Work, kind: o.WorkKind, memo: newScoreMemo(scoreMemoSize), scored: o.scored}
 	consumer.Handle(env.Consumer, live.registered)
 	consumer.Handle(env.Consumer, live.confirmed)
 	consumer.Handle(env.Consumer, live.cancelled)
@@ -98,8 +102,10 @@ func setup(env *service.Env, o Options) error {
 // skipped there). After a rebuild from a from_time, the live projections
 // take only events from that time on, as the replay did.
 type liveHandlers struct {
-	work time.Duration
-	kind WorkKind
+	work   time.Duration
+	kind   WorkKind
+	memo   *scoreMemo
+	scored func(orderID string)
 }
 
 func (h *liveHandlers) registered(_ context.Context, _ pgx.Tx, ev *customersv1.CustomerRegistered, md consumer.Metadata) error {
@@ -122,8 +128,15 @@ func (h *liveHandlers) confirmed(ctx context.Context, tx pgx.Tx, ev *ordersv1.Or
 		return fmt.Errorf("look up score of %s: %w", c.orderID, err)
 	}
 	if !scored {
-		f := c.apply(OrderFact{})
-		score := Score(f.Lines, f.TotalMinor, h.kind, h.work)
+		score, ok := h.memo.get(c.orderID)
+		if !ok {
+			f := c.apply(OrderFact{})
+			score = Score(f.Lines, f.TotalMinor, h.kind, h.work)
+			h.memo.put(c.orderID, score)
+			if h.scored != nil {
+				h.scored(c.orderID)
+			}
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO order_scores (order_id, customer_id, score, event_id) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (order_id) DO NOTHING`, c.orderID, o.GetCustomerId(), score, md.ID); err != nil {
 			return fmt.Errorf("store score of %s: %w", c.orderID, err)

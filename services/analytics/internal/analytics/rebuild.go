@@ -47,7 +47,8 @@ import (
 //     KEY SHARE, so no event is half applied across the swap.
 //   - Once no instance replays a finished rebuild any more, a rebuilder
 //     deletes its consumer group from the broker (a group left behind
-//     would hold back the trimming of Redis streams) and its inbox rows.
+//     would hold back the trimming of Redis streams) and its rows in the
+//     inbox tables.
 //
 // Events are applied in the consumer's batches: up to replayBatch events
 // that have arrived on a partition in one transaction, gathered by the
@@ -251,6 +252,7 @@ func (r *rebuilder) failIfGone(ctx context.Context, b rebuildRow, err error) err
 // swap makes the rebuild's schema the live one, in one transaction.
 func (r *rebuilder) swap(ctx context.Context, b rebuildRow) error {
 	retired := pgx.Identifier{"retired_" + strings.ReplaceAll(b.id.String(), "-", "")}.Sanitize()
+	swapped := false
 	err := pgx.BeginFunc(ctx, r.env.Pool, func(tx pgx.Tx) error {
 		// Waits for every handler that is applying an event right now.
 		var state string
@@ -275,23 +277,34 @@ func (r *rebuilder) swap(ctx context.Context, b rebuildRow) error {
 		}
 		_, err := tx.Exec(ctx, `UPDATE rebuilds SET state = 'SWAPPED', finish_time = now(), events_applied = $2, lag = 0
 			WHERE rebuild_id = $1`, b.id, applied)
+		swapped = err == nil
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("swap rebuild %s in: %w", b.id, err)
 	}
-	r.env.Logger.Info("rebuild: swapped in", "rebuild_id", b.id)
+	if swapped {
+		r.env.Logger.Info("rebuild: swapped in", "rebuild_id", b.id)
+	}
 	r.leave()
 	return nil
 }
 
-// deleteGroups deletes the replay groups of finished rebuilds from the
-// broker, with their inbox rows, once no instance replays them any more:
-// until every instance's rebuilder has seen that the rebuild is over and
-// left, the broker refuses (transport.ErrGroupInUse) and this waits for
-// a later poll.
+// groupGrace is how many polls after a rebuild finished its replay group
+// is deleted. Every instance's rebuilder leaves the replay at its next
+// poll (waiting out a batch in flight, up to the consumer's revoke
+// timeout), but one that read the rebuild RUNNING just before the swap
+// may still be joining: deleted under it, the group would be created
+// again and, nothing deleting it twice, be left behind for good.
+const groupGrace = 30
+
+// deleteGroups deletes the replay groups of rebuilds finished groupGrace
+// polls ago or more from the broker, with their rows in the inbox tables.
+// While a member still runs the broker refuses (transport.ErrGroupInUse),
+// and this tries again at the next poll.
 func (r *rebuilder) deleteGroups(ctx context.Context) error {
-	rows, err := r.env.Pool.Query(ctx, `SELECT `+rebuildColumns+` FROM rebuilds WHERE state <> 'RUNNING' AND NOT group_deleted`)
+	rows, err := r.env.Pool.Query(ctx, `SELECT `+rebuildColumns+` FROM rebuilds
+		WHERE state <> 'RUNNING' AND NOT group_deleted AND finish_time < now() - $1::interval`, groupGrace*r.poll)
 	if err != nil {
 		return fmt.Errorf("read finished rebuilds: %w", err)
 	}
@@ -306,15 +319,24 @@ func (r *rebuilder) deleteGroups(ctx context.Context) error {
 			err = r.env.DeleteGroup(ctx, c)
 		}
 		if errors.Is(err, transport.ErrGroupInUse) {
+			// Said once per poll for as long as it lasts: the group
+			// holds back trimming on Redis meanwhile.
+			r.env.Logger.Warn("rebuild: a finished replay's group still has members; will try again",
+				"rebuild_id", b.id, "group", b.group, "finished", b.finish)
 			continue
 		}
 		if err == nil {
 			err = pgx.BeginFunc(ctx, r.env.Pool, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, `DELETE FROM inbox WHERE consumer_group = $1`, b.group); err != nil {
-					return err
+				for _, stmt := range []string{
+					`DELETE FROM inbox WHERE consumer_group = $1`,
+					`DELETE FROM consumer_epochs WHERE consumer_group = $1`,
+					`UPDATE rebuilds SET group_deleted = true WHERE consumer_group = $1`,
+				} {
+					if _, err := tx.Exec(ctx, stmt, b.group); err != nil {
+						return err
+					}
 				}
-				_, err := tx.Exec(ctx, `UPDATE rebuilds SET group_deleted = true WHERE rebuild_id = $1`, b.id)
-				return err
+				return nil
 			})
 		}
 		if err != nil {

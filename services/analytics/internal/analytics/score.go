@@ -117,3 +117,47 @@ func burn(work time.Duration) {
 	}
 	_ = sum
 }
+
+// scoreMemoSize bounds the scores an instance remembers: several batches'
+// worth on every partition it may own.
+const scoreMemoSize = 8192
+
+// scoreMemo remembers the scores this instance computed lately. A batch
+// that rolls back (a poison event among its orders, a conflict, a
+// transient failure) is applied again, one event at a time or whole, and
+// without it every order's work would be done again; the score is a
+// function of the order alone, so the one remembered is the one the work
+// would give. It forgets the oldest first.
+type scoreMemo struct {
+	mu     sync.Mutex
+	scores map[string]int32
+	ring   []string // the keys, oldest at next once full
+	next   int
+}
+
+func newScoreMemo(size int) *scoreMemo {
+	return &scoreMemo{scores: make(map[string]int32, size), ring: make([]string, 0, size)}
+}
+
+func (m *scoreMemo) get(orderID string) (int32, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.scores[orderID]
+	return s, ok
+}
+
+func (m *scoreMemo) put(orderID string, score int32) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.scores[orderID]; ok {
+		return
+	}
+	if len(m.ring) < cap(m.ring) {
+		m.ring = append(m.ring, orderID)
+	} else {
+		delete(m.scores, m.ring[m.next])
+		m.ring[m.next] = orderID
+		m.next = (m.next + 1) % len(m.ring)
+	}
+	m.scores[orderID] = score
+}

@@ -108,3 +108,21 @@ func cpuTime(t *testing.T) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// The memo keeps the last size scores and forgets the oldest first.
+func TestScoreMemo(t *testing.T) {
+	t.Parallel()
+	m := newScoreMemo(3)
+	for i, id := range []string{"a", "b", "c", "a", "d"} { // "a" again: kept once, not refreshed
+		m.put(id, int32(i))
+	}
+	for _, c := range []struct {
+		id    string
+		score int32
+		ok    bool
+	}{{"a", 0, false}, {"b", 1, true}, {"c", 2, true}, {"d", 4, true}} {
+		if s, ok := m.get(c.id); ok != c.ok || (ok && s != c.score) {
+			t.Errorf("get(%q) = %d, %v; want %d, %v", c.id, s, ok, c.score, c.ok)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package analytics
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,6 +62,9 @@ type harness struct {
 	opts Options
 	// at, if set, is the time the events published carry instead of now.
 	at time.Time
+	// orderKey, if set, is the key orders are published with instead of
+	// their id (the same key puts them in one partition).
+	orderKey string
 }
 
 func newHarness(t testing.TB, env map[string]string) *harness {
@@ -189,14 +194,15 @@ func (h *harness) placeOrder(id, customer, sku string, qty, price int64, reason 
 	o := &ordersv1.Order{OrderId: id, CustomerId: customer,
 		Items: []*ordersv1.OrderItem{{Sku: sku, Quantity: qty, UnitPrice: usd(price)}}, Total: usd(qty * price)}
 	h.events++
+	key := cmp.Or(h.orderKey, o.OrderId)
 	if reason != "" {
 		o.Status, o.FailureReason = ordersv1.OrderStatus_ORDER_STATUS_CANCELLED, reason
-		h.publish("order", o.OrderId, &ordersv1.OrderCancelled{Order: o}, uuid.New())
+		h.publish("order", key, &ordersv1.OrderCancelled{Order: o}, uuid.New())
 		h.model.cancel(o)
 		return o.OrderId
 	}
 	o.Status = ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED
-	h.publish("order", o.OrderId, &ordersv1.OrderConfirmed{Order: o}, uuid.New())
+	h.publish("order", key, &ordersv1.OrderConfirmed{Order: o}, uuid.New())
 	h.model.confirm(o)
 	h.confirm = append(h.confirm, o.OrderId)
 	return o.OrderId
@@ -527,6 +533,44 @@ func TestRebuildWhileEventsArrive(t *testing.T) {
 	}
 }
 
+// A batch that rolls back because of a poison event among its orders is
+// applied again one event at a time without scoring its orders again:
+// the instance remembers the scores it computed.
+func TestRetriedBatchScoresOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	var mu sync.Mutex
+	computed := map[string]int{}
+	h.opts.scored = func(orderID string) {
+		mu.Lock()
+		defer mu.Unlock()
+		computed[orderID]++
+	}
+	in := h.start()
+	customer := h.register()
+	h.order(customer, "SKU-FIRST", 1, 100, "")
+	h.waitAgrees(in)
+	// Published while no instance runs, on one partition, so that they
+	// arrive as one batch: orders, a poison event, more orders.
+	in.stop()
+	h.orderKey = uuid.NewString()
+	for range 4 {
+		h.order(customer, "SKU-BATCH", 1, 100, "")
+	}
+	poison := &ordersv1.Order{OrderId: uuid.NewString(), CustomerId: "not-a-uuid", Status: ordersv1.OrderStatus_ORDER_STATUS_CONFIRMED}
+	h.publish("order", h.orderKey, &ordersv1.OrderConfirmed{Order: poison}, uuid.New())
+	h.order(customer, "SKU-BATCH", 1, 100, "")
+	in = h.start()
+	h.waitAgrees(in)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range h.confirm {
+		if computed[id] != 1 {
+			t.Errorf("order %s scored %d times, want once", id, computed[id])
+		}
+	}
+}
+
 // A rebuild is swapped in once its replay has finished the events before
 // the topics' ends recorded when it started, however many have come
 // since: under steady traffic there may never be a moment when the
@@ -578,8 +622,8 @@ func rebuildSwapsWhileNewEventsWait(t *testing.T, kind string) {
 	// holds the rebuild's row and waits for the lock.
 	testkit.WaitFor(t, 2*time.Minute, "the swap to wait for the held order's transaction", func() bool {
 		var waiting bool
-		if err := h.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-			AND query LIKE 'SELECT state FROM rebuilds WHERE rebuild_id = $1 FOR UPDATE%')`).Scan(&waiting); err != nil {
+		if err := h.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE 'SELECT state FROM rebuilds WHERE rebuild_id = $1 FOR UPDATE%')`).Scan(&waiting); err != nil {
 			t.Fatal(err)
 		}
 		return waiting
