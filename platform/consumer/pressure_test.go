@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,10 +141,19 @@ func TestUnknownEventTypes(t *testing.T) {
 		}
 		stopHeld()
 
-		skip, _ := h.run(h.config("skip"), nil)
+		scfg := h.config("skip")
+		var logs testkit.Logs
+		scfg.Logger = logs.Logger()
+		skip, _ := h.run(scfg, nil)
 		testkit.WaitFor(t, time.Minute, "the deposit behind the unknown type", func() bool { return skip.Stats().Processed == 1 })
 		if s := skip.Stats(); s.Skipped != 2 {
 			t.Fatalf("skipping consumer: %+v, want 2 skipped", s)
+		}
+		// Most types on a shared topic are other groups' business: said
+		// once, at info.
+		const line = `level=INFO msg="event type unknown to this build and not a command for this group; skipping such events"`
+		if n := strings.Count(logs.String(), line); n != 1 || strings.Contains(logs.String(), `level=WARN msg="event type unknown`) {
+			t.Fatalf("the skipping consumer logged the unknown type %d times at info (want once), and these lines:\n%s", n, logs.String())
 		}
 	})
 }

@@ -77,6 +77,11 @@ func TestOverloadRefusesNewOrders(t *testing.T) {
 	if _, err := createKeyed(firstKey, 2); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("first order's key with another request while refusing: %v, want INVALID_ARGUMENT", err)
 	}
+	// Only the one refusal returned counts: not the retry answered with its
+	// order, not the reused key.
+	if n, _ := sum(scrape(t, s.stack.MetricsURL("orders")), "switchyard_orders_rejected_overload_total"); n != 1 {
+		t.Fatalf("switchyard_orders_rejected_overload_total = %v after one refusal, want 1", n)
+	}
 	var stored int
 	if err := s.check.Pool("orders").QueryRow(ctx, `SELECT count(*) FROM orders WHERE customer_id = $1`, cust).Scan(&stored); err != nil {
 		t.Fatal(err)
