@@ -18,8 +18,13 @@ func Encode(t time.Time, id string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "/" + id))
 }
 
+// latest bounds the times a token may name: PostgreSQL refuses timestamps
+// far outside the years 1970 to 9999, and a forged token must be a bad
+// request, not a failed query.
+var latest = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro()
+
 // Decode returns the item a token names; ok is false for anything Encode
-// did not produce (the id must be a UUID).
+// did not produce (the id must be a UUID, the time within 1970 to 9999).
 func Decode(tok string) (t time.Time, id string, ok bool) {
 	b, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
@@ -27,7 +32,7 @@ func Decode(tok string) (t time.Time, id string, ok bool) {
 	}
 	ts, id, found := strings.Cut(string(b), "/")
 	micros, err := strconv.ParseInt(ts, 10, 64)
-	if !found || err != nil || uuid.Validate(id) != nil || len(id) != 36 {
+	if !found || err != nil || micros < 0 || micros >= latest || uuid.Validate(id) != nil || len(id) != 36 {
 		return time.Time{}, "", false
 	}
 	return time.UnixMicro(micros), id, true

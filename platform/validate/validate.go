@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net/mail"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -74,14 +75,17 @@ func (v *Violations) UUID(field, s string) {
 }
 
 // Email checks that s is a plain address (local@domain) of at most 254
-// characters.
+// characters, with no control, format or space characters: an invisible
+// one (a zero-width space, a direction mark) would make a second address
+// that looks, and delivers, like the first.
 func (v *Violations) Email(field, s string) {
 	if s == "" {
 		v.Add(field, "must not be empty")
 		return
 	}
+	invisible := strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || unicode.IsSpace(r) })
 	addr, err := mail.ParseAddress(s)
-	if len(s) > 254 || err != nil || addr.Address != s || addr.Name != "" || !strings.Contains(s[strings.LastIndex(s, "@")+1:], ".") {
+	if len(s) > 254 || invisible || err != nil || addr.Address != s || addr.Name != "" || !strings.Contains(s[strings.LastIndex(s, "@")+1:], ".") {
 		v.Add(field, "must be an email address like name@example.com")
 	}
 }
