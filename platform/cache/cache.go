@@ -21,6 +21,13 @@
 // fill): the loader runs once, and every caller waits for its result under
 // its own context.
 //
+// A write that fails, or is not tried because Redis is cooling down, may
+// leave an older version in Redis. The process remembers the key (up to
+// [Config.MaxStale] keys) and reads it from the loader, refilling Redis,
+// until a write of that version or a newer one has gone through: whoever
+// wrote reads its write, and a Redis that answers reads but refuses
+// writes (full, with no eviction) serves no old value meanwhile.
+//
 // With [Config.Local] the process also keeps what it read from Redis, and
 // Redis reports every change of a key under the prefix to it (CLIENT
 // TRACKING in broadcast mode, on a connection of its own), which drops the
@@ -126,6 +133,10 @@ type Config struct {
 	// is pinged; silent for another LocalPing it is taken as broken
 	// (default 1s).
 	LocalPing time.Duration
+	// MaxStale bounds the keys remembered after failed writes (default
+	// 100,000); past it, every read goes to the loader until the oldest
+	// entry Redis may hold has expired (twice TTL).
+	MaxStale int
 }
 
 func (c *Config) setDefaults() error {
@@ -161,6 +172,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LocalPing <= 0 {
 		c.LocalPing = time.Second
+	}
+	if c.MaxStale <= 0 {
+		c.MaxStale = 100_000
 	}
 	c.Logger = c.Logger.With("component", "cache")
 	return nil
@@ -208,6 +222,14 @@ type Cache struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight
+	// stale holds the keys whose last write failed: Redis may hold an
+	// older version than the one written. allStale is set (unix
+	// nanoseconds, until then) when there were more than MaxStale.
+	stale    map[string]staleMark
+	allStale int64
+	// anyStale is set while stale is not empty or allStale is ahead, so
+	// that reads look at neither (nor take mu) in the common case.
+	anyStale atomic.Bool
 
 	requests *prometheus.CounterVec
 	age      prometheus.Histogram
@@ -215,6 +237,12 @@ type Cache struct {
 	local     *local             // nil unless Config.Local
 	stopLocal context.CancelFunc // stops its listener
 	listening chan struct{}      // closed when the listener has stopped
+}
+
+// staleMark is a key's write that failed: its version and when.
+type staleMark struct {
+	version int64
+	at      time.Time
 }
 
 // flight is one shared load of a key.
@@ -246,6 +274,7 @@ func New(cfg Config) (*Cache, error) {
 		cfg:     cfg,
 		client:  redis.NewClient(opts),
 		flights: map[string]*flight{},
+		stale:   map[string]staleMark{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_cache_requests_total",
 			Help: "Cache reads by result: hit (from Redis or the process's copy), miss (loaded and filled), error (Redis failed or cooling down: loaded).",
@@ -293,6 +322,9 @@ func (c *Cache) Collectors() []prometheus.Collector {
 // Redis is never returned: the entry comes from load. Errors of load are
 // returned as they are.
 func (c *Cache) Get(ctx context.Context, key string, load Loader) (Entry, error) {
+	if c.isStale(key) {
+		return c.load(ctx, key, load, ResultError, true)
+	}
 	if e, ok := c.local.get(key); ok {
 		c.requests.WithLabelValues(ResultHit).Inc()
 		return e, nil
@@ -317,19 +349,19 @@ func (c *Cache) Get(ctx context.Context, key string, load Loader) (Entry, error)
 			c.failed("read", err)
 		}
 	}
-	return c.load(ctx, key, load, result)
+	return c.load(ctx, key, load, result, result == ResultMiss)
 }
 
 // load joins or starts the key's shared load, counting the request as
 // result while registered with it: a caller counted as a miss is sure to
-// share the load in progress.
-func (c *Cache) load(ctx context.Context, key string, load Loader, result string) (Entry, error) {
+// share the load in progress. A load started here fills Redis if fill.
+func (c *Cache) load(ctx context.Context, key string, load Loader, result string, fill bool) (Entry, error) {
 	c.mu.Lock()
 	f := c.flights[key]
 	if f == nil {
 		f = &flight{done: make(chan struct{})}
 		c.flights[key] = f
-		go c.run(key, f, load, result == ResultMiss)
+		go c.run(key, f, load, fill)
 	}
 	c.requests.WithLabelValues(result).Inc()
 	c.mu.Unlock()
@@ -352,10 +384,12 @@ func (c *Cache) run(key string, f *flight, load Loader, fill bool) {
 	// and lost a race with an update leaves the update in place. Misses
 	// meanwhile still join this flight rather than load again.
 	if fill && f.err == nil && c.usable() {
-		if _, err := c.write(ctx, []Update{{Key: key, Entry: f.entry}}); err != nil {
+		u := []Update{{Key: key, Entry: f.entry}}
+		if _, err := c.write(ctx, u); err != nil {
 			c.failed("fill", err)
 		} else {
 			c.streak.Store(0)
+			c.clearStale(u)
 		}
 	}
 	c.mu.Lock()
@@ -424,12 +458,22 @@ func (c *Cache) set(ctx context.Context, updates []Update, changed time.Time) (i
 		delete(c.flights, u.Key)
 	}
 	c.mu.Unlock()
+	// A Redis known to be failing is not waited for: the write is
+	// remembered as failed at once.
+	if !c.usable() {
+		c.markStale(updates)
+		return 0, ErrCoolingDown
+	}
 	wrote, err := c.write(ctx, updates)
 	switch {
 	case err == nil:
 		c.streak.Store(0)
+		c.clearStale(updates)
 	case ctx.Err() == nil:
 		c.failed("write", err)
+		c.markStale(updates)
+	default:
+		c.markStale(updates)
 	}
 	if wrote > 0 && !changed.IsZero() {
 		age := time.Since(changed).Seconds()
@@ -489,6 +533,69 @@ func (c *Cache) write(ctx context.Context, updates []Update) (int, error) {
 		n += int(w)
 	}
 	return n, nil
+}
+
+// ErrCoolingDown is returned by a write while Redis is skipped after
+// failures (see Config.Cooldown).
+var ErrCoolingDown = errors.New("cache: Redis is skipped after failures")
+
+// markStale remembers that updates may not have reached Redis, and drops
+// the process's copies of their keys.
+func (c *Cache) markStale(updates []Update) {
+	keys := make([]string, len(updates))
+	now := time.Now()
+	c.mu.Lock()
+	for i, u := range updates {
+		keys[i] = c.cfg.Prefix + u.Key
+		if m, ok := c.stale[u.Key]; ok && m.version > u.Entry.Version {
+			continue
+		}
+		if len(c.stale) >= c.cfg.MaxStale {
+			// Too many to remember one by one: none of Redis's entries
+			// is trusted until every one written before now has expired.
+			clear(c.stale)
+			c.allStale = now.Add(2 * c.cfg.TTL).UnixNano()
+		}
+		c.stale[u.Key] = staleMark{version: u.Entry.Version, at: now}
+	}
+	c.anyStale.Store(true)
+	c.mu.Unlock()
+	c.local.drop(keys...)
+}
+
+// clearStale forgets the failed writes that updates, now in Redis (or
+// overtaken there by newer versions), supersede.
+func (c *Cache) clearStale(updates []Update) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, u := range updates {
+		if m, ok := c.stale[u.Key]; ok && m.version <= u.Entry.Version {
+			delete(c.stale, u.Key)
+		}
+	}
+	c.anyStale.Store(len(c.stale) > 0 || time.Now().UnixNano() < c.allStale)
+}
+
+// isStale reports whether Redis may hold an older version of key than one
+// this process wrote. A mark lapses after twice TTL: any entry Redis held
+// before the failed write has expired by then.
+func (c *Cache) isStale(key string) bool {
+	if !c.anyStale.Load() {
+		return false
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.UnixNano() < c.allStale {
+		return true
+	}
+	m, ok := c.stale[key]
+	if ok && now.Sub(m.at) >= 2*c.cfg.TTL {
+		delete(c.stale, key)
+		c.anyStale.Store(len(c.stale) > 0)
+		return false
+	}
+	return ok
 }
 
 // usable reports whether Redis is to be tried (not cooling down after

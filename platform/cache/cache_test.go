@@ -393,3 +393,84 @@ func TestReadAfterWriteDoesNotShareAnOlderLoad(t *testing.T) {
 	}
 	close(release)
 }
+
+// cached puts a row with value in the database and waits until a read has
+// filled it into Redis.
+func (f *fixture) cached(t *testing.T, key, value string) {
+	t.Helper()
+	f.put(t, key, value)
+	if _, err := f.cache.Get(context.Background(), key, f.loader(key, nil)); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the fill", func() bool {
+		_, ok, err := f.cache.Peek(context.Background(), key)
+		return ok && err == nil
+	})
+}
+
+// A write that Redis refused leaves the older version there; this
+// process reads the key from the database until a write of its version
+// has gone through (here, the fill of the read after Redis takes writes
+// again), so the writer reads its write even though Redis answers reads.
+func TestRefusedWriteIsNotReadBackOld(t *testing.T) {
+	f := newFixture(t, Config{SkipAfter: 100})
+	ctx := context.Background()
+	f.cached(t, "k", "old")
+	rdb := f.redis.Client(t)
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil { // noeviction: writes refused, reads answered
+		t.Fatal(err)
+	}
+	newer := f.put(t, "k", "new")
+	if _, err := f.cache.Set(ctx, "k", newer); err == nil {
+		t.Fatal("Set succeeded on a Redis refusing writes")
+	}
+	for range 2 {
+		e, err := f.cache.Get(ctx, "k", f.loader("k", nil))
+		if err != nil || e.Version != newer.Version {
+			t.Fatalf("read after a refused write: version %d (%v), want %d, not Redis's older one", e.Version, err, newer.Version)
+		}
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Reads refill it (a read may first share a load whose fill Redis
+	// refused), and then Redis serves them again.
+	testkit.WaitFor(t, 10*time.Second, "reads to be served by Redis again", func() bool {
+		hits := f.count(ResultHit)
+		e, err := f.cache.Get(ctx, "k", f.loader("k", nil))
+		if err != nil || e.Version != newer.Version {
+			t.Fatalf("read after Redis takes writes again: version %d (%v), want %d", e.Version, err, newer.Version)
+		}
+		return f.count(ResultHit) == hits+1
+	})
+	if got := f.peek(t, "k").Version; got != newer.Version {
+		t.Fatalf("Redis holds version %d, want %d", got, newer.Version)
+	}
+}
+
+// While Redis is skipped after failures a write is not tried (no timeout
+// to wait out) but remembered: once Redis is tried again, the older
+// version it holds is not served.
+func TestWriteWhileCoolingDown(t *testing.T) {
+	f := newFixture(t, Config{SkipAfter: 1, Cooldown: time.Hour})
+	ctx := context.Background()
+	f.cached(t, "k", "old")
+	// One failure (a key of the wrong type) starts the cooldown.
+	if err := f.redis.Client(t).Set(ctx, "test:bad", "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.cache.Get(ctx, "bad", func(context.Context) (Entry, error) { return Entry{Version: 1}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	newer := f.put(t, "k", "new")
+	if _, err := f.cache.Set(ctx, "k", newer); !errors.Is(err, ErrCoolingDown) {
+		t.Fatalf("Set while cooling down: %v, want %v", err, ErrCoolingDown)
+	}
+	if f.peek(t, "k").Version == newer.Version {
+		t.Fatal("Set while cooling down wrote to Redis")
+	}
+	f.cache.downUntil.Store(0) // the cooldown is over
+	if e, err := f.cache.Get(ctx, "k", f.loader("k", nil)); err != nil || e.Version != newer.Version {
+		t.Fatalf("read after the cooldown: version %d (%v), want %d, not Redis's older one", e.Version, err, newer.Version)
+	}
+}

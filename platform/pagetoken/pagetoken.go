@@ -37,3 +37,21 @@ func Decode(tok string) (t time.Time, id string, ok bool) {
 	}
 	return time.UnixMicro(micros), id, true
 }
+
+// EncodeSeq returns the token for the item at seq of a sequence that only
+// grows in commit order (an identity column written under a lock), the
+// order to page through when several items share a timestamp.
+func EncodeSeq(seq int64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("s" + strconv.FormatInt(seq, 10)))
+}
+
+// DecodeSeq returns the seq a token of EncodeSeq names; ok is false for
+// anything EncodeSeq did not produce.
+func DecodeSeq(tok string) (seq int64, ok bool) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil || len(b) < 2 || b[0] != 's' {
+		return 0, false
+	}
+	seq, err = strconv.ParseInt(string(b[1:]), 10, 64)
+	return seq, err == nil && seq > 0
+}

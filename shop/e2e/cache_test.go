@@ -8,13 +8,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/proto"
 
 	inventoryv1 "github.com/switchyard/switchyard/gen/go/switchyard/inventory/v1"
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
+	"github.com/switchyard/switchyard/platform/envelope"
+	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 // After a burst of concurrent orders, cancellations and adjustments, with
@@ -165,5 +171,57 @@ func TestGetProductSurvivesRedisKill(t *testing.T) {
 	testkit.WaitFor(t, time.Minute, "hits to resume", func() bool { return metric("hit") > hits+100 })
 	if n := failures.Load(); n > 0 {
 		t.Fatalf("%d of %d GetProduct calls failed; first: %v", n, calls.Load(), firstErr.Load())
+	}
+}
+
+// A StockChanged that arrives late (a redelivery, a replay) at a key that
+// expired or that Redis lost puts the database's current product in the
+// cache, not the event's older counters.
+func TestLateStockChangedMeetsAnEmptyKey(t *testing.T) {
+	t.Parallel()
+	s := startShop(t)
+	sku := s.product(100, 10)
+	for i := range 2 {
+		retry(t, func() (*inventoryv1.AdjustStockResponse, error) {
+			return s.inventory.AdjustStock(ctx, &inventoryv1.AdjustStockRequest{Sku: sku, Delta: 1, IdempotencyKey: fmt.Sprintf("late-%d", i)})
+		})
+	}
+	s.quietAndValid()
+	opts, err := redis.ParseURL(s.stack.CacheURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	if err := rdb.Del(ctx, "switchyard:inventory:product:"+sku).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The product's first change again (version 2; the database is at 3).
+	payload, err := proto.Marshal(&inventoryv1.StockChanged{Sku: sku, Available: 11, Version: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := envelope.Encode("switchyard.", "/switchyard/e2e", outbox.Record{ID: uuid.New(), AggregateType: "product", AggregateID: sku,
+		Type: "switchyard.inventory.v1.StockChanged", Payload: payload, CreatedAt: time.Now()}, nil)
+	tr, err := s.stack.OpenTransport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	p, err := tr.NewPublisher("e2e-late", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Publish(ctx, msg, nil); err != nil || !p.Flush(time.Minute) {
+		t.Fatalf("publish the late event: %v", err)
+	}
+	testkit.WaitFor(t, time.Minute, "the cache updater to take the late event", func() bool {
+		n, err := transport.Backlog(ctx, tr, "inventory-cache", "switchyard.product")
+		return err == nil && n == 0
+	})
+	s.quietAndValid() // compares the cache with the database
+	if e, err := rdb.HGet(ctx, "switchyard:inventory:product:"+sku, "v").Result(); err != nil || e != "3" {
+		t.Fatalf("cached version %q (%v) after the late event, want the database's 3", e, err)
 	}
 }

@@ -96,14 +96,18 @@ func (sc *stockCache) put(ctx context.Context, committed time.Time, changes ...c
 	_, _ = sc.c.ApplyAll(ctx, updates, committed)
 }
 
-// apply writes a StockChanged to the cache unless it holds a newer
-// version. The product's name and price, which never change, come from
-// the database. A failure of Redis is transient: the partition waits for
-// Redis rather than drop the change.
+// apply brings a StockChanged to the cache: it writes the product as the
+// database holds it now, at that version or a newer one, unless the cache
+// holds the same or newer. Not the event's own counters: a late or
+// replayed event, meeting a key that expired or a Redis that came back
+// empty, would put an old version back for as long as nothing changes. A
+// failure of Redis is transient: the partition waits for Redis rather than
+// drop the change.
 func (sc *stockCache) apply(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockChanged, md consumer.Metadata) error {
-	p := &inventoryv1.Product{Sku: ev.GetSku(), Price: &moneyv1.Money{}, Available: ev.GetAvailable(), Reserved: ev.GetReserved()}
-	err := tx.QueryRow(ctx, `SELECT name, price_minor, currency FROM products WHERE sku = $1`, ev.GetSku()).
-		Scan(&p.Name, &p.Price.AmountMinor, &p.Price.Currency)
+	p := &inventoryv1.Product{Sku: ev.GetSku(), Price: &moneyv1.Money{}}
+	var version int64
+	err := tx.QueryRow(ctx, `SELECT name, price_minor, currency, available, reserved, version FROM products WHERE sku = $1`, ev.GetSku()).
+		Scan(&p.Name, &p.Price.AmountMinor, &p.Price.Currency, &p.Available, &p.Reserved, &version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return consumer.Permanent(fmt.Errorf("stock of unknown product %s", ev.GetSku()))
 	}
@@ -114,8 +118,8 @@ func (sc *stockCache) apply(ctx context.Context, tx pgx.Tx, ev *inventoryv1.Stoc
 	if err != nil {
 		return consumer.Permanent(fmt.Errorf("encode product %s: %w", ev.GetSku(), err))
 	}
-	if _, err := sc.c.Apply(ctx, ev.GetSku(), cache.Entry{Version: ev.GetVersion(), Value: b}, md.Time); err != nil {
-		return consumer.Transient(fmt.Errorf("cache stock of %s at version %d: %w", ev.GetSku(), ev.GetVersion(), err))
+	if _, err := sc.c.Apply(ctx, ev.GetSku(), cache.Entry{Version: version, Value: b}, md.Time); err != nil {
+		return consumer.Transient(fmt.Errorf("cache stock of %s at version %d: %w", ev.GetSku(), version, err))
 	}
 	return nil
 }

@@ -61,7 +61,9 @@ func Setup(env *service.Env) error {
 	consumer.Handle(env.Consumer, func(ctx context.Context, tx pgx.Tx, ev *ordersv1.OrderCancelled, md consumer.Metadata) error {
 		o := ev.GetOrder()
 		return s.notify(ctx, tx, md, o.GetCustomerId(), o.GetOrderId(), KindOrderCancelled, "Order "+o.GetOrderId()+" cancelled",
-			fmt.Sprintf("Your order was cancelled (%s). You have not been charged for it.", o.GetFailureReason()))
+			// Said of every cancellation: a confirmed order cancelled later,
+			// or a capture that came too late, was charged and refunded.
+			fmt.Sprintf("Your order was cancelled (%s). Nothing is charged for it: any payment taken has been refunded.", o.GetFailureReason()))
 	})
 	return nil
 }
@@ -121,13 +123,16 @@ func (s *server) ListNotifications(ctx context.Context, req *notificationsv1.Lis
 	var v validate.Violations
 	v.UUID("customer_id", req.GetCustomerId())
 	v.Range("page_size", int64(req.GetPageSize()), 0, 1000)
-	afterTime, afterID := time.Time{}, "00000000-0000-0000-0000-000000000000"
+	// Pages follow seq, the order the customer's notifications committed
+	// in: the notifications of one transaction share their create_time,
+	// and a transaction that began earlier may commit later.
+	var after int64
 	if t := req.GetPageToken(); t != "" {
-		ts, id, ok := pagetoken.Decode(t)
+		seq, ok := pagetoken.DecodeSeq(t)
 		if !ok {
 			v.Add("page_token", "is not a token returned by ListNotifications")
 		}
-		afterTime, afterID = ts, id
+		after = seq
 	}
 	if err := v.Err(); err != nil {
 		return nil, err
@@ -136,18 +141,20 @@ func (s *server) ListNotifications(ctx context.Context, req *notificationsv1.Lis
 	if size == 0 {
 		size = 100
 	}
-	rows, err := s.env.Pool.Query(ctx, `SELECT notification_id::text, kind, subject, body, event_id::text, create_time
-		FROM notifications WHERE customer_id = $1 AND (create_time, notification_id) > ($2, $3)
-		ORDER BY create_time, notification_id LIMIT $4`, req.GetCustomerId(), afterTime, afterID, size+1)
+	rows, err := s.env.Pool.Query(ctx, `SELECT seq, notification_id::text, kind, subject, body, event_id::text, create_time
+		FROM notifications WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`, req.GetCustomerId(), after, size+1)
 	if err != nil {
 		return nil, err
 	}
+	var seqs []int64
 	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*notificationsv1.Notification, error) {
 		n := &notificationsv1.Notification{CustomerId: req.GetCustomerId()}
+		var seq int64
 		var at time.Time
-		if err := r.Scan(&n.NotificationId, &n.Kind, &n.Subject, &n.Body, &n.EventId, &at); err != nil {
+		if err := r.Scan(&seq, &n.NotificationId, &n.Kind, &n.Subject, &n.Body, &n.EventId, &at); err != nil {
 			return nil, err
 		}
+		seqs = append(seqs, seq)
 		n.CreateTime = timestamppb.New(at)
 		return n, nil
 	})
@@ -157,8 +164,7 @@ func (s *server) ListNotifications(ctx context.Context, req *notificationsv1.Lis
 	resp := &notificationsv1.ListNotificationsResponse{Notifications: list}
 	if len(list) > size {
 		resp.Notifications = list[:size]
-		last := list[size-1]
-		resp.NextPageToken = pagetoken.Encode(last.GetCreateTime().AsTime(), last.GetNotificationId())
+		resp.NextPageToken = pagetoken.EncodeSeq(seqs[size-1])
 	}
 	return resp, nil
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/envelope"
@@ -17,13 +18,10 @@ import (
 
 func TestMain(m *testing.M) { testkit.Main(m) }
 
-// Two notifications for one customer written concurrently: the second
-// waits for the first to commit, so a watcher that resumes after the
-// highest seq it has sent never skips one. Without the per-customer lock
-// the second commits first with the higher seq, the watcher moves past it,
-// and the first is never sent.
-func TestConcurrentNotificationsAreNotSkipped(t *testing.T) {
-	t.Parallel()
+// newTestServer returns the service's server on a fresh database with its
+// migrations applied, and the database's pool; nothing consumes or serves.
+func newTestServer(t *testing.T) (*server, *pgxpool.Pool) {
+	t.Helper()
 	ctx := context.Background()
 	pool := testkit.Pool(t, testkit.Database(t))
 	if _, err := migrate.Apply(ctx, pool, migrations); err != nil {
@@ -32,7 +30,18 @@ func TestConcurrentNotificationsAreNotSkipped(t *testing.T) {
 	if err := watch.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{env: &service.Env{Pool: pool}, changes: watch.NewHub(pool, changeChannel, nil, nil)}
+	return &server{env: &service.Env{Pool: pool}, changes: watch.NewHub(pool, changeChannel, nil, nil)}, pool
+}
+
+// Two notifications for one customer written concurrently: the second
+// waits for the first to commit, so a watcher that resumes after the
+// highest seq it has sent never skips one. Without the per-customer lock
+// the second commits first with the higher seq, the watcher moves past it,
+// and the first is never sent.
+func TestConcurrentNotificationsAreNotSkipped(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, pool := newTestServer(t)
 	customer := uuid.NewString()
 	write := func(kind string) (commit func() error, err error) {
 		tx, err := pool.Begin(ctx)

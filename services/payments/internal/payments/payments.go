@@ -203,9 +203,10 @@ func (s *server) charge(ctx context.Context, tx pgx.Tx, cmd *paymentsv1.ChargePa
 		return consumer.Permanent(fmt.Errorf("order %s: cannot charge %v", orderID, cmd.GetAmount()))
 	}
 	var existing uuid.UUID
-	err := tx.QueryRow(ctx, `SELECT payment_id FROM payments WHERE order_id = $1 AND kind = 'CAPTURE'`, orderID).Scan(&existing)
-	if err == nil { // a repeated command: the first capture stands
-		return s.emit(ctx, tx, orderID, &paymentsv1.PaymentCaptured{OrderId: orderID, CustomerId: customerID, PaymentId: existing.String(), Amount: rules.Money(amount)})
+	var captured int64
+	err := tx.QueryRow(ctx, `SELECT payment_id, amount_minor FROM payments WHERE order_id = $1 AND kind = 'CAPTURE'`, orderID).Scan(&existing, &captured)
+	if err == nil { // a repeated command: the first capture stands, as it was
+		return s.emit(ctx, tx, orderID, &paymentsv1.PaymentCaptured{OrderId: orderID, CustomerId: customerID, PaymentId: existing.String(), Amount: rules.Money(captured)})
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return err

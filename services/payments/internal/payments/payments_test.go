@@ -56,9 +56,10 @@ func TestSagaCommands(t *testing.T) {
 		}
 	})
 	t.Run("a repeated charge replies with the first capture and takes nothing", func(t *testing.T) {
-		res := charge(order, rules.Money(300))
-		if got := servicetest.Emitted[*paymentsv1.PaymentCaptured](t, res); got.GetPaymentId() != paymentID {
-			t.Errorf("repeat captured %s, want the first capture %s", got.GetPaymentId(), paymentID)
+		// Even one that names another amount: the reply is the capture as made.
+		res := charge(order, rules.Money(250))
+		if got := servicetest.Emitted[*paymentsv1.PaymentCaptured](t, res); got.GetPaymentId() != paymentID || got.GetAmount().GetAmountMinor() != 300 {
+			t.Errorf("repeat captured %s of %v, want the first capture %s of 300", got.GetPaymentId(), got.GetAmount(), paymentID)
 		}
 		if len(res.Writes) != 0 {
 			t.Errorf("repeat wrote %+v", res.Writes)
