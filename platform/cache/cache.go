@@ -24,9 +24,11 @@
 // A write that fails, or is not tried because Redis is cooling down, may
 // leave an older version in Redis. The process remembers the key (up to
 // [Config.MaxStale] keys) and reads it from the loader, refilling Redis,
-// until a write of that version or a newer one has gone through: whoever
-// wrote reads its write, and a Redis that answers reads but refuses
-// writes (full, with no eviction) serves no old value meanwhile.
+// until a write of that version or a newer one has gone through, or for
+// twice TTL at most (by then the older entry has expired): whoever wrote
+// reads its write, and a Redis that answers reads but refuses writes
+// (full, with no eviction) serves no old value meanwhile. Such reads count
+// as errors.
 //
 // With [Config.Local] the process also keeps what it read from Redis, and
 // Redis reports every change of a key under the prefix to it (CLIENT
@@ -64,6 +66,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -185,7 +188,7 @@ func (c *Config) setDefaults() error {
 const (
 	ResultHit   = "hit"   // served from Redis, or from the process's copy (Config.Local)
 	ResultMiss  = "miss"  // not in Redis: loaded, and filled
-	ResultError = "error" // Redis failed or is cooling down after a failure: loaded
+	ResultError = "error" // Redis failed or is cooling down after a failure, or the key's last write failed: loaded
 )
 
 // setIfNewer writes each entry only if its key holds no version or an
@@ -222,14 +225,17 @@ type Cache struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight
+
 	// stale holds the keys whose last write failed: Redis may hold an
 	// older version than the one written. allStale is set (unix
 	// nanoseconds, until then) when there were more than MaxStale.
+	staleMu  sync.Mutex
 	stale    map[string]staleMark
 	allStale int64
-	// anyStale is set while stale is not empty or allStale is ahead, so
-	// that reads look at neither (nor take mu) in the common case.
-	anyStale atomic.Bool
+	// staleUntil (unix nanoseconds) is when every mark has lapsed, 0 when
+	// there is none: until then reads look at the marks; after it they
+	// take no lock for them.
+	staleUntil atomic.Int64
 
 	requests *prometheus.CounterVec
 	age      prometheus.Histogram
@@ -277,7 +283,7 @@ func New(cfg Config) (*Cache, error) {
 		stale:   map[string]staleMark{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_cache_requests_total",
-			Help: "Cache reads by result: hit (from Redis or the process's copy), miss (loaded and filled), error (Redis failed or cooling down: loaded).",
+			Help: "Cache reads by result: hit (from Redis or the process's copy), miss (loaded and filled), error (Redis failed or cooling down, or the key's last write failed: loaded).",
 		}, []string{"result"}),
 		age: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "switchyard_cache_update_age_seconds",
@@ -408,8 +414,10 @@ func (c *Cache) Loading() int {
 
 // Set writes e under key unless Redis already holds the same or a newer
 // version, atomically in Redis, and reports whether it wrote. A failure of
-// Redis is returned (and counted for the cooldown); callers that only
-// warm the cache may ignore it.
+// Redis is returned (and counted for the cooldown), and so is
+// ErrCoolingDown while Redis is skipped; either way this process reads the
+// key from the loader until a later write goes through. Callers that
+// only warm the cache may ignore the error.
 func (c *Cache) Set(ctx context.Context, key string, e Entry) (bool, error) {
 	n, err := c.set(ctx, []Update{{Key: key, Entry: e}}, time.Time{})
 	return n == 1, err
@@ -544,11 +552,14 @@ var ErrCoolingDown = errors.New("cache: Redis is skipped after failures")
 func (c *Cache) markStale(updates []Update) {
 	keys := make([]string, len(updates))
 	now := time.Now()
-	c.mu.Lock()
+	c.staleMu.Lock()
 	for i, u := range updates {
 		keys[i] = c.cfg.Prefix + u.Key
 		if m, ok := c.stale[u.Key]; ok && m.version > u.Entry.Version {
 			continue
+		}
+		if len(c.stale) >= c.cfg.MaxStale {
+			maps.DeleteFunc(c.stale, func(_ string, m staleMark) bool { return c.lapsed(m, now) })
 		}
 		if len(c.stale) >= c.cfg.MaxStale {
 			// Too many to remember one by one: none of Redis's entries
@@ -558,41 +569,55 @@ func (c *Cache) markStale(updates []Update) {
 		}
 		c.stale[u.Key] = staleMark{version: u.Entry.Version, at: now}
 	}
-	c.anyStale.Store(true)
-	c.mu.Unlock()
+	c.staleUntil.Store(now.Add(2 * c.cfg.TTL).UnixNano())
+	c.staleMu.Unlock()
 	c.local.drop(keys...)
 }
+
+// lapsed reports whether m no longer matters at now: any entry Redis held
+// before the failed write has expired.
+func (c *Cache) lapsed(m staleMark, now time.Time) bool { return now.Sub(m.at) >= 2*c.cfg.TTL }
 
 // clearStale forgets the failed writes that updates, now in Redis (or
 // overtaken there by newer versions), supersede.
 func (c *Cache) clearStale(updates []Update) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if time.Now().UnixNano() >= c.staleUntil.Load() {
+		return
+	}
+	c.staleMu.Lock()
+	defer c.staleMu.Unlock()
 	for _, u := range updates {
 		if m, ok := c.stale[u.Key]; ok && m.version <= u.Entry.Version {
 			delete(c.stale, u.Key)
 		}
 	}
-	c.anyStale.Store(len(c.stale) > 0 || time.Now().UnixNano() < c.allStale)
+	c.noneStale(time.Now())
+}
+
+// noneStale clears staleUntil if no mark is left. Called with staleMu.
+func (c *Cache) noneStale(now time.Time) {
+	if len(c.stale) == 0 && now.UnixNano() >= c.allStale {
+		c.staleUntil.Store(0)
+	}
 }
 
 // isStale reports whether Redis may hold an older version of key than one
 // this process wrote. A mark lapses after twice TTL: any entry Redis held
 // before the failed write has expired by then.
 func (c *Cache) isStale(key string) bool {
-	if !c.anyStale.Load() {
+	now := time.Now()
+	if now.UnixNano() >= c.staleUntil.Load() {
 		return false
 	}
-	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.staleMu.Lock()
+	defer c.staleMu.Unlock()
 	if now.UnixNano() < c.allStale {
 		return true
 	}
 	m, ok := c.stale[key]
-	if ok && now.Sub(m.at) >= 2*c.cfg.TTL {
+	if ok && c.lapsed(m, now) {
 		delete(c.stale, key)
-		c.anyStale.Store(len(c.stale) > 0)
+		c.noneStale(now)
 		return false
 	}
 	return ok

@@ -399,10 +399,10 @@ func TestReadAfterWriteDoesNotShareAnOlderLoad(t *testing.T) {
 func (f *fixture) cached(t *testing.T, key, value string) {
 	t.Helper()
 	f.put(t, key, value)
-	if _, err := f.cache.Get(context.Background(), key, f.loader(key, nil)); err != nil {
-		t.Fatal(err)
-	}
-	testkit.WaitFor(t, 10*time.Second, "the fill", func() bool {
+	testkit.WaitFor(t, time.Minute, "the fill", func() bool {
+		if _, err := f.cache.Get(context.Background(), key, f.loader(key, nil)); err != nil {
+			t.Fatal(err)
+		}
 		_, ok, err := f.cache.Peek(context.Background(), key)
 		return ok && err == nil
 	})
@@ -413,7 +413,9 @@ func (f *fixture) cached(t *testing.T, key, value string) {
 // has gone through (here, the fill of the read after Redis takes writes
 // again), so the writer reads its write even though Redis answers reads.
 func TestRefusedWriteIsNotReadBackOld(t *testing.T) {
-	f := newFixture(t, Config{SkipAfter: 100})
+	// A generous timeout: a slow call on a busy machine must not pass for
+	// a refusal.
+	f := newFixture(t, Config{SkipAfter: 100, Timeout: 2 * time.Second})
 	ctx := context.Background()
 	f.cached(t, "k", "old")
 	rdb := f.redis.Client(t)
@@ -452,7 +454,7 @@ func TestRefusedWriteIsNotReadBackOld(t *testing.T) {
 // to wait out) but remembered: once Redis is tried again, the older
 // version it holds is not served.
 func TestWriteWhileCoolingDown(t *testing.T) {
-	f := newFixture(t, Config{SkipAfter: 1, Cooldown: time.Hour})
+	f := newFixture(t, Config{SkipAfter: 1, Cooldown: time.Hour, Timeout: 2 * time.Second})
 	ctx := context.Background()
 	f.cached(t, "k", "old")
 	// One failure (a key of the wrong type) starts the cooldown.

@@ -79,8 +79,10 @@ func (sc *stockCache) get(ctx context.Context, sku string, load func(context.Con
 }
 
 // put writes changes the caller committed at committed, in one round trip,
-// each unless the cache holds the same or a newer version. A failure is
-// counted and logged by the cache; the updater brings the changes anyway.
+// each unless the cache holds the same or a newer version. A failure (or
+// a write not tried while Redis is skipped) is the cache's to handle: this
+// process reads those SKUs from the database until a later write goes
+// through, and the updater brings the changes anyway.
 func (sc *stockCache) put(ctx context.Context, committed time.Time, changes ...change) {
 	if sc == nil {
 		return
