@@ -19,7 +19,7 @@ type Transport struct {
 	cfg Config
 
 	mu     sync.Mutex
-	admin  *kafka.AdminClient // for Check; created on first use
+	admin  *kafka.AdminClient // created on first use (adminClient)
 	topics map[string]bool    // topics known to exist
 }
 
@@ -61,19 +61,27 @@ func (t *Transport) EnsureTopics(ctx context.Context, topics ...string) error {
 	return nil
 }
 
-// Check asks the brokers for their metadata.
-func (t *Transport) Check(ctx context.Context) error {
+// adminClient returns the transport's admin client, created on first use
+// and kept until Close.
+func (t *Transport) adminClient() (*kafka.AdminClient, error) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.admin == nil {
 		admin, err := kafka.NewAdminClient(t.cfg.AdminConfig())
 		if err != nil {
-			t.mu.Unlock()
-			return fmt.Errorf("create Kafka admin client: %w", err)
+			return nil, fmt.Errorf("create Kafka admin client: %w", err)
 		}
 		t.admin = admin
 	}
-	admin := t.admin
-	t.mu.Unlock()
+	return t.admin, nil
+}
+
+// Check asks the brokers for their metadata.
+func (t *Transport) Check(ctx context.Context) error {
+	admin, err := t.adminClient()
+	if err != nil {
+		return err
+	}
 	timeout := 2 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
@@ -150,59 +158,69 @@ func (t *Transport) NewSubscriber(cfg transport.SubscriberConfig) (transport.Sub
 	return &subscriber{t: t, cfg: cfg}, nil
 }
 
-// clients runs fn with an admin client and a plain client (it joins no
-// group; it only reads watermarks), closed when fn returns.
-func (t *Transport) clients(fn func(admin *kafka.AdminClient, cons *kafka.Consumer) error) error {
-	admin, err := kafka.NewAdminClient(t.cfg.AdminConfig())
-	if err != nil {
-		return fmt.Errorf("create Kafka admin client: %w", err)
+// offsets returns the offsets spec names (kafka.EarliestOffsetSpec: the
+// first retained; kafka.LatestOffsetSpec: the end) of partitions, by
+// [transport.EndsKey], in one request.
+func offsets(ctx context.Context, admin *kafka.AdminClient, partitions []kafka.TopicPartition, spec kafka.OffsetSpec) (map[string]int64, error) {
+	req := make(map[kafka.TopicPartition]kafka.OffsetSpec, len(partitions))
+	for _, tp := range partitions {
+		req[tp] = spec
 	}
-	defer admin.Close()
-	ccfg := t.cfg.AdminConfig()
-	(*ccfg)["group.id"] = "switchyard-watermarks"
-	cons, err := kafka.NewConsumer(ccfg)
+	res, err := admin.ListOffsets(ctx, req, kafka.SetAdminRequestTimeout(5*time.Second))
 	if err != nil {
-		return fmt.Errorf("create Kafka client: %w", err)
+		return nil, fmt.Errorf("list offsets: %w", err)
 	}
-	defer cons.Close()
-	return fn(admin, cons)
+	out := make(map[string]int64, len(res.ResultInfos))
+	for tp, info := range res.ResultInfos {
+		key := transport.EndsKey(*tp.Topic, tp.Partition)
+		if info.Error.Code() != kafka.ErrNoError {
+			return nil, fmt.Errorf("offset of %s: %w", key, info.Error)
+		}
+		out[key] = int64(info.Offset)
+	}
+	return out, nil
 }
 
 // Ends returns each partition's end offset (the offset its next message
 // gets), as a decimal string; empty partitions are left out.
 func (t *Transport) Ends(ctx context.Context, topics ...string) (transport.Ends, error) {
+	admin, err := t.adminClient()
+	if err != nil {
+		return nil, err
+	}
+	md, err := admin.GetMetadata(nil, true, 5000)
+	if err != nil {
+		return nil, fmt.Errorf("kafka metadata: %w", err)
+	}
+	var partitions []kafka.TopicPartition
+	for _, topic := range topics {
+		tm, ok := md.Topics[topic]
+		if !ok || tm.Error.Code() == kafka.ErrUnknownTopicOrPart {
+			continue // does not exist: nothing in it yet
+		}
+		// Ends may be kept for good: a topic half known now must not
+		// pass for an empty one.
+		if tm.Error.Code() != kafka.ErrNoError {
+			return nil, fmt.Errorf("metadata of %s: %w", topic, tm.Error)
+		}
+		for _, p := range tm.Partitions {
+			partitions = append(partitions, kafka.TopicPartition{Topic: &tm.Topic, Partition: p.ID})
+		}
+	}
 	ends := transport.Ends{}
-	err := t.clients(func(admin *kafka.AdminClient, cons *kafka.Consumer) error {
-		md, err := admin.GetMetadata(nil, true, 5000)
-		if err != nil {
-			return fmt.Errorf("kafka metadata: %w", err)
+	if len(partitions) == 0 {
+		return ends, nil
+	}
+	high, err := offsets(ctx, admin, partitions, kafka.LatestOffsetSpec)
+	if err != nil {
+		return nil, err
+	}
+	for key, h := range high {
+		if h > 0 {
+			ends[key] = strconv.FormatInt(h, 10)
 		}
-		for _, topic := range topics {
-			tm, ok := md.Topics[topic]
-			if !ok || tm.Error.Code() == kafka.ErrUnknownTopicOrPart {
-				continue // does not exist: nothing in it yet
-			}
-			// Ends may be kept for good: a topic half known now must not
-			// pass for an empty one.
-			if tm.Error.Code() != kafka.ErrNoError {
-				return fmt.Errorf("metadata of %s: %w", topic, tm.Error)
-			}
-			for _, p := range tm.Partitions {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				_, high, err := cons.QueryWatermarkOffsets(topic, p.ID, 5000)
-				if err != nil {
-					return fmt.Errorf("watermarks of %s/%d: %w", topic, p.ID, err)
-				}
-				if high > 0 {
-					ends[transport.EndsKey(topic, p.ID)] = strconv.FormatInt(high, 10)
-				}
-			}
-		}
-		return nil
-	})
-	return ends, err
+	}
+	return ends, nil
 }
 
 // BacklogBefore sums, over the partitions of ends, the end offset minus
@@ -212,64 +230,61 @@ func (t *Transport) BacklogBefore(ctx context.Context, group string, ends transp
 	if len(ends) == 0 {
 		return 0, nil
 	}
-	var backlog int64
-	err := t.clients(func(admin *kafka.AdminClient, cons *kafka.Consumer) error {
-		type bounds struct{ low, end int64 }
-		marks := map[string]bounds{}
-		var tps []kafka.TopicPartition
-		for key, pos := range ends {
-			topic, p, err := transport.SplitEndsKey(key)
-			if err != nil {
-				return err
-			}
-			end, err := strconv.ParseInt(pos, 10, 64)
-			if err != nil {
-				return fmt.Errorf("end of %s: %q is not an offset", key, pos)
-			}
-			low, _, err := cons.QueryWatermarkOffsets(topic, p, 5000)
-			if err != nil {
-				return fmt.Errorf("watermarks of %s: %w", key, err)
-			}
-			marks[key] = bounds{low, end}
-			tps = append(tps, kafka.TopicPartition{Topic: &topic, Partition: p})
+	admin, err := t.adminClient()
+	if err != nil {
+		return 0, err
+	}
+	end := map[string]int64{}
+	var partitions []kafka.TopicPartition
+	for key, pos := range ends {
+		topic, p, err := transport.SplitEndsKey(key)
+		if err != nil {
+			return 0, err
 		}
-		committed := map[string]int64{} // none: the group never committed there
-		res, err := admin.ListConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: group, Partitions: tps}})
-		var kerr kafka.Error
-		switch {
-		case errors.As(err, &kerr) && kerr.Code() == kafka.ErrGroupIDNotFound:
-		case err != nil:
-			return fmt.Errorf("offsets of %s: %w", group, err)
-		default:
-			for _, r := range res.ConsumerGroupsTopicPartitions {
-				for _, tp := range r.Partitions {
-					if tp.Error != nil {
-						return fmt.Errorf("offset of %s on %s/%d: %w", group, *tp.Topic, tp.Partition, tp.Error)
-					}
-					committed[transport.EndsKey(*tp.Topic, tp.Partition)] = int64(tp.Offset)
+		if end[key], err = strconv.ParseInt(pos, 10, 64); err != nil {
+			return 0, fmt.Errorf("end of %s: %q is not an offset", key, pos)
+		}
+		partitions = append(partitions, kafka.TopicPartition{Topic: &topic, Partition: p})
+	}
+	low, err := offsets(ctx, admin, partitions, kafka.EarliestOffsetSpec)
+	if err != nil {
+		return 0, err
+	}
+	committed := map[string]int64{} // none: the group never committed there
+	res, err := admin.ListConsumerGroupOffsets(ctx, []kafka.ConsumerGroupTopicPartitions{{Group: group, Partitions: partitions}})
+	var kerr kafka.Error
+	switch {
+	case errors.As(err, &kerr) && kerr.Code() == kafka.ErrGroupIDNotFound:
+	case err != nil:
+		return 0, fmt.Errorf("offsets of %s: %w", group, err)
+	default:
+		for _, r := range res.ConsumerGroupsTopicPartitions {
+			for _, tp := range r.Partitions {
+				if tp.Error != nil {
+					return 0, fmt.Errorf("offset of %s on %s/%d: %w", group, *tp.Topic, tp.Partition, tp.Error)
 				}
+				committed[transport.EndsKey(*tp.Topic, tp.Partition)] = int64(tp.Offset)
 			}
 		}
-		for key, m := range marks {
-			c, ok := committed[key]
-			if !ok {
-				c = -1
-			}
-			backlog += partitionBacklog(m.low, m.end, c)
+	}
+	var backlog int64
+	for key, e := range end {
+		c, ok := committed[key]
+		if !ok {
+			c = -1
 		}
-		return nil
-	})
-	return backlog, err
+		backlog += partitionBacklog(low[key], e, c)
+	}
+	return backlog, nil
 }
 
 // DeleteGroup deletes group; Kafka refuses while it has members. Kafka
 // keeps a group's offsets for all its topics, so topics is not needed.
 func (t *Transport) DeleteGroup(ctx context.Context, group string, _ ...string) error {
-	admin, err := kafka.NewAdminClient(t.cfg.AdminConfig())
+	admin, err := t.adminClient()
 	if err != nil {
-		return fmt.Errorf("create Kafka admin client: %w", err)
+		return err
 	}
-	defer admin.Close()
 	res, err := admin.DeleteConsumerGroups(ctx, []string{group})
 	if err != nil {
 		return fmt.Errorf("delete group %s: %w", group, err)

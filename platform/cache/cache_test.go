@@ -476,3 +476,43 @@ func TestWriteWhileCoolingDown(t *testing.T) {
 		t.Fatalf("read after the cooldown: version %d (%v), want %d, not Redis's older one", e.Version, err, newer.Version)
 	}
 }
+
+// The stale marks' bookkeeping, with no Redis: a mark holds until a write
+// of its version or newer, an older write leaves it, past MaxStale every
+// key counts as stale, and marks lapse after twice TTL.
+func TestStaleMarks(t *testing.T) {
+	t.Parallel()
+	newCache := func(cfg Config) *Cache {
+		cfg.URL = "redis://127.0.0.1:1/0" // never contacted
+		c, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	up := func(key string, v int64) []Update { return []Update{{Key: key, Entry: Entry{Version: v}}} }
+
+	c := newCache(Config{MaxStale: 2})
+	c.markStale(up("a", 5))
+	c.clearStale(up("a", 4))
+	if !c.isStale("a") || c.isStale("b") {
+		t.Fatal("after a failed write of a@5 and a write of a@4: want a stale, b not")
+	}
+	c.clearStale(up("a", 5))
+	if c.isStale("a") {
+		t.Fatal("a write of a@5 left a stale")
+	}
+	c.markStale(append(up("a", 1), up("b", 1)...))
+	c.markStale(up("c", 1))
+	if !c.isStale("never-written") {
+		t.Fatal("past MaxStale marks: want every key stale")
+	}
+
+	c = newCache(Config{TTL: time.Millisecond})
+	c.markStale(up("a", 1))
+	time.Sleep(3 * time.Millisecond) // past twice TTL
+	if c.isStale("a") || c.staleUntil.Load() > time.Now().UnixNano() {
+		t.Fatal("a mark older than twice TTL still counts")
+	}
+}

@@ -49,3 +49,25 @@ func TestMessageHeaderLastWins(t *testing.T) {
 		t.Fatalf("Header(b) = %q, want empty", got)
 	}
 }
+
+// Ends keys name a topic and a partition.
+func TestSplitEndsKey(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		key       string
+		topic     string
+		partition int32
+		ok        bool
+	}{
+		{EndsKey("switchyard.order", 5), "switchyard.order", 5, true},
+		{EndsKey("a/b", 0), "a/b", 0, true},
+		{"switchyard.order", "", 0, false},
+		{"/3", "", 0, false},
+		{"t/x", "", 0, false},
+	} {
+		topic, p, err := SplitEndsKey(c.key)
+		if (err == nil) != c.ok || topic != c.topic || p != c.partition {
+			t.Errorf("SplitEndsKey(%q) = %q, %d, %v; want %q, %d, ok %v", c.key, topic, p, err, c.topic, c.partition, c.ok)
+		}
+	}
+}

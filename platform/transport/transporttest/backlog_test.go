@@ -94,25 +94,3 @@ func TestBacklogBeforeEnds(t *testing.T) {
 		})
 	}
 }
-
-// Ends keys name a topic and a partition.
-func TestSplitEndsKey(t *testing.T) {
-	t.Parallel()
-	for _, c := range []struct {
-		key       string
-		topic     string
-		partition int32
-		ok        bool
-	}{
-		{transport.EndsKey("switchyard.order", 5), "switchyard.order", 5, true},
-		{transport.EndsKey("a/b", 0), "a/b", 0, true},
-		{"switchyard.order", "", 0, false},
-		{"/3", "", 0, false},
-		{"t/x", "", 0, false},
-	} {
-		topic, p, err := transport.SplitEndsKey(c.key)
-		if (err == nil) != c.ok || topic != c.topic || p != c.partition {
-			t.Errorf("SplitEndsKey(%q) = %q, %d, %v; want %q, %d, ok %v", c.key, topic, p, err, c.topic, c.partition, c.ok)
-		}
-	}
-}
