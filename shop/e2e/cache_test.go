@@ -213,6 +213,10 @@ func TestLateStockChangedMeetsAnEmptyKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	recorded := func() float64 {
+		return scrape(t, s.stack.MetricsURL("inventory"))["switchyard_cache_update_age_seconds_count"]
+	}
+	before := recorded()
 	if err := p.Publish(ctx, msg, nil); err != nil || !p.Flush(time.Minute) {
 		t.Fatalf("publish the late event: %v", err)
 	}
@@ -223,5 +227,10 @@ func TestLateStockChangedMeetsAnEmptyKey(t *testing.T) {
 	s.quietAndValid() // compares the cache with the database
 	if e, err := rdb.HGet(ctx, "switchyard:inventory:product:"+sku, "v").Result(); err != nil || e != "3" {
 		t.Fatalf("cached version %q (%v) after the late event, want the database's 3", e, err)
+	}
+	// Version 3 was committed before the late event was sent: its age from
+	// the event's time would be a guess, and too low here.
+	if after := recorded(); after != before {
+		t.Errorf("update ages recorded %v -> %v: the updater recorded an age for a version newer than its event's", before, after)
 	}
 }

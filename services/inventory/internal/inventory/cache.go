@@ -120,7 +120,13 @@ func (sc *stockCache) apply(ctx context.Context, tx pgx.Tx, ev *inventoryv1.Stoc
 	if err != nil {
 		return consumer.Permanent(fmt.Errorf("encode product %s: %w", ev.GetSku(), err))
 	}
-	if _, err := sc.c.Apply(ctx, ev.GetSku(), cache.Entry{Version: version, Value: b}, md.Time); err != nil {
+	// The age is known only for the event's own version: a newer one was
+	// committed later, at a time this event does not carry.
+	changed := md.Time
+	if version != ev.GetVersion() {
+		changed = time.Time{}
+	}
+	if _, err := sc.c.Apply(ctx, ev.GetSku(), cache.Entry{Version: version, Value: b}, changed); err != nil {
 		return consumer.Transient(fmt.Errorf("cache stock of %s at version %d: %w", ev.GetSku(), version, err))
 	}
 	return nil
