@@ -127,7 +127,7 @@ func TestAnalyticsAutoscaling(t *testing.T) {
 		{name: "hpa 2 to 6", values: analyticsValues(map[string]any{"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilization": 50}),
 			scaler: "hpa", min: 2, max: 6, prefix: "switchyard."},
 		{name: "keda", values: analyticsValues(map[string]any{"keda": map[string]any{"enabled": true}}),
-			scaler: "keda", min: 1, max: 3, brokers: "switchyard-kafka:9092", prefix: "switchyard."},
+			scaler: "keda", min: 1, max: 3, brokers: "switchyard-kafka.shop.svc:9092", prefix: "switchyard."},
 		{name: "keda, external kafka, 12 partitions, own prefix", values: map[string]any{
 			"analytics": map[string]any{"autoscaling": map[string]any{"maxReplicas": 12, "keda": map[string]any{"enabled": true, "lagThreshold": 500}}},
 			"kafka":     map[string]any{"enabled": false, "external": map[string]any{"brokers": "kafka-0.kafka.infra:9092,kafka-1.kafka.infra:9092"}},
@@ -187,11 +187,27 @@ func TestAnalyticsAutoscaling(t *testing.T) {
 					if md["bootstrapServers"] != env["SWITCHYARD_KAFKA_BROKERS"].Value {
 						t.Errorf("trigger reads brokers %q, analytics uses %q", md["bootstrapServers"], env["SWITCHYARD_KAFKA_BROKERS"].Value)
 					}
+					// KEDA's scaler runs in KEDA's namespace, not the release's:
+					// a short Service name would resolve there to nothing.
+					for _, b := range strings.Split(md["bootstrapServers"], ",") {
+						if host, _, _ := strings.Cut(b, ":"); !strings.Contains(host, ".") {
+							t.Errorf("trigger broker %q is a namespace-relative name, which KEDA's operator (in its own namespace) cannot resolve", b)
+						}
+					}
 					topics = append(topics, md["topic"])
 				}
 				slices.Sort(topics)
 				if want := analyticsTopics(t, tc.prefix); !slices.Equal(topics, want) {
 					t.Errorf("triggers on topics %v, want one on each topic analytics consumes: %v", topics, want)
+				}
+				// The broker answers KEDA's metadata request with the address it
+				// advertises, which KEDA then connects to: that one must
+				// resolve from KEDA's namespace too.
+				if tc.brokers == "switchyard-kafka.shop.svc:9092" {
+					kafka := container(t, statefulSet(t, o, "-kafka").Spec.Template.Spec, "kafka")
+					if got := envOf(kafka)["KAFKA_ADVERTISED_LISTENERS"].Value; got != "PLAINTEXT://"+tc.brokers {
+						t.Errorf("Kafka advertises %q, want PLAINTEXT://%s (what KEDA bootstraps from)", got, tc.brokers)
+					}
 				}
 			default:
 				if hpas != 0 || scaled != 0 {

@@ -229,6 +229,13 @@ func replicas(n int) map[string]any {
 // externalHosts are the hosts a rendering may name without creating them.
 var externalHosts = map[string]bool{"kafka-0.kafka.infra": true, "kafka-1.kafka.infra": true, "otel-collector.observability": true, "redis.infra": true}
 
+// chartService is the Service a host names in the rendering's namespace
+// ("shop"): its short name, or <name>.shop.svc, which clients in other
+// namespaces (KEDA's scaler) can resolve too.
+func chartService(host string) string {
+	return strings.TrimSuffix(host, ".shop.svc")
+}
+
 var hostRE = regexp.MustCompile(`^(?:[a-z+]+://)?(?:[^@/]*@)?([a-z0-9.-]+):[0-9]+`)
 
 func TestChartRenderings(t *testing.T) {
@@ -328,7 +335,7 @@ func TestChartRenderings(t *testing.T) {
 									t.Errorf("%s %s: env %s=%q names no host:port", p.kind, p.name, e.Name, e.Value)
 									continue
 								}
-								if !services[m[1]] && !externalHosts[m[1]] {
+								if !services[chartService(m[1])] && !externalHosts[m[1]] {
 									t.Errorf("%s %s: env %s names host %s, which is neither a chart Service nor configured", p.kind, p.name, e.Name, m[1])
 								}
 							}

@@ -18,6 +18,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ include "switchyard.fullname" . }}-kafka
 {{- end -}}
 
+{{/*
+The bundled Kafka's address as every client reaches it and as the broker
+advertises itself: <service>.<namespace>.svc, which resolves from any
+namespace. KEDA's Kafka scaler runs in KEDA's own namespace, where the
+short name would name a Service that does not exist there.
+*/}}
+{{- define "switchyard.kafkaAddress" -}}
+{{ include "switchyard.kafkaHost" . }}.{{ .Release.Namespace }}.svc:9092
+{{- end -}}
+
 {{- define "switchyard.postgresHost" -}}
 {{ include "switchyard.fullname" . }}-postgres
 {{- end -}}
@@ -49,7 +59,7 @@ redis://{{ include "switchyard.redisHost" . }}:6379/{{ $db }}
 
 {{- define "switchyard.brokers" -}}
 {{- if .Values.kafka.enabled -}}
-{{ include "switchyard.kafkaHost" . }}:9092
+{{ include "switchyard.kafkaAddress" . }}
 {{- else -}}
 {{ required "kafka.external.brokers is required when kafka.enabled is false" .Values.kafka.external.brokers }}
 {{- end -}}
