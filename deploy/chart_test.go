@@ -198,6 +198,7 @@ var renderings = map[string]map[string]any{
 	"external postgres": {"postgresql": map[string]any{"enabled": false, "external": externalDBs()}},
 	"replicas 3":        {"services": replicas(3)},
 	"tracing off":       {"tracing": map[string]any{"enabled": false}},
+	"tracing over http": {"tracing": map[string]any{"enabled": true, "protocol": "http/protobuf"}},
 	"external otlp":     {"jaeger": map[string]any{"enabled": false}, "tracing": map[string]any{"enabled": true, "endpoint": "http://otel-collector.observability:4317"}},
 	"redis transport":   {"transport": "redis"},
 	"external redis":    {"transport": "redis", "redis": map[string]any{"enabled": false, "external": map[string]any{"url": "redis://redis.infra:6379"}}},

@@ -65,9 +65,14 @@ redis://{{ include "switchyard.redisHost" . }}:6379/{{ $db }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The OTLP endpoint: the bundled Jaeger's receiver for tracing.protocol
+(4317 for grpc, 4318 for http/protobuf: an HTTP exporter's POST to the
+gRPC port fails), or tracing.endpoint.
+*/}}
 {{- define "switchyard.otlpEndpoint" -}}
 {{- if .Values.jaeger.enabled -}}
-http://{{ include "switchyard.jaegerHost" . }}:4317
+http://{{ include "switchyard.jaegerHost" . }}:{{ eq .Values.tracing.protocol "http/protobuf" | ternary 4318 4317 }}
 {{- else -}}
 {{ required "tracing.endpoint is required when tracing is enabled and jaeger.enabled is false" .Values.tracing.endpoint }}
 {{- end -}}
