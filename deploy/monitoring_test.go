@@ -4,10 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"maps"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -31,27 +29,7 @@ var seriesRE = regexp.MustCompile(`switchyard_[a-z_]+`)
 // "switchyard_..." name in the non-test Go code of platform/ and services/.
 func exportedSeries(t *testing.T) map[string]bool {
 	t.Helper()
-	names := map[string]bool{}
-	quoted := regexp.MustCompile(`"(switchyard_[a-z_]+)"`)
-	for _, root := range []string{"../platform", "../services"} {
-		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-				return err
-			}
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			for _, m := range quoted.FindAllSubmatch(b, -1) {
-				names[string(m[1])] = true
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return names
+	return sourceMatches(t, regexp.MustCompile(`"(switchyard_[a-z_]+)"`), "../platform", "../services")
 }
 
 // The Grafana dashboard ships in a ConfigMap Grafana's sidecar discovers,

@@ -1,13 +1,25 @@
 package deploy
 
 import (
+	"context"
+	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/switchyard/switchyard/platform/service"
+	"github.com/switchyard/switchyard/platform/telemetry"
 )
 
 // deployment returns the Deployment named switchyard-<name>.
@@ -87,6 +99,178 @@ func TestTracingReachesJaeger(t *testing.T) {
 				}
 				if containerPort != receiverPort {
 					t.Errorf("%s exports %s to %s, which reaches Jaeger's port %q; its OTLP %s receiver listens on %s", n, tc.protocol, u.Host, containerPort, tc.receiver, listen)
+				}
+			}
+		})
+	}
+}
+
+// processEnv is the environment a container's process sees: the chart's
+// values, with each Secret reference resolved from the rendering's Secrets
+// (the generated passwords) or, for an external database's Secret that the
+// rendering only names, a stand-in URL of that service's database.
+func processEnv(t *testing.T, o objects, service string, c corev1.Container) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom == nil:
+			env[e.Name] = e.Value
+		case e.ValueFrom.SecretKeyRef != nil:
+			ref := e.ValueFrom.SecretKeyRef
+			if s, ok := o.secrets[ref.Name]; ok {
+				env[e.Name] = string(s.Data[ref.Key])
+			} else if e.Name == "SWITCHYARD_DATABASE_URL" {
+				env[e.Name] = "postgres://" + service + "@db.infra:5432/" + service
+			} else {
+				t.Fatalf("%s: env %s from Secret %s, which the rendering lacks", service, e.Name, ref.Name)
+			}
+		default:
+			t.Fatalf("%s: env %s from %+v: resolve it here", service, e.Name, e.ValueFrom)
+		}
+	}
+	return env
+}
+
+// getenvCalls matches a read of an environment variable by name in Go
+// source: getenv("SWITCHYARD_X") or os.Getenv("SWITCHYARD_X").
+var getenvCalls = regexp.MustCompile(`[gG]etenv\("([A-Z][A-Z0-9_]*)"\)`)
+
+// sourceMatches returns the first submatch of each match of re in the
+// non-test Go files below roots.
+func sourceMatches(t *testing.T, re *regexp.Regexp, roots ...string) map[string]bool {
+	t.Helper()
+	found := map[string]bool{}
+	for _, root := range roots {
+		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			for _, m := range re.FindAllSubmatch(b, -1) {
+				found[string(m[1])] = true
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return found
+}
+
+// Every environment variable the chart sets for a service is one the
+// service reads, and its value is accepted: the platform's own loader
+// (service.LoadConfig) and tracing set-up (telemetry.SetupTracing) run on
+// each rendered container's environment, recording what they read; the
+// service's own options (orders' saga timeout, analytics' work) are found
+// in its source. The addresses the process listens on are the container
+// ports the probes, Services and scrape annotations use, the pools are
+// the sizes the PostgreSQL budget counts, and the liveness and startup
+// probes ask for the health service the platform keeps SERVING.
+func TestChartEnvIsWhatTheServicesRead(t *testing.T) {
+	// Read by libraries rather than by name in the platform: the
+	// PostgreSQL password by pgconn (checked below, on the service's own
+	// URL), the service name by the OpenTelemetry SDK's resource detector,
+	// which SetupTracing installs (checked in its source here).
+	telemetrySource, err := os.ReadFile("../platform/telemetry/telemetry.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	libraries := map[string]bool{"PGPASSWORD": true}
+	if strings.Contains(string(telemetrySource), "resource.WithFromEnv()") {
+		libraries["OTEL_SERVICE_NAME"] = true
+	}
+	platformReads := sourceMatches(t, getenvCalls, "../platform/telemetry") // SWITCHYARD_VERSION
+	cases := map[string]map[string]any{
+		"own ports": {"service": map[string]any{"port": 6000, "metricsPort": 7000, "database": map[string]any{"maxConns": 7, "watchConns": 2}}},
+	}
+	for name, values := range renderings {
+		cases[name] = values
+	}
+	for rendering, values := range cases {
+		t.Run(rendering, func(t *testing.T) {
+			o := mustRender(t, values)
+			for _, n := range serviceNames {
+				d := deployment(t, o, n)
+				c := d.Spec.Template.Spec.Containers[0]
+				env := processEnv(t, o, n, c)
+				read := map[string]bool{}
+				getenv := func(k string) string {
+					read[k] = true
+					return env[k]
+				}
+				// Port 1 as the default: a chart that stopped setting the
+				// addresses would show here as a mismatch.
+				cfg, err := service.LoadConfig(1, getenv)
+				if err != nil {
+					t.Errorf("%s: the platform's loader refuses the chart's environment: %v", n, err)
+					continue
+				}
+				if telemetry.Enabled(getenv) {
+					shutdown, err := telemetry.SetupTracing(context.Background(), n, getenv)
+					if err != nil {
+						t.Errorf("%s: tracing refuses the chart's environment: %v", n, err)
+					} else if err := shutdown(context.Background()); err != nil {
+						t.Errorf("%s: tracing shutdown: %v", n, err)
+					}
+				}
+				own := sourceMatches(t, getenvCalls, filepath.Join("../services", n))
+				for _, e := range c.Env {
+					if !read[e.Name] && !own[e.Name] && !platformReads[e.Name] && !libraries[e.Name] {
+						t.Errorf("%s: the chart sets %s, which neither service.LoadConfig, telemetry nor services/%s reads", n, e.Name, n)
+					}
+				}
+				// The password reaches the connection the service opens.
+				if pw, ok := env["PGPASSWORD"]; ok {
+					t.Setenv("PGPASSWORD", pw)
+				}
+				pc, err := pgconn.ParseConfig(cfg.DatabaseURL)
+				if err != nil {
+					t.Errorf("%s: SWITCHYARD_DATABASE_URL: %v", n, err)
+				} else if pw, ok := env["PGPASSWORD"]; ok && pc.Password != pw {
+					t.Errorf("%s: the connection's password is not PGPASSWORD", n)
+				}
+				ports := map[string]int32{}
+				for _, p := range c.Ports {
+					ports[p.Name] = p.ContainerPort
+				}
+				if want := fmt.Sprintf(":%d", ports["grpc"]); cfg.GRPCAddr != want {
+					t.Errorf("%s: gRPC listens on %q, the grpc container port is %d", n, cfg.GRPCAddr, ports["grpc"])
+				}
+				if want := fmt.Sprintf(":%d", ports["metrics"]); cfg.MetricsAddr != want {
+					t.Errorf("%s: metrics are served on %q, the metrics container port is %d", n, cfg.MetricsAddr, ports["metrics"])
+				}
+				if got := d.Spec.Template.Annotations["prometheus.io/port"]; got != fmt.Sprint(ports["metrics"]) {
+					t.Errorf("%s: prometheus.io/port %q, metrics on %q", n, got, cfg.MetricsAddr)
+				}
+				// connectionNeed budgets what these variables say; the
+				// service must size its pools the same.
+				if got, _ := strconv.Atoi(env["SWITCHYARD_DATABASE_MAX_CONNS"]); got < 1 || int(cfg.DatabaseMaxConns) != got {
+					t.Errorf("%s: pool of %d, the budget counts SWITCHYARD_DATABASE_MAX_CONNS=%q", n, cfg.DatabaseMaxConns, env["SWITCHYARD_DATABASE_MAX_CONNS"])
+				}
+				if got, _ := strconv.Atoi(env["SWITCHYARD_WATCH_DB_CONNS"]); got < 1 || cfg.WatchDBConns != got {
+					t.Errorf("%s: watch pool of %d, the budget counts SWITCHYARD_WATCH_DB_CONNS=%q", n, cfg.WatchDBConns, env["SWITCHYARD_WATCH_DB_CONNS"])
+				}
+				// Liveness and startup ask for the entry that is SERVING
+				// while the process runs; readiness for the server's own
+				// status, which turns SERVING once the database and broker
+				// are reachable.
+				for probe, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "startup": c.StartupProbe, "readiness": c.ReadinessProbe} {
+					want := service.LivenessService
+					if probe == "readiness" {
+						want = ""
+					}
+					if p == nil || p.GRPC == nil {
+						t.Errorf("%s: no gRPC %s probe", n, probe)
+						continue
+					}
+					if got := ptr.Deref(p.GRPC.Service, ""); got != want {
+						t.Errorf("%s: %s probe asks for health service %q, want %q", n, probe, got, want)
+					}
+					if p.GRPC.Port != ports["grpc"] {
+						t.Errorf("%s: %s probe on port %d, gRPC on %d", n, probe, p.GRPC.Port, ports["grpc"])
+					}
 				}
 			}
 		})
