@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	appsv1 "k8s.io/api/apps/v1"
@@ -274,5 +275,85 @@ func TestChartEnvIsWhatTheServicesRead(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// platformSeconds returns the whole seconds that re's first submatch
+// captures in the platform source file, failing with where to look when
+// the code no longer matches.
+func platformSeconds(t *testing.T, file string, re *regexp.Regexp, what string) int {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := re.FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("%s: no longer found in %s (%s): find it there and update this test and switchyard.terminationGrace", what, file, re)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// A service pod's terminationGracePeriodSeconds exceeds the longest its
+// stop can take, in platform/service's order: the preStop drain, in-flight
+// RPCs (SWITCHYARD_SHUTDOWN_TIMEOUT as the platform's loader reads it from
+// the rendered environment), the outbox relay's wait for acknowledgements
+// (the relay's default, read from its source) and the trace flush (read
+// from service.Main). A kubelet SIGKILL before that costs the relay's
+// confirmation (events sent again) and the traces of the shutdown.
+func TestTerminationGraceCoversShutdown(t *testing.T) {
+	relayFlush := platformSeconds(t, "../platform/relay/relay.go",
+		regexp.MustCompile(`c\.ShutdownTimeout = (\d+) \* time\.Second`), "the relay's default ShutdownTimeout")
+	serviceSource, err := os.ReadFile("../platform/service/service.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := regexp.MustCompile(`(?s)relay\.New\(relay\.Config\{.*?\}\)`).Find(serviceSource); m == nil || strings.Contains(string(m), "ShutdownTimeout") {
+		t.Fatalf("platform/service no longer leaves the relay's ShutdownTimeout at its default (relay.New(relay.Config{...}) in service.go): derive the relay's flush from what it sets")
+	}
+	traceFlush := platformSeconds(t, "../platform/service/service.go",
+		regexp.MustCompile(`WithTimeout\(context\.Background\(\), (\d+)\s*\*\s*time\.Second\)[^\n]*\n(?:[^\n]*\n){0,3}[^\n]*shutdownTracing\(`), "service.Main's trace flush timeout")
+	for _, tc := range []struct {
+		name   string
+		values map[string]any
+		drain  int32 // the preStop sleep
+	}{
+		{"defaults", nil, 5},
+		{"long RPCs, no drain", map[string]any{"service": map[string]any{"shutdown": map[string]any{"drainSeconds": 0, "timeoutSeconds": 60}}}, 0},
+		{"long drain", map[string]any{"service": map[string]any{"shutdown": map[string]any{"drainSeconds": 15, "timeoutSeconds": 20}}}, 15},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := mustRender(t, tc.values)
+			for _, n := range serviceNames {
+				d := deployment(t, o, n)
+				spec := d.Spec.Template.Spec
+				c := spec.Containers[0]
+				cfg, err := service.LoadConfig(1, func(k string) string { return processEnv(t, o, n, c)[k] })
+				if err != nil {
+					t.Fatalf("%s: %v", n, err)
+				}
+				var drain int32
+				if c.Lifecycle != nil && c.Lifecycle.PreStop != nil {
+					if c.Lifecycle.PreStop.Sleep == nil {
+						t.Fatalf("%s: preStop %+v: the distroless image has no shell, only a sleep action can wait", n, c.Lifecycle.PreStop)
+					}
+					drain = int32(c.Lifecycle.PreStop.Sleep.Seconds)
+				}
+				if drain != tc.drain {
+					t.Errorf("%s: preStop sleeps %d s, want %d", n, drain, tc.drain)
+				}
+				worst := int64(drain) + int64(cfg.ShutdownTimeout/time.Second) + int64(relayFlush) + int64(traceFlush)
+				if grace := ptr.Deref(spec.TerminationGracePeriodSeconds, 30); grace <= worst {
+					t.Errorf("%s: terminationGracePeriodSeconds %d, but stopping may take %d s (drain %d + RPCs %s + relay flush %d + trace flush %d)",
+						n, grace, worst, drain, cfg.ShutdownTimeout, relayFlush, traceFlush)
+				}
+			}
+		})
+	}
+	// The timeout has one place, which the grace period follows.
+	_, err = render(t, map[string]any{"services": map[string]any{"orders": map[string]any{"replicas": 1, "env": map[string]any{"SWITCHYARD_SHUTDOWN_TIMEOUT": "60s"}}}})
+	if err == nil || !strings.Contains(err.Error(), "set service.shutdown.timeoutSeconds instead") {
+		t.Errorf("services.orders.env.SWITCHYARD_SHUTDOWN_TIMEOUT rendered (error %v): it would outlast the grace period unseen", err)
 	}
 }

@@ -78,6 +78,38 @@ http://{{ include "switchyard.jaegerHost" . }}:{{ eq .Values.tracing.protocol "h
 {{- end -}}
 {{- end -}}
 
+{{/*
+The seconds a service pod waits after it is told to stop before its
+process gets SIGTERM (a preStop sleep; 0 when the cluster has no sleep
+action, before Kubernetes 1.30): meanwhile the endpoints controller and
+kube-proxy stop sending it new connections, which the process, once
+stopping, would refuse.
+*/}}
+{{- define "switchyard.drainSeconds" -}}
+{{- if semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version -}}
+{{- .Values.service.shutdown.drainSeconds | int -}}
+{{- else -}}0{{- end -}}
+{{- end -}}
+
+{{/*
+terminationGracePeriodSeconds of a service pod: longer than its worst-case
+stop, in platform/service's order, so that the kubelet never SIGKILLs it:
+the drain (preStop), in-flight RPCs (SWITCHYARD_SHUTDOWN_TIMEOUT,
+service.shutdown.timeoutSeconds), then the outbox relay's wait for the
+broker's acknowledgements (relay.Config.ShutdownTimeout, 10 s, which
+platform/service leaves at its default) while the consumers leave their
+groups, then the trace flush (5 s in service.Main), plus 5 s for the
+consumers' and the transport's close. deploy's
+TestTerminationGraceCoversShutdown reads the 10 and 5 from the platform's
+source.
+*/}}
+{{- define "switchyard.terminationGrace" -}}
+{{- $relayFlush := 10 -}}
+{{- $traceFlush := 5 -}}
+{{- $close := 5 -}}
+{{- add (include "switchyard.drainSeconds" . | int) .Values.service.shutdown.timeoutSeconds $relayFlush $traceFlush $close -}}
+{{- end -}}
+
 {{- define "switchyard.restrictedPod" -}}
 runAsNonRoot: true
 runAsUser: 65532
