@@ -13,6 +13,7 @@ package idempotency
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"time"
 
@@ -66,30 +67,22 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, scope, key string, req 
 		resp, err = fn()
 		return resp, false, err
 	}
-	reqBytes, err := proto.MarshalOptions{Deterministic: true}.Marshal(req)
+	sum, err := hash(req)
 	if err != nil {
-		return resp, false, fmt.Errorf("idempotency: hash request: %w", err)
+		return resp, false, err
 	}
-	sum := sha256.Sum256(reqBytes)
 	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
-		ON CONFLICT DO NOTHING`, scope, key, sum[:])
+		ON CONFLICT DO NOTHING`, scope, key, sum)
 	if err != nil {
 		return resp, false, fmt.Errorf("idempotency: claim key: %w", err)
 	}
 	if tag.RowsAffected() == 0 {
-		var hash, stored []byte
-		if err := tx.QueryRow(ctx, `SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2`,
-			scope, key).Scan(&hash, &stored); err != nil {
-			return resp, false, fmt.Errorf("idempotency: read key: %w", err)
+		// The conflict waited for the key's first call to commit.
+		resp, found, err := stored[T](ctx, tx, scope, key, sum)
+		if err == nil && !found {
+			err = fmt.Errorf("idempotency: key %s of %s was pruned while in use", key, scope)
 		}
-		if string(hash) != string(sum[:]) {
-			return resp, false, ErrKeyReused
-		}
-		resp = resp.ProtoReflect().Type().New().Interface().(T)
-		if err := proto.Unmarshal(stored, resp); err != nil {
-			return resp, false, fmt.Errorf("idempotency: decode stored response: %w", err)
-		}
-		return resp, true, nil
+		return resp, err == nil, err
 	}
 	resp, err = fn()
 	if err != nil {
@@ -103,4 +96,57 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, scope, key string, req 
 		return resp, false, fmt.Errorf("idempotency: store response: %w", err)
 	}
 	return resp, false, nil
+}
+
+// Lookup returns the response a committed [Do] stored for (scope, key),
+// reading only: for a caller that would refuse a new request anyway (an
+// overloaded service) but must answer the retry of one already done. found
+// is false for a key not used yet, or whose first call has not committed;
+// a key used with a different request is [ErrKeyReused].
+func Lookup[T proto.Message](ctx context.Context, db Reader, scope, key string, req proto.Message) (resp T, found bool, err error) {
+	if key == "" {
+		return resp, false, nil
+	}
+	sum, err := hash(req)
+	if err != nil {
+		return resp, false, err
+	}
+	return stored[T](ctx, db, scope, key, sum)
+}
+
+// Reader runs a query returning one row: a pool, a connection or a
+// transaction.
+type Reader interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// hash is what identifies a request under its key.
+func hash(req proto.Message) ([]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("idempotency: hash request: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return sum[:], nil
+}
+
+// stored reads the response kept for (scope, key), if the key is there,
+// checking that it was used with the request whose hash is sum.
+func stored[T proto.Message](ctx context.Context, db Reader, scope, key string, sum []byte) (resp T, found bool, err error) {
+	var h, out []byte
+	err = db.QueryRow(ctx, `SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2`, scope, key).Scan(&h, &out)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return resp, false, nil
+	}
+	if err != nil {
+		return resp, false, fmt.Errorf("idempotency: read key: %w", err)
+	}
+	if string(h) != string(sum) {
+		return resp, false, ErrKeyReused
+	}
+	resp = resp.ProtoReflect().Type().New().Interface().(T)
+	if err := proto.Unmarshal(out, resp); err != nil {
+		return resp, false, fmt.Errorf("idempotency: decode stored response: %w", err)
+	}
+	return resp, true, nil
 }

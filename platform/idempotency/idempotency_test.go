@@ -112,3 +112,57 @@ func TestPrune(t *testing.T) {
 		t.Fatalf("keys left %v, want [new]", left)
 	}
 }
+
+// Lookup answers from committed keys only and writes nothing: an unused
+// key or one whose first call has not committed is not found (and does not
+// wait for it), a committed one replays, another request under it is
+// ErrKeyReused.
+func TestLookup(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := keysPool(t)
+	lookup := func(key string, req int64) (string, bool, error) {
+		resp, found, err := idempotency.Lookup[*wrapperspb.StringValue](ctx, pool, "Test", key, wrapperspb.Int64(req))
+		return resp.GetValue(), found, err
+	}
+	store := func(tx pgx.Tx, key string) {
+		t.Helper()
+		if _, _, err := idempotency.Do(ctx, tx, "Test", key, wrapperspb.Int64(1), func() (*wrapperspb.StringValue, error) {
+			return wrapperspb.String("done " + key), nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { store(tx, "committed"); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	inFlight, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inFlight.Rollback(ctx)
+	store(inFlight, "in flight")
+
+	for _, c := range []struct {
+		key       string
+		req       int64
+		want      string
+		wantFound bool
+		wantErr   error
+	}{
+		{"unused", 1, "", false, nil},
+		{"", 1, "", false, nil},
+		{"in flight", 1, "", false, nil},
+		{"committed", 1, "done committed", true, nil},
+		{"committed", 2, "", false, idempotency.ErrKeyReused},
+	} {
+		got, found, err := lookup(c.key, c.req)
+		if got != c.want || found != c.wantFound || !errors.Is(err, c.wantErr) {
+			t.Errorf("Lookup(%q, %d) = %q, %v, %v; want %q, %v, %v", c.key, c.req, got, found, err, c.want, c.wantFound, c.wantErr)
+		}
+	}
+	var keys int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys`).Scan(&keys); err != nil || keys != 1 {
+		t.Fatalf("%d keys committed (%v), want only the one stored: Lookup wrote", keys, err)
+	}
+}

@@ -10,6 +10,8 @@ import (
 
 	ordersv1 "github.com/switchyard/switchyard/gen/go/switchyard/orders/v1"
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
+	"github.com/switchyard/switchyard/platform/testkit"
+	"github.com/switchyard/switchyard/platform/transport"
 	"github.com/switchyard/switchyard/shop/registry"
 )
 
@@ -80,6 +82,50 @@ func TestTimeoutAndLateReply(t *testing.T) {
 		t.Fatalf("timed-out order's payments %v, want its late capture and a refund", kinds)
 	}
 	s.wantBalance(cust, 10_000, "all of it back")
+}
+
+// A reply that arrives while orders is down, past its step's deadline, is
+// applied when orders comes back, before the deadline sweep would cancel
+// its order with TIMEOUT: the step had its reply in time, and the customer
+// who paid gets the order.
+func TestReplyWaitingThroughAnOutage(t *testing.T) {
+	t.Parallel()
+	s := startShop(t, "SWITCHYARD_SAGA_STEP_TIMEOUT=15s")
+	cust, sku := s.customer(10_000), s.product(1_000, 10)
+	s.stack.Stop("payments")
+	o := s.order(cust, "outage", item(sku, 2))
+	tr, err := s.stack.OpenTransport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	waiting := func(group, topic string, want int64) func() bool {
+		return func() bool {
+			n, err := transport.Backlog(ctx, tr, group, topic)
+			return err == nil && n >= want
+		}
+	}
+	// ReserveStock and ChargePayment published: orders' relay has nothing
+	// of this order left to send when it stops.
+	testkit.WaitFor(t, time.Minute, "the charge to wait for payments", waiting("payments", "switchyard.order", 2))
+	s.stack.Stop("orders")
+	if err := s.stack.StartService("payments"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, time.Minute, "the payment's reply to wait for orders", waiting("orders", "switchyard.payment", 1))
+	db := s.check.Pool("orders")
+	testkit.WaitFor(t, time.Minute, "the step's deadline to pass", func() bool {
+		var passed bool
+		return db.QueryRow(ctx, `SELECT saga_deadline < now() FROM orders WHERE order_id = $1`, o.GetOrderId()).Scan(&passed) == nil && passed
+	})
+	if err := s.stack.StartService("orders"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.stack.WaitServing(ctx, "orders"); err != nil {
+		t.Fatal(err)
+	}
+	wantFinal(t, s.final(o.GetOrderId()), confirmed, "")
+	s.quietAndValid()
 }
 
 // Each service in turn is killed with SIGKILL during a burst of orders and

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -95,6 +96,25 @@ func TestOverloadRefusesNewOrders(t *testing.T) {
 	}
 	if keys != accepted {
 		t.Fatalf("%d idempotency keys stored, %d orders accepted: a refused CreateOrder kept its key", keys, accepted)
+	}
+	// Nor does a refusal write a key it then rolls back: it does not wait
+	// for a lock that holds the keys' table still.
+	lock, err := s.check.Pool("orders").Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, `LOCK TABLE idempotency_keys IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	held, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = s.orders.CreateOrder(held, &ordersv1.CreateOrderRequest{CustomerId: cust, Items: []*ordersv1.CreateOrderItem{item(sku, 1)},
+		IdempotencyKey: uuid.NewString()})
+	cancel()
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("CreateOrder with a new key while refusing and the keys' table is locked: %v, want RESOURCE_EXHAUSTED at once", err)
 	}
 
 	if err := s.stack.StartService("inventory"); err != nil {

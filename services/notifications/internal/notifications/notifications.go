@@ -63,7 +63,7 @@ func Setup(env *service.Env) error {
 		return s.notify(ctx, tx, md, o.GetCustomerId(), o.GetOrderId(), KindOrderCancelled, "Order "+o.GetOrderId()+" cancelled",
 			// Said of every cancellation: a confirmed order cancelled later,
 			// or a capture that came too late, was charged and refunded.
-			fmt.Sprintf("Your order was cancelled (%s). Nothing is charged for it: any payment taken has been refunded.", o.GetFailureReason()))
+			fmt.Sprintf("Your order was cancelled (%s). Nothing is charged for it: any payment taken is being refunded.", o.GetFailureReason()))
 	})
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -183,6 +184,13 @@ func (l *limit) bound() int64 { return int64(l.cur) }
 // lowered reports whether the age bound holds the limit below MaxPending.
 func (l *limit) lowered() bool { return l.cur < l.max }
 
+// retryDelay is the wait a refusal asks for: a second on average, spread
+// over half a second either way so that the clients refused in one burst
+// do not all come back in the same instant.
+func retryDelay() time.Duration {
+	return 500*time.Millisecond + rand.N(time.Second)
+}
+
 // admit decides whether a new order may start while pending orders are in
 // progress: not at the limit, past which the saga is not keeping up and
 // an order accepted now would wait too long or end in TIMEOUT. pending
@@ -197,7 +205,7 @@ func admit(pending int64, l *limit) error {
 		why = fmt.Sprintf("%d orders are in progress (limit lowered to %d since orders waited longer than %s)", pending, l.bound(), l.maxAge)
 	}
 	st, err := status.New(codes.ResourceExhausted, "orders cannot keep up: "+why+"; nothing was written, retry later").
-		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
+		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retryDelay())})
 	if err != nil {
 		return status.Error(codes.ResourceExhausted, "orders cannot keep up: "+why)
 	}
@@ -205,9 +213,10 @@ func admit(pending int64, l *limit) error {
 }
 
 // admit applies admission control to a new order, and counts it in flight
-// until the next refresh reads the backlog again. A refusal it returns is
-// counted once the caller returns it ([backlog.refused]): the retry of an
-// order already created is answered with that order instead.
+// until the next refresh reads the backlog again (or the caller takes it
+// back: [backlog.unadmit]). A refusal it returns is counted once the
+// caller returns it ([backlog.refused]): the retry of an order already
+// created is answered with that order instead.
 func (b *backlog) admit() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -216,6 +225,17 @@ func (b *backlog) admit() error {
 	}
 	b.admitted++
 	return nil
+}
+
+// unadmit takes back an admission that started no saga: a retry answered
+// with its order, or a call that failed. An admission counted in the last
+// read's base is left alone: that read did not see an order for it either.
+func (b *backlog) unadmit() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.admitted > b.base {
+		b.admitted--
+	}
 }
 
 // refused counts a refusal returned to a client.

@@ -48,8 +48,11 @@ func TestAdmit(t *testing.T) {
 					retry = r
 				}
 			}
-			if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 {
+			if retry == nil {
 				t.Fatalf("no RetryInfo in %v", st.Details())
+			}
+			if d := retry.GetRetryDelay().AsDuration(); d < 500*time.Millisecond || d >= 1500*time.Millisecond {
+				t.Fatalf("retry delay %v, want 0.5 s to 1.5 s", d)
 			}
 		})
 	}
@@ -228,5 +231,51 @@ func TestOrdersAdmittedDuringARead(t *testing.T) {
 	b.readDone(b.readStarts(), 100, 0, 0)
 	if got := b.pending(); got != 100 {
 		t.Fatalf("pending %d after the next read of 100, want 100", got)
+	}
+}
+
+// Refused clients are not all told to come back in the same instant.
+func TestRetryDelaysSpread(t *testing.T) {
+	t.Parallel()
+	l := newLimit(1, -1)
+	delays := map[time.Duration]bool{}
+	for range 20 {
+		var retry *errdetails.RetryInfo
+		for _, d := range status.Convert(admit(1, &l)).Details() {
+			if r, ok := d.(*errdetails.RetryInfo); ok {
+				retry = r
+			}
+		}
+		delays[retry.GetRetryDelay().AsDuration()] = true
+	}
+	if len(delays) < 2 {
+		t.Fatalf("20 refusals asked for %d distinct delays, want them spread", len(delays))
+	}
+}
+
+// An admission that started no saga (a retry answered with its order, a
+// call that failed) is taken back, so that it does not refuse a new order
+// until the next read; one counted in the last read's base is left alone.
+func TestUnadmit(t *testing.T) {
+	t.Parallel()
+	b := newBacklog(Options{MaxPending: 2, MaxPendingAge: -1})
+	for i := range 5 { // five retries, each admitted and taken back
+		if err := b.admit(); err != nil {
+			t.Fatalf("retry %d refused: %v", i+1, err)
+		}
+		b.unadmit()
+	}
+	for i := range 2 {
+		if err := b.admit(); err != nil {
+			t.Fatalf("new order %d refused after retries that started nothing: %v", i+1, err)
+		}
+	}
+	if err := b.admit(); err == nil {
+		t.Fatal("a third order admitted at the bound of 2")
+	}
+	b.readDone(b.readStarts(), 1, 0, 0) // one of the two failed: the read saw one order
+	b.unadmit()                         // its failure, counted in the read's base already
+	if got := b.pending(); got != 1 {
+		t.Fatalf("pending %d after a read of 1 and a failure it already left out, want 1", got)
 	}
 }

@@ -6,9 +6,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// sagaMetrics count how sagas end. They are observed when the terminal
-// transition is written; in the rare case that its transaction then fails to
-// commit, the retried transition is counted again.
+// sagaMetrics count how sagas end, once the transaction that ended one has
+// committed (see server.committed): a consumer batch that rolls back and is
+// applied again one event at a time counts each ending once. An ending is
+// not counted if the process stops between its commit and the count.
 type sagaMetrics struct {
 	outcomes *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -18,7 +19,7 @@ func newSagaMetrics() sagaMetrics {
 	return sagaMetrics{
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_saga_outcomes_total",
-			Help: "Orders that reached a terminal status, by status and failure reason.",
+			Help: "Sagas that ended, by status and failure reason (a confirmed order cancelled later is not counted again).",
 		}, []string{"status", "reason"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchyard_saga_duration_seconds",

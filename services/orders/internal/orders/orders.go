@@ -7,7 +7,6 @@ import (
 	"cmp"
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -170,22 +169,25 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	refusal := s.backlog.admit()
-	if refusal != nil && req.GetIdempotencyKey() == "" {
+	scope := "CreateOrder/" + req.GetCustomerId()
+	if refusal := s.backlog.admit(); refusal != nil {
+		// The retry of an order already created gets that order, not a
+		// refusal saying that nothing was written. Found by a read: a
+		// refusal writes nothing, not even a key rolled back, while the
+		// database is busiest.
+		resp, found, err := idempotency.Lookup[*ordersv1.CreateOrderResponse](ctx, s.env.Pool, scope, req.GetIdempotencyKey(), req)
+		if err != nil || found {
+			return resp, err
+		}
 		s.backlog.refused()
 		return nil, refusal
 	}
-	// With a key, a refusal is decided inside the key's bookkeeping: the
-	// retry of an order already created (or still being created) gets that
-	// order, not a refusal saying that nothing was written, and a new key
-	// is left unused by the rollback.
 	var resp *ordersv1.CreateOrderResponse
+	created := false
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		var err error
-		resp, _, err = idempotency.Do(ctx, tx, "CreateOrder/"+req.GetCustomerId(), req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
-			if refusal != nil {
-				return nil, refusal
-			}
+		var replayed bool
+		resp, replayed, err = idempotency.Do(ctx, tx, scope, req.GetIdempotencyKey(), req, func() (*ordersv1.CreateOrderResponse, error) {
 			id := uuid.NewString()
 			cmd := &inventoryv1.ReserveStock{OrderId: id}
 			skus := make([]string, len(req.GetItems()))
@@ -212,12 +214,13 @@ func (s *server) CreateOrder(ctx context.Context, req *ordersv1.CreateOrderReque
 			}
 			return &ordersv1.CreateOrderResponse{Order: orders[0]}, nil
 		})
+		created = err == nil && !replayed
 		return err
 	})
+	if !created || err != nil {
+		s.backlog.unadmit() // no saga started
+	}
 	if err != nil {
-		if refusal != nil && errors.Is(err, refusal) {
-			s.backlog.refused()
-		}
 		return nil, err
 	}
 	return resp, nil
@@ -288,7 +291,7 @@ func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderReque
 		return nil, err
 	}
 	var o *ordersv1.Order
-	changed := false
+	var out outcome
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		st, err := lockSaga(ctx, tx, req.GetOrderId())
 		if err != nil {
@@ -299,7 +302,7 @@ func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderReque
 			if reason == "" {
 				reason = "cancelled by customer"
 			}
-			if changed, err = s.apply(ctx, tx, nil, st, happening{input: cancelledByCustomer, reason: reason}); err != nil {
+			if out, err = s.apply(ctx, tx, nil, st, happening{input: cancelledByCustomer, reason: reason}); err != nil {
 				return err
 			}
 		}
@@ -309,9 +312,7 @@ func (s *server) CancelOrder(ctx context.Context, req *ordersv1.CancelOrderReque
 	if err != nil {
 		return nil, err
 	}
-	if changed {
-		s.changes.Changed(req.GetOrderId())
-	}
+	s.committed(out)
 	return &ordersv1.CancelOrderResponse{Order: o}, nil
 }
 

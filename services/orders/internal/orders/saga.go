@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,6 +17,7 @@ import (
 	paymentsv1 "github.com/switchyard/switchyard/gen/go/switchyard/payments/v1"
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/outbox"
+	"github.com/switchyard/switchyard/platform/transport"
 )
 
 // saga is an order's saga state, read under a row lock.
@@ -25,6 +27,9 @@ type saga struct {
 	total               int64
 }
 
+// lockSaga locks an order and reads its saga state. An unknown order is
+// NOT_FOUND: a reply about one is retried by the consumer, then
+// dead-lettered.
 func lockSaga(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) {
 	s := saga{orderID: orderID}
 	err := tx.QueryRow(ctx, `SELECT customer_id::text, status, saga_step, total_minor FROM orders WHERE order_id = $1 FOR UPDATE`, orderID).
@@ -32,7 +37,10 @@ func lockSaga(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, status.Errorf(codes.NotFound, "order %s not found", orderID)
 	}
-	return s, err
+	if err != nil {
+		return s, fmt.Errorf("lock order %s: %w", orderID, err)
+	}
+	return s, nil
 }
 
 func (s *server) emit(ctx context.Context, tx pgx.Tx, orderID string, msgs ...proto.Message) error {
@@ -50,81 +58,112 @@ func events(orderID string, msgs []proto.Message) []outbox.Event {
 	return out
 }
 
-// lockForEvent locks the order an event is about. An order not found is
-// retried, not dead-lettered at once: logical
-// decoding streams a transaction as soon as its commit record is flushed,
-// a moment before the committing session makes it visible to others, so on
-// a busy machine a reply can overtake the visibility of the CreateOrder
-// that caused it. After the consumer's attempts it is dead-lettered.
-func lockForEvent(ctx context.Context, tx pgx.Tx, orderID string) (saga, error) {
-	return lockSaga(ctx, tx, orderID)
-}
-
 func (st saga) awaiting(step string) bool { return st.status == statusPending && st.step == step }
 
 // queueStep queues the move of a pending order to its next step, with a
 // fresh deadline.
 func (s *server) queueStep(b *pgx.Batch, orderID, step string) {
 	b.Queue(`UPDATE orders SET saga_step = $2, saga_deadline = now() + make_interval(secs => $3),
-		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, step, s.opts.StepTimeout.Seconds())
+		version = version + 1, update_time = greatest(update_time, now()) WHERE order_id = $1`, orderID, step, s.opts.StepTimeout.Seconds())
+}
+
+// outcome is what apply did to an order, for [server.committed] once its
+// transaction has committed.
+type outcome struct {
+	orderID string
+	changed bool    // the order's watchers are told
+	ended   *ending // the saga ended: it is counted
+}
+
+// ending is how a saga ended, for the saga metrics.
+type ending struct {
+	status, reason string
+	took           time.Duration
+}
+
+// committed tells the order's watchers that it changed and counts a saga
+// that ended. Only after the commit: a transaction that rolls back (a
+// consumer batch is then applied again one event at a time) must count
+// nothing.
+func (s *server) committed(o outcome) {
+	if o.changed {
+		s.changes.Changed(o.orderID)
+	}
+	if e := o.ended; e != nil {
+		s.metrics.observe(e.status, e.reason, e.took)
+	}
 }
 
 // finish makes an order terminal and emits OrderConfirmed or OrderCancelled
 // after the given commands: b's statements, the update and the read of the
 // order go in one round trip, the events in a second.
-func (s *server) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, orderID, status, reason string, commands ...proto.Message) error {
+func (s *server) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, orderID, status, reason string, commands ...proto.Message) (*ending, error) {
 	b.Queue(`UPDATE orders SET status = $2, failure_reason = $3, saga_step = 'DONE', saga_deadline = NULL,
-		version = version + 1, update_time = now() WHERE order_id = $1`, orderID, status, reason)
+		version = version + 1, update_time = greatest(update_time, now()) WHERE order_id = $1`, orderID, status, reason)
 	orders, err := sendAndLoad(ctx, tx, b, []string{orderID})
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("end order %s: %w", orderID, err)
 	}
 	o := orders[0]
-	s.metrics.observe(status, reason, o.GetUpdateTime().AsTime().Sub(o.GetCreateTime().AsTime()))
 	var event proto.Message = &ordersv1.OrderCancelled{Order: o}
 	if status == statusConfirmed {
 		event = &ordersv1.OrderConfirmed{Order: o}
 	}
-	return s.emit(ctx, tx, orderID, append(commands, event)...)
+	if err := s.emit(ctx, tx, orderID, append(commands, event)...); err != nil {
+		return nil, fmt.Errorf("end order %s: %w", orderID, err)
+	}
+	return &ending{status: status, reason: reason, took: o.GetUpdateTime().AsTime().Sub(o.GetCreateTime().AsTime())}, nil
 }
 
 // apply carries out the saga's decision about h (see decide) in tx, after
 // the statements the caller queued in b (nil for none): a step that does
-// not end the order is one round trip. It reports whether the order
-// changed, which the caller announces to the order's watchers once tx has
-// committed (the watch hub's Changed).
-func (s *server) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, st saga, h happening) (changed bool, err error) {
+// not end the order is one round trip. The caller passes what it returns
+// to committed once tx has committed.
+func (s *server) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, st saga, h happening) (outcome, error) {
+	out := outcome{orderID: st.orderID}
 	if b == nil {
 		b = &pgx.Batch{}
 	}
 	d := decide(st, h)
 	if d.status != "" {
-		return true, s.finish(ctx, tx, b, st.orderID, d.status, d.reason, d.commands...)
+		e, err := s.finish(ctx, tx, b, st.orderID, d.status, d.reason, d.commands...)
+		if err != nil {
+			return out, err
+		}
+		out.changed = true
+		if st.status == statusPending { // not a confirmed order cancelled later
+			out.ended = e
+		}
+		return out, nil
 	}
 	if d.step != "" {
 		s.queueStep(b, st.orderID, d.step)
 	}
 	if err := s.env.Outbox.Queue(ctx, b, events(st.orderID, d.commands)...); err != nil {
-		return false, err
+		return out, err
 	}
 	if b.Len() == 0 {
-		return false, nil
+		return out, nil
 	}
-	return d.step != "", tx.SendBatch(ctx, b).Close()
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return out, fmt.Errorf("order %s: %w", st.orderID, err)
+	}
+	out.changed = d.step != ""
+	return out, nil
 }
 
-// applyEvent is apply for an event's handler: the order's watchers learn
-// of a change once the consumer's transaction commits.
+// applyEvent is apply for an event's handler: what it did is announced and
+// counted once the consumer's transaction commits.
 func (s *server) applyEvent(ctx context.Context, tx pgx.Tx, b *pgx.Batch, st saga, h happening, md consumer.Metadata) error {
-	changed, err := s.apply(ctx, tx, b, st, h)
-	if err == nil && changed {
-		md.AfterCommit(func(context.Context) { s.changes.Changed(st.orderID) })
+	out, err := s.apply(ctx, tx, b, st, h)
+	if err == nil && out.changed {
+		md.AfterCommit(func(context.Context) { s.committed(out) })
 	}
 	return err
 }
 
 func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockReserved, md consumer.Metadata) error {
-	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
+	st, err := lockSaga(ctx, tx, ev.GetOrderId())
 	if err != nil {
 		return err
 	}
@@ -149,8 +188,29 @@ func (s *server) onStockReserved(ctx context.Context, tx pgx.Tx, ev *inventoryv1
 	return s.applyEvent(ctx, tx, b, st, happening{input: stockReserved, total: total}, md)
 }
 
+// The failure reasons a participant's refusal may carry: an order's
+// failure_reason is one of a fixed set, which clients switch on.
+var (
+	stockRejections  = []string{"OUT_OF_STOCK", "UNKNOWN_SKU"}
+	paymentDeclines  = []string{"INSUFFICIENT_FUNDS", "ACCOUNT_NOT_FOUND"}
+	errUnknownReason = errors.New("unknown failure reason")
+)
+
+// checkReason refuses a reason outside allowed for good: the reply is
+// dead-lettered, where an operator sees it, and the order ends by its
+// step's deadline (TIMEOUT) rather than with a reason no client knows.
+func checkReason(orderID, reason string, allowed []string) error {
+	if slices.Contains(allowed, reason) {
+		return nil
+	}
+	return consumer.Permanent(fmt.Errorf("order %s: %w %q, want one of %v", orderID, errUnknownReason, reason, allowed))
+}
+
 func (s *server) onStockRejected(ctx context.Context, tx pgx.Tx, ev *inventoryv1.StockRejected, md consumer.Metadata) error {
-	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
+	if err := checkReason(ev.GetOrderId(), ev.GetReason(), stockRejections); err != nil {
+		return err
+	}
+	st, err := lockSaga(ctx, tx, ev.GetOrderId())
 	if err != nil {
 		return err
 	}
@@ -158,7 +218,7 @@ func (s *server) onStockRejected(ctx context.Context, tx pgx.Tx, ev *inventoryv1
 }
 
 func (s *server) onPaymentCaptured(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentCaptured, md consumer.Metadata) error {
-	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
+	st, err := lockSaga(ctx, tx, ev.GetOrderId())
 	if err != nil {
 		return err
 	}
@@ -166,7 +226,10 @@ func (s *server) onPaymentCaptured(ctx context.Context, tx pgx.Tx, ev *paymentsv
 }
 
 func (s *server) onPaymentDeclined(ctx context.Context, tx pgx.Tx, ev *paymentsv1.PaymentDeclined, md consumer.Metadata) error {
-	st, err := lockForEvent(ctx, tx, ev.GetOrderId())
+	if err := checkReason(ev.GetOrderId(), ev.GetReason(), paymentDeclines); err != nil {
+		return err
+	}
+	st, err := lockSaga(ctx, tx, ev.GetOrderId())
 	if err != nil {
 		return err
 	}
@@ -176,6 +239,7 @@ func (s *server) onPaymentDeclined(ctx context.Context, tx pgx.Tx, ev *paymentsv
 // sweepDeadlines cancels, with TIMEOUT, orders whose current step has had
 // no reply before its deadline. SKIP LOCKED lets several replicas sweep.
 func (s *server) sweepDeadlines(ctx context.Context) error {
+	s.awaitReplies(ctx)
 	tick := time.NewTicker(s.opts.SweepInterval)
 	defer tick.Stop()
 	for {
@@ -199,18 +263,52 @@ func (s *server) sweepDeadlines(ctx context.Context) error {
 	}
 }
 
+// awaitReplies holds the first sweep until the consumer group has applied
+// the replies that had arrived when this process started. After orders was
+// down (or stopped consuming) for longer than a step's deadline, the steps
+// whose replies came meanwhile had a reply in time: sweeping at once would
+// cancel and compensate them while their replies wait to be read. The wait
+// is bounded by one StepTimeout, so that a group that cannot make progress
+// does not hold every timeout back for good.
+func (s *server) awaitReplies(ctx context.Context) {
+	limit := time.Now().Add(s.opts.StepTimeout)
+	var ends transport.Ends // where the replies ended at the start
+	var backlog int64
+	var err error
+	for {
+		if ends == nil {
+			ends, err = s.env.Ends(ctx, s.env.Consumer)
+		}
+		if ends != nil {
+			if backlog, err = s.env.BacklogBefore(ctx, s.env.Consumer, ends); err == nil && backlog == 0 {
+				return
+			}
+		}
+		if time.Now().After(limit) {
+			s.env.Logger.Warn("replies that arrived before the start are not all applied; sweeping saga deadlines anyway",
+				"waited", s.opts.StepTimeout, "backlog", backlog, "error", err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(s.opts.SweepInterval):
+		}
+	}
+}
+
 func (s *server) sweepOnce(ctx context.Context) (int, error) {
-	var changed []string
+	var done []outcome
 	n := 0
 	err := pgx.BeginFunc(ctx, s.env.Pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT order_id::text FROM orders WHERE status = 'PENDING' AND saga_deadline < now()
 			ORDER BY saga_deadline LIMIT 50 FOR UPDATE SKIP LOCKED`)
 		if err != nil {
-			return err
+			return fmt.Errorf("find expired steps: %w", err)
 		}
 		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
-			return err
+			return fmt.Errorf("find expired steps: %w", err)
 		}
 		for _, id := range ids {
 			st, err := lockSaga(ctx, tx, id)
@@ -218,21 +316,20 @@ func (s *server) sweepOnce(ctx context.Context) (int, error) {
 				return err
 			}
 			s.env.Logger.Info("saga step timed out; compensating", "order_id", id, "step", st.step)
-			c, err := s.apply(ctx, tx, nil, st, happening{input: stepTimedOut, reason: fmt.Sprintf("no reply while %s", st.step)})
+			out, err := s.apply(ctx, tx, nil, st, happening{input: stepTimedOut, reason: fmt.Sprintf("no reply while %s", st.step)})
 			if err != nil {
 				return err
 			}
-			if c {
-				changed = append(changed, id)
-			}
+			done = append(done, out)
 		}
 		n = len(ids)
 		return nil
 	})
-	if err == nil {
-		for _, id := range changed {
-			s.changes.Changed(id)
-		}
+	if err != nil {
+		return 0, err
 	}
-	return n, err
+	for _, out := range done {
+		s.committed(out)
+	}
+	return n, nil
 }

@@ -22,7 +22,8 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// OrderConfirmed: payment captured and stock committed.
+// OrderConfirmed: payment captured; the CommitStock command is sent with it
+// (inventory applies it shortly after).
 type OrderConfirmed struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Order         *Order                 `protobuf:"bytes,1,opt,name=order,proto3" json:"order,omitempty"`
@@ -67,7 +68,9 @@ func (x *OrderConfirmed) GetOrder() *Order {
 	return nil
 }
 
-// OrderCancelled: compensations done; order.failure_reason says why.
+// OrderCancelled: order.failure_reason says why. The compensations the order
+// needs (ReleaseStock, RefundPayment) are sent with it; inventory and payments
+// apply them shortly after.
 type OrderCancelled struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Order         *Order                 `protobuf:"bytes,1,opt,name=order,proto3" json:"order,omitempty"`

@@ -11,7 +11,7 @@ CREATE TABLE orders (
 	-- DONE: terminal. saga_deadline is the current step's deadline.
 	saga_step      text NOT NULL CHECK (saga_step IN ('RESERVING', 'CHARGING', 'DONE')),
 	saga_deadline  timestamptz,
-	-- Bumped on every change; WatchOrder streams a new version.
+	-- Bumped on every change (WatchOrder compares whole orders, not this).
 	version        bigint NOT NULL DEFAULT 1,
 	create_time    timestamptz NOT NULL DEFAULT now(),
 	update_time    timestamptz NOT NULL DEFAULT now()
