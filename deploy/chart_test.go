@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -548,6 +549,50 @@ func TestCacheRedisRendering(t *testing.T) {
 				t.Errorf("the cache's Redis may evict keys: args %q", args)
 			}
 		})
+	}
+}
+
+// A Redis that never evicts must have a maxmemory below its container's
+// memory limit: without one it grows until the kernel kills it, and its
+// append-only file then needs as much memory to load again (a crash loop);
+// with one, a full Redis refuses writes and keeps running. maxmemory leaves
+// room under the limit for what it does not count (fragmentation, an
+// append-only file rewrite's forked child, connection buffers).
+func TestRedisMaxmemoryFitsItsLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		values   map[string]any
+		limitMiB int64
+	}{
+		{"defaults (the cache)", nil, 512},
+		{"redis transport, 2Gi", map[string]any{"transport": "redis", "redis": map[string]any{"enabled": true, "resources": map[string]any{"limits": map[string]any{"memory": "2Gi"}}}}, 2048},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := container(t, statefulSet(t, mustRender(t, tc.values), "-redis").Spec.Template.Spec, "redis")
+			if mebibytes(t, c) != tc.limitMiB {
+				t.Fatalf("memory limit %d MiB, want %d", mebibytes(t, c), tc.limitMiB)
+			}
+			args := map[string]string{}
+			for i := 0; i+1 < len(c.Args); i += 2 {
+				args[c.Args[i]] = c.Args[i+1]
+			}
+			if args["--maxmemory-policy"] != "noeviction" {
+				t.Errorf("maxmemory-policy %q, want noeviction", args["--maxmemory-policy"])
+			}
+			// Redis reads "mb" as MiB (1024*1024 bytes).
+			m := regexp.MustCompile(`^([0-9]+)mb$`).FindStringSubmatch(args["--maxmemory"])
+			if m == nil {
+				t.Fatalf("--maxmemory %q, want <n>mb", args["--maxmemory"])
+			}
+			maxmemory, _ := strconv.ParseInt(m[1], 10, 64)
+			if maxmemory < tc.limitMiB/2 || maxmemory > tc.limitMiB*8/10 {
+				t.Errorf("maxmemory %d MiB under a %d MiB limit: want between half (room for the data) and 80%% (room for what maxmemory does not count)", maxmemory, tc.limitMiB)
+			}
+		})
+	}
+	_, err := render(t, map[string]any{"redis": map[string]any{"enabled": true, "resources": map[string]any{"limits": nil}}})
+	if err == nil || !strings.Contains(err.Error(), "redis.resources.limits.memory is required") {
+		t.Errorf("Redis without a memory limit rendered (error %v): its maxmemory cannot be sized", err)
 	}
 }
 
