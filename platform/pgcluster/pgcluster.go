@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ErrBinariesNotFound is returned when initdb and postgres cannot be found.
@@ -31,7 +33,7 @@ var ErrBinariesNotFound = errors.New("PostgreSQL server binaries (initdb, postgr
 
 // Options configure a cluster.
 type Options struct {
-	// DataDir holds the cluster; it is initialised when it has no PG_VERSION.
+	// DataDir holds the cluster; it is initialised when missing or empty.
 	DataDir string
 	// Port is the TCP port on 127.0.0.1; 0 picks a free one.
 	Port int
@@ -126,6 +128,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A busy port is reported before initdb, which takes seconds.
+	if opts.Port != 0 {
+		if err := CheckPortFree(opts.Port); err != nil {
+			return nil, fmt.Errorf("%w (another PostgreSQL or a previous run?)", err)
+		}
+	}
 	if err := initdb(ctx, bin, opts, cred); err != nil {
 		return nil, err
 	}
@@ -133,8 +141,6 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		if opts.Port, err = FreePort(); err != nil {
 			return nil, err
 		}
-	} else if err := CheckPortFree(opts.Port); err != nil {
-		return nil, fmt.Errorf("PostgreSQL: %w (another PostgreSQL or a previous run?)", err)
 	}
 	c := &Cluster{opts: opts, bin: bin, done: make(chan struct{})}
 	if err := c.start(ctx, cred); err != nil {
@@ -187,27 +193,75 @@ func chownForServer(dir string, cred *syscall.Credential) error {
 	return nil
 }
 
+// initdb initialises opts.DataDir unless it already holds a cluster.
+//
+// initdb works in a directory of its own beside DataDir, which is renamed to
+// DataDir only once initdb has succeeded. initdb writes PG_VERSION first and
+// has no time to clean up when killed (Ctrl-C during the first `make run`),
+// so initialising in place would leave a directory that looks like a cluster
+// and that every later run would try, and fail, to start. Debris in the
+// working directory belongs to nobody: the next run removes it.
 func initdb(ctx context.Context, bin string, opts Options, cred *syscall.Credential) error {
-	if _, err := os.Stat(filepath.Join(opts.DataDir, "PG_VERSION")); err == nil {
+	initialised, err := hasCluster(opts.DataDir)
+	if err != nil {
+		return err
+	}
+	if initialised {
 		return chownForServer(opts.DataDir, cred)
 	}
-	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+	work := opts.DataDir + ".initdb"
+	if err := os.RemoveAll(work); err != nil {
+		return fmt.Errorf("remove what an interrupted initdb left: %w", err)
+	}
+	if err := os.MkdirAll(work, 0o700); err != nil {
 		return err
 	}
-	if err := chownForServer(opts.DataDir, cred); err != nil {
+	if err := chownForServer(work, cred); err != nil {
+		_ = os.RemoveAll(work)
 		return err
 	}
-	args := []string{"-D", opts.DataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"}
+	args := []string{"-D", work, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"}
 	if !opts.Durable {
 		args = append(args, "--no-sync")
 	}
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	cmd.Dir = opts.DataDir
+	// An initdb that outlived us would still be writing when the next run
+	// removes its directory.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
+	cmd.Dir = work
 	if out, err := cmd.CombinedOutput(); err != nil {
+		_ = os.RemoveAll(work)
 		return fmt.Errorf("initdb %s: %w\n%s", opts.DataDir, err, out)
 	}
+	if err := os.Rename(work, opts.DataDir); err != nil {
+		return fmt.Errorf("move the new cluster into place: %w", err)
+	}
 	return nil
+}
+
+// hasCluster reports whether dir holds an initialised cluster. A missing or
+// empty dir holds none (an empty one is removed, so that the new cluster can
+// take its name). Anything else without PG_VERSION and global/pg_control
+// cannot be started and is not ours to delete: an interrupted initdb of a
+// Switchyard that initialised in place, or not a cluster at all. That is an
+// error saying what to delete.
+func hasCluster(dir string) (bool, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read the data directory: %w", err)
+	}
+	if len(entries) == 0 {
+		return false, os.Remove(dir)
+	}
+	for _, f := range []string{"PG_VERSION", filepath.Join("global", "pg_control")} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return false, fmt.Errorf("%s is not a complete PostgreSQL cluster (no %s: an interrupted initdb?): delete it (rm -rf %s) and start again", dir, f, dir)
+		}
+	}
+	return true, nil
 }
 
 func (c *Cluster) start(ctx context.Context, cred *syscall.Credential) error {
@@ -267,6 +321,12 @@ func (c *Cluster) start(ctx context.Context, cred *syscall.Credential) error {
 		if err == nil {
 			conn.Close(ctx)
 			return nil
+		}
+		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "3D000" { // invalid_catalog_name
+			// initdb creates the postgres database last: waiting would not
+			// bring it.
+			c.Stop()
+			return fmt.Errorf("the cluster in %s has no \"postgres\" database (an interrupted initdb?): delete the directory (rm -rf %s) and start again", c.opts.DataDir, c.opts.DataDir)
 		}
 		select {
 		case <-c.done:
