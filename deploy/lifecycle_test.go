@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -206,33 +207,43 @@ func TestKafkaLogDirIsBelowTheMount(t *testing.T) {
 	}
 }
 
-// Kafka has a startup probe that gives a cold start (two JVMs) minutes,
-// while liveness then reacts within half a minute.
-func TestKafkaStartupProbeCoversAColdStart(t *testing.T) {
+// Kafka and PostgreSQL have startup probes that give a slow start minutes
+// (Kafka's cold start runs two JVMs; PostgreSQL's crash recovery replays
+// the WAL, and a liveness restart would begin it again), checking what
+// liveness checks, while liveness then reacts within a minute.
+func TestStartupProbesCoverSlowStarts(t *testing.T) {
 	for _, c := range []struct {
-		name    string
-		values  map[string]any
-		atLeast int32
+		name     string
+		workload string // the StatefulSet's suffix and container
+		values   map[string]any
+		atLeast  int32
 	}{
-		{"defaults", nil, 180},
-		{"slower laptop", map[string]any{"kafka": map[string]any{"enabled": true, "startupSeconds": 600}}, 600},
+		{"kafka defaults", "kafka", nil, 180},
+		{"kafka, slower laptop", "kafka", map[string]any{"kafka": map[string]any{"enabled": true, "startupSeconds": 600}}, 600},
+		{"postgres defaults", "postgres", nil, 600},
+		{"postgres, long recovery", "postgres", map[string]any{"postgresql": map[string]any{"enabled": true, "startupSeconds": 1800}}, 1800},
 	} {
-		st := statefulSet(t, mustRender(t, c.values), "-kafka")
-		k := container(t, st.Spec.Template.Spec, "kafka")
-		p := k.StartupProbe
-		if p == nil {
-			t.Errorf("%s: Kafka has no startup probe", c.name)
+		st := statefulSet(t, mustRender(t, c.values), "-"+c.workload)
+		k := container(t, st.Spec.Template.Spec, c.workload)
+		p, l := k.StartupProbe, k.LivenessProbe
+		if p == nil || l == nil {
+			t.Errorf("%s: startup probe %v, liveness probe %v", c.name, p, l)
 			continue
 		}
 		if got := p.PeriodSeconds * p.FailureThreshold; got < c.atLeast {
 			t.Errorf("%s: the startup probe allows %ds, want at least %ds", c.name, got, c.atLeast)
 		}
-		if p.TCPSocket == nil || p.TCPSocket.Port.String() != "kafka" {
-			t.Errorf("%s: the startup probe does not wait for the broker's port", c.name)
+		if !reflect.DeepEqual(p.ProbeHandler, l.ProbeHandler) {
+			t.Errorf("%s: the startup probe checks %+v, liveness %+v: liveness could fail at once after start-up", c.name, p.ProbeHandler, l.ProbeHandler)
 		}
-		if l := k.LivenessProbe; l == nil || l.InitialDelaySeconds+l.PeriodSeconds*max(l.FailureThreshold, 3) > 60 {
+		if l.InitialDelaySeconds+l.PeriodSeconds*max(l.FailureThreshold, 3) > 60 {
 			t.Errorf("%s: liveness should react within a minute once started: %+v", c.name, l)
 		}
+	}
+	// Kafka's probes wait for the broker's port.
+	k := container(t, statefulSet(t, mustRender(t, nil), "-kafka").Spec.Template.Spec, "kafka")
+	if p := k.StartupProbe; p.TCPSocket == nil || p.TCPSocket.Port.String() != "kafka" {
+		t.Errorf("Kafka's startup probe does not wait for the broker's port")
 	}
 }
 
