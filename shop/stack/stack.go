@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -149,6 +148,24 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
+	// What is missing or busy is reported in one line before anything
+	// starts, not after PostgreSQL and the broker came up.
+	if _, err := pgcluster.FindBinaries(); err != nil {
+		return nil, err
+	}
+	if _, err := redisserver.Find(); err != nil {
+		return nil, err
+	}
+	for _, fixed := range []struct {
+		what string
+		port int
+	}{{"PostgreSQL", opts.PostgresPort}, {"Kafka broker", opts.KafkaPort}, {"redis-server", opts.RedisPort}} {
+		if fixed.port != 0 {
+			if _, err := pickPort(fixed.port, fixed.what); err != nil {
+				return nil, err
+			}
+		}
+	}
 	s := &Stack{opts: opts, procs: map[string]*process{}, ports: map[string]int{}, metricPorts: map[string]int{}}
 	var instances []string
 	for _, svc := range registry.Services {
@@ -197,12 +214,13 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		s.Close()
 		return nil, err
 	}
-	if rport, err := startOnPort(opts.RedisPort, "redis-server", func(port int) (err error) {
+	// redisserver's and pickPort's errors name redis-server and the port.
+	if _, err := startOnPort(opts.RedisPort, "redis-server", func(port int) (err error) {
 		s.redis, err = redisserver.Start(redisserver.Options{Dir: filepath.Join(opts.Dir, "redis"), Port: port})
 		return err
 	}); err != nil {
 		s.Close()
-		return nil, fmt.Errorf("redis-server on port %d: %w", rport, err)
+		return nil, err
 	}
 	for _, name := range instances {
 		if err := s.StartService(name); err != nil {
@@ -647,15 +665,17 @@ func (s *Stack) WaitServing(ctx context.Context, name string) error {
 	}
 }
 
-// Close stops the services (SIGTERM, in reverse order), the broker and
+// Close stops the services (SIGTERM to all of them at once, SIGKILL to
+// any still running 30 s later), then the broker, redis-server and
 // PostgreSQL.
 func (s *Stack) Close() error {
 	var errs []error
+	s.mu.Lock()
 	names := make([]string, 0, len(s.procs))
 	for n := range s.procs {
 		names = append(names, n)
 	}
-	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	s.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, n := range names {
 		wg.Add(1)

@@ -87,3 +87,45 @@ func TestStartOnPortRetriesATakenRandomPort(t *testing.T) {
 		t.Fatalf("fixed port: %v after trying %v; want one try and its error", err, tried)
 	}
 }
+
+// A busy fixed port, or missing server binaries, is reported in one line
+// that names the server and the port, before anything starts.
+func TestBusyPortsAndMissingBinaries(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	busy := l.Addr().(*net.TCPAddr).Port
+	busyMsg := func(what string) string {
+		return fmt.Sprintf("%s: port %d is busy (is another `make run` still running?)", what, busy)
+	}
+	noPG := t.TempDir()
+	for _, tc := range []struct {
+		name  string
+		opts  Options
+		pgBin string // SWITCHYARD_PG_BIN, when set
+		want  string
+	}{
+		{name: "PostgreSQL's port", opts: Options{PostgresPort: busy}, want: busyMsg("PostgreSQL")},
+		{name: "the broker's port", opts: Options{KafkaPort: busy}, want: busyMsg("Kafka broker")},
+		{name: "redis-server's port", opts: Options{RedisPort: busy}, want: busyMsg("redis-server")},
+		{name: "no PostgreSQL binaries", pgBin: noPG, want: "SWITCHYARD_PG_BIN=" + noPG + ": " + pgcluster.ErrBinariesNotFound.Error()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.pgBin != "" {
+				t.Setenv("SWITCHYARD_PG_BIN", tc.pgBin)
+			}
+			opts := tc.opts
+			opts.Dir, opts.RandomPorts = t.TempDir(), true
+			s, err := Start(context.Background(), opts)
+			if err == nil {
+				s.Close()
+				t.Fatalf("Start succeeded, want %q", tc.want)
+			}
+			if err.Error() != tc.want {
+				t.Fatalf("Start = %q, want %q", err, tc.want)
+			}
+		})
+	}
+}
