@@ -587,13 +587,32 @@ func (p *process) stop(sig syscall.Signal) {
 
 var logMu sync.Mutex
 
+// maxLogLine is how much of one line of a process's output is passed on;
+// the rest of a longer line is cut, and the line says so.
+const maxLogLine = 64 * 1024
+
+// prefix copies r to w line by line, each line prefixed with name, until r
+// ends. It reads everything, however long a line: a process whose output
+// nobody reads blocks on its next write once the pipe is full.
 func prefix(w io.Writer, name string, r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	br := bufio.NewReaderSize(r, maxLogLine)
 	tag := fmt.Sprintf("%-13s| ", name)
-	for sc.Scan() {
+	for {
+		part, more, err := br.ReadLine()
+		if err != nil {
+			return // the end of the output (or of the pipe)
+		}
+		text := tag + string(part)
+		cut := 0
+		for more && err == nil {
+			part, more, err = br.ReadLine()
+			cut += len(part)
+		}
+		if cut > 0 {
+			text += fmt.Sprintf(" ... (line cut: %d more bytes)", cut)
+		}
 		logMu.Lock()
-		fmt.Fprintln(w, tag+sc.Text())
+		fmt.Fprintln(w, text)
 		logMu.Unlock()
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -125,6 +126,38 @@ func TestBusyPortsAndMissingBinaries(t *testing.T) {
 			}
 			if err.Error() != tc.want {
 				t.Fatalf("Start = %q, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// Every line of a process's output is passed on, prefixed with its name;
+// a line too long to pass on whole is cut, and what follows it still
+// arrives: the pipe is read to its end.
+func TestPrefix(t *testing.T) {
+	long := strings.Repeat("x", 2<<20)
+	for _, tc := range []struct {
+		name, in string
+		want     []string
+	}{
+		{name: "lines", in: "a\nb\n", want: []string{"orders       | a", "orders       | b"}},
+		{name: "last line without a newline", in: "a\nb", want: []string{"orders       | a", "orders       | b"}},
+		{name: "CRLF", in: "a\r\n\r\nb\r\n", want: []string{"orders       | a", "orders       | ", "orders       | b"}},
+		{name: "a line longer than the limit", in: "before\n" + long + "\nafter\n", want: []string{
+			"orders       | before",
+			"orders       | " + long[:maxLogLine] + fmt.Sprintf(" ... (line cut: %d more bytes)", len(long)-maxLogLine),
+			"orders       | after",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := strings.NewReader(tc.in)
+			var out strings.Builder
+			prefix(&out, "orders", r)
+			if got := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n"); !slices.Equal(got, tc.want) {
+				t.Errorf("prefix wrote %d lines %.200q, want %d lines %.200q", len(got), got, len(tc.want), tc.want)
+			}
+			if r.Len() != 0 {
+				t.Errorf("prefix left %d bytes unread", r.Len())
 			}
 		})
 	}
