@@ -275,7 +275,7 @@ type driver struct {
 
 	mu       sync.Mutex
 	buyers   []string // customers with an account
-	skus     []string
+	skus     []string // set by setUp before the load starts, then only read
 	placed   []string // acknowledged order ids
 	acked    atomic.Int64
 	failed   map[string]int // by gRPC code, or "skipped" when too many calls were in flight
@@ -366,10 +366,24 @@ func (d *driver) register(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	d.mu.Lock()
-	d.buyers = append(d.buyers, id)
-	d.mu.Unlock()
+	d.addBuyer(id)
 	return nil
+}
+
+// addBuyer adds a customer whose account is open and funded.
+func (d *driver) addBuyer(id string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.buyers = append(d.buyers, id)
+}
+
+// buyer returns a random customer with an account. The load registers
+// customers while it places orders, so buyers is read under the lock
+// (passing d.buyers to a function would read it before the lock is taken).
+func (d *driver) buyer(rng *rand.Rand) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.buyers[rng.IntN(len(d.buyers))]
 }
 
 // load runs operations until ctx ends: per CreateOrder, on average 0.2
@@ -441,18 +455,12 @@ func (d *driver) failures() string {
 	return strings.Join(parts, ", ")
 }
 
-func (d *driver) pick(rng *rand.Rand, list []string) string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return list[rng.IntN(len(list))]
-}
-
 func (d *driver) order(ctx context.Context, rng *rand.Rand) error {
 	items := []*ordersv1.CreateOrderItem{}
 	for _, i := range rng.Perm(len(d.skus))[:1+rng.IntN(3)] {
 		items = append(items, &ordersv1.CreateOrderItem{Sku: d.skus[i], Quantity: int64(1 + rng.IntN(3))})
 	}
-	r, err := d.orders.CreateOrder(ctx, &ordersv1.CreateOrderRequest{CustomerId: d.pick(rng, d.buyers), Items: items, IdempotencyKey: d.key("order")})
+	r, err := d.orders.CreateOrder(ctx, &ordersv1.CreateOrderRequest{CustomerId: d.buyer(rng), Items: items, IdempotencyKey: d.key("order")})
 	if err != nil {
 		return err
 	}
@@ -479,13 +487,13 @@ func (d *driver) cancel(ctx context.Context, rng *rand.Rand) error {
 }
 
 func (d *driver) topUp(ctx context.Context, rng *rand.Rand) error {
-	_, err := d.payments.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: d.pick(rng, d.buyers),
+	_, err := d.payments.TopUp(ctx, &paymentsv1.TopUpRequest{CustomerId: d.buyer(rng),
 		Amount: usd(int64(1000 + rng.IntN(9000))), IdempotencyKey: d.key("topup")})
 	return err
 }
 
 func (d *driver) adjust(ctx context.Context, rng *rand.Rand) error {
-	_, err := d.inventory.AdjustStock(ctx, &inventoryv1.AdjustStockRequest{Sku: d.pick(rng, d.skus),
+	_, err := d.inventory.AdjustStock(ctx, &inventoryv1.AdjustStockRequest{Sku: d.skus[rng.IntN(len(d.skus))],
 		Delta: int64(rng.IntN(40) - 10), IdempotencyKey: d.key("adjust")})
 	return err
 }
