@@ -18,6 +18,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -53,7 +54,7 @@ func main() {
 	duration := flag.Duration("duration", 20*time.Second, "how long to send orders")
 	customers := flag.Int("customers", 20, "customers placing orders")
 	products := flag.Int("products", 1, "products ordered, one per order in turn (1: every reservation locks the same product row, the worst case)")
-	host := flag.String("host", "127.0.0.1", "host of the services (ports 50051-50055)")
+	host := flag.String("host", "127.0.0.1", "host of the services (gRPC ports 50051-50054; metrics ports 51051-51056 unless -metrics)")
 	pgURL := flag.String("postgres", "postgres://postgres@127.0.0.1:55432/postgres?sslmode=disable", "the stack's PostgreSQL, for pgbench ('' skips it)")
 	pgbenchClients := flag.Int("pgbench-clients", 8, "pgbench client connections")
 	plot := flag.String("plot", "", "write the run second by second as an SVG picture to this file")
@@ -62,8 +63,8 @@ func main() {
 	if *metrics == "" {
 		*metrics = defaultMetrics(*host)
 	}
-	if *products < 1 || *customers < 1 {
-		fmt.Fprintln(os.Stderr, "loadgen: -products and -customers must be at least 1")
+	if err := checkFlags(*rate, *duration, *customers, *products); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(2)
 	}
 	if err := run(*rate, *duration, *customers, *products, *host, *pgURL, *pgbenchClients, *plot, metricsTargets(*metrics)); err != nil {
@@ -88,6 +89,44 @@ func defaultMetrics(host string) string {
 		addrs = append(addrs, fmt.Sprintf("%s:%d", host, svc.Port+1000))
 	}
 	return strings.Join(addrs, ",")
+}
+
+// maxRate is the highest -rate: one CreateOrder per microsecond, far
+// beyond what one process can drive (and the send interval must not
+// round to zero).
+const maxRate = 1_000_000
+
+// checkFlags refuses flags that would send no order or cannot be run,
+// in one line naming the make variable as well.
+func checkFlags(rate int, duration time.Duration, customers, products int) error {
+	switch {
+	case rate < 1 || rate > maxRate:
+		return fmt.Errorf("-rate (RATE=) is CreateOrder calls per second, from 1 to %d, not %d", maxRate, rate)
+	case orderCount(rate, duration) < 1:
+		least := (time.Second + time.Duration(rate) - 1) / time.Duration(rate)
+		return fmt.Errorf("-duration (DURATION=) %s at %d orders/s sends no order: make it at least %s", duration, rate, least)
+	case products < 1 || customers < 1:
+		return errors.New("-products (PRODUCTS=) and -customers must be at least 1")
+	}
+	return nil
+}
+
+// orderCount is how many orders rate per second sends in duration, a
+// fraction of a second included (integer arithmetic: no float rounding
+// loses the last order).
+func orderCount(rate int, duration time.Duration) int {
+	whole, frac := duration/time.Second, duration%time.Second
+	return rate*int(whole) + int(int64(rate)*int64(frac)/int64(time.Second))
+}
+
+// throughput describes the rate at which n orders reached a terminal
+// status within elapsed (from the first send to the last terminal
+// status).
+func throughput(n int, elapsed time.Duration) string {
+	if n == 0 {
+		return "throughput: no order reached a terminal status"
+	}
+	return fmt.Sprintf("throughput: %.1f orders/s reached a terminal status (%d in %s)", float64(n)/elapsed.Seconds(), n, elapsed.Round(time.Millisecond))
 }
 
 func usd(minor int64) *moneyv1.Money { return &moneyv1.Money{Currency: "USD", AmountMinor: minor} }
@@ -118,7 +157,7 @@ func run(rate int, duration time.Duration, nCustomers, nProducts int, host, pgUR
 	pay := paymentsv1.NewPaymentServiceClient(conns[50054])
 
 	runID := strings.ToUpper(uuid.NewString()[:8])
-	total := rate * int(duration.Seconds())
+	total := orderCount(rate, duration)
 	skus := make([]string, nProducts)
 	for i := range skus {
 		skus[i] = fmt.Sprintf("LOAD-%s-%d", runID, i)
@@ -204,9 +243,8 @@ func run(rate int, duration time.Duration, nCustomers, nProducts int, host, pgUR
 	tick.Stop()
 	wg.Wait()
 	cpu := cpuPerOrder(cpuBefore, cpuSnapshot(ctx, metrics), len(terminalLat))
-	elapsed := lastDone.Sub(start)
 	fmt.Printf("\norders:     %d sent, outcomes %v\n", total, outcomes)
-	fmt.Printf("throughput: %.1f orders/s reached a terminal status (%d in %s)\n", float64(len(terminalLat))/elapsed.Seconds(), len(terminalLat), elapsed.Round(time.Millisecond))
+	fmt.Println(throughput(len(terminalLat), lastDone.Sub(start)))
 	fmt.Printf("CreateOrder RPC latency:          %s\n", percentiles(createLat))
 	fmt.Printf("CreateOrder -> terminal latency:  %s\n", percentiles(terminalLat))
 	if cpu != "" {
@@ -230,7 +268,7 @@ func run(rate int, duration time.Duration, nCustomers, nProducts int, host, pgUR
 	if pgURL == "" {
 		return nil
 	}
-	tps, err := pgbench(ctx, pgURL, pgbenchClients)
+	tps, err := pgbench(ctx, pgURL, pgbenchClients, 10*time.Second)
 	if err != nil {
 		return fmt.Errorf("pgbench: %w", err)
 	}
@@ -280,7 +318,10 @@ DELETE FROM outbox WHERE id = lpad(to_hex(:m), 32, '0')::uuid;
 COMMIT;
 `
 
-func pgbench(ctx context.Context, pgURL string, clients int) (float64, error) {
+// pgbench runs pgbenchScript on the cluster of pgURL (in a scratch
+// database) with clients connections for d and returns its transactions
+// per second.
+func pgbench(ctx context.Context, pgURL string, clients int, d time.Duration) (float64, error) {
 	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
 		return 0, err
@@ -323,12 +364,24 @@ func pgbench(ctx context.Context, pgURL string, clients int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	script := filepath.Join(os.TempDir(), "switchyard-pgbench.sql")
-	if err := os.WriteFile(script, []byte(pgbenchScript), 0o644); err != nil {
+	// A file of its own (pgbench reads scripts only from files), removed
+	// afterwards: a fixed name in /tmp would be another user's after their
+	// run, and a symlink trap for root.
+	f, err := os.CreateTemp("", "switchyard-pgbench-*.sql")
+	if err != nil {
 		return 0, err
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pgbench"), "-n", "-c", fmt.Sprint(clients), "-j", "2", "-T", "10",
-		"-f", script, "-h", cfg.Host, "-p", fmt.Sprint(cfg.Port), "-U", cfg.User, "loadgen_pgbench")
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(pgbenchScript)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("write the pgbench script: %w", err)
+	}
+	seconds := max(1, int(d.Round(time.Second)/time.Second))
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pgbench"), "-n", "-c", fmt.Sprint(clients), "-j", "2", "-T", fmt.Sprint(seconds),
+		"-f", f.Name(), "-h", cfg.Host, "-p", fmt.Sprint(cfg.Port), "-U", cfg.User, "loadgen_pgbench")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("%w\n%s", err, out)
