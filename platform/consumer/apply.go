@@ -170,13 +170,13 @@ func (c *Consumer) apply(parent context.Context, cl transport.Claim, h handler, 
 	if err := h.apply(ctx, tx, event, md); err != nil {
 		return false, fmt.Errorf("handle %s %s: %w", md.Type, md.ID, err)
 	}
-	if err := md.hooks.flush(ctx, tx); err != nil {
+	if err := md.hooks.flush(ctx, tx, c.cfg.Logger); err != nil {
 		return false, fmt.Errorf("handle %s %s: %w", md.Type, md.ID, err)
 	}
 	if err := commitTx(ctx, tx); err != nil {
 		return false, infraError{fmt.Errorf("commit: %w", err)}
 	}
-	md.hooks.run(ctx)
+	md.hooks.run(ctx, c.cfg.Logger)
 	return false, nil
 }
 

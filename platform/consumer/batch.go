@@ -210,13 +210,13 @@ func (c *Consumer) applyTx(ctx context.Context, cl transport.Claim, run []ready)
 		}
 		applied++
 	}
-	if err := hooks.flush(bctx, tx); err != nil {
+	if err := hooks.flush(bctx, tx, c.cfg.Logger); err != nil {
 		return 0, 0, fmt.Errorf("handle batch of %d events: %w", len(run), err)
 	}
 	if err := commitTx(bctx, tx); err != nil {
 		return 0, 0, infraError{fmt.Errorf("commit: %w", err)}
 	}
-	hooks.run(bctx)
+	hooks.run(bctx, c.cfg.Logger)
 	return applied, dups, nil
 }
 

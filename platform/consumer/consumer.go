@@ -49,6 +49,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -185,20 +187,36 @@ type txHooks struct {
 
 // flush runs the Gather flushes; the handlers are done, the transaction
 // not yet committed.
-func (h *txHooks) flush(ctx context.Context, tx pgx.Tx) error {
+func (h *txHooks) flush(ctx context.Context, tx pgx.Tx, log *slog.Logger) error {
 	for _, fn := range h.before {
-		if err := fn(ctx, tx); err != nil {
+		if err := catch(log, "Gather flush", func() error { return fn(ctx, tx) }); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// run calls the AfterCommit hooks; the transaction has committed.
-func (h *txHooks) run(ctx context.Context) {
+// run calls the AfterCommit hooks; the transaction has committed, so a
+// hook that panics is only logged.
+func (h *txHooks) run(ctx context.Context, log *slog.Logger) {
 	for _, fn := range h.after {
-		fn(ctx)
+		_ = catch(log, "AfterCommit hook", func() error { fn(ctx); return nil })
 	}
+}
+
+// catch runs fn (a handler or one of its hooks) and turns a panic into a
+// permanent error naming what panicked, with the stack logged. A panic is
+// a bug that the same event triggers again: left alone, it would crash the
+// process at every redelivery, on every member the partition moves to,
+// where a permanent error dead-letters the event alone.
+func catch(log *slog.Logger, what string, fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error(what+" panicked; the event is dead-lettered", "panic", r, "stack", string(debug.Stack()))
+			err = Permanent(fmt.Errorf("%s panicked: %v", what, r))
+		}
+	}()
+	return fn()
 }
 
 // Handler applies one decoded event inside tx.
@@ -289,7 +307,7 @@ func Handle[T proto.Message](c *Consumer, h Handler[T]) {
 		aggregate: eventpb.Aggregate(mt.Descriptor()),
 		newMsg:    func() proto.Message { return mt.New().Interface() },
 		apply: func(ctx context.Context, tx pgx.Tx, msg proto.Message, md Metadata) error {
-			return h(ctx, tx, msg.(T), md)
+			return catch(c.cfg.Logger, "handler", func() error { return h(ctx, tx, msg.(T), md) })
 		},
 	}
 }

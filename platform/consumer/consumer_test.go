@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -316,6 +317,35 @@ func TestPoisonMessageDeadLettered(t *testing.T) {
 			if e := envelope.Headers(m)[consumer.HeaderDLQError]; e == "" || envelope.Headers(m)[consumer.HeaderDLQAttempts] != "1" {
 				t.Errorf("undecodable message dead-lettered with headers %v, want an error after 1 attempt", envelope.Headers(m))
 			}
+		}
+	})
+}
+
+// A handler that panics on one event does not crash the process (at every
+// redelivery, on every member): the event is dead-lettered alone, at its
+// first attempt, and the events around it are applied. A panic in a hook
+// after the commit is logged; its event stays applied.
+func TestPanickingHandlerDeadLettered(t *testing.T) {
+	eachTransport(t, func(t *testing.T, h *harness) {
+		c, _ := h.run(h.config("panic"), func(ctx context.Context, tx pgx.Tx, v *wrapperspb.Int64Value, md consumer.Metadata) error {
+			switch v.Value {
+			case -1:
+				var m map[string]int
+				m["boom"]++ // a bug: assignment to a nil map
+			case 7:
+				md.AfterCommit(func(context.Context) { panic("after the commit") })
+			}
+			return applyDeposit(ctx, tx, v, md)
+		})
+		bad := newDeposit("acct-1", -1)
+		h.send(newDeposit("acct-1", 10), bad, newDeposit("acct-1", 7), newDeposit("acct-1", 20))
+		testkit.WaitFor(t, time.Minute, "the deposits around the panic", func() bool { return c.Stats().Processed == 3 })
+		checkBalances(t, h.balances(), map[string][2]int64{"acct-1": {37, 3}})
+		dlq := h.bus.ReadDeadLetters(t, topic, time.Minute, func(m []*transport.Message) bool { return len(m) == 1 })
+		headers := envelope.Headers(dlq[0])
+		if headers[envelope.HeaderID] != bad.id.String() || headers[consumer.HeaderDLQAttempts] != "1" ||
+			!strings.Contains(headers[consumer.HeaderDLQError], "handler panicked: assignment to entry in nil map") {
+			t.Fatalf("dead-lettered %v, want the panicking deposit %s after 1 attempt, saying it panicked", headers, bad.id)
 		}
 	})
 }
