@@ -1,5 +1,6 @@
 # Switchyard. `make run` starts the shop locally; `make test` is everything CI
-# checks. Both need only Go, gcc, the PostgreSQL server binaries and redis-server.
+# checks. Both need only Go, gcc, the PostgreSQL server binaries and
+# redis-server (`make test` psql too); `make preflight` checks for them.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -24,6 +25,18 @@ GOTEST_FLAGS ?= -count=1 -timeout 20m
 .PHONY: help
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+# What `make run`, `make soak` and `make test` need from the machine,
+# checked first (shop/cmd/preflight) so that a missing prerequisite is named
+# in one line, with what to install, before minutes of building and
+# linting. The check is built without cgo: it must run where gcc is missing.
+PREFLIGHT_NEEDS := cc postgres redis-server
+
+.PHONY: preflight
+preflight: ## Check for gcc, the PostgreSQL server binaries and redis-server (and psql, for make test); name what to install
+	@mkdir -p $(BIN)
+	@cd shop && CGO_ENABLED=0 $(GOBUILD) -o $(BIN)/preflight ./cmd/preflight
+	@$(BIN)/preflight $(PREFLIGHT_NEEDS)
 
 $(BUF): tools/go.mod tools/go.sum
 	@mkdir -p $(BIN)
@@ -78,7 +91,9 @@ breaking: $(BUF) ## buf breaking against the newest v* tag, if any
 	else echo "buf breaking against $$tag"; $(BUF) breaking --against ".git#tag=$$tag"; fi
 
 .PHONY: test
-test: check-generated lint breaking ## Everything CI checks
+# deploy's tests run psql from PATH.
+test: PREFLIGHT_NEEDS += psql
+test: preflight check-generated lint breaking ## Everything CI checks
 	go test -race $(GOTEST_FLAGS) ./platform/...
 	go test $(GOTEST_FLAGS) $(filter-out ./platform/...,$(MODULES))
 	SWITCHYARD_E2E_TRANSPORT=redis go test $(GOTEST_FLAGS) ./shop/e2e/
@@ -164,7 +179,7 @@ undeploy: ## Uninstall the chart (the PersistentVolumeClaims stay; delete the na
 	helm uninstall switchyard --kube-context $(KUBE_CONTEXT) --namespace switchyard
 
 .PHONY: soak
-soak: build ## Chaos soak: load plus faults for DURATION (5m), then every invariant; last line "soak: N orders, N faults, N violations"
+soak: preflight build ## Chaos soak: load plus faults for DURATION (5m), then every invariant; last line "soak: N orders, N faults, N violations"
 	cd shop && $(GOBUILD) -o $(BIN)/soak ./cmd/soak
 	$(BIN)/soak -bin $(BIN) -duration $(or $(DURATION),5m) $(if $(SEED),-seed $(SEED))
 
@@ -173,5 +188,5 @@ loadgen: ## Drive CreateOrder against a running `make run` (RATE=50 DURATION=20s
 	cd shop && go run ./cmd/loadgen -rate $(or $(RATE),50) -duration $(or $(DURATION),20s) -products $(or $(PRODUCTS),1) $(if $(PLOT),-plot $(abspath $(PLOT)))
 
 .PHONY: run
-run: build ## Start the whole shop locally (data in .switchyard/; TRANSPORT=redis for Redis Streams; ANALYTICS_INSTANCES=3 for more analytics; Ctrl-C stops it)
+run: preflight build ## Start the whole shop locally (data in .switchyard/; TRANSPORT=redis for Redis Streams; ANALYTICS_INSTANCES=3 for more analytics; Ctrl-C stops it)
 	@$(BIN)/shop -dir .switchyard -bin $(BIN) -transport $(or $(TRANSPORT),kafka) -analytics-instances $(or $(ANALYTICS_INSTANCES),1)

@@ -149,6 +149,14 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	return c, nil
 }
 
+// CheckServerUser reports an error when PostgreSQL cannot run as the
+// current user: it refuses root, so root needs a "postgres" user to run it
+// as (Debian's postgresql package creates one).
+func CheckServerUser() error {
+	_, err := serverCredential()
+	return err
+}
+
 // serverCredential returns the credential to run PostgreSQL with: nil for a
 // normal user, the "postgres" user when running as root.
 func serverCredential() (*syscall.Credential, error) {
