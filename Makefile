@@ -53,6 +53,9 @@ $(GOLANGCI_LINT): tools/lint/go.mod tools/lint/go.sum
 .PHONY: tools
 tools: $(BUF) $(GRPCURL) $(GOLANGCI_LINT) ## Build the pinned tools (buf, grpcurl, golangci-lint) into .bin/
 
+.PHONY: grpcurl
+grpcurl: $(GRPCURL) ## Build only grpcurl into .bin/ (for the walkthrough; golangci-lint takes minutes)
+
 .PHONY: generate
 generate: $(BUF) ## Regenerate gen/go from proto/ (and the library's options from platform/proto/)
 	$(BUF) generate

@@ -77,7 +77,7 @@ func banner(s *stack.Stack, pgPort, kafkaPort, redisPort int) string {
  Kafka:      127.0.0.1:%d   (topics switchyard.customer, .order, .inventory, .payment)
  Redis:      redis-cli -p %d   (events travel over %s; with redis: XRANGE switchyard.order:0 - +)
 
- Try it (grpcurl: 'make tools' builds it into .bin/; export PATH="$PWD/.bin:$PATH"):
+ Try it (grpcurl: 'make grpcurl' builds it into .bin/; export PATH="$PWD/.bin:$PATH"):
 
   grpcurl -plaintext -d '{"email":"ada@example.com","name":"Ada"}' localhost:50051 switchyard.customers.v1.CustomerService/RegisterCustomer
   grpcurl -plaintext -d '{"sku":"BOOK-1","name":"A book","price":{"currency":"USD","amount_minor":1500},"stock":10}' localhost:50053 switchyard.inventory.v1.InventoryService/CreateProduct
