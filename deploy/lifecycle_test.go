@@ -247,6 +247,42 @@ func TestStartupProbesCoverSlowStarts(t *testing.T) {
 	}
 }
 
+// PostgreSQL's write-ahead log stays within half of its volume: a quarter
+// for what checkpoints keep (max_wal_size) and a quarter for what
+// replication slots may hold back (max_slot_wal_keep_size). Without the
+// latter, one emitting service scaled to 0 (its slot unread) would fill the
+// volume and stop every service's database.
+func TestPostgresWALFitsItsVolume(t *testing.T) {
+	for _, c := range []struct {
+		storage string
+		mib     int64
+	}{
+		{"", 2048}, // the default
+		{"10Gi", 10240},
+	} {
+		values := map[string]any(nil)
+		if c.storage != "" {
+			values = map[string]any{"postgresql": map[string]any{"enabled": true, "storage": c.storage}}
+		}
+		settings := postgresSettings(t, mustRender(t, values))
+		mb := func(name string) int64 {
+			m := regexp.MustCompile(`^([0-9]+)MB$`).FindStringSubmatch(settings[name])
+			if m == nil {
+				t.Fatalf("%s=%q, want <n>MB", name, settings[name])
+			}
+			n, _ := strconv.ParseInt(m[1], 10, 64)
+			return n
+		}
+		keep, wal := mb("max_slot_wal_keep_size"), mb("max_wal_size")
+		if keep <= 0 || keep+wal > c.mib/2 {
+			t.Errorf("%d MiB volume: max_slot_wal_keep_size %d MB + max_wal_size %d MB, want a positive cap and both within half the volume", c.mib, keep, wal)
+		}
+		if keep < c.mib/8 {
+			t.Errorf("%d MiB volume: max_slot_wal_keep_size %d MB lets a short relay outage lose its slot", c.mib, keep)
+		}
+	}
+}
+
 // mebibytes reads a container's memory limit.
 func mebibytes(t *testing.T, c corev1.Container) int64 {
 	t.Helper()

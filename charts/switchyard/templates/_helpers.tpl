@@ -126,14 +126,15 @@ capabilities:
 {{- end -}}
 
 {{/*
-A memory quantity ("512Mi", "1Gi", "300M", "268435456") in whole MiB, for the
+A memory or storage quantity ("512Mi", "1Gi", "300M", "268435456") in whole MiB, for the
 sizing checks below; fails on a form it cannot read rather than guessing.
 */}}
 {{- define "switchyard.mebibytes" -}}
 {{- $q := toString . -}}
 {{- $n := regexFind "^[0-9]+" $q | int64 -}}
 {{- $unit := trimPrefix (regexFind "^[0-9]+" $q) $q -}}
-{{- if eq $unit "Gi" }}{{ mul $n 1024 }}
+{{- if eq $unit "Ti" }}{{ mul $n 1048576 }}
+{{- else if eq $unit "Gi" }}{{ mul $n 1024 }}
 {{- else if eq $unit "Mi" }}{{ $n }}
 {{- else if eq $unit "Ki" }}{{ div $n 1024 }}
 {{- else if eq $unit "G" }}{{ div (mul $n 1000000000) 1048576 }}
