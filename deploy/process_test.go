@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"helm.sh/helm/v3/pkg/chart/loader"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
@@ -355,5 +356,44 @@ func TestTerminationGraceCoversShutdown(t *testing.T) {
 	_, err = render(t, map[string]any{"services": map[string]any{"orders": map[string]any{"replicas": 1, "env": map[string]any{"SWITCHYARD_SHUTDOWN_TIMEOUT": "60s"}}}})
 	if err == nil || !strings.Contains(err.Error(), "set service.shutdown.timeoutSeconds instead") {
 		t.Errorf("services.orders.env.SWITCHYARD_SHUTDOWN_TIMEOUT rendered (error %v): it would outlast the grace period unseen", err)
+	}
+}
+
+// Each service's traces carry the version of its image (service.version,
+// from SWITCHYARD_VERSION: the images are built without VCS information, so
+// the binary itself says "dev"): the image's tag, or the chart's appVersion
+// for an image pinned by digest alone.
+func TestServiceVersionIsTheImageTag(t *testing.T) {
+	ch, err := loader.Load(chartPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const digest = "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for _, tc := range []struct {
+		name   string
+		values map[string]any
+		want   map[string]string // by service; the rest want other
+		other  string
+	}{
+		{"defaults", nil, nil, "0.1.0"},
+		{"image.tag", map[string]any{"image": map[string]any{"tag": "2.3.4"}}, nil, "2.3.4"},
+		{"one image of a registry with a port, tag and digest", map[string]any{"services": map[string]any{"orders": map[string]any{"replicas": 1,
+			"image": "registry.local:5000/team/switchyard-orders:abc123" + digest}}}, map[string]string{"orders": "abc123"}, "0.1.0"},
+		{"one image by digest alone", map[string]any{"image": map[string]any{"tag": "2.3.4"}, "services": map[string]any{"orders": map[string]any{"replicas": 1,
+			"image": "registry.local:5000/switchyard-orders" + digest}}}, map[string]string{"orders": ch.Metadata.AppVersion}, "2.3.4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := mustRender(t, tc.values)
+			for _, n := range serviceNames {
+				want, ok := tc.want[n]
+				if !ok {
+					want = tc.other
+				}
+				c := deployment(t, o, n).Spec.Template.Spec.Containers[0]
+				if got := envOf(c)["SWITCHYARD_VERSION"].Value; got != want {
+					t.Errorf("%s (image %s): SWITCHYARD_VERSION=%q, want %q", n, c.Image, got, want)
+				}
+			}
+		})
 	}
 }
