@@ -99,7 +99,7 @@ func ensureSlot(ctx context.Context, conn *pgx.Conn, cfg *Config) error {
 	case err != nil:
 		return fmt.Errorf("look up replication slot: %w", err)
 	case slotDB == nil || *slotDB != conn.Config().Database || slotPlugin == nil || *slotPlugin != "pgoutput":
-		return permanent{fmt.Errorf("replication slot %s already exists for another database or plugin (database %v, plugin %v): set a distinct slot name",
+		return permanent{fmt.Errorf("replication slot %s already exists for another database or plugin (database %v, plugin %v): drop it if nothing reads it (SELECT pg_drop_replication_slot('%[1]s')), or give this relay another slot (Config.Slot; a service's is named after its database, so two databases whose names differ only in case or punctuation need other names)",
 			cfg.Slot, deref(slotDB), deref(slotPlugin))}
 	}
 	if !exists {

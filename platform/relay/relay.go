@@ -353,6 +353,14 @@ func SlotName(database string) string {
 // permanent marks an error that retrying cannot fix; Run returns it.
 type permanent struct{ error }
 
+// IsPermanent reports whether err (from [Relay.Prepare] or [Relay.Run]) is
+// one that retrying cannot fix: an operator must act, and the error says
+// how.
+func IsPermanent(err error) bool {
+	var p permanent
+	return errors.As(err, &p)
+}
+
 func (p permanent) Unwrap() error { return p.error }
 
 // New validates cfg and returns a relay.

@@ -356,8 +356,8 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 			if rl == nil {
 				warnOrphanSlot(ctx, env)
 			} else if err := rl.Prepare(ctx); err != nil {
-				// Neither fixes itself: an operator must act (the errors say how).
-				if errors.Is(err, relay.ErrLogicalReplicationOff) || errors.Is(err, relay.ErrSlotLost) {
+				// Retrying will not fix it: an operator must act (the error says how).
+				if relay.IsPermanent(err) {
 					return permanentErr{err}
 				}
 				return err

@@ -346,6 +346,40 @@ func TestSlotLostStopsTheService(t *testing.T) {
 	}
 }
 
+// A slot of the service's name that another plugin (or database) made is
+// an operator's to sort out: Run fails at once saying how, rather than
+// retrying "not ready" for ever.
+func TestForeignSlotStopsTheService(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testkit.Database(t)
+	conn, err := pgx.Connect(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	slot := relay.SlotName(conn.Config().Database)
+	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, slot); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // before the connection closes: a slot keeps its database from being dropped
+		if _, err := conn.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+			t.Errorf("drop slot %s: %v", slot, err)
+		}
+	})
+
+	s := start(t, db, testkit.Kafka(t).Addr())
+	select {
+	case err := <-s.done:
+		if !relay.IsPermanent(err) || !strings.Contains(err.Error(), "pg_drop_replication_slot('"+slot+"')") {
+			t.Fatalf("Run = %v, want a permanent error saying how to free the slot", err)
+		}
+		s.done <- nil
+	case <-time.After(time.Minute):
+		t.Fatal("service with another plugin's slot kept retrying")
+	}
+}
+
 // Watch streams are bounded per process (RESOURCE_EXHAUSTED past the bound)
 // and read through their own pool: streams stuck reading never take the
 // connections other work needs. Here the main pool has two connections and
