@@ -679,7 +679,26 @@ func TestSkaffoldConfig(t *testing.T) {
 		}
 	}
 	if c.Render.Helm == nil || len(c.Render.Helm.Releases) != 1 || c.Render.Helm.Releases[0].ChartPath != "charts/switchyard" {
-		t.Errorf("skaffold does not deploy charts/switchyard")
+		t.Fatalf("skaffold does not deploy charts/switchyard")
+	}
+	// Into make deploy's namespace, which the README's kubectl commands
+	// use: elsewhere it would be a second release beside that one.
+	makefile, err := os.ReadFile("../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`helm upgrade --install[^\n]*(?:\\\n[^\n]*)*--namespace (\S+) --create-namespace`).FindSubmatch(makefile)
+	if m == nil {
+		t.Fatal("the Makefile's helm upgrade --install names no --namespace ... --create-namespace")
+	}
+	release := c.Render.Helm.Releases[0]
+	if release.Namespace != string(m[1]) || release.CreateNamespace == nil || !*release.CreateNamespace {
+		t.Errorf("skaffold installs into namespace %q (createNamespace %v), make deploy into %q", release.Namespace, release.CreateNamespace, m[1])
+	}
+	for _, pf := range c.PortForward {
+		if pf.Namespace != string(m[1]) {
+			t.Errorf("skaffold port-forwards %s %s in namespace %q, the release is in %q", pf.Type, pf.Name, pf.Namespace, m[1])
+		}
 	}
 	profiles := map[string]bool{}
 	for _, p := range c.Profiles {
