@@ -201,10 +201,46 @@ func (t *Transport) System() string { return "redis" }
 
 // EnsureTopics records the topics for trimming; streams need no creation
 // (XADD creates them, and consumer groups are created by their members).
-func (t *Transport) EnsureTopics(_ context.Context, topics ...string) error {
+// It also records each topic's partition count in Redis
+// ("<topic>:partitions") the first time, and refuses a count other than the
+// recorded one with ErrPartitionsChanged: on Redis the count routes every
+// key to its stream, so processes that disagree on it would put an
+// aggregate's events in two streams (out of order) or in streams nobody
+// reads.
+func (t *Transport) EnsureTopics(ctx context.Context, topics ...string) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	want := strconv.Itoa(t.cfg.Partitions)
+	pipe := t.rdb.Pipeline()
+	recorded := make([]*redis.StatusCmd, len(topics))
+	for i, topic := range topics {
+		recorded[i] = pipe.SetArgs(ctx, partitionsKey(topic), want, redis.SetArgs{Mode: "NX", Get: true})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("record partition counts: %w", err)
+	}
+	for i, cmd := range recorded {
+		got, err := cmd.Result()
+		switch {
+		case errors.Is(err, redis.Nil): // recorded now
+		case err != nil:
+			return fmt.Errorf("record partition count of %s: %w", topics[i], err)
+		case got != want:
+			return fmt.Errorf("%w: topic %s has %s partitions on this Redis and this process is configured with %s (SWITCHYARD_TOPIC_PARTITIONS): set it back to %[3]s, or change it only as the README's \"Changing the partition count on Redis\" says",
+				ErrPartitionsChanged, topics[i], got, want)
+		}
+	}
 	t.addTopics(topics...)
 	return nil
 }
+
+// ErrPartitionsChanged is returned (wrapped) by EnsureTopics when a topic's
+// recorded partition count is not the transport's.
+var ErrPartitionsChanged = errors.New("redis streams: partition count changed")
+
+// partitionsKey is where a topic's partition count is recorded.
+func partitionsKey(topic string) string { return topic + ":partitions" }
 
 // Check pings Redis and verifies that it cannot evict keys.
 func (t *Transport) Check(ctx context.Context) error {

@@ -577,3 +577,38 @@ func TestConsumesAfterRedisOutage(t *testing.T) {
 	publish(t, tr, []*transport.Message{event("k", 1)})
 	testkit.WaitFor(t, 20*time.Second, "second message committed", func() bool { return a.committedCount() == 2 })
 }
+
+// The partition count routes every key on Redis: the first process to
+// ensure a topic records it, and one configured with another count is
+// refused rather than splitting aggregates across streams.
+func TestPartitionCountIsRecorded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := testkit.Redis(t)
+	partitions := func(n int) func(*Config) { return func(c *Config) { c.Partitions = n } }
+	four := newTransport(t, srv, partitions(4))
+	if err := four.EnsureTopics(ctx, testTopic, testTopic+".other"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name       string
+		partitions int
+		topics     []string
+		wantErr    error
+	}{
+		{"same count", 4, []string{testTopic}, nil},
+		{"more", 8, []string{testTopic}, ErrPartitionsChanged},
+		{"fewer, on the second topic", 2, []string{"switchyard.new", testTopic + ".other"}, ErrPartitionsChanged},
+		{"a topic not recorded yet", 8, []string{"switchyard.fresh"}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := newTransport(t, srv, partitions(c.partitions)).EnsureTopics(ctx, c.topics...)
+			if !errors.Is(err, c.wantErr) {
+				t.Fatalf("EnsureTopics with %d partitions = %v, want %v", c.partitions, err, c.wantErr)
+			}
+		})
+	}
+	if n, err := srv.Client(t).Get(ctx, testTopic+":partitions").Result(); err != nil || n != "4" {
+		t.Fatalf("recorded count %q (%v), want the first process's 4", n, err)
+	}
+}

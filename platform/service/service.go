@@ -365,7 +365,10 @@ func bootstrap(ctx context.Context, spec Spec, env *Env, rl *relay.Relay, tr tra
 			tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			if err := tr.EnsureTopics(tctx, env.topics...); err != nil {
-				return fmt.Errorf("broker unreachable: %w", err)
+				if errors.Is(err, redisstream.ErrPartitionsChanged) {
+					return permanentErr{err}
+				}
+				return fmt.Errorf("create topics %v: %w", env.topics, err)
 			}
 			return nil
 		}()

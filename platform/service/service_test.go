@@ -24,6 +24,7 @@ import (
 	"github.com/switchyard/switchyard/platform/consumer"
 	"github.com/switchyard/switchyard/platform/outbox"
 	"github.com/switchyard/switchyard/platform/pgcluster"
+	"github.com/switchyard/switchyard/platform/redisstream"
 	"github.com/switchyard/switchyard/platform/relay"
 	"github.com/switchyard/switchyard/platform/service"
 	"github.com/switchyard/switchyard/platform/testkit"
@@ -377,6 +378,35 @@ func TestForeignSlotStopsTheService(t *testing.T) {
 		s.done <- nil
 	case <-time.After(time.Minute):
 		t.Fatal("service with another plugin's slot kept retrying")
+	}
+}
+
+// On Redis a service whose partition count differs from the one its
+// topics were first used with does not start: Run fails at once saying
+// what to set, rather than retrying "not ready" for ever.
+func TestChangedRedisPartitionsStopTheService(t *testing.T) {
+	t.Parallel()
+	redis := testkit.Redis(t)
+	run := func(partitions string) *running {
+		sp := service.Spec{Name: "partitions", Subscribe: []string{"in"}, Setup: func(env *service.Env) error {
+			consumer.Handle(env.Consumer, func(context.Context, pgx.Tx, *wrapperspb.StringValue, consumer.Metadata) error { return nil })
+			return nil
+		}}
+		return startSpec(t, sp, testkit.Database(t), "",
+			map[string]string{"SWITCHYARD_TRANSPORT": "redis", "SWITCHYARD_REDIS_URL": redis.URL(), "SWITCHYARD_TOPIC_PARTITIONS": partitions})
+	}
+	first := run("4")
+	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return first.status(t) == healthpb.HealthCheckResponse_SERVING })
+
+	second := run("8")
+	select {
+	case err := <-second.done:
+		if !errors.Is(err, redisstream.ErrPartitionsChanged) || !strings.Contains(err.Error(), "set it back to 4") {
+			t.Fatalf("Run = %v, want ErrPartitionsChanged saying what to set", err)
+		}
+		second.done <- nil
+	case <-time.After(time.Minute):
+		t.Fatal("service with another partition count kept retrying")
 	}
 }
 
