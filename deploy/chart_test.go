@@ -596,22 +596,35 @@ func TestRedisMaxmemoryFitsItsLimit(t *testing.T) {
 	}
 }
 
-// values.schema.json rejects wrong types, unknown keys and untagged images.
-func TestValuesSchemaRejectsBadValues(t *testing.T) {
-	for name, values := range map[string]map[string]any{
-		"replicas as text":    {"services": map[string]any{"orders": map[string]any{"replicas": "three"}}},
-		"misspelled key":      {"kafka": map[string]any{"enabeld": false}},
-		"unknown outbox":      {"service": map[string]any{"outboxMode": "debezium"}},
-		"latest image":        {"jaeger": map[string]any{"image": map[string]any{"repository": "jaegertracing/jaeger", "tag": "latest"}}},
-		"missing brokers":     {"kafka": map[string]any{"enabled": false}},
-		"missing db secrets":  {"postgresql": map[string]any{"enabled": false}},
-		"unknown transport":   {"transport": "nats"},
-		"missing redis url":   {"transport": "redis", "redis": map[string]any{"enabled": false}},
-		"cache without redis": {"redis": map[string]any{"enabled": false}},
-		"cache as text":       {"cache": "on"},
+// values.schema.json rejects wrong types, unknown keys, untagged images and
+// an external Redis URL the chart cannot append a database to, and the
+// templates refuse missing external settings, each with a message that says
+// which (another failure would not pass for the one a case expects).
+func TestBadValuesRefused(t *testing.T) {
+	for name, tc := range map[string]struct {
+		values map[string]any
+		want   string // in the error
+	}{
+		"replicas as text":    {map[string]any{"services": map[string]any{"orders": map[string]any{"replicas": "three"}}}, "'/services/orders/replicas': got string, want integer"},
+		"misspelled key":      {map[string]any{"kafka": map[string]any{"enabeld": false}}, "additional properties 'enabeld' not allowed"},
+		"unknown outbox":      {map[string]any{"service": map[string]any{"outboxMode": "debezium"}}, "'/service/outboxMode': value must be one of"},
+		"latest image":        {map[string]any{"jaeger": map[string]any{"image": map[string]any{"repository": "jaegertracing/jaeger", "tag": "latest"}}}, "'/jaeger/image/tag'"},
+		"missing brokers":     {map[string]any{"kafka": map[string]any{"enabled": false}}, "kafka.external.brokers is required"},
+		"missing db secrets":  {map[string]any{"postgresql": map[string]any{"enabled": false}}, "secretName is required when postgresql.enabled is false"},
+		"unknown transport":   {map[string]any{"transport": "nats"}, "'/transport': value must be one of"},
+		"missing redis url":   {map[string]any{"transport": "redis", "redis": map[string]any{"enabled": false}}, "redis.external.url is required"},
+		"cache without redis": {map[string]any{"redis": map[string]any{"enabled": false}}, "redis.external.url is required"},
+		"cache as text":       {map[string]any{"cache": "on"}, "'/cache': got string, want object"},
+		"redis url with a database": {map[string]any{"redis": map[string]any{"enabled": false, "external": map[string]any{"url": "redis://redis.infra:6379/0"}}},
+			"'/redis/external/url'"},
+		"redis url with a query": {map[string]any{"redis": map[string]any{"enabled": false, "external": map[string]any{"url": "rediss://:pw@redis.infra:6379?protocol=3"}}},
+			"'/redis/external/url'"},
 	} {
-		if _, err := render(t, values); err == nil {
+		_, err := render(t, tc.values)
+		if err == nil {
 			t.Errorf("%s: the chart rendered", name)
+		} else if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: refused with %q, which does not say %q", name, err, tc.want)
 		}
 	}
 }
