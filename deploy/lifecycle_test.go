@@ -529,6 +529,13 @@ func TestStorageChangeIsRefusedOnUpgrade(t *testing.T) {
 	}
 }
 
+// passwordChecksum is the checksum/db-password annotation of a password:
+// the chart hashes its base64 form, as the Secret's data holds it.
+func passwordChecksum(password []byte) string {
+	sum := sha256.Sum256([]byte(base64.StdEncoding.EncodeToString(password)))
+	return hex.EncodeToString(sum[:])[:16]
+}
+
 func passwordSecret(name, password string) *corev1.Secret {
 	return &corev1.Secret{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
@@ -556,6 +563,17 @@ func TestPasswordsSurviveUninstallAndUpgrade(t *testing.T) {
 			t.Errorf("Secret %s is deleted by helm uninstall while the volume it belongs to stays", s.Name)
 		}
 	}
+	// Without lookup (a first install, helm template) each password is
+	// generated once per rendering: the checksum is that of the very
+	// password the Secret gets, or the pods would log in with another.
+	for _, d := range fresh.deployments {
+		n := strings.TrimPrefix(d.Name, "switchyard-")
+		if s, ok := fresh.secrets["switchyard-postgres-"+n]; ok {
+			if got, want := d.Spec.Template.Annotations["checksum/db-password"], passwordChecksum(s.Data["password"]); got != want {
+				t.Errorf("%s: a fresh rendering's pods carry password checksum %q, its Secret's is %q", n, got, want)
+			}
+		}
+	}
 	manifest, err := renderUpgrade(t, nil, kept...)
 	if err != nil {
 		t.Fatal(err)
@@ -571,8 +589,7 @@ func TestPasswordsSurviveUninstallAndUpgrade(t *testing.T) {
 		sums[d.Name] = d.Spec.Template.Annotations["checksum/db-password"]
 	}
 	for _, n := range serviceNames {
-		sum := sha256.Sum256([]byte(base64.StdEncoding.EncodeToString([]byte("kept-" + n))))
-		if want := hex.EncodeToString(sum[:])[:16]; sums["switchyard-"+n] != want {
+		if want := passwordChecksum([]byte("kept-" + n)); sums["switchyard-"+n] != want {
 			t.Errorf("%s: pods carry password checksum %q, want %q (that of its Secret)", n, sums["switchyard-"+n], want)
 		}
 	}
