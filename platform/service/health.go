@@ -22,17 +22,26 @@ const LivenessService = "liveness"
 // outage. Alert on it, or on the metric switchyard_relay_stuck.
 const RelayHealthService = "relay"
 
+// BrokerHealthService is the health service name that reports whether the
+// broker answers. Like the relay's, it is kept out of readiness: RPCs need
+// only the database (the outbox keeps their events until the broker is
+// back), so a broker restart must not take every service's endpoints away.
+// Consumers wait meanwhile; alert on it, or on consumer lag.
+const BrokerHealthService = "broker"
+
 // healthProbes keeps the health statuses in line with the service's
-// dependencies: readiness follows the reachability of the database and the
-// broker, the relay status follows [relay.Relay.Check].
+// dependencies: readiness follows the reachability of the database, the
+// broker and relay statuses follow the broker's check and
+// [relay.Relay.Check].
 type healthProbes struct {
 	database, broker func(context.Context) error
 	relay            func() error // nil without a relay
 	setReady         func(healthpb.HealthCheckResponse_ServingStatus)
+	setBroker        func(healthpb.HealthCheckResponse_ServingStatus)
 	setRelay         func(healthpb.HealthCheckResponse_ServingStatus)
 
-	ready, relayOK bool // the statuses last set
-	checked        bool // whether any were set
+	ready, brokerOK, relayOK bool // the statuses last set
+	checked                  bool // whether any were set
 }
 
 // loop probes every two seconds until ctx ends.
@@ -57,14 +66,26 @@ func (h *healthProbes) probe(ctx context.Context, logger *slog.Logger) {
 	cancel()
 	first := !h.checked
 	h.checked = true
-	if ready := dbErr == nil && brokerErr == nil; first || ready != h.ready {
+	if ready := dbErr == nil; first || ready != h.ready {
 		h.ready = ready
 		if ready {
 			h.setReady(healthpb.HealthCheckResponse_SERVING)
 			logger.Info("health: SERVING")
 		} else {
 			h.setReady(healthpb.HealthCheckResponse_NOT_SERVING)
-			logger.Warn("health: NOT_SERVING", "database_error", errString(dbErr), "broker_error", errString(brokerErr))
+			logger.Warn("health: NOT_SERVING: the database does not answer", "error", dbErr)
+		}
+	}
+	if ok := brokerErr == nil; first || ok != h.brokerOK {
+		h.brokerOK = ok
+		if ok {
+			h.setBroker(healthpb.HealthCheckResponse_SERVING)
+			if !first {
+				logger.Info("health: broker answers again")
+			}
+		} else {
+			h.setBroker(healthpb.HealthCheckResponse_NOT_SERVING)
+			logger.Warn("health: broker NOT_SERVING: events wait in the outbox and consumers wait; RPCs are served", "error", brokerErr)
 		}
 	}
 	if h.relay == nil {
@@ -83,13 +104,6 @@ func (h *healthProbes) probe(ctx context.Context, logger *slog.Logger) {
 			logger.Error("health: relay NOT_SERVING: events are not reaching the broker", "error", relayErr)
 		}
 	}
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
 
 // dbProbe asks whether the database answers, on a connection of its own:

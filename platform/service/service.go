@@ -222,6 +222,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		}
 	}
 	setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+	healthSrv.SetServingStatus(BrokerHealthService, healthpb.HealthCheckResponse_NOT_SERVING)
 	if rl != nil {
 		healthSrv.SetServingStatus(RelayHealthService, healthpb.HealthCheckResponse_NOT_SERVING)
 	}
@@ -285,7 +286,8 @@ func Run(ctx context.Context, spec Spec, cfg Config, logger *slog.Logger, listen
 		db := newDBProbe(pcfg.ConnConfig, spec.Name+"-health")
 		probes := healthProbes{
 			database: db.check, broker: tr.Check,
-			setReady: setHealth,
+			setReady:  setHealth,
+			setBroker: func(s healthpb.HealthCheckResponse_ServingStatus) { healthSrv.SetServingStatus(BrokerHealthService, s) },
 		}
 		if rl != nil {
 			probes.relay = rl.Check
