@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
@@ -373,8 +374,12 @@ func TestJaegerStoreFitsItsLimit(t *testing.T) {
 }
 
 // A service's memory limit covers the Kafka client's buffers as the
-// platform bounds them (two producers: the relay and the dead-letter one;
-// one consumer) plus room for the Go heap.
+// platform bounds them plus room for the Go heap: the relay's producer
+// (services that emit events) and, per consumer group, its prefetch queue,
+// a fetch response and its dead-letter producer. The groups are counted
+// from the service's source: its own, plus one per AddConsumer or
+// NewConsumer call (inventory's stock cache updater, analytics' replay
+// during a rebuild).
 func TestServiceMemoryCoversKafkaBuffers(t *testing.T) {
 	const heapMiB = 128
 	kib := func(m kafka.ConfigMap, key string, librdkafkaDefault int) int {
@@ -385,16 +390,21 @@ func TestServiceMemoryCoversKafkaBuffers(t *testing.T) {
 	}
 	pc := *broker.Config{}.ProducerConfig("x")
 	cc := *broker.Config{}.ConsumerConfig("g", "x")
-	buffersMiB := (2*kib(pc, "queue.buffering.max.kbytes", 1048576) +
-		kib(cc, "queued.max.messages.kbytes", 65536) +
-		kib(cc, "fetch.max.bytes", 52428800)/1024) / 1024
-	for _, d := range mustRender(t, nil).deployments {
-		if strings.HasSuffix(d.Name, "-jaeger") {
-			continue
+	producerMiB := kib(pc, "queue.buffering.max.kbytes", 1048576) / 1024
+	groupMiB := (kib(cc, "queued.max.messages.kbytes", 65536)+kib(cc, "fetch.max.bytes", 52428800)/1024)/1024 + producerMiB
+	extraGroups := regexp.MustCompile(`(\.(?:AddConsumer|NewConsumer))\(`)
+	emits := regexp.MustCompile(`(Emits:\s*true)`)
+	o := mustRender(t, nil)
+	for _, n := range serviceNames {
+		src := filepath.Join("../services", n)
+		groups := 1 + len(sourceMatchList(t, extraGroups, src))
+		buffersMiB := groups * groupMiB
+		if len(sourceMatchList(t, emits, src)) > 0 {
+			buffersMiB += producerMiB
 		}
-		c := d.Spec.Template.Spec.Containers[0]
+		c := deployment(t, o, n).Spec.Template.Spec.Containers[0]
 		if limit := mebibytes(t, c); limit < int64(buffersMiB+heapMiB) {
-			t.Errorf("%s: memory limit %d MiB, but the Kafka client may buffer %d MiB plus %d MiB of heap", d.Name, limit, buffersMiB, heapMiB)
+			t.Errorf("%s: memory limit %d MiB, but the Kafka client may buffer %d MiB (%d consumer groups) plus %d MiB of heap", n, limit, buffersMiB, groups, heapMiB)
 		}
 	}
 }

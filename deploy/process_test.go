@@ -138,11 +138,11 @@ func processEnv(t *testing.T, o objects, service string, c corev1.Container) map
 // source: getenv("SWITCHYARD_X") or os.Getenv("SWITCHYARD_X").
 var getenvCalls = regexp.MustCompile(`[gG]etenv\("([A-Z][A-Z0-9_]*)"\)`)
 
-// sourceMatches returns the first submatch of each match of re in the
-// non-test Go files below roots.
-func sourceMatches(t *testing.T, re *regexp.Regexp, roots ...string) map[string]bool {
+// sourceMatchList returns the first submatch of each match of re in the
+// non-test Go files below roots, once per match.
+func sourceMatchList(t *testing.T, re *regexp.Regexp, roots ...string) []string {
 	t.Helper()
-	found := map[string]bool{}
+	var found []string
 	for _, root := range roots {
 		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
@@ -150,13 +150,23 @@ func sourceMatches(t *testing.T, re *regexp.Regexp, roots ...string) map[string]
 			}
 			b, err := os.ReadFile(path)
 			for _, m := range re.FindAllSubmatch(b, -1) {
-				found[string(m[1])] = true
+				found = append(found, string(m[1]))
 			}
 			return err
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+	return found
+}
+
+// sourceMatches is the set of sourceMatchList.
+func sourceMatches(t *testing.T, re *regexp.Regexp, roots ...string) map[string]bool {
+	t.Helper()
+	found := map[string]bool{}
+	for _, m := range sourceMatchList(t, re, roots...) {
+		found[m] = true
 	}
 	return found
 }
