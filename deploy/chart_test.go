@@ -682,17 +682,38 @@ func TestSkaffoldConfig(t *testing.T) {
 	if c.APIVersion != latest.Version {
 		t.Fatalf("skaffold.yaml apiVersion %s, want %s", c.APIVersion, latest.Version)
 	}
-	images := map[string]bool{}
-	for _, a := range c.Build.Artifacts {
-		images[a.ImageName] = true
-	}
-	for _, n := range serviceNames {
-		if !images["switchyard-"+n] {
-			t.Errorf("skaffold does not build switchyard-%s", n)
-		}
-	}
 	if c.Render.Helm == nil || len(c.Render.Helm.Releases) != 1 || c.Render.Helm.Releases[0].ChartPath != "charts/switchyard" {
 		t.Fatalf("skaffold does not deploy charts/switchyard")
+	}
+	// Each service's image is built and handed to the chart as that
+	// service's image (else the chart deploys the stale <repository>-<name>
+	// tag), and nothing else is built or set.
+	built := map[string]bool{}
+	for _, a := range c.Build.Artifacts {
+		built[a.ImageName] = true
+	}
+	set := map[string]string(c.Render.Helm.Releases[0].SetValueTemplates)
+	want := map[string]bool{}
+	for _, n := range serviceNames {
+		image := "switchyard-" + n
+		want[image] = true
+		if !built[image] {
+			t.Errorf("skaffold does not build %s", image)
+		}
+		key := "services." + n + ".image"
+		if tmpl := "{{.IMAGE_FULLY_QUALIFIED_" + strings.ReplaceAll(image, "-", "_") + "}}"; set[key] != tmpl {
+			t.Errorf("skaffold sets %s to %q, want %q (the image it built)", key, set[key], tmpl)
+		}
+	}
+	for image := range built {
+		if !want[image] {
+			t.Errorf("skaffold builds %s, which is no service's", image)
+		}
+	}
+	for key := range set {
+		if name, ok := strings.CutSuffix(strings.TrimPrefix(key, "services."), ".image"); ok && !want["switchyard-"+name] {
+			t.Errorf("skaffold sets %s, which is no service's", key)
+		}
 	}
 	// Into make deploy's namespace, which the README's kubectl commands
 	// use: elsewhere it would be a second release beside that one.
