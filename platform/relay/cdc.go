@@ -56,6 +56,17 @@ func (s *cdcSource) prepare(ctx context.Context, cfg *Config) error {
 			return fmt.Errorf("create publication %s: %w", cfg.Publication, err)
 		}
 	}
+	var publishes bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_publication_tables t JOIN pg_publication p USING (pubname)
+		WHERE t.pubname = $1 AND t.schemaname = current_schema() AND t.tablename = $2 AND p.pubinsert)`,
+		cfg.Publication, outbox.Table).Scan(&publishes); err != nil {
+		return fmt.Errorf("look up publication %s: %w", cfg.Publication, err)
+	}
+	if !publishes {
+		pub := pgx.Identifier{cfg.Publication}.Sanitize()
+		return permanent{fmt.Errorf("%w (publication %s): run ALTER PUBLICATION %s ADD TABLE %s; ALTER PUBLICATION %[3]s SET (publish = 'insert'); "+
+			"events written since it stopped publishing were not relayed", ErrPublicationIncomplete, cfg.Publication, pub, outbox.Table)}
+	}
 	if err := migrate.EnsureTable(ctx, conn, slotsTable, slotsSchema); err != nil {
 		return err
 	}

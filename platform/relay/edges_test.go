@@ -377,3 +377,42 @@ func TestFullQueueKeepsTheTerm(t *testing.T) {
 		t.Fatalf("the standby published: %+v", b.Stats())
 	}
 }
+
+// A publication that no longer publishes the outbox's inserts (the table
+// dropped and created again, or the publication altered) would relay
+// nothing while writers delete their rows: Prepare refuses it, saying how
+// to repair it, and succeeds once repaired.
+func TestIncompletePublicationRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, c := range []struct{ name, breakIt string }{
+		{"table left the publication", `ALTER PUBLICATION switchyard_outbox DROP TABLE outbox`},
+		{"inserts not published", `ALTER PUBLICATION switchyard_outbox SET (publish = 'delete')`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, "kafka", outbox.ModeCDC)
+			h.prepare()
+			if _, err := h.pool.Exec(ctx, c.breakIt); err != nil {
+				t.Fatal(err)
+			}
+			r, err := relay.New(h.config())
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = r.Prepare(ctx)
+			if !errors.Is(err, relay.ErrPublicationIncomplete) || !relay.IsPermanent(err) {
+				t.Fatalf("Prepare = %v, want a permanent ErrPublicationIncomplete", err)
+			}
+			if _, err := h.pool.Exec(ctx, `ALTER PUBLICATION switchyard_outbox ADD TABLE outbox`); err != nil && !strings.Contains(err.Error(), "already member") {
+				t.Fatal(err)
+			}
+			if _, err := h.pool.Exec(ctx, `ALTER PUBLICATION switchyard_outbox SET (publish = 'insert')`); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Prepare(ctx); err != nil {
+				t.Fatalf("Prepare after the repair the error names: %v", err)
+			}
+		})
+	}
+}

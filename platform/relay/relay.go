@@ -267,6 +267,16 @@ var ErrSlotLost = errors.New("replication slot lost")
 var ErrSynchronousStandby = errors.New("synchronous_standby_names names the relay ('switchyard-relay', or '*'), so commits may wait for it, " +
 	"while it publishes only commits other sessions can see, which would never happen: name the real standbys in synchronous_standby_names instead")
 
+// ErrPublicationIncomplete is returned (wrapped) by cdc mode when the
+// publication exists but does not publish the outbox table's inserts: the
+// table was dropped and created again (which takes it out of the
+// publication), or the publication was altered. The relay would stream
+// nothing while writers delete their rows, losing every event: it refuses
+// to start instead. The error names the statements that repair the
+// publication; events written while it was incomplete were not published
+// and are gone from the outbox.
+var ErrPublicationIncomplete = errors.New("the publication does not publish the outbox's inserts")
+
 // ErrLogicalReplicationOff is returned (wrapped) by cdc mode when the
 // database does not have wal_level=logical.
 var ErrLogicalReplicationOff = errors.New("PostgreSQL wal_level is not 'logical': " +
