@@ -66,21 +66,38 @@ func (b *backlog) collectors() []prometheus.Collector {
 // keeps the last one, with the orders admitted since counted on top, and is
 // logged when reads start and stop failing.
 func (b *backlog) refresh(ctx context.Context, pool *pgxpool.Pool, interval time.Duration, logger *slog.Logger) error {
-	failing := false
+	reads := failures{
+		start: "admission control cannot read the orders in progress; it counts the orders it admits on top of the last read",
+		end:   "admission control reads the orders in progress again",
+	}
 	for {
-		switch err := b.read(ctx, pool); {
-		case err != nil && !failing && ctx.Err() == nil:
-			logger.Warn("admission control cannot read the orders in progress; it counts the orders it admits on top of the last read", "error", err)
-			failing = true
-		case err == nil && failing:
-			logger.Info("admission control reads the orders in progress again")
-			failing = false
+		if err := b.read(ctx, pool); ctx.Err() == nil {
+			reads.note(logger, err)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(interval):
 		}
+	}
+}
+
+// failures logs a loop's failures when they start and when they end, not
+// at every turn: a database outage is one warning, not four a second.
+type failures struct {
+	start, end string // the messages
+	failing    bool
+}
+
+// note records the outcome of one turn.
+func (f *failures) note(logger *slog.Logger, err error) {
+	switch {
+	case err != nil && !f.failing:
+		logger.Warn(f.start, "error", err)
+		f.failing = true
+	case err == nil && f.failing:
+		logger.Info(f.end)
+		f.failing = false
 	}
 }
 

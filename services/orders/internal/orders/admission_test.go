@@ -1,7 +1,9 @@
 package orders
 
 import (
+	"errors"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +11,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/switchyard/switchyard/platform/testkit"
 )
 
 // Admission refuses at the limit, with RetryInfo, and says whether the age
@@ -277,5 +281,28 @@ func TestUnadmit(t *testing.T) {
 	b.unadmit()                         // its failure, counted in the read's base already
 	if got := b.pending(); got != 1 {
 		t.Fatalf("pending %d after a read of 1 and a failure it already left out, want 1", got)
+	}
+}
+
+// A loop that keeps failing logs when its failures start and when they
+// end, not at every turn.
+func TestFailuresLoggedAtTheirEdges(t *testing.T) {
+	t.Parallel()
+	var logs testkit.Logs
+	f := failures{start: "reads fail", end: "reads work again"}
+	down := errors.New("down")
+	for _, err := range []error{nil, down, down, down, nil, nil, down, nil} {
+		f.note(logs.Logger(), err)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		got = append(got, line[strings.Index(line, "level="):])
+	}
+	want := []string{
+		`level=WARN msg="reads fail" error=down`, `level=INFO msg="reads work again"`,
+		`level=WARN msg="reads fail" error=down`, `level=INFO msg="reads work again"`,
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("logged\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -242,6 +242,7 @@ func (s *server) sweepDeadlines(ctx context.Context) error {
 	s.awaitReplies(ctx)
 	tick := time.NewTicker(s.opts.SweepInterval)
 	defer tick.Stop()
+	sweeps := failures{start: "cannot sweep saga deadlines; retrying", end: "sweeping saga deadlines again"}
 	for {
 		select {
 		case <-ctx.Done():
@@ -250,13 +251,10 @@ func (s *server) sweepDeadlines(ctx context.Context) error {
 		}
 		for {
 			n, err := s.sweepOnce(ctx)
-			if err != nil {
-				if ctx.Err() == nil {
-					s.env.Logger.Warn("sweep saga deadlines", "error", err)
-				}
-				break
+			if ctx.Err() == nil {
+				sweeps.note(s.env.Logger, err)
 			}
-			if n == 0 {
+			if err != nil || n == 0 {
 				break
 			}
 		}
