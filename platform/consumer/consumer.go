@@ -212,7 +212,7 @@ func (h *txHooks) run(ctx context.Context, log *slog.Logger) {
 func catch(log *slog.Logger, what string, fn func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			log.Error(what+" panicked; the event is dead-lettered", "panic", r, "stack", string(debug.Stack()))
+			log.Error(what+" panicked", "panic", r, "stack", string(debug.Stack()))
 			err = Permanent(fmt.Errorf("%s panicked: %v", what, r))
 		}
 	}()

@@ -92,7 +92,11 @@ func (p *publisher) Publish(ctx context.Context, m *transport.Message, ack func(
 	if err != nil {
 		return fmt.Errorf("publish to %s: %w", m.Topic, err)
 	}
-	p.t.addTopics(m.Topic)
+	if !p.t.counts(m.Topic) {
+		if err := p.t.EnsureTopics(ctx, m.Topic); err != nil {
+			return fmt.Errorf("publish to %s: %w", m.Topic, err)
+		}
+	}
 	partition := transport.Partition(m.Key, p.t.cfg.Partitions)
 	it := &pubItem{stream: streamKey(m.Topic, partition), partition: partition, values: values, ack: ack}
 	p.pending.Add(1)

@@ -153,10 +153,11 @@ type Transport struct {
 
 	warnOnce sync.Once
 
-	mu     sync.Mutex
-	topics map[string]bool // topics used through this transport, trimmed by maintain
-	stats  Stats
-	stall  map[string]*progress // by stream + "\x00" + group
+	mu      sync.Mutex
+	topics  map[string]bool // topics used through this transport, trimmed by maintain
+	counted map[string]bool // topics whose partition count EnsureTopics checked
+	stats   Stats
+	stall   map[string]*progress // by stream + "\x00" + group
 
 	stop chan struct{}
 	done chan struct{}
@@ -184,13 +185,14 @@ func New(cfg Config) (*Transport, error) {
 		opts.PoolSize = 128
 	}
 	t := &Transport{
-		cfg:    cfg,
-		rdb:    redis.NewClient(opts),
-		log:    cfg.Logger.With("transport", "redis"),
-		topics: map[string]bool{},
-		stall:  map[string]*progress{},
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		cfg:     cfg,
+		rdb:     redis.NewClient(opts),
+		log:     cfg.Logger.With("transport", "redis"),
+		topics:  map[string]bool{},
+		counted: map[string]bool{},
+		stall:   map[string]*progress{},
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	go t.maintainLoop()
 	return t, nil
@@ -203,36 +205,44 @@ func (t *Transport) System() string { return "redis" }
 // (XADD creates them, and consumer groups are created by their members).
 // It also records each topic's partition count in Redis
 // ("<topic>:partitions") the first time, and refuses a count other than the
-// recorded one with ErrPartitionsChanged: on Redis the count routes every
-// key to its stream, so processes that disagree on it would put an
-// aggregate's events in two streams (out of order) or in streams nobody
-// reads.
+// recorded one with ErrPartitionsChanged, writing nothing: on Redis the
+// count routes every key to its stream, so processes that disagree on it
+// would put an aggregate's events in two streams (out of order) or in
+// streams nobody reads. Publishers check each topic the same way before
+// their first entry to it.
 func (t *Transport) EnsureTopics(ctx context.Context, topics ...string) error {
 	if len(topics) == 0 {
 		return nil
 	}
-	want := strconv.Itoa(t.cfg.Partitions)
-	pipe := t.rdb.Pipeline()
-	recorded := make([]*redis.StatusCmd, len(topics))
+	keys := make([]string, len(topics))
 	for i, topic := range topics {
-		recorded[i] = pipe.SetArgs(ctx, partitionsKey(topic), want, redis.SetArgs{Mode: "NX", Get: true})
+		keys[i] = partitionsKey(topic)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	want := strconv.Itoa(t.cfg.Partitions)
+	res, err := partitionsScript.Run(ctx, t.rdb, keys, want).Result()
+	if err != nil {
 		return fmt.Errorf("record partition counts: %w", err)
 	}
-	for i, cmd := range recorded {
-		got, err := cmd.Result()
-		switch {
-		case errors.Is(err, redis.Nil): // recorded now
-		case err != nil:
-			return fmt.Errorf("record partition count of %s: %w", topics[i], err)
-		case got != want:
-			return fmt.Errorf("%w: topic %s has %s partitions on this Redis and this process is configured with %s (SWITCHYARD_TOPIC_PARTITIONS): set it back to %[3]s, or change it only as the README's \"Changing the partition count on Redis\" says",
-				ErrPartitionsChanged, topics[i], got, want)
-		}
+	if clash, ok := res.([]any); ok && len(clash) == 2 {
+		i, _ := clash[0].(int64)
+		got, _ := clash[1].(string)
+		return fmt.Errorf("%w: topic %s has %s partitions on this Redis and this process is configured with %s (SWITCHYARD_TOPIC_PARTITIONS): set it back to %[3]s, or change it only as the README's \"Changing the partition count on Redis\" says",
+			ErrPartitionsChanged, topics[i-1], got, want)
 	}
-	t.addTopics(topics...)
+	t.mu.Lock()
+	for _, topic := range topics {
+		t.topics[topic] = true
+		t.counted[topic] = true
+	}
+	t.mu.Unlock()
 	return nil
+}
+
+// counts reports whether EnsureTopics has checked topic's partition count.
+func (t *Transport) counts(topic string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.counted[topic]
 }
 
 // ErrPartitionsChanged is returned (wrapped) by EnsureTopics when a topic's

@@ -608,7 +608,26 @@ func TestPartitionCountIsRecorded(t *testing.T) {
 			}
 		})
 	}
-	if n, err := srv.Client(t).Get(ctx, testTopic+":partitions").Result(); err != nil || n != "4" {
+	rdb := srv.Client(t)
+	if n, err := rdb.Get(ctx, testTopic+":partitions").Result(); err != nil || n != "4" {
 		t.Fatalf("recorded count %q (%v), want the first process's 4", n, err)
+	}
+	// A refused call writes nothing, not even for the topics it named
+	// that had no count yet.
+	if n, err := rdb.Exists(ctx, "switchyard.new:partitions").Result(); err != nil || n != 0 {
+		t.Fatalf("a refused EnsureTopics recorded its count for another topic (%d, %v)", n, err)
+	}
+	// A publisher checks before its first entry to a topic: a process
+	// with another count writes no entry where nobody reads.
+	pub, err := newTransport(t, srv, partitions(8)).NewPublisher("wrong", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	if err := pub.Publish(ctx, event("k", 1), nil); !errors.Is(err, ErrPartitionsChanged) {
+		t.Fatalf("Publish with 8 partitions to a topic recorded with 4 = %v, want ErrPartitionsChanged", err)
+	}
+	if keys, err := rdb.Keys(ctx, testTopic+":[0-9]*").Result(); err != nil || len(keys) != 0 {
+		t.Fatalf("streams %v (%v) after a refused publish, want none", keys, err)
 	}
 }

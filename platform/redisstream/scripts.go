@@ -8,6 +8,22 @@ import "github.com/redis/go-redis/v9"
 
 // heartbeatScript registers ARGV[1] in the members ZSET KEYS[1] until now +
 // ARGV[2] ms, drops expired members and returns the live ones.
+// partitionsScript records a partition count (ARGV[1]) under each of KEYS
+// that has none, unless one of them holds another: then it writes nothing
+// and returns that key's position (from 1) and count.
+var partitionsScript = redis.NewScript(`
+for i, key in ipairs(KEYS) do
+	local got = redis.call('GET', key)
+	if got and got ~= ARGV[1] then
+		return {i, got}
+	end
+end
+for _, key in ipairs(KEYS) do
+	redis.call('SET', key, ARGV[1], 'NX')
+end
+return 0
+`)
+
 var heartbeatScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

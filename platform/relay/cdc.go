@@ -64,7 +64,7 @@ func (s *cdcSource) prepare(ctx context.Context, cfg *Config) error {
 	}
 	if !publishes {
 		pub := pgx.Identifier{cfg.Publication}.Sanitize()
-		return permanent{fmt.Errorf("%w (publication %s): run ALTER PUBLICATION %s ADD TABLE %s; ALTER PUBLICATION %[3]s SET (publish = 'insert'); "+
+		return permanent{fmt.Errorf("%w (publication %s): run ALTER PUBLICATION %s ADD TABLE %s (if the table is not in it) and ALTER PUBLICATION %[3]s SET (publish = 'insert'); "+
 			"events written since it stopped publishing were not relayed", ErrPublicationIncomplete, cfg.Publication, pub, outbox.Table)}
 	}
 	if err := migrate.EnsureTable(ctx, conn, slotsTable, slotsSchema); err != nil {
