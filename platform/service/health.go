@@ -66,43 +66,35 @@ func (h *healthProbes) probe(ctx context.Context, logger *slog.Logger) {
 	cancel()
 	first := !h.checked
 	h.checked = true
-	if ready := dbErr == nil; first || ready != h.ready {
-		h.ready = ready
-		if ready {
-			h.setReady(healthpb.HealthCheckResponse_SERVING)
-			logger.Info("health: SERVING")
-		} else {
-			h.setReady(healthpb.HealthCheckResponse_NOT_SERVING)
-			logger.Warn("health: NOT_SERVING: the database does not answer", "error", dbErr)
-		}
-	}
-	if ok := brokerErr == nil; first || ok != h.brokerOK {
-		h.brokerOK = ok
-		if ok {
-			h.setBroker(healthpb.HealthCheckResponse_SERVING)
-			if !first {
-				logger.Info("health: broker answers again")
-			}
-		} else {
-			h.setBroker(healthpb.HealthCheckResponse_NOT_SERVING)
-			logger.Warn("health: broker NOT_SERVING: events wait in the outbox and consumers wait; RPCs are served", "error", brokerErr)
-		}
-	}
+	flip(first, &h.ready, dbErr, h.setReady, logger, "health: SERVING again: the database answers",
+		"health: NOT_SERVING: the database does not answer", slog.LevelWarn)
+	flip(first, &h.brokerOK, brokerErr, h.setBroker, logger, "health: broker answers again",
+		"health: broker NOT_SERVING: events wait in the outbox and consumers wait; RPCs are served", slog.LevelWarn)
 	if h.relay == nil {
 		return
 	}
-	relayErr := h.relay()
-	if ok := relayErr == nil; first || ok != h.relayOK {
-		h.relayOK = ok
-		if ok {
-			h.setRelay(healthpb.HealthCheckResponse_SERVING)
-			if !first {
-				logger.Info("health: relay publishes again")
-			}
-		} else {
-			h.setRelay(healthpb.HealthCheckResponse_NOT_SERVING)
-			logger.Error("health: relay NOT_SERVING: events are not reaching the broker", "error", relayErr)
-		}
+	flip(first, &h.relayOK, h.relay(), h.setRelay, logger, "health: relay publishes again",
+		"health: relay NOT_SERVING: events are not reaching the broker", slog.LevelError)
+}
+
+// flip sets a status from a check's error when it changed since the last
+// probe (*ok), or on the first probe, and logs the change: down at level
+// with the error, up when it recovers (the service logs "ready" itself).
+func flip(first bool, ok *bool, err error, set func(healthpb.HealthCheckResponse_ServingStatus),
+	logger *slog.Logger, up, down string, level slog.Level) {
+	now := err == nil
+	if !first && now == *ok {
+		return
+	}
+	*ok = now
+	if !now {
+		set(healthpb.HealthCheckResponse_NOT_SERVING)
+		logger.Log(context.Background(), level, down, "error", err)
+		return
+	}
+	set(healthpb.HealthCheckResponse_SERVING)
+	if !first {
+		logger.Info(up)
 	}
 }
 

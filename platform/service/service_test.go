@@ -138,6 +138,20 @@ type running struct {
 	slow   <-chan struct{} // a value each time Slow starts (start and startWith)
 }
 
+// stopped waits for Run to return on its own (a service that must not
+// start) and returns its error, failing the test with why after a minute.
+func (r *running) stopped(t *testing.T, why string) error {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		r.done <- nil // for the cleanup
+		return err
+	case <-time.After(time.Minute):
+		t.Fatal(why)
+		return nil
+	}
+}
+
 func start(t *testing.T, dbURL, brokers string) *running {
 	t.Helper()
 	return startWith(t, dbURL, brokers, nil)
@@ -339,15 +353,9 @@ func TestSlotLostStopsTheService(t *testing.T) {
 		return err == nil && n == 1
 	})
 
-	second := start(t, db, brokers)
-	select {
-	case err := <-second.done:
-		if !errors.Is(err, relay.ErrSlotLost) || !strings.Contains(err.Error(), "DELETE FROM relay_slots") {
-			t.Fatalf("Run = %v, want ErrSlotLost saying how to recover", err)
-		}
-		second.done <- nil
-	case <-time.After(time.Minute):
-		t.Fatal("service with a lost slot kept running")
+	err = start(t, db, brokers).stopped(t, "service with a lost slot kept running")
+	if !errors.Is(err, relay.ErrSlotLost) || !strings.Contains(err.Error(), "DELETE FROM relay_slots") {
+		t.Fatalf("Run = %v, want ErrSlotLost saying how to recover", err)
 	}
 }
 
@@ -373,15 +381,9 @@ func TestForeignSlotStopsTheService(t *testing.T) {
 		}
 	})
 
-	s := start(t, db, testkit.Kafka(t).Addr())
-	select {
-	case err := <-s.done:
-		if !relay.IsPermanent(err) || !strings.Contains(err.Error(), "pg_drop_replication_slot('"+slot+"')") {
-			t.Fatalf("Run = %v, want a permanent error saying how to free the slot", err)
-		}
-		s.done <- nil
-	case <-time.After(time.Minute):
-		t.Fatal("service with another plugin's slot kept retrying")
+	err = start(t, db, testkit.Kafka(t).Addr()).stopped(t, "service with another plugin's slot kept retrying")
+	if !relay.IsPermanent(err) || !strings.Contains(err.Error(), "pg_drop_replication_slot('"+slot+"')") {
+		t.Fatalf("Run = %v, want a permanent error saying how to free the slot", err)
 	}
 }
 
@@ -402,15 +404,9 @@ func TestChangedRedisPartitionsStopTheService(t *testing.T) {
 	first := run("4")
 	testkit.WaitFor(t, time.Minute, "SERVING", func() bool { return first.status(t) == healthpb.HealthCheckResponse_SERVING })
 
-	second := run("8")
-	select {
-	case err := <-second.done:
-		if !errors.Is(err, redisstream.ErrPartitionsChanged) || !strings.Contains(err.Error(), "set it back to 4") {
-			t.Fatalf("Run = %v, want ErrPartitionsChanged saying what to set", err)
-		}
-		second.done <- nil
-	case <-time.After(time.Minute):
-		t.Fatal("service with another partition count kept retrying")
+	err := run("8").stopped(t, "service with another partition count kept retrying")
+	if !errors.Is(err, redisstream.ErrPartitionsChanged) || !strings.Contains(err.Error(), "set it back to 4") {
+		t.Fatalf("Run = %v, want ErrPartitionsChanged saying what to set", err)
 	}
 }
 
